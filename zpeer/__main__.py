@@ -1,0 +1,4 @@
+"""`python -m zpeer` is the same CLI as `d`."""
+from zpeer.cli import main
+
+main()

@@ -1,0 +1,427 @@
+"""The `d` command: parse with click, call the local daemon, render. Nothing else lives here.
+
+Imports stay lean (no peewee, no daemon code) because `d` starts once per command.
+"""
+import json
+import os
+import sys
+
+import click
+
+from zpeer import config
+from zpeer.errors import EXIT_USAGE, EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(err):
+    """Print a ZpeerError as SPEC says (message, then hint) and exit with its code."""
+    click.echo(err.message, err=True)
+    if err.hint:
+        click.echo(f"  hint: {err.hint}", err=True)
+    sys.exit(err.exit_code)
+
+
+def usage_error(message):
+    """A mistake in the command line: exit 2."""
+    click.echo(message, err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def client():
+    """A connection to this node's daemon."""
+    from zpeer.ipc import Client
+
+    return Client()
+
+
+def call(op, **args):
+    """One request to the local daemon; ZpeerErrors become SPEC messages and exit codes."""
+    c = client()
+    try:
+        return c.call(op, **args)
+    except ZpeerError as err:
+        fail(err)
+    finally:
+        c.close()
+
+
+class Group(click.Group):
+    """Keeps commands in the order they are declared in --help."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(package_name="zpeer", prog_name="zpeer")
+def cli():
+    """zpeer: run commands on the peers of your fleet through the zpeer daemon (never raw ssh).
+
+    \b
+    Example:
+      d listPeers
+      d execOnPeer --peer vps --directory /srv/app --shellCmd 'git pull'
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Log verbosity (logs go to stderr).")
+def daemon(log_level):
+    """Run this node's daemon in the foreground (what systemd starts).
+
+    \b
+    Example:
+      ZPEER_HOME=/var/lib/zpeer d daemon
+    """
+    from zpeer import logsetup
+    from zpeer.daemon import Daemon
+
+    logsetup.configure(log_level)
+    try:
+        node = Daemon()
+    except ZpeerError as err:
+        fail(err)
+    node.run()
+
+
+@cli.command("setPeerConfig", context_settings=CONTEXT)
+@click.option("--role", type=click.Choice(config.ROLES), help="leader (binds, holds the registry) or worker.")
+@click.option("--id", "peer_id", metavar="ID", help="This node's peer id.")
+@click.option("--bind", metavar="HOST[:PORT]", help=f"Leader: address to listen on (default {config.DEFAULT_BIND}).")
+@click.option("--advertise", metavar="IP", help="Leader: its IP in the registry when bound to all addresses.")
+@click.option("--leader", metavar="HOST[:PORT]", help="Worker: the leader's address.")
+@click.option("--leader-key", metavar="KEY", help="Worker: the leader's CURVE public key (z85) to pin.")
+@click.option("--source-ip", metavar="IP", help="Worker: local address the leader connection leaves from.")
+@click.option("--group", metavar="NAME", help="Unix group allowed to use the CLI socket (0770).")
+@click.option("--heartbeat", type=click.FloatRange(0.05, 60), metavar="SECONDS",
+              help="Heartbeat interval (default 1.0); peers are offline after 3 missed.")
+@click.option("--repo", metavar="DIR", help="Deploy recipe: repository directory on this peer.")
+@click.option("--pull-cmd", metavar="CMD", help="Deploy recipe: pull command (default git pull --ff-only).")
+@click.option("--build-cmd", metavar="CMD", help="Deploy recipe: build command.")
+@click.option("--restart-cmd", metavar="CMD", help="Deploy recipe: daemon restart command.")
+def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_ip, group, heartbeat,
+                    repo, pull_cmd, build_cmd, restart_cmd):
+    """Set this node's role and settings; a running daemon applies them at once.
+
+    \b
+    Examples:
+      d setPeerConfig --role leader --id vps --bind 0.0.0.0:3520 --advertise 10.0.0.1
+      d setPeerConfig --role worker --id desktop --leader 10.0.0.1 --leader-key KEY
+    """
+    from zpeer import keys
+
+    if peer_id is not None and not config.valid_peer_id(peer_id):
+        usage_error(f"Invalid peer id: {peer_id!r} (letters, digits, '-', '_', '.'; at most 64; not 'all')")
+    for name, value in (("--bind", bind), ("--leader", leader)):
+        if value is not None:
+            try:
+                config.split_host_port(value)
+            except ValueError as exc:
+                usage_error(f"Invalid {name} {value!r}: {exc}")
+    if leader_key is not None and not keys.valid_z85_key(leader_key):
+        usage_error("Invalid --leader-key: expected the 40-character z85 key `d getPeerStatus` shows on the leader")
+    changes = {"role": role, "id": peer_id, "bind": bind, "advertise": advertise, "leader": leader,
+               "leader_key": leader_key, "source_ip": source_ip, "group": group, "heartbeat_s": heartbeat,
+               "repo": repo, "pull_cmd": pull_cmd, "build_cmd": build_cmd, "restart_cmd": restart_cmd}
+    if all(v is None for v in changes.values()):
+        usage_error("Nothing to set: see `d setPeerConfig --help`")
+    cfg = config.update(changes)
+    shown = ", ".join(f"{k}={cfg[k]}" for k, v in changes.items() if v is not None)
+    click.echo(f"Saved: {shown}")
+    click.echo("Applied by the running daemon." if _reload() else
+               "The daemon is not running: it applies this when it starts (`d daemon`).")
+
+
+def _reload():
+    """Ask a running daemon to re-read config.json; False if none runs."""
+    c = client()
+    try:
+        c.call("reload", timeout_s=5)
+        return True
+    except FailedToConnect:
+        return False
+    except ZpeerError as err:
+        fail(err)
+    finally:
+        c.close()
+
+
+@cli.command("getPeerStatus", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def get_peer_status(as_json):
+    """Show this node's config and state: role, id, leader, link, version, public key.
+
+    \b
+    Example:
+      d getPeerStatus --json
+    """
+    from zpeer import keys
+    from zpeer.render import status_lines
+
+    try:
+        c = client()
+        status = c.call("status", timeout_s=3)
+        c.close()
+        status["daemon"] = "running"
+    except FailedToConnect:
+        cfg = config.load()
+        status = {"role": cfg["role"], "id": cfg["id"], "leader": cfg["leader"], "bind": cfg["bind"],
+                  "connected": False, "link": "daemon not running", "daemon": "not running",
+                  "public_key": keys.read_public_key(), "home": config.home_dir(),
+                  "recipes": {k: cfg[k] for k in ("repo", "pull_cmd", "build_cmd", "restart_cmd")}}
+        from zpeer import __version__
+        status["version"] = __version__
+    except ZpeerError as err:
+        fail(err)
+    if as_json:
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(status_lines(status)))
+
+
+@cli.command("registerWorker", context_settings=CONTEXT)
+@click.option("--id", "peer_id", metavar="ID", help="Peer id (default: this host's name).")
+@click.option("--token", metavar="TOKEN", help="Join token from `d joinToken` on the leader (accepted at once).")
+@click.option("--leader", metavar="HOST[:PORT]", help="Leader address (default: the token's).")
+@click.option("--leader-key", metavar="KEY", help="Leader public key when enrolling without a token.")
+@click.option("--source-ip", metavar="IP", help="Local address to connect from.")
+def register_worker(peer_id, token, leader, leader_key, source_ip):
+    """Register this node as a worker of a leader (with a token: accepted at once).
+
+    \b
+    Examples:
+      d registerWorker --token zpeer1.eyJhIjoi...
+      d registerWorker --id laptop --leader 10.0.0.1 --leader-key KEY   # then acceptPeer on the leader
+    """
+    from zpeer import keys
+
+    cfg = config.load()
+    secret = None
+    if token:
+        try:
+            parsed = keys.parse_token(token)
+        except ValueError as exc:
+            usage_error(f"Invalid join token: {exc}")
+        leader = leader or parsed["address"]
+        leader_key, secret = parsed["leader_key"], parsed["secret"]
+    leader = leader or cfg.get("leader")
+    if not leader:
+        usage_error("No leader given: pass --token TOKEN (from `d joinToken` on the leader) "
+                    "or --leader HOST[:PORT]")
+    leader_key = leader_key or cfg.get("leader_key")
+    if not leader_key or not keys.valid_z85_key(leader_key):
+        usage_error("The leader's key is unknown: pass --token TOKEN (from `d joinToken` on the leader) "
+                    "or --leader-key KEY (`d getPeerStatus` on the leader shows it)")
+    peer_id = peer_id or (cfg["id"] if cfg.get("role") == "worker" and cfg.get("id") else config.default_peer_id())
+    if not config.valid_peer_id(peer_id):
+        usage_error(f"Invalid peer id: {peer_id!r}")
+    try:
+        config.split_host_port(leader)
+    except ValueError as exc:
+        usage_error(f"Invalid --leader {leader!r}: {exc}")
+    config.update({"role": "worker", "id": peer_id, "leader": leader, "leader_key": leader_key,
+                   "source_ip": source_ip, "token": secret})
+    call("reload", timeout_s=5)
+    result = call("register", wait_s=10.0, timeout_s=15)
+    stored = config.load()
+    stored["token"] = None  # one-time secret: never kept once the leader answered
+    config.save(stored)
+    if result["status"] == "registered":
+        click.echo(f"Registered: {peer_id} is a worker of {result['leader']} ({result['reason']})")
+    else:
+        click.echo(f"Pending: {peer_id} waits for `d acceptPeer {peer_id}` on the leader {result['leader']}")
+
+
+@cli.command("joinToken", context_settings=CONTEXT)
+@click.option("--ttl", type=click.IntRange(1, 30 * 86400), default=3600, show_default=True, metavar="SECONDS",
+              help="How long the token can be used (once).")
+def join_token(ttl):
+    """Leader: print a one-time join token (leader address, key and secret) for a new worker.
+
+    \b
+    Example:
+      d joinToken --ttl 600      # then on the worker: d registerWorker --token TOKEN
+    """
+    click.echo(call("join_token", ttl=ttl)["token"])
+
+
+@cli.command("listPeers", context_settings=CONTEXT)
+@click.option("--ids", is_flag=True, help="Only peer ids, one per line (for scripts).")
+@click.option("--online", is_flag=True, help="Only peers that are online.")
+@click.option("--json", "as_json", is_flag=True, help="JSON array of {id, ip, role, online, last_seen, version}.")
+@click.option("--pending", is_flag=True, help="Leader: peers waiting for `d acceptPeer`.")
+def list_peers(ids, online, as_json, pending):
+    """List the peers registered with the leader (asks the leader from any node).
+
+    \b
+    Examples:
+      d listPeers
+      for p in $(d listPeers --ids --online); do d execOnPeer --peer "$p" --shellCmd uptime; done
+    """
+    from zpeer.render import peer_table
+
+    result = call("peers", pending=pending)
+    peers = [p for p in result["peers"] if p["online"] or not online]
+    if ids:
+        for p in peers:
+            click.echo(p["id"])
+    elif as_json:
+        keys_ = ("id", "ip", "role", "online", "last_seen", "version")
+        click.echo(json.dumps([{k: p[k] for k in keys_} for p in peers], indent=2))
+    else:
+        click.echo(peer_table(peers, result.get("leader_version")))
+
+
+@cli.command("acceptPeer", context_settings=CONTEXT)
+@click.argument("peer_id", metavar="ID")
+def accept_peer(peer_id):
+    """Leader: accept a pending peer's key so it can run and receive commands.
+
+    \b
+    Example:
+      d listPeers --pending && d acceptPeer laptop
+    """
+    call("accept", id=peer_id)
+    click.echo(f"Accepted: {peer_id}")
+
+
+@cli.command("removePeer", context_settings=CONTEXT)
+@click.argument("peer_id", metavar="ID")
+def remove_peer(peer_id):
+    """Leader: revoke a peer's key and cut its connection at once.
+
+    \b
+    Example:
+      d removePeer old-laptop
+    """
+    call("remove", id=peer_id)
+    click.echo(f"Removed: {peer_id} (key revoked)")
+
+
+@cli.command("getPeerIdByIp", context_settings=CONTEXT)
+@click.argument("ip", metavar="IP")
+def get_peer_id_by_ip(ip):
+    """Print the id of the peer whose connection comes from IP (exit 1 if none).
+
+    \b
+    Example:
+      d getPeerIdByIp 10.0.0.2
+    """
+    c = client()
+    try:
+        ids = c.call("peer_by_ip", ip=ip)["ids"]
+    except ZpeerError as err:
+        if err.code == "peer_not_found":
+            click.echo(f"No peer found with IP: {ip}", err=True)
+            click.echo("  hint: `d listPeers` shows the IP each peer connects from", err=True)
+            sys.exit(1)
+        fail(err)
+    finally:
+        c.close()
+    click.echo("\n".join(ids))
+
+
+@cli.command("dbSanityCheck", context_settings=CONTEXT)
+@click.option("--dry-run", is_flag=True, help="Report what would be changed, change nothing.")
+def db_sanity_check(dry_run):
+    """Check the local database (integrity, schema); on a worker delete leader-only data.
+
+    \b
+    Example:
+      d dbSanityCheck --dry-run
+    """
+    c = client()
+    try:
+        result = c.call("db_check", dry_run=dry_run, timeout_s=60)
+    except FailedToConnect:
+        from zpeer.registry import Registry
+
+        registry = Registry(config.path_in_home(config.DB_FILE, config.ensure_home()))
+        ok, lines = registry.sanity_check(worker=config.load()["role"] == "worker", dry_run=dry_run)
+        registry.close()
+        result = {"ok": ok, "lines": lines + ["(daemon not running: checked the file directly)"]}
+    except ZpeerError as err:
+        fail(err)
+    finally:
+        c.close()
+    click.echo("\n".join(result["lines"]))
+    sys.exit(0 if result["ok"] else 1)
+
+
+@cli.command("execOnPeer", context_settings=CONTEXT)
+@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
+              help="Target peer; repeat, give a comma list, or `all`.")
+@click.option("--directory", metavar="PATH", help="Working directory on the peer (default: home).")
+@click.option("--shellCmd", "shell_cmd", required=True, metavar="CMD", help="Command line run with /bin/bash -c.")
+@click.option("--timeout", type=click.FloatRange(0.001), metavar="SECONDS",
+              help="Kill the remote process group after this long (exit 124).")
+@click.option("--user", metavar="NAME", help="Run as this user (the target daemon must run as root).")
+@click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
+def exec_on_peer(peers, directory, shell_cmd, timeout, user, batch, as_json):
+    """Run CMD on peers; remote stdout/stderr stream here byte-exact; exit = remote status.
+
+    \b
+    Examples:
+      d execOnPeer --peer vps --directory /opt/app --shellCmd 'git pull'
+      d execOnPeer --peer all --shellCmd 'uptime'
+      tar c . | d execOnPeer --peer laptop --directory /tmp --shellCmd 'tar x'
+    """
+    from zpeer.streaming import run_exec
+
+    sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--peer", metavar="ID", help="Only execs that ran on (or came from) this peer.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="JSON array.")
+def history(peer, limit, as_json):
+    """Show the leader's audit log of executed commands, newest first.
+
+    \b
+    Example:
+      d history --peer laptop --limit 5
+    """
+    from zpeer.render import history_table
+
+    rows = call("history", peer=peer, limit=limit)["rows"]
+    click.echo(json.dumps(rows, indent=2) if as_json else history_table(rows))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--keep", is_flag=True, help="Leave the demo cluster running (prints how to stop it).")
+def demo(keep):
+    """Start a leader and two workers on loopback, show them working, then stop them.
+
+    \b
+    Example:
+      d demo
+    """
+    from zpeer.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
+def main():
+    """Entry point of `d` and `python -m zpeer`."""
+    try:
+        cli(prog_name="d")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _register_optional():
+    """Commands living in their own modules (completion, deploy)."""
+    try:
+        from zpeer.completion import completion, install_completion
+    except ImportError:
+        return
+    cli.add_command(completion)
+    cli.add_command(install_completion)
+
+
+_register_optional()

@@ -1,0 +1,147 @@
+"""Node state directory, persisted configuration and address parsing.
+
+The configuration is a small JSON file (`config.json` in ZPEER_HOME) written atomically by the
+CLI (`d setPeerConfig`, `d registerWorker`), so it works whether or not the daemon runs; a running
+daemon is told to reload it over the IPC socket. This module imports nothing heavy: the CLI uses it.
+"""
+import json
+import os
+import socket
+
+DEFAULT_PORT = 3520
+DEFAULT_BIND = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+CONFIG_FILE = "config.json"
+SOCKET_FILE = "d.sock"
+DB_FILE = "zpeer.db"
+PEERS_CACHE_FILE = "peers.cache"
+PID_FILE = "daemon.pid"
+
+ROLES = ("leader", "worker")
+
+# Keys a user may set with `d setPeerConfig`; everything else in the file is managed state.
+DEFAULTS = {
+    "role": None,
+    "id": None,
+    "bind": DEFAULT_BIND,
+    "advertise": None,
+    "leader": None,
+    "leader_key": None,
+    "source_ip": None,
+    "group": None,
+    "heartbeat_s": DEFAULT_HEARTBEAT_INTERVAL_S,
+    "repo": None,
+    "pull_cmd": None,
+    "build_cmd": None,
+    "restart_cmd": None,
+    "token": None,
+}
+
+
+def default_home():
+    """The SPEC default state directory: /var/lib/zpeer for root, else XDG state dir."""
+    if os.geteuid() == 0:
+        return "/var/lib/zpeer"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "zpeer")
+
+
+def home_dir():
+    """The node's state directory: $ZPEER_HOME or the default."""
+    return os.path.abspath(os.environ.get("ZPEER_HOME") or default_home())
+
+
+def ensure_home(path=None):
+    """Create the state directory with mode 0700 (and tighten it if it exists)."""
+    path = path or home_dir()
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def path_in_home(name, home=None):
+    """Path of a file in the state directory."""
+    return os.path.join(home or home_dir(), name)
+
+
+def socket_path(home=None):
+    """Path of the CLI's IPC socket."""
+    return path_in_home(SOCKET_FILE, home)
+
+
+def load(home=None):
+    """Read the configuration, filling defaults for missing keys."""
+    cfg = dict(DEFAULTS)
+    try:
+        with open(path_in_home(CONFIG_FILE, home), encoding="utf-8") as f:
+            stored = json.load(f)
+    except FileNotFoundError:
+        return cfg
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"unreadable config {path_in_home(CONFIG_FILE, home)}: {exc}") from exc
+    if isinstance(stored, dict):
+        cfg.update({k: v for k, v in stored.items() if k in DEFAULTS})
+    return cfg
+
+
+def save(cfg, home=None):
+    """Write the configuration atomically (temp file + rename), mode 0600."""
+    home = ensure_home(home)
+    final = path_in_home(CONFIG_FILE, home)
+    tmp = f"{final}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({k: cfg.get(k) for k in DEFAULTS}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, final)
+
+
+def update(changes, home=None):
+    """Apply `changes` (None values are ignored) to the stored configuration and return it."""
+    cfg = load(home)
+    cfg.update({k: v for k, v in changes.items() if v is not None})
+    save(cfg, home)
+    return cfg
+
+
+def split_host_port(text, default_port=DEFAULT_PORT):
+    """Parse `HOST` or `HOST:PORT` (IPv6 as `[::1]:PORT`) into (host, port)."""
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("empty address")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if port:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad port in {text!r}")
+        return host, int(port)
+    return host, default_port
+
+
+def join_host_port(host, port):
+    """Inverse of split_host_port."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tcp_endpoint(host, port):
+    """A ZeroMQ TCP endpoint for host/port (IPv6 in brackets)."""
+    return f"tcp://{join_host_port(host, port)}"
+
+
+def default_peer_id():
+    """The hostname's first label: the default peer id."""
+    return socket.gethostname().split(".")[0] or "peer"
+
+
+def valid_peer_id(peer_id):
+    """Peer ids are short printable words (no spaces, commas or colons: they appear in prefixes)."""
+    return (isinstance(peer_id, str) and 0 < len(peer_id) <= 64 and peer_id != "all"
+            and all(c.isalnum() or c in "-_." for c in peer_id))

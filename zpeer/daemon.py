@@ -1,0 +1,369 @@
+"""`d daemon`: one event loop serving the CLI socket, the peer link and local child processes.
+
+Timers live in the loop: the poll timeout is the time to the next deadline. Peer messages
+are routed by their "to" field: to this node -> handled here; otherwise the leader sends them
+to the peer by identity and a worker hands them to its leader.
+"""
+import fcntl
+import logging
+import os
+import signal
+import time
+import uuid
+from collections import deque
+
+import zmq
+
+from zpeer import config, keys, protocol
+from zpeer.api import Api
+from zpeer.errors import Busy, NotConfigured, NotConnected, ZpeerError
+from zpeer.execution import TargetJobs
+from zpeer.ipc import reply_frames
+from zpeer.leader import LeaderLink
+from zpeer.peerinfo import write_cache
+from zpeer.registry import Registry
+from zpeer.sessions import OriginSessions
+from zpeer.version import full_version
+from zpeer.worker import WorkerLink
+
+log = logging.getLogger(__name__)
+
+DRAIN_BUDGET = 500  # messages read from one socket per loop turn (fairness between sockets)
+AUDIT_TYPES = ("exec", "exit", "error")
+
+
+class Daemon:
+    """A node: leader, worker or not yet configured."""
+
+    def __init__(self, home=None, ctx=None):
+        self.home = config.ensure_home(home or config.home_dir())
+        self.lock_fd = self._lock()
+        self.ctx = ctx or zmq.Context()
+        self.cfg = config.load(self.home)
+        self.version = full_version()
+        self.public, self.secret = keys.load_or_create_keypair(self.home)
+        self.registry = Registry(config.path_in_home(config.DB_FILE, self.home))
+        self.heartbeat_s = float(self.cfg["heartbeat_s"])
+        self.link = None
+        self.id = None
+        self.targets = TargetJobs(None, self.home)
+        self.sessions = OriginSessions(None, self.heartbeat_s)
+        self.local = deque()  # (from_peer, header, data) for messages addressed to ourselves
+        self.api = Api(self)
+        self.cache_gen = None
+        self.next_beat = time.monotonic()
+        self.stopping = False
+        self.wake_r = None
+        self.ipc = self._bind_ipc()
+        self.apply_config(self.cfg)
+
+    # --- setup --------------------------------------------------------------------------
+    def _lock(self):
+        """One daemon per ZPEER_HOME: hold an exclusive lock on daemon.pid."""
+        path = config.path_in_home(config.PID_FILE, self.home)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise Busy(f"Another daemon already runs for {self.home} (pid {other})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def _bind_ipc(self):
+        """Serve the CLI on d.sock (inside the 0700 state dir: no one else can reach it)."""
+        path = config.socket_path(self.home)
+        if os.path.exists(path):
+            os.unlink(path)  # stale: we hold the lock, so no live daemon owns it
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.bind(f"ipc://{path}")
+        group = self.cfg.get("group")
+        if group:
+            import grp
+
+            gid = grp.getgrnam(group).gr_gid
+            for target, mode in ((self.home, 0o750), (path, 0o770)):
+                os.chown(target, -1, gid)
+                os.chmod(target, mode)
+        return sock
+
+    def apply_config(self, cfg):
+        """Start, stop or rebuild the peer link to match the configuration."""
+        old = self.cfg
+        self.cfg = cfg
+        key = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip", "heartbeat_s")
+        if self.link is not None and all(old.get(k) == cfg.get(k) for k in key):
+            if cfg.get("token") and cfg.get("token") != old.get("token"):
+                self.link.token = cfg["token"]
+                self.link.hello()
+            return
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        self.id = cfg.get("id")
+        self.heartbeat_s = float(cfg["heartbeat_s"])
+        self.targets.node_id = self.id
+        self.sessions.node_id = self.id
+        self.sessions.heartbeat_s = self.heartbeat_s
+        role = cfg.get("role")
+        if role == "leader" and self.id:
+            self.link = LeaderLink(self.ctx, cfg, self.public, self.secret, self.registry, self.version)
+            log.info("leader %s listening on %s", self.id, cfg["bind"])
+        elif role == "worker" and self.id and cfg.get("leader") and cfg.get("leader_key"):
+            self.link = WorkerLink(self.ctx, cfg, self.public, self.secret, self.version)
+            log.info("worker %s connecting to %s", self.id, cfg["leader"])
+        else:
+            log.info("no role configured yet: serving the CLI only")
+        self.cache_gen = None
+
+    @property
+    def role(self):
+        """'leader', 'worker' or None."""
+        if isinstance(self.link, LeaderLink):
+            return "leader"
+        return "worker" if isinstance(self.link, WorkerLink) else None
+
+    # --- routing ------------------------------------------------------------------------
+    def route(self, header, data=None):
+        """Send a peer message towards header["to"]; False if it cannot go now."""
+        to = header["to"]
+        if to == self.id:
+            self.local.append((self.id, header, data))
+            if self.role == "worker" and header["t"] in AUDIT_TYPES:
+                self._audit_copy(header)
+            return True
+        if self.role == "leader":
+            header.setdefault("from", self.id)
+            self.api.observe(self.id, header)
+            return self.link.send(to, header, data)
+        if self.role == "worker":
+            return self.link.send(header, data)
+        return False
+
+    def _audit_copy(self, header):
+        """Tell the leader about an exec a worker ran on itself (the leader keeps the audit)."""
+        self.link.send({"t": "rpc", "rid": uuid.uuid4().hex[:16], "op": "audit",
+                        "args": {"header": dict(header)}})
+
+    def forward(self, from_peer, header, data):
+        """Leader: a routed message from a worker, to us or on to its destination."""
+        header["from"] = from_peer
+        self.api.observe(from_peer, header)
+        to = header["to"]
+        if to == self.id:
+            self.handle_peer(from_peer, header, data)
+            return
+        if self.link.online(to) and self.link.send(to, header, data):
+            return
+        if header["t"] == "exec":
+            reply = {"t": "error", "job": header["job"], "to": from_peer, "from": to,
+                     "rid": header["rid"], "err": self.refusal(to).to_reply()}
+            self.api.observe(to, reply)
+            self.link.send(from_peer, reply)
+
+    def refusal(self, to):
+        """Why a message for peer `to` cannot leave this node now."""
+        if self.role == "worker":
+            return self.link.link_error()
+        if self.role is None:
+            return NotConfigured("This node has no role yet")
+        try:
+            self.link.check_target(to)
+        except ZpeerError as exc:
+            return exc
+        return NotConnected(f"Cannot reach peer {to} now (its link is congested or closing)")
+
+    def handle_peer(self, from_peer, header, data):
+        """A routed message addressed to this node."""
+        mtype = header["t"]
+        if mtype == "exec":
+            if header.get("ts") and time.time() > header["ts"] + header["ttl"]:
+                log.warning("exec %s from %s arrived too late: dropped", header["job"], from_peer)
+                self.dispatch([("peer", {"t": "error", "job": header["job"], "to": from_peer,
+                                         "err": {"err": "timeout", "msg": "Request expired before delivery"}},
+                                None)])
+                return
+            self.dispatch(("peer", h, d) for h, d in self.targets.start(header, from_peer))
+        elif mtype in ("started", "out", "exit", "error", "stdin_ack"):
+            self.dispatch(self.sessions.on_message(from_peer, header, data))
+        elif mtype == "credit":
+            self.targets.credit(header["job"], header["n"])
+        elif mtype == "stdin":
+            self.dispatch(("peer", h, d) for h, d in
+                          self.targets.stdin(header["job"], bytes(data or b""), header["eof"]))
+        elif mtype == "cancel":
+            self.targets.cancel(header["job"])
+        elif mtype == "alive":
+            jobs = [j for j in header["jobs"] if isinstance(j, str)]
+            if header.get("side") == "origin":
+                self.targets.alive(from_peer, jobs)
+            else:
+                self.dispatch(self.sessions.on_alive(from_peer, jobs))
+
+    def dispatch(self, actions):
+        """Carry out handler actions."""
+        for action in actions:
+            if action[0] == "peer":
+                header = action[1]
+                header.setdefault("rid", header.get("job", "x")[:64])
+                if not self.route(header, action[2]) and header["t"] == "exec":
+                    self._undeliverable(header)
+            else:
+                self.reply(action[1], action[2], action[3])
+
+    def _undeliverable(self, header):
+        """An exec that cannot leave this node: fail it at once (never run it late)."""
+        self.local.append((header["to"], {"t": "error", "job": header["job"], "to": self.id,
+                                          "rid": header["rid"], "err": self.refusal(header["to"]).to_reply()},
+                           None))
+
+    def reply(self, identity, rid, payload):
+        """Answer a CLI request."""
+        try:
+            self.ipc.send_multipart(reply_frames(identity, rid, payload), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the CLI went away
+
+    # --- loop ---------------------------------------------------------------------------
+    def run(self):
+        """Serve until SIGTERM/SIGINT."""
+        def stop(signum, _frame):
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        # a signal writes a byte here, so poll() returns at once instead of at its timeout
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        log.info("zpeer %s daemon serving %s", self.version, config.socket_path(self.home))
+        try:
+            while not self.stopping:
+                self.turn()
+        finally:
+            self.close()
+
+    def turn(self):
+        """One loop iteration: poll, then handle sockets, fds and timers."""
+        poller = zmq.Poller()
+        poller.register(self.ipc, zmq.POLLIN)
+        if self.wake_r is not None:
+            poller.register(self.wake_r, zmq.POLLIN)
+        link = self.link
+        if link is not None:
+            poller.register(link.sock, zmq.POLLIN)
+            if self.role == "worker":
+                poller.register(link.monitor, zmq.POLLIN)
+        for fd, want_write in self.targets.poll_items():
+            poller.register(fd, zmq.POLLOUT if want_write else zmq.POLLIN)
+        now = time.monotonic()
+        deadlines = [self.next_beat, self.targets.next_deadline(), self.sessions.next_deadline(),
+                     link.next_deadline() if self.role == "worker" else None]
+        wait = min(d for d in deadlines if d is not None) - now
+        timeout_ms = 0 if self.local else max(0, min(1000, int(wait * 1000) + 1))
+        try:
+            ready = dict(poller.poll(timeout_ms))
+        except zmq.ZMQError as exc:
+            if exc.errno == getattr(zmq, "EINTR", 4):
+                return
+            raise
+        if self.ipc in ready:
+            self._drain(self.ipc, self.api.on_frames)
+        if link is not None and link is self.link:
+            if self.role == "worker" and link.monitor in ready:
+                link.on_monitor()
+            if link.sock in ready:
+                self._drain(link.sock, self._on_link_message)
+        if self.wake_r in ready:
+            os.read(self.wake_r, 512)
+        fds = {k for k in ready if isinstance(k, int)}
+        if fds:
+            self.dispatch(("peer", h, d) for h, d in self.targets.on_ready(fds))
+        while self.local:
+            self.handle_peer(*self.local.popleft())
+        self.timers(time.monotonic())
+
+    def _drain(self, sock, handler):
+        """Read what a socket has, bounded per turn."""
+        for _ in range(DRAIN_BUDGET):
+            try:
+                handler(sock)
+            except zmq.Again:
+                return
+
+    def _on_link_message(self, _sock):
+        """One message from the peer link."""
+        got = self.link.receive()
+        if got is None:
+            return
+        from_peer, header, data = got
+        if self.role == "leader":
+            if header["t"] == "rpc":
+                self.api.leader_rpc(from_peer, header)
+            elif header["t"] in protocol.ROUTED_TYPES:
+                self.forward(from_peer, header, data)
+        else:
+            self.handle_peer(from_peer, header, data)
+
+    def timers(self, now):
+        """Heartbeats, liveness, timeouts, cache refresh."""
+        origin_timeout = 3 * self.heartbeat_s + 1.0
+        self.dispatch(("peer", h, d) for h, d in self.targets.on_timer(now, origin_timeout))
+        self.dispatch(self.sessions.on_timer(now))
+        self.api.tick(now)
+        self.registry.flush_audit()
+        if self.role == "worker":
+            change = self.link.tick(now)
+            if change == "lost":
+                self.dispatch(self.sessions.peer_lost(None, "Lost the leader: {peer} unreachable mid-command",
+                                                      exclude=self.id))
+                self.targets.fail_others(self.id)
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat_s
+            self.dispatch(self.sessions.keepalives())
+            self.dispatch(("peer", {"t": "alive", "to": origin, "jobs": jobs, "side": "target"}, None)
+                          for origin, jobs in self.targets.jobs_by_origin().items())
+            if self.role == "leader":
+                for peer in self.link.sweep(now):
+                    self.dispatch(self.sessions.peer_lost(peer, "Peer {peer} disconnected mid-command"))
+                    self.targets.fail_origin(peer)
+            self.refresh_cache()
+
+    def refresh_cache(self, records=None):
+        """Keep peers.cache current: leader from its registry, worker when the leader's set changed."""
+        path = config.path_in_home(config.PEERS_CACHE_FILE, self.home)
+        if records is not None:
+            write_cache(path, [r["id"] for r in records])
+        elif self.role == "leader" and self.cache_gen != self.registry.generation:
+            self.cache_gen = self.registry.generation
+            write_cache(path, [r.id for r in self.registry.peers()])
+        elif self.role == "worker" and self.link.connected() and self.cache_gen != self.link.gen:
+            self.cache_gen = self.link.gen
+
+            def done(result, error):
+                if error is None:
+                    write_cache(path, [r["id"] for r in result["peers"]])
+                else:
+                    self.cache_gen = None
+            self.link.rpc("peers", {}, done)
+
+    def close(self):
+        """Stop children, close sockets, flush the registry, release the lock."""
+        log.info("daemon stopping")
+        self.targets.shutdown()
+        if self.link is not None:
+            self.link.close()
+        self.ipc.close(0)
+        try:
+            os.unlink(config.socket_path(self.home))
+        except OSError:
+            pass
+        self.registry.close()
+        self.ctx.term()
+        os.close(self.lock_fd)
+

@@ -1,0 +1,145 @@
+"""One root exception with stable codes; the CLI maps codes to SPEC messages and exit codes.
+
+Daemons raise `ZpeerError` subclasses; the IPC boundary turns them into
+`{"err": code, "msg": text, "hint": hint}` replies and the CLI renders them.
+"""
+
+EXIT_ZPEER_FAILURE = 255  # like ssh: zpeer's own failure, not the remote command's
+EXIT_USAGE = 2
+
+HINT_PEER_NOT_FOUND = ("run `d listPeers`; the peer must register with the leader first "
+                       "(`d registerWorker` on that peer)")
+HINT_FAILED_TO_CONNECT = ("is `d daemon` running for this ZPEER_HOME? check `systemctl status zpeer`, "
+                          "`wg show`, `ping LEADER`")
+HINT_NOT_CONNECTED = ("the local daemon runs but has no link to its leader: check `d getPeerStatus`, "
+                      "`wg show`, `ping LEADER`, or restart the daemon")
+
+
+class ZpeerError(Exception):
+    """Root of every zpeer failure; `code` is stable and travels over the wire."""
+
+    code = "internal"
+    exit_code = EXIT_ZPEER_FAILURE
+    hint = ""
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def to_reply(self):
+        """Encode for an IPC or peer reply."""
+        return {"err": self.code, "msg": self.message, "hint": self.hint}
+
+
+class PeerNotFound(ZpeerError):
+    """The registry has no peer with that id (or IP)."""
+
+    code = "peer_not_found"
+    hint = HINT_PEER_NOT_FOUND
+
+    def __init__(self, peer_id, hint=None):
+        super().__init__(f"Peer not found: {peer_id}", hint)
+
+
+class PeerOffline(ZpeerError):
+    """The registry knows the peer but it is not connected."""
+
+    code = "peer_offline"
+    hint = "the peer's daemon is not connected to the leader: check it with `d listPeers`"
+
+
+class FailedToConnect(ZpeerError):
+    """The local daemon (or the leader behind it) cannot be reached."""
+
+    code = "failed_to_connect"
+    hint = HINT_FAILED_TO_CONNECT
+
+    def __init__(self, message="Failed to connect", hint=None):
+        super().__init__(message, hint)
+
+
+class NotConnected(ZpeerError):
+    """A worker daemon runs but its leader link is down."""
+
+    code = "not_connected"
+    hint = HINT_NOT_CONNECTED
+
+    def __init__(self, message="Not connected to leader", hint=None):
+        super().__init__(message, hint)
+
+
+class DirectoryNotFound(ZpeerError):
+    """The --directory of an exec does not exist on the target."""
+
+    code = "dir_not_found"
+
+
+class KeyMismatch(ZpeerError):
+    """The leader presented another key than the pinned one."""
+
+    code = "key_mismatch"
+    hint = ("the leader's key is not the one this worker pinned; if the leader was re-keyed, "
+            "enrol again with a new `d joinToken`")
+
+
+class NotAuthorized(ZpeerError):
+    """The peer's key is pending, removed or unknown to the leader."""
+
+    code = "not_authorized"
+    hint = "run `d acceptPeer ID` on the leader, or register with a token from `d joinToken`"
+
+
+class InvalidToken(ZpeerError):
+    """A join token that is malformed, expired, already used or forged."""
+
+    code = "invalid_token"
+    exit_code = EXIT_USAGE
+
+
+class NotLeader(ZpeerError):
+    """A leader-only command was sent to a worker or an unconfigured node."""
+
+    code = "not_leader"
+    hint = "run it on the leader, or make this node one: `d setPeerConfig --role leader --id ID`"
+
+
+class NotConfigured(ZpeerError):
+    """The node has no role yet."""
+
+    code = "not_configured"
+    exit_code = EXIT_USAGE
+    hint = "`d setPeerConfig --role leader --id ID` or `d registerWorker --token TOKEN`"
+
+
+class BadRequest(ZpeerError):
+    """A request with missing or malformed fields."""
+
+    code = "bad_request"
+
+
+class RequestTimeout(ZpeerError):
+    """A request got no answer before its deadline."""
+
+    code = "timeout"
+
+
+class Busy(ZpeerError):
+    """Another daemon already serves this ZPEER_HOME."""
+
+    code = "busy"
+
+
+_BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
+                                      NotConnected, DirectoryNotFound, KeyMismatch, NotAuthorized,
+                                      InvalidToken, NotLeader, NotConfigured, BadRequest,
+                                      RequestTimeout, Busy)}
+
+
+def from_reply(reply):
+    """Rebuild the exception a daemon encoded with `to_reply`."""
+    cls = _BY_CODE.get(reply.get("err"), ZpeerError)
+    err = ZpeerError.__new__(cls)
+    ZpeerError.__init__(err, str(reply.get("msg") or reply.get("err")), reply.get("hint") or cls.hint)
+    return err

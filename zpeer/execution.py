@@ -1,0 +1,392 @@
+"""Child processes on the target: spawn, credit-limited output reads, stdin, timeouts, kills.
+
+`TargetJobs` holds the jobs this node runs for origins. It never blocks: the daemon loop polls
+the fds it lists (`poll_items`) and feeds readiness and timers back; every method returns the
+messages to send, as (header, data) pairs addressed to the origin by their "to" field.
+"""
+import fcntl
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import termios
+import time
+from collections import OrderedDict
+import array
+
+from zpeer.errors import BadRequest, DirectoryNotFound, ZpeerError
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 256 * 1024
+PIPE_SIZE_BYTES = 1 << 20
+EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
+EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut after this
+KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
+SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RC_TIMEOUT = 124
+RC_CANCELLED = 130
+
+
+def exit_status(returncode):
+    """Shell convention: the exit code, or 128+N for death by signal N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def child_environment(user_entry, home):
+    """A sane login-like environment for the command (HOME, USER, LOGNAME, PATH, SHELL...)."""
+    env = {
+        "HOME": user_entry.pw_dir,
+        "USER": user_entry.pw_name,
+        "LOGNAME": user_entry.pw_name,
+        "SHELL": user_entry.pw_shell or "/bin/bash",
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "ZPEER_HOME": home,
+    }
+    for name in ("LANG", "LC_ALL", "TZ"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    runtime = f"/run/user/{user_entry.pw_uid}"
+    if os.path.isdir(runtime):
+        env["XDG_RUNTIME_DIR"] = runtime
+        if os.path.exists(os.path.join(runtime, "bus")):
+            env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={runtime}/bus"
+    return env
+
+
+def _pending_bytes(fd):
+    """Bytes waiting in a pipe (FIONREAD)."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    except OSError:
+        return 0
+    return buf[0]
+
+
+class RunningJob:
+    """One command running for an origin: its process group, pipes and output credit."""
+
+    def __init__(self, job, origin, proc, timeout_s, credit):
+        self.job, self.origin, self.proc = job, origin, proc
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_s if timeout_s else None
+        self.credit = credit
+        self.pipes = {}  # fd number (1/2) -> file descriptor
+        for num, stream in ((1, proc.stdout), (2, proc.stderr)):
+            fd = stream.fileno()
+            os.set_blocking(fd, False)
+            try:
+                fcntl.fcntl(fd, 1031, PIPE_SIZE_BYTES)  # F_SETPIPE_SZ: fewer wakeups
+            except OSError:
+                pass
+            self.pipes[num] = fd
+        self.stdin_fd = proc.stdin.fileno() if proc.stdin else None
+        if self.stdin_fd is not None:
+            os.set_blocking(self.stdin_fd, False)
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
+        self.exited_at = None
+        self.last_data_at = None
+        self.how = "exit"  # or timeout / cancelled
+        self.kill_at = None
+        self.bytes_out = 0
+        self.last_origin_word = self.started
+
+    def kill_group(self, sig):
+        """Signal the whole process group (children and grandchildren)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, how):
+        """Terminate the group for a timeout or a cancel; SIGKILL follows after a grace."""
+        if self.how == "exit":
+            self.how = how
+        self.kill_group(signal.SIGTERM)
+        self.kill_group(signal.SIGCONT)  # a stopped group must wake to die
+        self.kill_at = time.monotonic() + KILL_GRACE_S
+
+    def close_pipe(self, num):
+        """Stop reading one output pipe."""
+        fd = self.pipes.pop(num, None)
+        if fd is not None:
+            (self.proc.stdout if num == 1 else self.proc.stderr).close()
+
+    def close_stdin(self):
+        """Close the child's stdin (EOF for it)."""
+        if self.stdin_fd is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.stdin_fd = None
+
+    def rc(self):
+        """The status to report for this job."""
+        if self.how == "timeout":
+            return RC_TIMEOUT
+        if self.how == "cancelled":
+            return RC_CANCELLED
+        return exit_status(self.proc.returncode)
+
+    def release(self):
+        """Close every fd this job holds."""
+        for num in list(self.pipes):
+            self.close_pipe(num)
+        self.close_stdin()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class TargetJobs:
+    """The jobs this node runs on behalf of origins."""
+
+    def __init__(self, node_id, home, run_as_root=None):
+        self.node_id, self.home = node_id, home
+        self.jobs = {}
+        self.seen = OrderedDict()  # job id -> True: at-most-once across retries/reconnects
+        self.is_root = os.geteuid() == 0 if run_as_root is None else run_as_root
+
+    def _remember(self, job):
+        """Record a job id as seen; False if it was seen before."""
+        if job in self.seen:
+            return False
+        self.seen[job] = True
+        while len(self.seen) > SEEN_JOBS_MAX:
+            self.seen.popitem(last=False)
+        return True
+
+    def start(self, msg, origin):
+        """Start an exec request; returns the messages to send (started or error)."""
+        job = msg["job"]
+        if not self._remember(job):
+            log.warning("job %s from %s already seen: not started again", job, origin)
+            return []
+        try:
+            proc = self._spawn(msg)
+        except ZpeerError as exc:
+            return [({"t": "error", "job": job, "to": origin, "err": exc.to_reply()}, None)]
+        rj = RunningJob(job, origin, proc, msg.get("timeout"), msg["credit"])
+        self.jobs[job] = rj
+        log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, msg["cmd"][:200])
+        return [({"t": "started", "job": job, "to": origin, "pid": proc.pid}, None)]
+
+    def _spawn(self, msg):
+        """Fork the command in its own session; ZpeerError for bad user or directory."""
+        user = msg.get("user")
+        try:
+            entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.geteuid())
+        except KeyError:
+            raise BadRequest(f"No such user on {self.node_id}: {user}") from None
+        extra = {}
+        if user and entry.pw_uid != os.geteuid():
+            if not self.is_root:
+                raise BadRequest(f"--user {user} needs the daemon on {self.node_id} to run as root")
+            extra = {"user": entry.pw_uid, "group": entry.pw_gid,
+                     "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
+        directory = msg.get("dir") or entry.pw_dir
+        if not os.path.isdir(directory):
+            raise DirectoryNotFound(f"Directory not found on {self.node_id}: {directory}")
+        env = child_environment(entry, self.home)
+        env["ZPEER_JOB"] = msg["job"]
+        try:
+            return subprocess.Popen(
+                ["/bin/bash", "-c", msg["cmd"]], cwd=directory, env=env,
+                stdin=subprocess.PIPE if msg.get("stdin") else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                close_fds=True, **extra)
+        except OSError as exc:
+            raise ZpeerError(f"Cannot start command on {self.node_id}: {exc}") from None
+
+    def poll_items(self):
+        """(fd, want_write) pairs the loop must poll: output pipes with credit, stdin, pidfds."""
+        items = []
+        for rj in self.jobs.values():
+            if rj.credit > 0:
+                items.extend((fd, False) for fd in rj.pipes.values())
+            if rj.stdin_fd is not None and rj.stdin_buf:
+                items.append((rj.stdin_fd, True))
+            if rj.pidfd is not None and rj.exited_at is None:
+                items.append((rj.pidfd, False))
+        return items
+
+    def on_ready(self, ready):
+        """Handle a set of ready fds; returns messages."""
+        out = []
+        for rj in list(self.jobs.values()):
+            for num, fd in list(rj.pipes.items()):
+                if fd in ready and rj.credit > 0:
+                    out.extend(self._read(rj, num))
+            if rj.stdin_fd is not None and rj.stdin_fd in ready:
+                out.extend(self._write_stdin(rj))
+            if rj.pidfd is not None and rj.pidfd in ready:
+                self._reap(rj)
+            out.extend(self._maybe_finish(rj))
+        return out
+
+    def _read(self, rj, num):
+        """Read one chunk (bounded by credit) from a pipe."""
+        try:
+            data = os.read(rj.pipes[num], min(READ_CHUNK_BYTES, rj.credit))
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            rj.close_pipe(num)
+            return []
+        rj.credit -= len(data)
+        rj.bytes_out += len(data)
+        rj.last_data_at = time.monotonic()
+        return [({"t": "out", "job": rj.job, "to": rj.origin, "fd": num}, data)]
+
+    def _write_stdin(self, rj):
+        """Push buffered stdin into the child without blocking; ack what it took."""
+        try:
+            n = os.write(rj.stdin_fd, rj.stdin_buf)
+            del rj.stdin_buf[:n]
+        except BlockingIOError:
+            return []
+        except OSError:  # the child closed its stdin: drop the rest, like a pipe would
+            n = len(rj.stdin_buf)
+            rj.stdin_buf.clear()
+            rj.close_stdin()
+        if not rj.stdin_buf and rj.stdin_eof:
+            rj.close_stdin()
+        return [({"t": "stdin_ack", "job": rj.job, "to": rj.origin, "n": n}, None)]
+
+    def _reap(self, rj):
+        """Collect the shell's exit status once it is gone."""
+        if rj.exited_at is None and rj.proc.poll() is not None:
+            rj.exited_at = time.monotonic()
+            if rj.pidfd is not None:
+                os.close(rj.pidfd)
+                rj.pidfd = None
+
+    def _maybe_finish(self, rj):
+        """End the job when the shell exited and its pipes are drained (or idle/cut)."""
+        if rj.exited_at is None:
+            return []
+        now = time.monotonic()
+        for num, fd in list(rj.pipes.items()):
+            pending = _pending_bytes(fd)
+            idle_since = max(rj.exited_at, rj.last_data_at or 0)
+            if rj.how != "exit":
+                # killed: deliver what is already buffered if the reader keeps up, no more
+                if pending == 0 or rj.credit <= 0:
+                    rj.close_pipe(num)
+            elif pending == 0 and now - idle_since > EXIT_IDLE_GRACE_S:
+                rj.close_pipe(num)  # a background child holds the pipe open but is silent
+            elif now - rj.exited_at > EXIT_DRAIN_MAX_S and rj.credit > 0:
+                rj.close_pipe(num)  # a background child keeps writing after the shell exited
+        if rj.pipes:
+            return []
+        del self.jobs[rj.job]
+        rc = rj.rc()
+        rj.release()
+        log.info("job %s: %s rc=%d after %.3fs", rj.job, rj.how, rc, now - rj.started)
+        return [({"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
+                  "bytes": rj.bytes_out, "duration": now - rj.started}, None)]
+
+    def credit(self, job, n):
+        """The origin consumed output: allow n more bytes."""
+        rj = self.jobs.get(job)
+        if rj:
+            rj.credit += max(0, n)
+            rj.last_origin_word = time.monotonic()
+
+    def stdin(self, job, data, eof):
+        """Queue stdin bytes for a job's child; returns acks for what it took at once."""
+        rj = self.jobs.get(job)
+        if rj is None:
+            return []
+        if rj.stdin_fd is None:  # child closed stdin: ack so the origin does not stall
+            return [({"t": "stdin_ack", "job": job, "to": rj.origin, "n": len(data)}, None)] if data else []
+        out = []
+        if data:
+            rj.stdin_buf += data
+            out = self._write_stdin(rj)
+        if eof:
+            rj.stdin_eof = True
+            if not rj.stdin_buf:
+                rj.close_stdin()
+        return out
+
+    def cancel(self, job):
+        """Kill a job's process group at the origin's request."""
+        rj = self.jobs.get(job)
+        if rj:
+            rj.stop("cancelled")
+        else:
+            self._remember(job)  # a late exec with this id must not run
+
+    def alive(self, origin, jobs):
+        """The origin still wants these jobs."""
+        now = time.monotonic()
+        for job in jobs:
+            rj = self.jobs.get(job)
+            if rj and rj.origin == origin:
+                rj.last_origin_word = now
+
+    def on_timer(self, now, origin_timeout_s):
+        """Timeouts, SIGKILL escalation, orphaned jobs, and drain grace; returns messages."""
+        out = []
+        for rj in list(self.jobs.values()):
+            if rj.deadline and now >= rj.deadline and rj.how == "exit":
+                rj.stop("timeout")
+            if now - rj.last_origin_word > origin_timeout_s and rj.how == "exit":
+                log.warning("job %s: origin %s went silent, killing it", rj.job, rj.origin)
+                rj.stop("cancelled")
+            if rj.kill_at and now >= rj.kill_at:
+                rj.kill_group(signal.SIGKILL)
+                rj.kill_at = None
+            if rj.exited_at is None and rj.pidfd is None:
+                self._reap(rj)
+            out.extend(self._maybe_finish(rj))
+        return out
+
+    def next_deadline(self):
+        """Earliest monotonic time at which on_timer has work."""
+        times = []
+        for rj in self.jobs.values():
+            if rj.deadline and rj.how == "exit":
+                times.append(rj.deadline)
+            if rj.kill_at:
+                times.append(rj.kill_at)
+            if rj.exited_at is not None:
+                times.append(time.monotonic() + 0.05)
+            if rj.pidfd is None and rj.exited_at is None:
+                times.append(time.monotonic() + 0.05)
+        return min(times) if times else None
+
+    def jobs_by_origin(self):
+        """origin -> [job ids], for keepalives."""
+        result = {}
+        for rj in self.jobs.values():
+            result.setdefault(rj.origin, []).append(rj.job)
+        return result
+
+    def fail_origin(self, origin):
+        """The origin is gone (disconnected): kill its jobs."""
+        for rj in self.jobs.values():
+            if rj.origin == origin and rj.how == "exit":
+                rj.stop("cancelled")
+
+    def fail_others(self, keep_origin):
+        """Our leader link is gone: kill jobs of every origin but `keep_origin` (ourselves)."""
+        for rj in self.jobs.values():
+            if rj.origin != keep_origin and rj.how == "exit":
+                rj.stop("cancelled")
+
+    def shutdown(self):
+        """Kill everything (daemon stopping)."""
+        for rj in list(self.jobs.values()):
+            rj.kill_group(signal.SIGKILL)
+            rj.release()
+        self.jobs.clear()

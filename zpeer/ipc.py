@@ -1,0 +1,76 @@
+"""The CLI <-> local daemon link: a REQ client for the CLI and the reply helper for the daemon.
+
+The daemon binds a ROUTER on ipc://$ZPEER_HOME/d.sock, so it can hold many CLI requests at
+once (long polls for job output) and answer each when it is ready. The CLI talks REQ: one
+request, one reply, which also paces output streaming (it asks for the next output only after
+writing the previous one). Frames: see zpeer.protocol. Only zmq and msgpack are imported here.
+"""
+import os
+import uuid
+
+import msgpack
+import zmq
+
+from zpeer import config, protocol
+from zpeer.errors import FailedToConnect, ZpeerError, from_reply
+
+CONNECT_TIMEOUT_S = 1.0
+DEFAULT_CALL_TIMEOUT_S = 10.0
+
+
+class Client:
+    """A CLI's connection to its local daemon."""
+
+    def __init__(self, home=None, ctx=None):
+        self.path = config.socket_path(home)
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = None
+
+    def _connect(self):
+        """Open the REQ socket; Failed to connect within CONNECT_TIMEOUT_S if nobody listens."""
+        if not os.path.exists(self.path):
+            raise FailedToConnect()
+        sock = self.ctx.socket(zmq.REQ)
+        sock.linger = 0
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # POLLOUT only once a daemon accepted us
+        sock.connect(f"ipc://{self.path}")
+        if not sock.poll(int(CONNECT_TIMEOUT_S * 1000), zmq.POLLOUT):
+            sock.close(0)
+            raise FailedToConnect()
+        self.sock = sock
+
+    def call(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, **args):
+        """Send one request and return the reply map; raises the daemon's ZpeerError."""
+        if self.sock is None:
+            self._connect()
+        header = {"op": op, "rid": uuid.uuid4().hex[:16], "deadline_s": timeout_s}
+        header.update(args)
+        self.sock.send_multipart(protocol.encode(header))
+        if not self.sock.poll(int(timeout_s * 1000) + 1):
+            self.close()  # a REQ without its reply is unusable
+            raise FailedToConnect("Failed to connect",
+                                  hint="the local daemon did not answer in time: is it stuck? "
+                                       "see its log, `systemctl status zpeer`")
+        frames = self.sock.recv_multipart()
+        try:
+            reply = protocol.unpack_header(frames[1], protocol.MAX_IPC_BYTES)
+        except (protocol.ProtocolError, IndexError):
+            raise ZpeerError("Bad reply from the local daemon (is it another zpeer version?)") from None
+        if reply.get("err"):
+            raise from_reply(reply)
+        return reply
+
+    def close(self):
+        """Close the socket."""
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+
+
+def reply_frames(identity, rid, payload):
+    """Frames of a daemon's reply to a CLI request (ROUTER envelope + empty REQ delimiter)."""
+    body = dict(payload)
+    body["rid"] = rid
+    return protocol.envelope(identity, [b"", protocol.SIGNATURE,
+                                        msgpack.packb(body, use_bin_type=True)])
+

@@ -1,0 +1,247 @@
+"""Leader role: the CURVE-secured ROUTER, enrolment, liveness and routing by peer id.
+
+Incoming frames are [identity, SIGNATURE, header, (data)]. Each message is checked against the
+CURVE key that ZAP authenticated for its connection (the frame's User-Id): a connection only
+acts as the peer id bound to its key, and pending or unknown keys can only say hello.
+"""
+import logging
+import socket
+import time
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from zpeer import config, keys, protocol
+from zpeer.errors import NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
+from zpeer.logsetup import RateLimited
+from zpeer.peerinfo import describe_last_seen, peer_record
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 5.0
+SNDHWM = 20000
+RCVHWM = 20000
+
+
+class _KeyPolicy:
+    """ZAP callback: any CURVE key may connect (to enrol) unless it was revoked."""
+
+    def __init__(self):
+        self.revoked = set()
+
+    def callback(self, domain, key):
+        """Called by the ZAP thread for each new connection."""
+        return (key.decode() if isinstance(key, bytes) else key) not in self.revoked
+
+
+class LeaderLink:
+    """The leader's ROUTER socket and everything it knows about connected peers."""
+
+    def __init__(self, ctx, cfg, public, secret, registry, version):
+        self.cfg, self.registry, self.version = cfg, registry, version
+        self.id = cfg["id"]
+        self.public = public.decode() if isinstance(public, bytes) else public
+        self.heartbeat_s = float(cfg["heartbeat_s"])
+        self.policy = _KeyPolicy()
+        self.policy.revoked = {row.key for row in registry.peers("removed") if row.key}
+        self.auth = ThreadAuthenticator(ctx, log=logging.getLogger("zpeer.zap"))
+        self.auth.start()
+        self.auth.configure_curve_callback("*", self.policy)
+        sock = ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, int(self.heartbeat_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.heartbeat_s * 3000))
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+        host, port = config.split_host_port(cfg["bind"])
+        sock.bind(config.tcp_endpoint(host, port))
+        self.sock = sock
+        self.address = config.join_host_port(cfg.get("advertise") or host, port)
+        self.live = {}  # peer id -> {"key", "ip", "rx"} for verified, online peers
+        self.limiter = RateLimited()
+        self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        own_ip = cfg.get("advertise") or (host if host not in ("0.0.0.0", "::", "*") else None)
+        registry.upsert(self.id, ip=own_ip or _primary_ip(), hostname=socket.gethostname(),
+                        role="leader", version=version, key=self.public, status="accepted")
+
+    def close(self):
+        """Stop the authenticator and close the socket."""
+        self.sock.close(0)
+        self.auth.stop()
+
+    # --- sending -----------------------------------------------------------------------
+    def send(self, peer_id, header, data=None):
+        """Send to a connected peer by identity; False if it cannot take it now."""
+        if peer_id not in self.live:
+            return False
+        try:
+            self.sock.send_multipart(protocol.envelope(peer_id, protocol.encode(header, data)),
+                                     flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (HWM): the peer is not keeping up
+            if self.limiter.allow(("send", peer_id)):
+                log.warning("cannot send %s to %s: %s", header.get("t"), peer_id, exc)
+            return False
+
+    def _send_raw(self, identity, header):
+        """Answer a connection that is not (yet) a verified peer (hello replies)."""
+        try:
+            self.sock.send_multipart(protocol.envelope(identity, protocol.encode(header)),
+                                     flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    # --- receiving ---------------------------------------------------------------------
+    def receive(self):
+        """Read one message; returns (peer_id, header, data) for the daemon, or None."""
+        frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        identity = frames[0].bytes
+        try:
+            header, data = protocol.decode(frames[1:])
+            key = frames[1].get("User-Id")
+            ip = frames[1].get("Peer-Address")
+        except (protocol.ProtocolError, zmq.ZMQError, UnicodeDecodeError) as exc:
+            if self.limiter.allow(("bad", identity[:64])):
+                log.warning("dropped malformed message from %r: %s", identity[:64], exc)
+            return None
+        peer_id = identity.decode("utf-8", "replace")
+        if header["t"] == "hello":
+            self._hello(identity, peer_id, key, ip, header)
+            return None
+        row_key = self.live.get(peer_id, {}).get("key")
+        if row_key is None or row_key != key:
+            self._unverified(identity, peer_id, key, header)
+            return None
+        entry = self.live[peer_id]
+        entry["rx"] = time.monotonic()
+        self.registry.touch(peer_id, ip)
+        if header["t"] == "hb":
+            self.send(peer_id, {"t": "hb", "rid": header["rid"], "gen": self.registry.generation})
+            return None
+        if data is not None:
+            data = data.buffer  # zero-copy memoryview of the output bytes
+        return peer_id, header, data
+
+    def _unverified(self, identity, peer_id, key, header):
+        """A message from a connection not bound to this id: only tell it to say hello."""
+        row = self.registry.get(peer_id)
+        if row is not None and row.status == "accepted" and row.key == key:
+            self._send_raw(identity, {"t": "rehello", "rid": header["rid"]})  # e.g. after our restart
+            return
+        if peer_id in self.live:  # someone else claims a connected peer's id: stop trusting the route
+            log.warning("connection with key %s claims id %s bound to another key: route suspended",
+                        key, peer_id)
+            self.live.pop(peer_id, None)
+        elif self.limiter.allow(("unverified", peer_id)):
+            log.warning("ignored %s from unenrolled connection %r (key %s)", header["t"], peer_id, key)
+
+    def _hello(self, identity, peer_id, key, ip, header):
+        """Enrolment and (re)registration: bind id <-> key, answer with welcome."""
+        rid = header["rid"]
+        if not config.valid_peer_id(peer_id) or header["id"] != peer_id or peer_id == self.id:
+            self._send_raw(identity, {"t": "welcome", "rid": rid, "status": "rejected",
+                                      "leader": self.id, "gen": 0,
+                                      "reason": f"invalid or reserved peer id {peer_id!r}"})
+            return
+        row = self.registry.get(peer_id)
+        token = header.get("token")
+        status, reason = "pending", "waiting for `d acceptPeer` on the leader"
+        if row is not None and row.key == key and row.status == "accepted":
+            status, reason = "accepted", "known key"
+        elif isinstance(token, str) and token:
+            refusal = self.registry.consume_token(keys.hash_secret(token), peer_id)
+            if refusal is None:
+                status, reason = "accepted", "enrolled with a join token"
+            else:
+                status, reason = "rejected", f"join token refused: {refusal}"
+        elif row is not None and row.status == "accepted":
+            status, reason = "rejected", (f"peer id {peer_id} is bound to another key; "
+                                          "re-enrol with a new join token or ask for acceptance")
+        fields = {"hostname": str(header.get("hostname"))[:255], "version": str(header.get("version"))[:64],
+                  "role": "worker"}
+        if status == "accepted":
+            if row is None or row.key != key:
+                self.policy.revoked.discard(key)
+            self.registry.upsert(peer_id, ip=ip, key=key, status="accepted", **fields)
+            self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic()}
+            log.info("peer %s online from %s (%s)", peer_id, ip, reason)
+        elif status == "pending" and (row is None or row.status in ("pending", "removed")):
+            if row is None or row.key != key or row.status != "pending":
+                log.info("peer %s from %s asks to join: pending (key %s)", peer_id, ip, key)
+            self.registry.upsert(peer_id, ip=ip, key=key, status="pending", **fields)
+        elif status == "rejected":
+            log.warning("peer %s from %s refused: %s", peer_id, ip, reason)
+        self._send_raw(identity, {"t": "welcome", "rid": rid, "status": status, "leader": self.id,
+                                  "gen": self.registry.generation, "reason": reason,
+                                  "hb": self.heartbeat_s})
+
+    # --- liveness ----------------------------------------------------------------------
+    def sweep(self, now):
+        """Mark peers silent for 3 heartbeat intervals offline; returns their ids."""
+        limit = 3 * self.heartbeat_s
+        gone = [p for p, e in self.live.items() if now - e["rx"] > limit]
+        for peer_id in gone:
+            del self.live[peer_id]
+            log.info("peer %s offline (silent for %.1fs)", peer_id, limit)
+        if now >= self.next_flush:
+            self.registry.flush()
+            self.next_flush = now + FLUSH_INTERVAL_S
+        return gone
+
+    def online(self, peer_id):
+        """True if the peer is connected and verified (the leader itself always is)."""
+        return peer_id == self.id or peer_id in self.live
+
+    def check_target(self, peer_id):
+        """Raise PeerNotFound / PeerOffline unless a message can go to peer_id now."""
+        if self.online(peer_id):
+            return
+        row = self.registry.get(peer_id)
+        if row is None or row.status == "removed":
+            raise PeerNotFound(peer_id)
+        if row.status == "pending":
+            raise NotAuthorized(f"Peer not accepted yet: {peer_id}")
+        raise PeerOffline(f"Peer offline: {peer_id} ({describe_last_seen(self.registry.last_seen(row))})")
+
+    # --- management ----------------------------------------------------------------------
+    def records(self, pending=False):
+        """Rows for listPeers."""
+        rows = self.registry.peers("pending" if pending else "accepted")
+        return [peer_record(r, self.online(r.id), self.registry.last_seen(r), self.version) for r in rows]
+
+    def accept(self, peer_id):
+        """Accept a pending peer's key."""
+        row = self.registry.get(peer_id)
+        if row is None or row.status not in ("pending", "accepted"):
+            raise PeerNotFound(peer_id, hint="`d listPeers --pending` lists the peers waiting")
+        if row.key:
+            self.policy.revoked.discard(row.key)
+        self.registry.set_status(peer_id, "accepted")
+        return {"id": peer_id, "status": "accepted"}
+
+    def remove(self, peer_id):
+        """Revoke a peer's key, cut its route and forget it."""
+        if peer_id == self.id:
+            raise ZpeerError("The leader cannot remove itself")
+        row = self.registry.get(peer_id)
+        if row is None or row.status == "removed":
+            raise PeerNotFound(peer_id)
+        if row.key:
+            self.policy.revoked.add(row.key)
+        self.send(peer_id, {"t": "bye", "rid": "removed", "reason": "removed by the leader"})
+        self.live.pop(peer_id, None)
+        self.registry.set_status(peer_id, "removed")
+        return {"id": peer_id, "status": "removed"}
+
+
+def _primary_ip():
+    """Best guess at this host's address when bound to all of them (use --advertise to say)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

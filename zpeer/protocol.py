@@ -1,0 +1,143 @@
+"""Wire format of zpeer: versioned msgpack headers plus raw data frames. No sockets here.
+
+Peer link (worker DEALER <-> leader ROUTER), as the DEALER sends it::
+
+    frame 0  SIGNATURE        b"ZP" + one version byte (PROTOCOL_VERSION)
+    frame 1  header           msgpack map: {"t": type, "rid": request id, ...fields}
+    frame 2  data (optional)  raw bytes (command output, stdin), never re-encoded
+
+The ROUTER sees one more frame in front: the routing identity (= the peer id of the DEALER).
+`envelope()` is the only place that builds that prefix; every send on a ROUTER goes through it.
+
+Routing fields in the header: "to" names the destination peer; "from" names the origin peer and
+is set by the leader from the connection's authenticated identity, never trusted from a worker.
+
+CLI link (CLI REQ <-> daemon ROUTER on d.sock) uses the same frames 0..1 with "op" instead of
+"t"; bulk bytes travel inside the msgpack map there (bin type).
+
+Every header carries "rid", a request id (str, <= 64 chars); replies echo it.
+"""
+import msgpack
+
+PROTOCOL_VERSION = 1
+SIGNATURE = b"ZP" + bytes([PROTOCOL_VERSION])
+MAX_HEADER_BYTES = 1 << 20  # a peer header is small; output travels in the data frame
+MAX_IPC_BYTES = 16 << 20  # CLI replies carry output inside the map
+MAX_ID_LEN = 64
+MAX_MESSAGE_BYTES = 64 << 20  # socket MAXMSGSIZE: bounds any single frame from the network
+
+_STR = (str,)
+_OPT_STR = (str, type(None))
+_INT = (int,)
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+_BOOL = (bool,)
+_MAP = (dict,)
+_LIST = (list,)
+_ANY = object
+
+# type -> {field: allowed python types}; only these fields are required, extra ones are ignored.
+PEER_MESSAGES = {
+    "hello": {"id": _STR, "hostname": _STR, "version": _STR, "role": _STR, "pid": _INT},
+    "welcome": {"status": _STR, "leader": _STR, "gen": _INT},
+    "rehello": {},
+    "hb": {},
+    "bye": {"reason": _STR},
+    "rpc": {"op": _STR, "args": _MAP},
+    "rpc_reply": {"ok": _BOOL},
+    "exec": {"job": _STR, "to": _STR, "cmd": _STR, "dir": _OPT_STR, "user": _OPT_STR,
+             "timeout": _OPT_NUM, "stdin": _BOOL, "credit": _INT, "ttl": _NUM},
+    "started": {"job": _STR, "to": _STR, "pid": _INT},
+    "out": {"job": _STR, "to": _STR, "fd": _INT},
+    "credit": {"job": _STR, "to": _STR, "n": _INT},
+    "stdin": {"job": _STR, "to": _STR, "eof": _BOOL},
+    "stdin_ack": {"job": _STR, "to": _STR, "n": _INT},
+    "exit": {"job": _STR, "to": _STR, "rc": _INT, "how": _STR},
+    "error": {"job": _STR, "to": _STR, "err": _MAP},
+    "cancel": {"job": _STR, "to": _STR},
+    "alive": {"to": _STR, "jobs": _LIST},
+}
+
+# Job-scoped messages the leader forwards between peers by their "to" field.
+ROUTED_TYPES = frozenset({"exec", "started", "out", "credit", "stdin", "stdin_ack", "exit", "error",
+                          "cancel", "alive"})
+
+
+class ProtocolError(ValueError):
+    """A frame sequence that is not a valid zpeer message."""
+
+
+def encode(header, data=None):
+    """Frames for a message (without routing envelope)."""
+    frames = [SIGNATURE, msgpack.packb(header, use_bin_type=True)]
+    if data is not None:
+        frames.append(data)
+    return frames
+
+
+def envelope(identity, frames):
+    """Prefix frames with a ROUTER routing identity: the one place an envelope is built."""
+    if isinstance(identity, str):
+        identity = identity.encode()
+    return [identity] + list(frames)
+
+
+def _bytes(frame):
+    """Bytes of a frame that may be a zmq.Frame (zero-copy receive) or bytes."""
+    return frame if isinstance(frame, bytes) else getattr(frame, "bytes", frame)
+
+
+def unpack_header(raw, max_bytes=MAX_HEADER_BYTES):
+    """Decode a msgpack header map, rejecting anything but a map with a valid rid."""
+    if len(raw) > max_bytes:
+        raise ProtocolError("header too large")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"undecodable header: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a map")
+    rid = header.get("rid")
+    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_ID_LEN:
+        raise ProtocolError("missing or bad rid")
+    return header
+
+
+def check_signature(frame):
+    """Raise unless frame is our signature with a supported version."""
+    sig = _bytes(frame)
+    if len(sig) != 3 or sig[:2] != b"ZP":
+        raise ProtocolError("not a zpeer message")
+    if sig[2] != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {sig[2]}")
+
+
+def decode(frames):
+    """Decode [SIGNATURE, header, (data)] from the peer link into (header, data or None)."""
+    if len(frames) not in (2, 3):
+        raise ProtocolError(f"expected 2 or 3 frames, got {len(frames)}")
+    check_signature(frames[0])
+    header = unpack_header(_bytes(frames[1]))
+    mtype = header.get("t")
+    schema = PEER_MESSAGES.get(mtype) if isinstance(mtype, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {mtype!r}")
+    for field, types in schema.items():
+        value = header.get(field)
+        if not isinstance(value, types) or (types is _INT and isinstance(value, bool)):
+            raise ProtocolError(f"{mtype}: bad field {field!r}")
+        if isinstance(value, str) and field in ("id", "job", "to") and len(value) > MAX_ID_LEN:
+            raise ProtocolError(f"{mtype}: {field} too long")
+    data = frames[2] if len(frames) == 3 else None
+    return header, data
+
+
+def decode_request(frames):
+    """Decode a CLI request [SIGNATURE, header] into a header map with an "op"."""
+    if len(frames) != 2:
+        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
+    check_signature(frames[0])
+    header = unpack_header(_bytes(frames[1]), MAX_IPC_BYTES)
+    if not isinstance(header.get("op"), str):
+        raise ProtocolError("missing op")
+    return header

@@ -1,0 +1,253 @@
+"""The leader's peer registry and audit log, in SQLite through peewee. No ZeroMQ here.
+
+Tables: meta (schema version), peer (id, ip as observed on the connection, hostname, role,
+version, CURVE key, status accepted/pending/removed, first/last seen), join_token (hash of the
+one-time secret, expiry, use) and exec_log (audit of every exec routed by this leader).
+Workers keep the same schema but only meta; `sanity_check(worker=True)` deletes the rest.
+last_seen is kept in memory and flushed in batches (`flush()`), never one write per heartbeat.
+"""
+import logging
+import time
+
+import peewee
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+LEADER_ONLY_TABLES = ("peer", "join_token", "exec_log")
+
+
+def _make_models(db):
+    """Model classes bound to one database (no process-global binding)."""
+
+    class Base(peewee.Model):
+        class Meta:
+            database = db
+
+    class Meta(Base):
+        key = peewee.CharField(primary_key=True)
+        value = peewee.TextField()
+
+        class Meta:
+            table_name = "meta"
+
+    class Peer(Base):
+        id = peewee.CharField(primary_key=True, max_length=64)
+        ip = peewee.CharField(null=True)
+        hostname = peewee.CharField(null=True)
+        role = peewee.CharField(default="worker")
+        version = peewee.CharField(null=True)
+        key = peewee.CharField(null=True, index=True)
+        status = peewee.CharField(default="accepted")
+        first_seen = peewee.FloatField(null=True)
+        last_seen = peewee.FloatField(null=True)
+
+        class Meta:
+            table_name = "peer"
+
+    class JoinToken(Base):
+        secret_hash = peewee.CharField(primary_key=True)
+        created = peewee.FloatField()
+        expires = peewee.FloatField()
+        used_at = peewee.FloatField(null=True)
+        used_by = peewee.CharField(null=True)
+
+        class Meta:
+            table_name = "join_token"
+
+    class ExecLog(Base):
+        job = peewee.CharField(primary_key=True)
+        started_at = peewee.FloatField()
+        origin = peewee.CharField()
+        origin_user = peewee.CharField(null=True)
+        target = peewee.CharField(index=True)
+        fanout = peewee.IntegerField(default=1)
+        directory = peewee.TextField(null=True)
+        command = peewee.TextField()
+        rc = peewee.IntegerField(null=True)
+        outcome = peewee.CharField(null=True)
+        duration_s = peewee.FloatField(null=True)
+        bytes_out = peewee.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "exec_log"
+
+    return Meta, Peer, JoinToken, ExecLog
+
+
+class Registry:
+    """Peers, tokens and the exec audit of one node's SQLite file."""
+
+    def __init__(self, path):
+        self.path = path
+        self.db = peewee.SqliteDatabase(path, pragmas={"journal_mode": "wal", "busy_timeout": 200,
+                                                       "synchronous": "normal"})
+        self.Meta, self.Peer, self.JoinToken, self.ExecLog = _make_models(self.db)
+        self._seen = {}  # peer id -> (last_seen, ip): pending batched writes
+        self._audit = []  # (job, fields): pending audit writes
+        self.last_error = None
+        self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
+        self.db.connect()
+        self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog])
+        row = self.Meta.get_or_none(self.Meta.key == "schema_version")
+        if row is None:
+            self.Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
+
+    def close(self):
+        """Flush pending writes and close the file."""
+        self.flush()
+        self.flush_audit()
+        self.db.close()
+
+    # --- peers -------------------------------------------------------------------------
+    def get(self, peer_id):
+        """The peer row or None."""
+        return self.Peer.get_or_none(self.Peer.id == peer_id)
+
+    def by_key(self, key):
+        """The non-removed peer row bound to a CURVE key, or None."""
+        return (self.Peer.select().where((self.Peer.key == key) & (self.Peer.status != "removed"))
+                .first())
+
+    def peers(self, status="accepted"):
+        """Peers with a status, ordered by id."""
+        return list(self.Peer.select().where(self.Peer.status == status).order_by(self.Peer.id))
+
+    def by_ip(self, ip):
+        """Accepted peers whose observed IP is ip."""
+        return list(self.Peer.select().where((self.Peer.ip == ip) & (self.Peer.status == "accepted"))
+                    .order_by(self.Peer.id))
+
+    def upsert(self, peer_id, **fields):
+        """Create or update a peer row; returns it. Bumps the generation on id/status changes."""
+        now = time.time()
+        row = self.get(peer_id)
+        if row is None:
+            row = self.Peer.create(id=peer_id, first_seen=now, last_seen=now, **fields)
+            self.generation += 1
+            return row
+        if "status" in fields and fields["status"] != row.status:
+            self.generation += 1
+        for name, value in fields.items():
+            setattr(row, name, value)
+        row.save()
+        return row
+
+    def set_status(self, peer_id, status):
+        """Change a peer's status (accepted, pending, removed)."""
+        return self.upsert(peer_id, status=status)
+
+    def delete(self, peer_id):
+        """Forget a peer entirely."""
+        self.Peer.delete().where(self.Peer.id == peer_id).execute()
+        self.generation += 1
+
+    def touch(self, peer_id, ip=None):
+        """Note that a peer was seen now; written by the next flush()."""
+        self._seen[peer_id] = (time.time(), ip)
+
+    def last_seen(self, row):
+        """Best known last-seen time of a row, including unflushed heartbeats."""
+        pending = self._seen.get(row.id)
+        return pending[0] if pending else row.last_seen
+
+    def flush(self):
+        """Write batched last_seen/ip updates in one transaction; keeps them on failure."""
+        if not self._seen:
+            return 0
+        batch, self._seen = self._seen, {}
+        try:
+            with self.db.atomic():
+                for peer_id, (seen, ip) in batch.items():
+                    fields = {self.Peer.last_seen: seen}
+                    if ip:
+                        fields[self.Peer.ip] = ip
+                    self.Peer.update(fields).where(self.Peer.id == peer_id).execute()
+            self.last_error = None
+        except peewee.OperationalError as exc:
+            for key, value in batch.items():
+                self._seen.setdefault(key, value)
+            self._note_error(exc)
+            return 0
+        return len(batch)
+
+    def _note_error(self, exc):
+        """Remember a database failure for getPeerStatus and the log."""
+        if str(exc) != self.last_error:
+            log.error("database %s: %s (will retry)", self.path, exc)
+        self.last_error = str(exc)
+
+    # --- join tokens --------------------------------------------------------------------
+    def add_token(self, secret_hash, ttl_s):
+        """Store a new token's secret hash with its expiry."""
+        now = time.time()
+        self.JoinToken.create(secret_hash=secret_hash, created=now, expires=now + ttl_s)
+
+    def consume_token(self, secret_hash, peer_id):
+        """Mark a token used by peer_id; returns None if fine else the reason it is refused."""
+        row = self.JoinToken.get_or_none(self.JoinToken.secret_hash == secret_hash)
+        if row is None:
+            return "unknown token"
+        if row.used_at is not None:
+            return "token already used"
+        if row.expires < time.time():
+            return "token expired"
+        row.used_at, row.used_by = time.time(), peer_id
+        row.save()
+        return None
+
+    # --- audit --------------------------------------------------------------------------
+    def log_exec(self, job, **fields):
+        """Queue an audit insert (with "command") or update; written by flush_audit()."""
+        self._audit.append((job, fields))
+
+    def flush_audit(self):
+        """Write queued audit rows in one transaction; database trouble is logged, never fatal."""
+        if not self._audit:
+            return
+        batch, self._audit = self._audit, []
+        try:
+            with self.db.atomic():
+                for job, fields in batch:
+                    if "command" in fields:
+                        self.ExecLog.insert(job=job, **fields).on_conflict_replace().execute()
+                    else:
+                        self.ExecLog.update(**fields).where(self.ExecLog.job == job).execute()
+            self.last_error = None
+        except peewee.PeeweeException as exc:
+            self._audit[:0] = batch[-10000:]
+            self._note_error(exc)
+
+    def history(self, peer=None, limit=20):
+        """Newest audit rows first, optionally for one target."""
+        query = self.ExecLog.select().order_by(self.ExecLog.started_at.desc()).limit(limit)
+        if peer:
+            query = query.where((self.ExecLog.target == peer) | (self.ExecLog.origin == peer))
+        return list(query)
+
+    # --- maintenance --------------------------------------------------------------------
+    def sanity_check(self, worker, dry_run=False):
+        """Integrity + schema check; on a worker delete leader-only rows. Returns report lines."""
+        lines = []
+        result = self.db.execute_sql("PRAGMA integrity_check").fetchall()
+        ok = result == [("ok",)]
+        lines.append("integrity: ok" if ok else "integrity: FAILED: " + "; ".join(r[0] for r in result))
+        row = self.Meta.get_or_none(self.Meta.key == "schema_version")
+        version = int(row.value) if row else None
+        if version == SCHEMA_VERSION:
+            lines.append(f"schema version: {version} (current)")
+        else:
+            lines.append(f"schema version: {version} (expected {SCHEMA_VERSION})")
+            if not dry_run:
+                self.Meta.replace(key="schema_version", value=str(SCHEMA_VERSION)).execute()
+                lines.append(f"schema version set to {SCHEMA_VERSION}")
+        if worker:
+            for table, model in (("peer", self.Peer), ("join_token", self.JoinToken),
+                                 ("exec_log", self.ExecLog)):
+                count = model.select().count()
+                if count and not dry_run:
+                    model.delete().execute()
+                verb = "would delete" if dry_run else "deleted"
+                lines.append(f"leader-only {table}: {count} rows" + (f", {verb}" if count else ""))
+            self._seen.clear()
+        return ok, lines

@@ -1,0 +1,66 @@
+"""Text rendering for the CLI: tables and status lines. No I/O, no heavy imports."""
+import time
+
+from zpeer.peerinfo import ago
+
+
+def _table(headers, rows):
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [headers] + rows]
+    return "\n".join(lines)
+
+
+def _parse_iso(text):
+    """Epoch seconds from our ISO-8601 UTC strings."""
+    if not text:
+        return None
+    import calendar
+
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def peer_table(peers, leader_version=None):
+    """The listPeers table: PEER, IP, ROLE, STATUS, LAST SEEN, VERSION (skew marked with *)."""
+    rows = []
+    for p in peers:
+        seen = "now" if p["online"] else ago(_parse_iso(p["last_seen"]))
+        version = p.get("version") or "-"
+        if p.get("version_differs"):
+            version += " *"
+        status = p.get("status") if p.get("status") == "pending" else ("online" if p["online"] else "offline")
+        rows.append([p["id"], p.get("ip") or "-", p.get("role") or "-", status, seen, version])
+    text = _table(["PEER", "IP", "ROLE", "STATUS", "LAST SEEN", "VERSION"], rows)
+    if any(p.get("version_differs") for p in peers):
+        text += f"\n* version differs from the leader's ({leader_version})"
+    return text
+
+
+def status_lines(status):
+    """getPeerStatus as `key: value` lines."""
+    order = ["id", "role", "daemon", "version", "leader", "leader_address", "bind", "advertise", "source_ip",
+             "connected", "link", "link_reason", "peers_online", "heartbeat_s", "public_key", "leader_key",
+             "home", "db_error"]
+    lines = []
+    for key in order:
+        if key in status and status[key] not in (None, ""):
+            value = status[key]
+            if key == "connected":
+                value = "yes" if value else "no"
+            lines.append(f"{key}: {value}")
+    for key, value in sorted((status.get("recipes") or {}).items()):
+        if value:
+            lines.append(f"{key}: {value}")
+    return lines
+
+
+def history_table(rows):
+    """The audit log as a table."""
+    body = []
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+        rc = "-" if r["rc"] is None else str(r["rc"])
+        duration = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
+        body.append([when, r["origin"] + (f"({r['user']})" if r["user"] else ""), r["target"], rc, duration,
+                     (r["command"] or "")[:60]])
+    return _table(["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"], body)

@@ -1,0 +1,324 @@
+"""Origin side of remote execution: one session per CLI call, one job per target peer.
+
+The CLI opens a session (`exec_open`), then long-polls it (`exec_poll`): the daemon answers
+when output is ready or a short deadline passes. Output bytes handed to the CLI are returned to
+the target as credit, so a slow reader slows the remote command instead of growing buffers.
+Handlers return actions, never touch sockets:
+    ("peer", header, data)          a message for another peer (routed by header["to"])
+    ("reply", identity, rid, map)   the answer to a held CLI request
+"""
+import logging
+import os
+import time
+import uuid
+from collections import deque
+
+from zpeer.errors import PeerNotFound
+
+log = logging.getLogger(__name__)
+
+SINGLE_WINDOW_BYTES = 4 << 20     # output in flight per job when one target
+SESSION_WINDOW_BYTES = 32 << 20   # shared by the jobs of a fan-out
+MIN_WINDOW_BYTES = 64 << 10
+POLL_REPLY_MAX_BYTES = 2 << 20
+POLL_WAIT_MAX_S = 0.5
+EXEC_TTL_S = 60.0                 # an exec older than this on arrival is dropped, not run late
+STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
+CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
+SESSION_ORPHAN_S = 60.0
+
+
+def _pid_alive(pid):
+    """True if a local process with that pid exists."""
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OriginJob:
+    """One target's part of a session."""
+
+    __slots__ = ("job", "target", "state", "sent_at", "last_word", "owed", "bytes", "stdin_out")
+
+    def __init__(self, job, target):
+        self.job, self.target = job, target
+        self.state = "queued"  # queued -> sent -> running -> done
+        self.sent_at = self.last_word = None
+        self.owed = 0
+        self.bytes = 0
+        self.stdin_out = 0
+
+
+class Session:
+    """A CLI exec call: its jobs, buffered events and the CLI request being held."""
+
+    def __init__(self, sid, spec, targets, batch, cli_pid):
+        self.sid, self.spec, self.batch, self.cli_pid = sid, spec, batch, cli_pid
+        self.jobs = {t: OriginJob(f"{sid}.{i}", t) for i, t in enumerate(targets)}
+        self.window = (SINGLE_WINDOW_BYTES if len(targets) <= 1 else
+                       max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
+        self.events = deque()
+        self.buffered = 0
+        self.waiter = None  # (identity, rid, deadline)
+        self.last_poll = time.monotonic()
+        self.cancelled = False
+        self.wants_room = False
+
+    def stdin_room(self):
+        """How many stdin bytes the CLI may send now (the slowest running command decides)."""
+        return STDIN_WINDOW_BYTES - max((j.stdin_out for j in self.active()), default=0)
+
+    def active(self):
+        """Jobs sent and not done."""
+        return [j for j in self.jobs.values() if j.state in ("sent", "running")]
+
+    def finished(self):
+        """All jobs done and every event handed to the CLI."""
+        return not self.events and all(j.state == "done" for j in self.jobs.values())
+
+
+class OriginSessions:
+    """All exec sessions this node originates."""
+
+    def __init__(self, node_id, heartbeat_s):
+        self.node_id = node_id
+        self.heartbeat_s = heartbeat_s
+        self.sessions = {}
+        self.by_job = {}  # job id -> (session, OriginJob)
+
+    @property
+    def silence_limit_s(self):
+        """No word from a target for this long means it is gone (3 heartbeat intervals)."""
+        return 3 * self.heartbeat_s + 0.5
+
+    def open(self, spec, targets, batch, cli_pid, failures=()):
+        """Create a session; `failures` are (peer, error) already known (unknown/offline)."""
+        sid = uuid.uuid4().hex[:12]
+        session = Session(sid, spec, targets, batch, cli_pid)
+        self.sessions[sid] = session
+        for peer, err in failures:
+            self._fail(session, session.jobs[peer], err.code, err.message, err.hint)
+        for job in session.jobs.values():
+            self.by_job[job.job] = (session, job)
+        return sid, self._launch(session)
+
+    def _launch(self, session):
+        """Send queued jobs while the batch limit allows."""
+        actions = []
+        if session.cancelled:
+            return actions
+        running = len(session.active())
+        for job in session.jobs.values():
+            if job.state != "queued":
+                continue
+            if session.batch and running >= session.batch:
+                break
+            job.state, job.sent_at = "sent", time.monotonic()
+            job.last_word = job.sent_at
+            running += 1
+            header = {"t": "exec", "job": job.job, "to": job.target, "credit": session.window,
+                      "ttl": EXEC_TTL_S, "ts": time.time()}
+            header.update(session.spec)
+            actions.append(("peer", header, None))
+        return actions
+
+    def _event(self, session, event, size=0):
+        """Queue an event for the CLI."""
+        session.events.append(event)
+        session.buffered += size
+
+    def _fail(self, session, job, code, message, hint=""):
+        """A job ended in a zpeer failure (exit 255 for it)."""
+        if job.state == "done":
+            return
+        job.state = "done"
+        self._event(session, [job.target, "f", code, message, hint or ""])
+
+    def on_message(self, peer, header, data):
+        """A job message from a target; returns actions."""
+        found = self.by_job.get(header.get("job"))
+        if found is None:
+            return []
+        session, job = found
+        if peer != job.target or job.state == "done":
+            return []
+        job.last_word = time.monotonic()
+        mtype = header["t"]
+        if mtype == "started":
+            job.state = "running"
+            self._event(session, [job.target, "s", header["pid"]])
+        elif mtype == "out" and data is not None:
+            size = len(data)
+            job.bytes += size
+            self._event(session, [job.target, "o" if header["fd"] == 1 else "e", data], size)
+        elif mtype == "exit":
+            job.state = "done"
+            self._event(session, [job.target, "x", header["rc"], header["how"]])
+        elif mtype == "stdin_ack":
+            job.stdin_out = max(0, job.stdin_out - header["n"])
+            if session.wants_room and session.stdin_room() > 0:
+                return self._wake(session, force=True)
+            return []
+        elif mtype == "error":
+            err = header["err"]
+            self._fail(session, job, str(err.get("err")), str(err.get("msg")), str(err.get("hint") or ""))
+        actions = []
+        if job.state == "done":
+            actions.extend(self._launch(session))
+        actions.extend(self._wake(session))
+        return actions
+
+    def poll(self, sid, identity, rid, stdin=None, eof=False, wait_s=POLL_WAIT_MAX_S, need_room=False):
+        """A CLI asks for the next events (and may bring stdin bytes); returns actions."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return [("reply", identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
+        actions = []
+        if stdin or eof:
+            for job in session.active():
+                job.stdin_out += len(stdin or b"")
+                actions.append(("peer", {"t": "stdin", "job": job.job, "to": job.target,
+                                         "eof": bool(eof)}, stdin or b""))
+        room = session.stdin_room()
+        session.wants_room = need_room and room <= 0
+        if need_room and room > 0:
+            wait_s = 0  # the CLI has stdin waiting for room, and there is some now
+        session.last_poll = time.monotonic()
+        session.waiter = (identity, rid, session.last_poll + min(max(wait_s, 0.0), POLL_WAIT_MAX_S))
+        actions.extend(self._wake(session, force=wait_s <= 0))
+        return actions
+
+    def _wake(self, session, force=False):
+        """Answer the held CLI request if there is something to say."""
+        if session.waiter is None or not (session.events or force or session.finished()):
+            return []
+        identity, rid, _ = session.waiter
+        session.waiter = None
+        events, size, actions = [], 0, []
+        while session.events and size < POLL_REPLY_MAX_BYTES:
+            event = session.events.popleft()
+            if event[1] in ("o", "e"):
+                n = len(event[2])
+                size += n
+                session.buffered -= n
+                found = session.jobs.get(event[0])
+                if found and found.state in ("sent", "running"):
+                    found.owed += n
+                    if found.owed >= session.window // 4:
+                        actions.append(("peer", {"t": "credit", "job": found.job, "to": found.target,
+                                                 "n": found.owed}, None))
+                        found.owed = 0
+                event = [event[0], event[1], bytes(event[2])]
+            events.append(event)
+        done = session.finished()
+        if done:
+            self._drop(session)
+        session.wants_room = False
+        actions.append(("reply", identity, rid, {"events": events, "done": done,
+                                                 "room": max(0, session.stdin_room())}))
+        return actions
+
+    def cancel(self, sid):
+        """Ctrl-C in the CLI: kill every remote job of the session; returns actions."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return []
+        session.cancelled = True
+        actions = []
+        for job in session.jobs.values():
+            if job.state == "queued":
+                job.state = "done"
+                self._event(session, [job.target, "x", 130, "cancelled"])
+            elif job.state in ("sent", "running"):
+                actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
+        return actions + self._wake(session)
+
+    def _drop(self, session):
+        """Forget a finished session."""
+        self.sessions.pop(session.sid, None)
+        for job in session.jobs.values():
+            self.by_job.pop(job.job, None)
+
+    def on_alive(self, peer, jobs):
+        """A target says these jobs still run (keeps them from being declared lost)."""
+        now = time.monotonic()
+        for job_id in jobs:
+            found = self.by_job.get(job_id)
+            if found and found[1].target == peer:
+                found[1].last_word = now
+        return []
+
+    def peer_lost(self, peer, message, exclude=None):
+        """A target (or, with peer None, our leader link) is gone: fail its running jobs at once."""
+        actions = []
+        for session in list(self.sessions.values()):
+            for job in session.jobs.values():
+                if job.target == exclude:
+                    continue
+                if job.state in ("sent", "running") and (peer is None or job.target == peer):
+                    self._fail(session, job, "peer_lost", message.format(peer=job.target))
+                    actions.extend(self._launch(session))
+            actions.extend(self._wake(session))
+        return actions
+
+    def on_timer(self, now):
+        """Held polls that expire, silent targets, vanished CLIs; returns actions."""
+        actions = []
+        for session in list(self.sessions.values()):
+            for job in session.jobs.values():
+                if job.state in ("sent", "running") and now - job.last_word > self.silence_limit_s:
+                    what = "did not answer" if job.state == "sent" else "was lost mid-command"
+                    actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
+                    self._fail(session, job, "peer_lost",
+                               f"Peer {job.target} {what} (no word for {self.silence_limit_s:.1f}s)",
+                               "check it with `d listPeers`; the command may or may not have run")
+                    actions.extend(self._launch(session))
+            if session.waiter and (session.events or now >= session.waiter[2] or session.finished()):
+                actions.extend(self._wake(session, force=True))
+            silent = now - session.last_poll
+            if session.waiter is None and silent > CLI_SILENCE_S and (
+                    not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S):
+                log.warning("session %s: CLI pid %s is gone, cancelling", session.sid, session.cli_pid)
+                actions.extend(a for a in self.cancel(session.sid) if a[0] == "peer")
+                if all(j.state == "done" for j in session.jobs.values()) or silent > SESSION_ORPHAN_S:
+                    self._drop(session)
+        return actions
+
+    def keepalives(self):
+        """One alive message per target peer listing the jobs we still want."""
+        wanted = {}
+        for session in self.sessions.values():
+            for job in session.active():
+                wanted.setdefault(job.target, []).append(job.job)
+        return [("peer", {"t": "alive", "to": peer, "jobs": jobs, "side": "origin"}, None)
+                for peer, jobs in wanted.items()]
+
+    def next_deadline(self):
+        """Earliest held-poll deadline."""
+        times = [s.waiter[2] for s in self.sessions.values() if s.waiter]
+        return min(times) if times else None
+
+
+def resolve_targets(requested, known):
+    """Expand `all`/comma lists against known peer ids (order kept, duplicates dropped)."""
+    targets = []
+    for item in requested:
+        for name in (p.strip() for p in item.split(",")):
+            if not name:
+                continue
+            names = known if name == "all" else [name]
+            for peer in names:
+                if peer not in targets:
+                    targets.append(peer)
+    return targets
+
+
+def unknown_failures(targets, known):
+    """(peer, PeerNotFound) for each target the registry does not know."""
+    return [(t, PeerNotFound(t)) for t in targets if t not in known]

@@ -1,0 +1,204 @@
+"""CLI side of execOnPeer: open a session, long-poll its output, render, compute the exit code.
+
+The REQ lockstep is the flow control: the next poll is sent only after the previous output was
+written, and the daemon returns credit to the remote command as we consume.
+"""
+import base64
+import json
+import os
+import select
+import signal
+import sys
+
+from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
+
+POLL_WAIT_S = 0.5
+POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
+STDIN_CHUNK_BYTES = 256 * 1024
+CANCEL_WAIT_POLLS = 20
+
+
+class Renderer:
+    """Writes events: raw for one peer, `ID: ` line prefixes for many, or JSON Lines."""
+
+    def __init__(self, multi, as_json):
+        self.multi, self.as_json = multi, as_json
+        self.partial = {}  # (peer, stream) -> bytes without newline yet
+        self.results = {}  # peer -> (status, summary word)
+        self.out, self.err = sys.stdout.buffer, sys.stderr.buffer
+
+    def _json(self, obj):
+        """One JSON Lines record."""
+        self.out.write(json.dumps(obj).encode() + b"\n")
+        self.out.flush()
+
+    def data(self, peer, stream, data):
+        """Output bytes from a peer."""
+        if self.as_json:
+            try:
+                record = {"event": "stdout" if stream == "o" else "stderr", "peer": peer,
+                          "data": data.decode("utf-8")}
+            except UnicodeDecodeError:
+                record = {"event": "stdout" if stream == "o" else "stderr", "peer": peer,
+                          "data": base64.b64encode(data).decode(), "encoding": "base64"}
+            self._json(record)
+            return
+        target = self.out if stream == "o" else self.err
+        if not self.multi:
+            target.write(data)
+            target.flush()
+            return
+        buf = self.partial.get((peer, stream), b"") + data
+        lines = buf.split(b"\n")
+        self.partial[(peer, stream)] = lines.pop()
+        if lines:
+            prefix = peer.encode() + b": "
+            target.write(b"".join(prefix + line + b"\n" for line in lines))
+            target.flush()
+
+    def flush_peer(self, peer):
+        """Terminate a peer's last partial lines (multi-peer mode)."""
+        for stream, target in (("o", self.out), ("e", self.err)):
+            rest = self.partial.pop((peer, stream), b"")
+            if rest:
+                target.write(peer.encode() + b": " + rest + b"\n")
+                target.flush()
+
+    def started(self, peer, pid):
+        """A remote command started."""
+        if self.as_json:
+            self._json({"event": "start", "peer": peer, "pid": pid})
+
+    def exited(self, peer, rc, how):
+        """A remote command ended."""
+        self.flush_peer(peer)
+        word = {"timeout": "timeout", "cancelled": "cancelled"}.get(how, "ok" if rc == 0 else f"rc {rc}")
+        self.results[peer] = (rc, word)
+        if self.as_json:
+            self._json({"event": "exit", "peer": peer, "rc": rc, "how": how})
+
+    def failed(self, peer, code, message, hint):
+        """zpeer could not run (or finish) the command on a peer."""
+        self.flush_peer(peer)
+        word = {"peer_offline": "offline", "peer_not_found": "not found"}.get(code, "error")
+        self.results[peer] = (EXIT_ZPEER_FAILURE, word)
+        if self.as_json:
+            self._json({"event": "error", "peer": peer, "code": code, "message": message, "hint": hint})
+            return
+        line = f"{peer}: {message}" if self.multi else message
+        self.err.write(line.encode() + b"\n")
+        if hint and not self.multi:
+            self.err.write(f"  hint: {hint}\n".encode())
+        self.err.flush()
+
+    def summary(self, targets):
+        """Per-peer outcome on stderr when more than one peer."""
+        if not self.multi or self.as_json:
+            return
+        lines = [f"{peer}: {self.results.get(peer, (255, 'no result'))[1]}" for peer in targets]
+        self.err.write(("--\n" + "\n".join(lines) + "\n").encode())
+        self.err.flush()
+
+    def status(self, targets):
+        """The exit status: the largest of the peers' statuses."""
+        return max((self.results.get(p, (EXIT_ZPEER_FAILURE, ""))[0] for p in targets), default=0)
+
+
+def _read_stdin(fd, size):
+    """Whatever stdin has now, up to size (b'' at EOF, None if nothing ready)."""
+    ready, _, _ = select.select([fd], [], [], 0)
+    if not ready:
+        return None
+    return os.read(fd, size)
+
+
+def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
+    """Run a command on peers through the local daemon; returns the exit status."""
+    stdin_fd = sys.stdin.fileno() if sys.stdin is not None else None
+    forward_stdin = stdin_fd is not None and not os.isatty(stdin_fd)
+    try:
+        opened = client.call("exec_open", targets=peers, cmd=cmd, dir=directory, user=user, timeout=timeout,
+                             batch=batch or 0, stdin=forward_stdin, pid=os.getpid(), ouser=_local_user())
+    except ZpeerError as err:
+        return _report(err)
+    sid, targets = opened["sid"], opened["targets"]
+    render = Renderer(len(targets) > 1 or any("," in p or p == "all" for p in peers), as_json)
+    interrupted = []
+
+    def on_signal(signum, _frame):
+        interrupted.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    stdin_eof = not forward_stdin
+    room = opened.get("room", STDIN_CHUNK_BYTES)
+    cancel_polls = 0
+    try:
+        while True:
+            chunk, eof = None, False
+            if interrupted and cancel_polls == 0:
+                client.call("exec_cancel", sid=sid, timeout_s=POLL_GRACE_S)
+            if interrupted:
+                cancel_polls += 1
+                if cancel_polls > CANCEL_WAIT_POLLS:
+                    break
+            if not stdin_eof and room > 0:
+                chunk = _read_stdin(stdin_fd, min(room, STDIN_CHUNK_BYTES))
+                if chunk == b"":
+                    stdin_eof = eof = True
+            # more stdin to send: do not wait for output; otherwise wait for output or room
+            wait = 0 if (chunk and not stdin_eof) else POLL_WAIT_S
+            reply = client.call("exec_poll", sid=sid, stdin=chunk or None, eof=eof, wait_s=wait,
+                                need_room=not stdin_eof and room <= 0, timeout_s=wait + POLL_GRACE_S)
+            room = reply.get("room", 0)
+            for event in reply["events"]:
+                kind = event[1]
+                if kind in ("o", "e"):
+                    render.data(event[0], kind, event[2])
+                elif kind == "s":
+                    render.started(event[0], event[2])
+                elif kind == "x":
+                    render.exited(event[0], event[2], event[3])
+                elif kind == "f":
+                    render.failed(event[0], event[2], event[3], event[4])
+            if reply["done"]:
+                break
+    except BrokenPipeError:
+        _cancel_quietly(client, sid)
+        os._exit(141)  # like a process killed by SIGPIPE
+    except FailedToConnect:
+        return _report(FailedToConnect("Failed to connect: the local daemon stopped answering mid-command"))
+    except ZpeerError as err:
+        return _report(err)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if interrupted:
+        return 130
+    render.summary(targets)
+    return render.status(targets)
+
+
+def _cancel_quietly(client, sid):
+    """Best-effort cancel when we cannot go on (stdout closed)."""
+    try:
+        client.call("exec_cancel", sid=sid, timeout_s=2)
+    except ZpeerError:
+        pass
+
+
+def _report(err):
+    """Print a zpeer failure and return its exit status."""
+    sys.stderr.write(err.message + "\n")
+    if err.hint:
+        sys.stderr.write(f"  hint: {err.hint}\n")
+    return err.exit_code
+
+
+def _local_user():
+    """The invoking user's name, for the leader's audit log."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return os.environ.get("USER")

@@ -1,0 +1,18 @@
+"""The version a daemon reports: package version plus git commit when run from a checkout."""
+import os
+import subprocess
+
+from zpeer import __version__
+
+
+def full_version():
+    """`0.1.0` or `0.1.0+g1a2b3c4` (with `.dirty` when the checkout has local changes)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, ".git")):
+        return __version__
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}" if commit else __version__

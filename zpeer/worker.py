@@ -1,0 +1,221 @@
+"""Worker role: a CURVE DEALER whose identity is the peer id, connected to the pinned leader.
+
+It says hello on every (re)connect (seen through the socket monitor), heartbeats every
+interval, notices a silent leader within 3 intervals, and carries RPCs to the leader. libzmq
+reconnects by itself with exponential back-off plus random jitter (RECONNECT_IVL/_MAX).
+No process-global state: many WorkerLinks can live in one process (bench swarm).
+"""
+import logging
+import os
+import socket
+import time
+import uuid
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from zpeer import config, protocol
+from zpeer.errors import KeyMismatch, NotAuthorized, NotConnected, RequestTimeout, from_reply
+
+log = logging.getLogger(__name__)
+
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 5000
+HWM = 20000
+_MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_DISCONNECTED)
+
+
+class WorkerLink:
+    """The worker's connection to its leader and its registration state."""
+
+    def __init__(self, ctx, cfg, public, secret, version, token=None):
+        self.id, self.version = cfg["id"], version
+        self.heartbeat_s = float(cfg["heartbeat_s"])
+        self.leader_address = cfg["leader"]
+        self.token = token or cfg.get("token")
+        host, port = config.split_host_port(cfg["leader"])
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.setsockopt(zmq.IDENTITY, self.id.encode())
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a link that is not up: no late execs
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, int(self.heartbeat_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.heartbeat_s * 3000))
+        sock.curve_serverkey = cfg["leader_key"].encode()
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+        self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        endpoint = config.tcp_endpoint(host, port)
+        if cfg.get("source_ip"):
+            endpoint = f"tcp://{cfg['source_ip']}:0;{config.join_host_port(host, port)}"
+        sock.connect(endpoint)
+        self.sock = sock
+        self.status = "connecting"  # registered | pending | rejected | key_mismatch | removed
+        self.reason = ""
+        self.handshake_ok = False
+        self.last_rx = None
+        self.gen = None
+        self.next_beat = time.monotonic()
+        self.rpcs = {}  # rid -> (deadline, callback(result, error))
+        self.was_connected = False
+
+    def close(self):
+        """Close the socket and its monitor."""
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+
+    # --- state ------------------------------------------------------------------------
+    def connected(self, now=None):
+        """Registered and heard from the leader within 3 heartbeat intervals."""
+        now = now or time.monotonic()
+        return (self.status == "registered" and self.last_rx is not None
+                and now - self.last_rx <= 3 * self.heartbeat_s)
+
+    def link_error(self):
+        """The error a request gets while the link is not usable."""
+        if self.status == "key_mismatch":
+            return KeyMismatch(f"Leader key mismatch: the leader at {self.leader_address} does not "
+                               "have the key this worker pinned")
+        if self.status == "pending":
+            return NotAuthorized(f"Not accepted by the leader yet: {self.id} is pending",
+                                 hint=f"run `d acceptPeer {self.id}` on the leader, or register "
+                                      "with a token from `d joinToken`")
+        if self.status in ("rejected", "removed"):
+            return NotAuthorized(f"Refused by the leader: {self.reason}")
+        return NotConnected(hint=f"leader {self.leader_address}: "
+                                 "check `d getPeerStatus`, `wg show`, `ping` the leader")
+
+    # --- sending ----------------------------------------------------------------------
+    def send(self, header, data=None, force=False):
+        """Send to the leader; False when the link is down (nothing is queued for later)."""
+        if not force and not self.connected():
+            return False
+        try:
+            self.sock.send_multipart(protocol.encode(header, data), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    def hello(self):
+        """Introduce ourselves (on every connect and when the leader asks)."""
+        header = {"t": "hello", "rid": uuid.uuid4().hex[:16], "id": self.id,
+                  "hostname": socket.gethostname(), "version": self.version, "role": "worker",
+                  "pid": os.getpid()}
+        if self.token:
+            header["token"] = self.token
+        self.send(header, force=True)
+
+    def rpc(self, op, args, callback, timeout_s=5.0):
+        """Ask the leader; callback(result, error) exactly once."""
+        if not self.connected():
+            callback(None, self.link_error())
+            return
+        rid = uuid.uuid4().hex[:16]
+        self.rpcs[rid] = (time.monotonic() + timeout_s, callback)
+        if not self.send({"t": "rpc", "rid": rid, "op": op, "args": args}):
+            self.rpcs.pop(rid)
+            callback(None, self.link_error())
+
+    # --- receiving --------------------------------------------------------------------
+    def on_monitor(self):
+        """Connection events: hello on every handshake, key mismatch on failed ones."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_ok = True
+                if self.status == "key_mismatch":
+                    self.status = "connecting"
+                self.hello()
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                # the leader answered but could not complete CURVE with our pinned key
+                self.handshake_ok = False
+                if self.status != "key_mismatch":
+                    log.error("leader %s: CURVE handshake failed: Leader key mismatch", self.leader_address)
+                self.status = "key_mismatch"
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.handshake_ok = False
+                self.status, self.reason = "removed", "this peer's key was revoked on the leader"
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.handshake_ok = False
+
+    def receive(self):
+        """Read one message; returns (from_peer, header, data) for routed ones, else None."""
+        frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        try:
+            header, data = protocol.decode(frames)
+        except protocol.ProtocolError as exc:
+            log.warning("dropped malformed message from the leader: %s", exc)
+            return None
+        self.last_rx = time.monotonic()
+        mtype = header["t"]
+        if mtype == "welcome":
+            self._welcome(header)
+        elif mtype == "hb":
+            self.gen = header.get("gen", self.gen)
+        elif mtype == "rehello":
+            self.hello()
+        elif mtype == "bye":
+            self.status, self.reason = "removed", header["reason"]
+            log.error("leader says bye: %s", header["reason"])
+        elif mtype == "rpc_reply":
+            pending = self.rpcs.pop(header["rid"], None)
+            if pending:
+                if header["ok"]:
+                    pending[1](header.get("result"), None)
+                else:
+                    pending[1](None, from_reply(header.get("error") or {}))
+        elif mtype in protocol.ROUTED_TYPES and isinstance(header.get("from"), str):
+            if data is not None:
+                data = data.buffer
+            return header["from"], header, data
+        return None
+
+    def _welcome(self, header):
+        """The leader's answer to hello."""
+        status = header["status"]
+        previous = self.status
+        self.reason = str(header.get("reason", ""))
+        if isinstance(header.get("hb"), (int, float)) and header["hb"] > 0:
+            self.heartbeat_s = float(header["hb"])
+        self.gen = header.get("gen")
+        if status == "accepted":
+            self.status = "registered"
+            self.token = None  # one-time: the key is bound now
+        elif status == "pending":
+            self.status = "pending"
+        else:
+            self.status = "rejected"
+        if self.status != previous:
+            log.info("leader %s: %s (%s)", header.get("leader"), self.status, self.reason)
+
+    def tick(self, now):
+        """Heartbeats, re-hello while pending, expired RPCs; returns 'lost'/'up' transitions."""
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat_s
+            if self.handshake_ok and self.status == "registered":
+                self.send({"t": "hb", "rid": uuid.uuid4().hex[:16]}, force=True)
+            elif self.handshake_ok and self.status in ("pending", "connecting"):
+                self.hello()
+        for rid, (deadline, callback) in list(self.rpcs.items()):
+            if now >= deadline or not self.connected(now):
+                del self.rpcs[rid]
+                callback(None, RequestTimeout("The leader did not answer in time")
+                         if self.connected(now) else self.link_error())
+        up = self.connected(now)
+        change = None
+        if up != self.was_connected:
+            change = "up" if up else "lost"
+            if not up:
+                log.warning("lost the leader at %s", self.leader_address)
+        self.was_connected = up
+        return change
+
+    def next_deadline(self):
+        """When tick() next has work."""
+        return self.next_beat
