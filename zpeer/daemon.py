@@ -19,7 +19,7 @@ from zpeer.api import Api
 from zpeer.errors import Busy, NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
 from zpeer.ipc import reply_frames
-from zpeer.leader import LeaderLink
+from zpeer.leader import LeaderLink, start_authenticator
 from zpeer.peerinfo import write_cache
 from zpeer.registry import Registry
 from zpeer.sessions import OriginSessions
@@ -54,6 +54,7 @@ class Daemon:
         self.next_beat = time.monotonic()
         self.stopping = False
         self.wake_r = None
+        self.auth = None
         self.ipc = self._bind_ipc()
         self.apply_config(self.cfg)
 
@@ -112,7 +113,10 @@ class Daemon:
         self.sessions.heartbeat_s = self.heartbeat_s
         role = cfg.get("role")
         if role == "leader" and self.id:
-            self.link = LeaderLink(self.ctx, cfg, self.public, self.secret, self.registry, self.version)
+            if self.auth is None:
+                self.auth = start_authenticator(self.ctx)
+            self.link = LeaderLink(self.ctx, self.auth, cfg, self.public, self.secret, self.registry,
+                                   self.version)
             log.info("leader %s listening on %s", self.id, cfg["bind"])
         elif role == "worker" and self.id and cfg.get("leader") and cfg.get("leader_key"):
             self.link = WorkerLink(self.ctx, cfg, self.public, self.secret, self.version)
@@ -358,6 +362,8 @@ class Daemon:
         self.targets.shutdown()
         if self.link is not None:
             self.link.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ipc.close(0)
         try:
             os.unlink(config.socket_path(self.home))

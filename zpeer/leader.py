@@ -34,19 +34,24 @@ class _KeyPolicy:
         return (key.decode() if isinstance(key, bytes) else key) not in self.revoked
 
 
+def start_authenticator(ctx):
+    """pyzmq's ZAP handler thread (zmq.auth): CURVE keys are checked by _KeyPolicy."""
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("zpeer.zap"))
+    auth.start()
+    return auth
+
+
 class LeaderLink:
     """The leader's ROUTER socket and everything it knows about connected peers."""
 
-    def __init__(self, ctx, cfg, public, secret, registry, version):
+    def __init__(self, ctx, auth, cfg, public, secret, registry, version):
         self.cfg, self.registry, self.version = cfg, registry, version
         self.id = cfg["id"]
         self.public = public.decode() if isinstance(public, bytes) else public
         self.heartbeat_s = float(cfg["heartbeat_s"])
         self.policy = _KeyPolicy()
         self.policy.revoked = {row.key for row in registry.peers("removed") if row.key}
-        self.auth = ThreadAuthenticator(ctx, log=logging.getLogger("zpeer.zap"))
-        self.auth.start()
-        self.auth.configure_curve_callback("*", self.policy)
+        auth.configure_curve_callback("*", self.policy)
         sock = ctx.socket(zmq.ROUTER)
         sock.linger = 0
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -70,9 +75,8 @@ class LeaderLink:
                         role="leader", version=version, key=self.public, status="accepted")
 
     def close(self):
-        """Stop the authenticator and close the socket."""
+        """Close the socket (the daemon owns the authenticator, which outlives a re-bind)."""
         self.sock.close(0)
-        self.auth.stop()
 
     # --- sending -----------------------------------------------------------------------
     def send(self, peer_id, header, data=None):

@@ -1,0 +1,147 @@
+"""Foundation: config, registration, listPeers, liveness, restarts, errors, dbSanityCheck."""
+import json
+import os
+import signal
+import stat
+import time
+
+from conftest import Node, TEST_HEARTBEAT_S, wait_for
+
+OFFLINE_WITHIN_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 intervals + slack for process scheduling
+
+
+def test_state_dir_is_private_and_config_persists(tmp_path):
+    node = Node(tmp_path, "n1")
+    out = node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", "127.0.0.1:45999", check=0)
+    assert b"Saved: role=leader, id=vps, bind=127.0.0.1:45999" in out.stdout
+    assert b"The daemon is not running" in out.stdout
+    assert stat.S_IMODE(os.stat(node.home).st_mode) == 0o700
+    status = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)
+    assert status["role"] == "leader" and status["id"] == "vps" and status["daemon"] == "not running"
+
+
+def test_registration_and_list_peers_from_leader_and_worker(cluster):
+    expected = [("desktop", "127.0.0.2", "worker"), ("laptop", "127.0.0.4", "worker"),
+                ("vps", "127.0.0.1", "leader")]
+    for node in (cluster.vps, cluster.desktop, cluster.laptop):
+        peers = json.loads(node.d("listPeers", "--json", check=0).stdout)
+        assert [(p["id"], p["ip"], p["role"]) for p in peers] == expected
+        assert all(p["online"] is True for p in peers)
+        assert all(set(p) == {"id", "ip", "role", "online", "last_seen", "version"} for p in peers)
+        assert node.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
+    table = cluster.desktop.d("listPeers", check=0).stdout.decode().splitlines()
+    assert table[0].split() == ["PEER", "IP", "ROLE", "STATUS", "LAST", "SEEN", "VERSION"]
+    assert table[1].split()[:4] == ["desktop", "127.0.0.2", "worker", "online"]
+
+
+def test_peers_cache_on_leader_and_workers(cluster):
+    for node in (cluster.vps, cluster.desktop, cluster.laptop):
+        path = os.path.join(node.home, "peers.cache")
+        wait_for(lambda: os.path.exists(path) and open(path).read() == "desktop\nlaptop\nvps\n",
+                 what=f"peers.cache on {node.name}")
+    cluster.worker("tablet", "127.0.0.6")
+    path = os.path.join(cluster.laptop.home, "peers.cache")
+    wait_for(lambda: open(path).read() == "desktop\nlaptop\ntablet\nvps\n", what="cache update on laptop")
+
+
+def test_get_peer_id_by_ip(cluster):
+    assert cluster.laptop.d("getPeerIdByIp", "127.0.0.2", check=0).stdout == b"desktop\n"
+    assert cluster.vps.d("getPeerIdByIp", "127.0.0.4", check=0).stdout == b"laptop\n"
+    out = cluster.desktop.d("getPeerIdByIp", "127.0.0.99", check=1)
+    assert out.stderr.startswith(b"No peer found with IP: 127.0.0.99\n")
+
+
+def test_get_peer_status_of_worker(cluster):
+    status = json.loads(cluster.desktop.d("getPeerStatus", "--json", check=0).stdout)
+    assert status["role"] == "worker" and status["id"] == "desktop"
+    assert status["connected"] is True and status["leader"] == f"127.0.0.1:{cluster.port}"
+    assert len(status["public_key"]) == 40
+    text = cluster.desktop.d("getPeerStatus", check=0).stdout.decode()
+    assert "connected: yes" in text and "role: worker" in text
+
+
+def test_offline_after_sigkill_and_sigstop(cluster):
+    assert cluster.online("laptop")
+    start = time.monotonic()
+    cluster.laptop.kill()
+    wait_for(lambda: not cluster.online("laptop"), timeout=OFFLINE_WITHIN_S, what="laptop offline")
+    assert time.monotonic() - start <= OFFLINE_WITHIN_S
+    out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=255)
+    assert out.stderr.startswith(b"Peer offline: laptop (last seen ")
+    cluster.desktop.stop(signal.SIGSTOP)
+    wait_for(lambda: not cluster.online("desktop"), timeout=OFFLINE_WITHIN_S, what="desktop offline")
+    cluster.desktop.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: cluster.online("desktop"), timeout=5, what="desktop back after SIGCONT")
+
+
+def test_leader_restart_gets_workers_back(cluster):
+    cluster.vps.stop()
+    wait_for(lambda: b"Not connected to leader" in cluster.desktop.d("listPeers").stderr, timeout=5,
+             what="worker to notice")
+    out = cluster.desktop.d("listPeers")
+    assert out.returncode == 255 and out.stderr.startswith(b"Not connected to leader\n  hint: ")
+    cluster.vps.start()
+    up = time.monotonic()
+    wait_for(lambda: cluster.online("desktop") and cluster.online("laptop"), timeout=5,
+             what="workers re-registered")
+    assert time.monotonic() - up < 5
+    assert cluster.desktop.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
+
+
+def test_worker_restart_same_id(cluster):
+    cluster.laptop.kill()
+    cluster.laptop.start()
+    wait_for(lambda: cluster.online("laptop"), timeout=5, what="laptop back")
+    peers = json.loads(cluster.vps.d("listPeers", "--json", check=0).stdout)
+    assert [p["id"] for p in peers] == ["desktop", "laptop", "vps"]
+
+
+def test_error_phrases(tmp_path, cluster):
+    lone = Node(tmp_path, "lone")
+    start = time.monotonic()
+    out = lone.d("listPeers")
+    assert time.monotonic() - start < 3
+    assert out.returncode == 255 and out.stderr.startswith(b"Failed to connect\n  hint: ")
+    out = cluster.desktop.d("execOnPeer", "--peer", "ghost", "--shellCmd", "true", check=255)
+    assert out.stderr.startswith(b"Peer not found: ghost\n  hint: run `d listPeers`")
+    out = cluster.vps.d("execOnPeer", "--peer", "ghost", "--shellCmd", "true", check=255)
+    assert out.stderr.startswith(b"Peer not found: ghost\n")
+    cluster.vps.stop()
+    wait_for(lambda: cluster.desktop.d("listPeers").returncode == 255, timeout=5, what="link down")
+    out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=255)
+    assert out.stderr.startswith(b"Not connected to leader\n")
+
+
+def test_config_change_applied_by_running_daemon(cluster):
+    out = cluster.vps.d("setPeerConfig", "--advertise", "127.0.0.1", check=0)
+    assert b"Applied by the running daemon." in out.stdout
+    out = cluster.laptop.d("setPeerConfig", "--source-ip", "127.0.0.5", check=0)
+    assert b"Applied by the running daemon." in out.stdout
+    wait_for(lambda: cluster.vps.d("getPeerIdByIp", "127.0.0.5").stdout == b"laptop\n", timeout=5,
+             what="laptop to reconnect from its new source address")
+
+
+def test_db_sanity_check_on_worker_that_was_leader(empty_cluster):
+    c = empty_cluster
+    c.leader("old")
+    c.worker("w1", "127.0.0.2")
+    c.vps.d("execOnPeer", "--peer", "w1", "--shellCmd", "true", check=0)
+    c.vps.stop()
+    c.vps.d("setPeerConfig", "--role", "worker", "--leader", "127.0.0.1:1", check=0)
+    out = c.vps.d("dbSanityCheck", "--dry-run", check=0).stdout.decode()
+    assert "integrity: ok" in out and "leader-only peer: 2 rows, would delete" in out
+    out = c.vps.d("dbSanityCheck", check=0).stdout.decode()
+    assert "leader-only peer: 2 rows, deleted" in out and "leader-only exec_log: 1 rows, deleted" in out
+    out = c.vps.d("dbSanityCheck", check=0).stdout.decode()
+    assert "leader-only peer: 0 rows" in out
+
+
+def test_second_daemon_refuses(cluster):
+    proc = cluster.vps
+    import subprocess
+    from conftest import d_command
+
+    second = subprocess.run(d_command() + ["daemon"], env=proc.env, capture_output=True, timeout=10)
+    assert second.returncode == 255
+    assert b"Another daemon already runs for" in second.stderr
+    assert cluster.vps.d("listPeers", "--ids", check=0).returncode == 0
