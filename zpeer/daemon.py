@@ -136,6 +136,8 @@ class Daemon:
     def route(self, header, data=None):
         """Send a peer message towards header["to"]; False if it cannot go now."""
         to = header["to"]
+        if self.role == "leader":
+            self.api.observe(self.id, header)
         if to == self.id:
             self.local.append((self.id, header, data))
             if self.role == "worker" and header["t"] in AUDIT_TYPES:
@@ -143,7 +145,6 @@ class Daemon:
             return True
         if self.role == "leader":
             header.setdefault("from", self.id)
-            self.api.observe(self.id, header)
             return self.link.send(to, header, data)
         if self.role == "worker":
             return self.link.send(header, data)
