@@ -1,0 +1,244 @@
+"""Remote execution: routes, exit statuses, streams, stdin, timeouts, cancel, fan-out, JSON."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import d_command, wait_for
+
+ROUTES = [("vps", "desktop"), ("desktop", "vps"), ("desktop", "laptop"), ("laptop", "laptop"),
+          ("vps", "vps")]
+
+
+@pytest.mark.parametrize("origin,target", ROUTES)
+def test_every_route(shared_cluster, origin, target):
+    node = shared_cluster.nodes[origin]
+    out = node.d("execOnPeer", "--peer", target, "--directory", "/tmp", "--shellCmd",
+                 "echo out:$PWD; echo err >&2; exit 3", check=3)
+    assert out.stdout == b"out:/tmp\n"
+    assert out.stderr == b"err\n"
+
+
+@pytest.mark.parametrize("cmd,rc", [("true", 0), ("false", 1), ("exit 7", 7), ("kill -9 $$", 137),
+                                    ("kill -TERM $$", 143)])
+def test_exit_statuses(shared_cluster, cmd, rc):
+    shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", cmd, check=rc)
+
+
+def test_default_directory_is_home_and_environment(shared_cluster):
+    out = shared_cluster.laptop.d("execOnPeer", "--peer", "desktop", "--shellCmd",
+                                  'echo "$PWD|$HOME|$USER|$LOGNAME|$SHELL"; test -n "$PATH"', check=0)
+    home = os.path.expanduser("~")
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    assert out.stdout.decode().split("|")[:4] == [home, home, user, user]
+
+
+def test_missing_directory(shared_cluster):
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", "--directory", "/no/such/dir",
+                               "--shellCmd", "true", check=255)
+    assert out.stderr == b"Directory not found on laptop: /no/such/dir\n"
+
+
+def test_binary_output_50mb_exact(shared_cluster, tmp_path):
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(50 * 1024 * 1024))
+    digest = hashlib.sha256(blob.read_bytes()).hexdigest()
+    proc = subprocess.run(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", f"cat {blob}"],
+                          env=shared_cluster.desktop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert hashlib.sha256(proc.stdout).hexdigest() == digest
+
+
+def test_non_utf8_and_stderr_kept_apart(shared_cluster):
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd",
+                               r"printf '\xff\xfe\x00A'; printf '\x80err' >&2", check=0)
+    assert out.stdout == b"\xff\xfe\x00A"
+    assert out.stderr == b"\x80err"
+
+
+def test_stdin_forwarding(shared_cluster):
+    data = os.urandom(3 * 1024 * 1024)
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "sha256sum", input=data,
+                                   check=0)
+    assert out.stdout.decode().split()[0] == hashlib.sha256(data).hexdigest()
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "desktop", "--shellCmd", "wc -c", input=b"abc",
+                                   check=0)
+    assert out.stdout.strip() == b"3"
+
+
+def test_no_stdin_means_dev_null(shared_cluster):
+    out = shared_cluster.laptop.d("execOnPeer", "--peer", "vps", "--shellCmd", "cat; echo done", check=0)
+    assert out.stdout == b"done\n"
+
+
+def _pid_gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie counts as gone
+        return f.read().split()[2] == "Z"
+
+
+def test_timeout_kills_grandchild(shared_cluster, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    start = time.monotonic()
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", "--timeout", "0.5", "--shellCmd",
+                               f"bash -c 'sleep 60 & echo $! > {pidfile}; wait'; echo never", check=124)
+    assert time.monotonic() - start < 10
+    assert b"never" not in out.stdout
+    pid = int(pidfile.read_text())
+    wait_for(lambda: _pid_gone(pid), timeout=5, what="grandchild killed")
+
+
+def test_ctrl_c_kills_remote_group(shared_cluster, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd",
+                                           f"sleep 60 & echo $! > {pidfile}; echo ready; wait"],
+                            env=shared_cluster.laptop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 130
+    pid = int(pidfile.read_text())
+    wait_for(lambda: _pid_gone(pid), timeout=5, what="remote child killed")
+
+
+def test_cli_sigkill_kills_remote_job(shared_cluster, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                           f"echo $$ > {pidfile}; echo ready; sleep 60"],
+                            env=shared_cluster.desktop.env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"
+    proc.kill()
+    proc.wait()
+    pid = int(pidfile.read_text())
+    wait_for(lambda: _pid_gone(pid), timeout=8, what="orphaned remote job killed")
+
+
+def test_streamed_as_produced(shared_cluster):
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                           "echo first; sleep 2; echo second"],
+                            env=shared_cluster.vps.env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    start = time.monotonic()
+    assert proc.stdout.readline() == b"first\n"
+    assert time.monotonic() - start < 1.5  # well before the command ends
+    assert proc.stdout.readline() == b"second\n"
+    assert proc.wait(10) == 0
+
+
+def test_background_child_does_not_hold_the_call(shared_cluster):
+    start = time.monotonic()
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd",
+                                   "sleep 30 & echo started", check=0)
+    assert out.stdout == b"started\n"
+    assert time.monotonic() - start < 5
+
+
+def test_nested_d_call(shared_cluster):
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd",
+                               "d listPeers --ids && d execOnPeer --peer laptop --shellCmd 'echo deep; exit 4'",
+                               check=4)
+    assert out.stdout == b"desktop\nlaptop\nvps\ndeep\n"
+
+
+def test_concurrent_execs_exact(shared_cluster):
+    procs = []
+    for i in range(30):
+        node = shared_cluster.nodes[["vps", "desktop", "laptop"][i % 3]]
+        target = ["laptop", "vps", "desktop"][i % 3]
+        procs.append((i, subprocess.Popen(
+            d_command() + ["execOnPeer", "--peer", target, "--shellCmd", f"seq 1 {1000 + i}; exit {i % 5}"],
+            env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)))
+    for i, proc in procs:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == i % 5, stderr
+        assert stdout == "".join(f"{n}\n" for n in range(1, 1001 + i)).encode()
+
+
+def test_fanout_prefixes_summary_and_max_status(shared_cluster):
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--peer", "vps,desktop", "--shellCmd",
+                                   "printf 'a\\nb'; [ $(cat /proc/sys/kernel/hostname) ] ; "
+                                   "case $ZPEER_HOME in *laptop) exit 3;; esac")
+    assert out.returncode == 3
+    lines = out.stdout.decode().splitlines()
+    assert sorted(lines) == sorted([f"{p}: {x}" for p in ("laptop", "vps", "desktop") for x in "ab"])
+    for peer in ("laptop", "vps", "desktop"):
+        assert [line for line in lines if line.startswith(peer)] == [f"{peer}: a", f"{peer}: b"]
+    assert out.stderr.decode().endswith("--\nlaptop: rc 3\nvps: ok\ndesktop: ok\n")
+
+
+def test_fanout_all_with_one_offline(cluster):
+    cluster.laptop.kill()
+    wait_for(lambda: not cluster.online("laptop"), timeout=5, what="laptop offline")
+    start = time.monotonic()
+    out = cluster.desktop.d("execOnPeer", "--peer", "all", "--batch", "1", "--shellCmd", "echo hi")
+    assert time.monotonic() - start < 5
+    assert out.returncode == 255
+    assert sorted(out.stdout.decode().splitlines()) == ["desktop: hi", "vps: hi"]
+    err = out.stderr.decode()
+    assert "laptop: Peer offline: laptop (last seen " in err
+    assert err.endswith("--\ndesktop: ok\nlaptop: offline\nvps: ok\n")
+
+
+def test_json_lines(shared_cluster):
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "desktop,laptop", "--json", "--shellCmd",
+                               r"echo hi; printf '\xff' >&2; exit 2", check=2)
+    events = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    by_peer = {}
+    for event in events:
+        by_peer.setdefault(event["peer"], []).append(event)
+    for peer in ("desktop", "laptop"):
+        kinds = [e["event"] for e in by_peer[peer]]
+        assert kinds[0] == "start" and kinds[-1] == "exit"
+        assert {"event": "stdout", "peer": peer, "data": "hi\n"} in by_peer[peer]
+        assert {"event": "stderr", "peer": peer, "data": "/w==", "encoding": "base64"} in by_peer[peer]
+        assert by_peer[peer][-1]["rc"] == 2
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "ghost", "--json", "--shellCmd", "true", check=255)
+    event = json.loads(out.stdout)
+    assert event["event"] == "error" and event["code"] == "peer_not_found"
+
+
+def test_flow_control_slow_reader_bounded_memory(shared_cluster):
+    def rss_kb(pid):
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+    daemons = [shared_cluster.nodes[n].proc.pid for n in ("vps", "desktop", "laptop")]
+    before = {pid: rss_kb(pid) for pid in daemons}
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                           "head -c 400000000 /dev/zero"],
+                            env=shared_cluster.desktop.env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    got = 0
+    peak = dict(before)
+    while True:
+        chunk = proc.stdout.read(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+        if got % (40 << 20) < (1 << 20):
+            time.sleep(0.05)  # a slow reader now and then
+            for pid in daemons:
+                peak[pid] = max(peak[pid], rss_kb(pid))
+    assert proc.wait(30) == 0
+    assert got == 400000000
+    for pid in daemons:
+        assert peak[pid] - before[pid] < 64 * 1024, (pid, before[pid], peak[pid])
+
+
+def test_target_killed_mid_command(cluster):
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "echo ready; sleep 60"],
+                            env=cluster.desktop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"
+    start = time.monotonic()
+    cluster.laptop.kill()
+    rc = proc.wait(10)
+    assert rc == 255
+    assert time.monotonic() - start < 3 * 0.3 + 2.0
+    assert b"laptop" in proc.stderr.read()
