@@ -1,0 +1,120 @@
+"""Unit tests of the wire format and of the socket-free handlers (sessions, config, tokens)."""
+import msgpack
+import pytest
+
+from zpeer import config, keys, protocol
+from zpeer.errors import PeerOffline, from_reply
+from zpeer.sessions import OriginSessions, resolve_targets
+
+
+def frames_of(header, data=None):
+    return protocol.encode(header, data)
+
+
+def test_round_trip_with_data_frame():
+    header = {"t": "out", "rid": "r1", "job": "j1", "to": "vps", "fd": 1}
+    got, data = protocol.decode(frames_of(header, b"\x00\xffbytes"))
+    assert got == header and data == b"\x00\xffbytes"
+
+
+def test_envelope_prefixes_identity():
+    frames = protocol.envelope("desktop", frames_of({"t": "hb", "rid": "x"}))
+    assert frames[0] == b"desktop" and frames[1] == protocol.SIGNATURE
+
+
+@pytest.mark.parametrize("frames,message", [
+    ([b"ZP\x02", msgpack.packb({"t": "hb", "rid": "x"})], "unsupported protocol version 2"),
+    ([b"XX\x01", msgpack.packb({"t": "hb", "rid": "x"})], "not a zpeer message"),
+    ([protocol.SIGNATURE], "expected 2 or 3 frames"),
+    ([protocol.SIGNATURE, b"\x93\x01"], "undecodable header"),
+    ([protocol.SIGNATURE, msgpack.packb([1, 2])], "header is not a map"),
+    ([protocol.SIGNATURE, msgpack.packb({"t": "hb"})], "missing or bad rid"),
+    ([protocol.SIGNATURE, msgpack.packb({"t": "nope", "rid": "x"})], "unknown message type"),
+    ([protocol.SIGNATURE, msgpack.packb({"t": "credit", "rid": "x", "job": "j", "to": "a", "n": "5"})],
+     "credit: bad field 'n'"),
+    ([protocol.SIGNATURE, msgpack.packb({"t": "credit", "rid": "x", "job": "j", "to": "a", "n": True})],
+     "credit: bad field 'n'"),
+    ([protocol.SIGNATURE, msgpack.packb({"t": "cancel", "rid": "x", "job": "j" * 65, "to": "a"})],
+     "cancel: job too long"),
+])
+def test_bad_frames_are_rejected(frames, message):
+    with pytest.raises(protocol.ProtocolError, match=message):
+        protocol.decode(frames)
+
+
+def test_truncated_header():
+    raw = msgpack.packb({"t": "hb", "rid": "abc"})
+    for cut in range(1, len(raw)):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.decode([protocol.SIGNATURE, raw[:cut]])
+
+
+def test_decode_request_needs_op():
+    with pytest.raises(protocol.ProtocolError, match="missing op"):
+        protocol.decode_request([protocol.SIGNATURE, msgpack.packb({"rid": "x"})])
+    assert protocol.decode_request([protocol.SIGNATURE, msgpack.packb({"rid": "x", "op": "ping"})])["op"] == "ping"
+
+
+def test_host_port_parsing():
+    assert config.split_host_port("10.0.0.1") == ("10.0.0.1", 3520)
+    assert config.split_host_port("vps:4000") == ("vps", 4000)
+    assert config.split_host_port("[::1]:5") == ("::1", 5)
+    for bad in ("", "h:0", "h:x", "h:70000"):
+        with pytest.raises(ValueError):
+            config.split_host_port(bad)
+
+
+def test_token_round_trip_and_tamper():
+    token, digest = keys.make_token("127.0.0.1:3520", "A" * 40)
+    parsed = keys.parse_token(token)
+    assert parsed["address"] == "127.0.0.1:3520" and parsed["leader_key"] == "A" * 40
+    assert keys.same_hash(keys.hash_secret(parsed["secret"]), digest)
+    for bad in ("", "zpeer1.", "zpeer1.!!!", "nope." + token[7:], token[:-5]):
+        with pytest.raises(ValueError):
+            keys.parse_token(bad)
+
+
+def test_error_round_trip():
+    err = from_reply(PeerOffline("Peer offline: x (last seen 3s ago)").to_reply())
+    assert isinstance(err, PeerOffline) and err.message.startswith("Peer offline: x")
+
+
+def test_resolve_targets():
+    assert resolve_targets(["b,a", "all", "a"], ["a", "b", "c"]) == ["b", "a", "c"]
+
+
+def test_session_flow_credit_and_finish():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    (kind, header, _), = actions
+    assert kind == "peer" and header["t"] == "exec" and header["to"] == "w1"
+    job = header["job"]
+    window = header["credit"]
+    sessions.on_message("w1", {"t": "started", "job": job, "pid": 5}, None)
+    sessions.on_message("w1", {"t": "out", "job": job, "fd": 1}, b"x" * (window // 2))
+    actions = sessions.poll(sid, b"ident", "r1")
+    credit = [a for a in actions if a[0] == "peer"]
+    assert credit[0][1] == {"t": "credit", "job": job, "to": "w1", "n": window // 2, }
+    reply = [a for a in actions if a[0] == "reply"][0][3]
+    assert [e[1] for e in reply["events"]] == ["s", "o"] and reply["done"] is False
+    assert sessions.on_message("w1", {"t": "exit", "job": job, "rc": 3, "how": "exit"}, None) == []
+    reply = sessions.poll(sid, b"ident", "r2")[-1][3]
+    assert reply["events"] == [["w1", "x", 3, "exit"]] and reply["done"] is True
+    assert sid not in sessions.sessions
+
+
+def test_session_messages_from_wrong_peer_are_ignored():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    job = actions[0][1]["job"]
+    assert sessions.on_message("intruder", {"t": "exit", "job": job, "rc": 0, "how": "exit"}, None) == []
+    assert sessions.sessions[sid].jobs["w1"].state == "sent"
+
+
+def test_batch_limits_concurrency():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["a", "b", "c"], 2, 0)
+    assert [a[1]["to"] for a in actions] == ["a", "b"]
+    job_a = actions[0][1]["job"]
+    more = sessions.on_message("a", {"t": "exit", "job": job_a, "rc": 0, "how": "exit"}, None)
+    assert [a[1]["to"] for a in more if a[0] == "peer"] == ["c"]
