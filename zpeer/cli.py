@@ -416,10 +416,8 @@ def main():
 
 def _register_optional():
     """Commands living in their own modules (completion, deploy)."""
-    try:
-        from zpeer.completion import completion, install_completion
-    except ImportError:
-        return
+    from zpeer.completion import completion, install_completion
+
     cli.add_command(completion)
     cli.add_command(install_completion)
 
