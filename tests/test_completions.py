@@ -1,4 +1,5 @@
 """Tab completion for `d` in the real bash, zsh and fish, driven as a user's shell would run it."""
+import contextlib
 import os
 import pty
 import re
@@ -8,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from zpeer import completion as comp
+from zpeer.cli import cli as real_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETIONS = ROOT / "completions"
@@ -23,7 +26,7 @@ PEERS = ["alpha", "beta", "gamma"]
 
 
 def spec_cli():
-    """A click group with SPEC's command tree, plus cases the generator must handle."""
+    """A small click group with the cases the generator must handle (short options, paths, varargs)."""
     @click.group()
     @click.version_option("0.0")
     def cli():
@@ -39,12 +42,9 @@ def spec_cli():
 
     opt = click.option
     peer = opt("--peer", "-p", multiple=True, help="Peer id, comma list, or all.")
-    add("daemon")
     add("setPeerConfig", opt("--role", type=click.Choice(["leader", "worker"])), opt("--id"),
         opt("--leader"), opt("--repo", help="Checkout [dir] of 'recipes'."))
-    add("listPeers", opt("--ids", is_flag=True), opt("--json", is_flag=True))
     add("acceptPeer", click.argument("id"))
-    add("getPeerIdByIp", click.argument("ip"))
     add("execOnPeer", peer, opt("--directory"), opt("--shellCmd"), opt("--timeout", type=float),
         opt("--json", is_flag=True))
     add("copy", opt("--key-file", type=click.Path(dir_okay=False)), click.argument("paths", nargs=-1,
@@ -52,17 +52,6 @@ def spec_cli():
     add("secretThing", hidden=True)
     cli.add_command(comp.completion)
     cli.add_command(comp.install_completion)
-    return cli
-
-
-def real_cli():
-    """The `d` click group, or a skip while zpeer.cli is still being written."""
-    try:
-        from zpeer.cli import cli
-    except ModuleNotFoundError as exc:
-        if exc.name != "zpeer.cli":
-            raise
-        pytest.skip("zpeer/cli.py does not exist yet")
     return cli
 
 
@@ -74,7 +63,8 @@ def expected_tree(group):
 
 @pytest.fixture
 def home(tmp_path):
-    """A ZPEER_HOME with a peers.cache, and a working directory with directories to complete."""
+    """A ZPEER_HOME with a peers.cache, a working directory with entries to complete, and a PATH
+    whose `d` and `python` record that they ran: TAB must start neither."""
     zhome = tmp_path / "zhome"
     zhome.mkdir()
     (zhome / "peers.cache").write_text("".join(p + "\n" for p in PEERS))
@@ -82,12 +72,18 @@ def home(tmp_path):
     (work / "dir one").mkdir(parents=True)
     (work / "dtwo").mkdir()
     (work / "file.txt").write_text("")
-    return zhome, work
+    (tmp_path / "trap").mkdir()
+    for name in ("d", "python", "python3"):
+        (tmp_path / "trap" / name).write_text(f"#!/bin/sh\ntouch {tmp_path}/trap/ran-{name}\n")
+        (tmp_path / "trap" / name).chmod(0o755)
+    yield zhome, work
+    assert not list((tmp_path / "trap").glob("ran-*")), "a completion started a program"
 
 
 def shell_env(zhome, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZPEER_", "XDG_", "BASH_"))}
     env.update(ZPEER_HOME=str(zhome), TERM="dumb", LC_ALL="C.UTF-8", **extra)
+    env["PATH"] = f"{zhome.parent / 'trap'}:{env['PATH']}"
     return env
 
 
@@ -96,45 +92,60 @@ def need(shell):
         pytest.skip(f"{shell} is not installed (.ci/run installs it with apt-get)")
 
 
-# ---- bash: the function `complete -p d` names, called with COMP_WORDS as readline would set them
+def complete(shell, steps, env, cwd, script=None):
+    """What `shell` offers for each command line in `steps` (cursor at the end); a step that starts
+    with `!` is a command run in the same shell session between two TABs."""
+    script = script or COMPLETIONS / comp.FILES[shell]
+    return {"bash": bash_complete, "zsh": zsh_complete, "fish": fish_complete}[shell](script, steps, env, cwd)
 
 
-def bash_complete(script, lines, env, cwd):
-    """Completions bash offers for each word list in `lines` (the last word is being completed)."""
-    calls = "".join(
-        f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
-        f"COMP_LINE={shlex.quote(' '.join(words))}; COMP_POINT=${{#COMP_LINE}}; COMPREPLY=(); "
-        '"$fn" d "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; '
-        "printf '%s\\n' \"${COMPREPLY[@]}\"; echo __END__\n" for words in lines)
-    prog = (f"source {shlex.quote(str(script))}\n"
-            "fn=$(complete -p d | sed -E 's/.*-F ([^ ]+) .*/\\1/')\n" + calls)
-    out = subprocess.run(["bash", "--norc", "--noprofile", "-c", prog], env=env, cwd=cwd,
+def bash_complete(script, steps, env, cwd):
+    """bash: the function that `complete -p d` names, called with COMP_WORDS as readline sets them."""
+    prog = [f"source {shlex.quote(str(script))}", "fn=$(complete -p d | sed -E 's/.*-F ([^ ]+) .*/\\1/')"]
+    for step in steps:
+        if step.startswith("!"):
+            prog.append(step[1:])
+            continue
+        words, pre = step.split(" "), ""
+        if "=" in words[-1]:  # COMP_WORDBREAKS splits `--opt=value`; readline keeps `--opt=` on the line
+            pre, _, last = words[-1].partition("=")
+            words[-1:], pre = [pre, "=", last], pre + "="
+        prog.append(f"COMP_WORDS=({' '.join(map(shlex.quote, words))}); COMP_CWORD={len(words) - 1}; "
+                    'COMPREPLY=(); "$fn" d "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; '
+                    f"((${{#COMPREPLY[@]}})) && printf -- {shlex.quote(pre)}'%s\\n' \"${{COMPREPLY[@]}}\"; echo __END__")
+    out = subprocess.run(["bash", "--norc", "--noprofile", "-c", "\n".join(prog)], env=env, cwd=cwd,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return [sorted(filter(None, chunk.split("\n"))) for chunk in out.stdout.split("__END__\n")[:-1]]
 
 
-def test_bash_commands_flags_and_values(home):
+DIRS = {"bash": ["dir one", "dtwo"], "zsh": ["dir\\ one", "dtwo"], "fish": ["dir one/", "dtwo/"]}
+CASES = [
+    ("d execOn", ["execOnPeer"]),
+    ("d execOnPeer --pe", ["--peer"]),
+    ("d execOnPeer --peer ", ["all"] + PEERS),
+    ("d execOnPeer --peer a,b", ["a,beta"]),
+    ("d execOnPeer --peer alpha,", ["alpha,beta", "alpha,gamma"]),  # listed ids are not offered again
+    ("d execOnPeer --peer=alpha,b", ["--peer=alpha,beta"]),
+    ("d execOnPeer --peer x --directory ", DIRS),
+    ("d execOnPeer --shellCmd ", []),  # a free-form value: no guesses
+    ("d setPeerConfig --role ", ["leader", "worker"]),
+    ("d acceptPeer ", PEERS),  # one id: no `all`, no list
+    ("d history --peer ", PEERS),
+    ("d completion ", ["bash", "fish", "zsh"]),
+]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_in_each_shell(shell, home, tmp_path):
+    need(shell)
     zhome, work = home
-    got = bash_complete(COMPLETIONS / "d.bash", [
-        ["d", "execOn"], ["d", "execOnPeer", "--peer", ""], ["d", "execOnPeer", "--peer", "a,b"],
-        ["d", "execOnPeer", "--peer", "alpha,"], ["d", "execOnPeer", "--peer", "=", "g"],
-        ["d", "execOnPeer", "--peer", "x", "--directory", ""], ["d", "setPeerConfig", "--role", ""],
-        ["d", "acceptPeer", ""], ["d", "completion", ""], ["d", "execOnPeer", "--shellCmd", ""],
-        ["d", "listPeers", "--"], ["d", "--peer", "x", "getPeerIdByIp", ""],
-    ], shell_env(zhome), work)
-    assert got[0] == ["execOnPeer"]
-    assert got[1] == ["all"] + PEERS
-    assert got[2] == ["a,beta"]
-    assert got[3] == ["alpha,beta", "alpha,gamma"]  # ids already in the list are not offered again
-    assert got[4] == ["gamma"]  # --peer=g: COMP_WORDBREAKS split it at the `=`
-    assert got[5] == ["dir one", "dtwo"]
-    assert got[6] == ["leader", "worker"]
-    assert got[7] == PEERS  # a single id: no `all`
-    assert got[8] == ["bash", "fish", "zsh"]
-    assert got[9] == []  # a free-form value: no guesses
-    assert set(got[10]) >= {"--ids", "--online", "--json", "--pending", "--help"}
-    assert got[11] == []
+    update = f"!printf 'alpha\\ndelta\\n' > {shlex.quote(str(zhome / 'peers.cache'))}"
+    steps = [line for line, _ in CASES] + [update, "d execOnPeer --peer "]
+    got = complete(shell, steps, shell_env(zhome), work)
+    want = [DIRS[shell] if w is DIRS else w for _, w in CASES] + [["all", "alpha", "delta"]]
+    for (line, _), g, w in zip(CASES + [("after a cache update: d execOnPeer --peer ", 0)], got, want):
+        assert g == w, f"{shell}: {line!r}"
 
 
 def test_bash_default_cache_path_follows_xdg_and_root(tmp_path):
@@ -143,20 +154,16 @@ def test_bash_default_cache_path_follows_xdg_and_root(tmp_path):
     (state / "zpeer" / "peers.cache").write_text("fromxdg\n")
     env = shell_env(tmp_path, XDG_STATE_HOME=str(state))
     del env["ZPEER_HOME"]
-    got = bash_complete(COMPLETIONS / "d.bash", [["d", "execOnPeer", "--peer", "f"]], env, tmp_path)
+    got = complete("bash", ["d execOnPeer --peer f"], env, tmp_path)
     want = [] if os.geteuid() == 0 else ["fromxdg"]  # root reads /var/lib/zpeer instead
     assert got == [want]
 
 
-def test_bash_is_fast_and_runs_no_program(home, tmp_path):
+def test_bash_is_fast_with_builtins_only(home, tmp_path):
     zhome, work = home
     (zhome / "peers.cache").write_text("".join(f"peer{i:03d}\n" for i in range(300)))
-    trap = tmp_path / "trap"
-    trap.mkdir()
-    for name in ("d", "python", "python3", "sed"):
-        (trap / name).write_text(f"#!/bin/sh\ntouch {trap}/ran-{name}\n")
-        (trap / name).chmod(0o755)
-    prog = (f"source {shlex.quote(str(COMPLETIONS / 'd.bash'))}\nPATH={shlex.quote(str(trap))}\n"
+    # PATH holds only the trap programs: a TAB that ran any external command would fail or be seen.
+    prog = (f"source {shlex.quote(str(COMPLETIONS / 'd.bash'))}\nPATH={shlex.quote(str(tmp_path / 'trap'))}\n"
             "start=$EPOCHREALTIME\nfor i in {1..50}; do\n"
             "  COMP_WORDS=(d execOnPeer --peer peer1); COMP_CWORD=3; _d\n"
             "  COMP_WORDS=(d exec); COMP_CWORD=1; _d\ndone\n"
@@ -165,7 +172,6 @@ def test_bash_is_fast_and_runs_no_program(home, tmp_path):
                          cwd=work, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) < 10_000, f"one TAB took {out.stdout.strip()} us"
-    assert list(trap.glob("ran-*")) == []
 
 
 class Pty:
@@ -201,10 +207,8 @@ class Pty:
         os.write(self.fd, text.encode())
 
     def close(self):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         os.waitpid(self.pid, 0)
         os.close(self.fd)
 
@@ -229,7 +233,7 @@ def typed(sh, keys):
     return re.findall(r"ARGS\[([^\]]*)\]", m.group(1).decode())
 
 
-def test_bash_interactive_tab(interactive_bash):
+def test_bash_interactive_tab_and_cache_update(interactive_bash):
     sh, zhome = interactive_bash
     assert typed(sh, "d execOnP\t") == ["execOnPeer"]
     assert typed(sh, "d execOnPeer --pe\t") == ["execOnPeer", "--peer"]
@@ -237,16 +241,10 @@ def test_bash_interactive_tab(interactive_bash):
     assert typed(sh, "d execOnPeer --peer=alpha,b\t") == ["execOnPeer", "--peer=alpha,beta"]
     assert typed(sh, "d execOnPeer --directory di\t") == ["execOnPeer", "--directory", "dir one/"]
     assert typed(sh, "d setPeerConfig --role w\t") == ["setPeerConfig", "--role", "worker"]
-
-
-def test_bash_cache_update_shows_in_next_tab(interactive_bash):
-    sh, zhome = interactive_bash
+    # The cache is read on every TAB: an update shows at once.
     assert typed(sh, "d execOnPeer --peer del\t") == ["execOnPeer", "--peer", "del"]
     (zhome / "peers.cache").write_text("alpha\ndelta\n")
     assert typed(sh, "d execOnPeer --peer del\t") == ["execOnPeer", "--peer", "delta"]
-
-
-# ---- zsh: an interactive zsh whose compadd records what it is given
 
 
 ZSH_SETUP = r"""
@@ -265,113 +263,61 @@ PS1='R''DY> '
 """
 
 
-def zsh_complete(tmp_path, env, cwd, steps):
-    """Matches zsh offers for each command line in `steps`; a step starting with `!` is run instead."""
-    out = tmp_path / "zsh-matches"
-    out.write_text("")
-    (tmp_path / "setup.zsh").write_text(ZSH_SETUP)
-    env = dict(env, ZC_FPATH=str(COMPLETIONS), ZC_OUT=str(out))
-    sh = Pty(["zsh", "-f", "-i"], env, cwd)
-    try:
-        # Wait for each prompt before typing: zsh drops typeahead when a new prompt starts.
-        sh.send(f"source {shlex.quote(str(tmp_path / 'setup.zsh'))}\n")
-        sh.expect(rb"RDY> ")
-        for n, step in enumerate(steps):
-            # A redrawn prompt after a listing is no sign the line ran: wait for the line's own output.
-            keys = step[1:] if step.startswith("!") else step + "\t\x15print -r -- __SEP__ >>$ZC_OUT"
-            sh.send(f"{keys}; print STEP-$(( {n} + 1000 ))\n")
-            sh.expect(f"STEP-{n + 1000}\r?\n".encode())
+def zsh_complete(script, steps, env, cwd):
+    """zsh: an interactive zsh (compinit from $fpath) whose compadd also records the matches."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, setup = Path(tmp) / "matches", Path(tmp) / "setup.zsh"
+        out.write_text("")
+        setup.write_text(ZSH_SETUP)
+        sh = Pty(["zsh", "-f", "-i"], dict(env, ZC_FPATH=str(script.parent), ZC_OUT=str(out)), cwd)
+        try:
+            # Wait for each prompt before typing: zsh drops typeahead when a new prompt starts.
+            sh.send(f"source {shlex.quote(str(setup))}\n")
             sh.expect(rb"RDY> ")
-    finally:
-        sh.close()
-    chunks = out.read_text().split("__SEP__\n")[:len([s for s in steps if not s.startswith("!")])]
+            for n, step in enumerate(steps):
+                # A prompt redrawn after a listing is no sign the line ran: wait for the line's output.
+                keys = step[1:] if step.startswith("!") else step + "\t\x15print -r -- __SEP__ >>$ZC_OUT"
+                sh.send(f"{keys}; print STEP-$(( {n} + 1000 ))\n")
+                sh.expect(f"STEP-{n + 1000}\r?\n".encode())
+                sh.expect(rb"RDY> ")
+        finally:
+            sh.close()
+        chunks = out.read_text().split("__SEP__\n")[:-1]
     return [sorted(set(filter(None, c.split("\n")))) for c in chunks]
 
 
-def test_zsh_completion(home, tmp_path):
-    need("zsh")
-    zhome, work = home
-    got = zsh_complete(tmp_path, shell_env(zhome), work, [
-        "d execOn", "d execOnPeer --peer ", "d execOnPeer --peer alpha,", "d execOnPeer --peer=alpha,b",
-        "d setPeerConfig --role ", "d acceptPeer ", "d execOnPeer --directory ", "d completion ",
-        f"!printf 'alpha\\ndelta\\n' > {shlex.quote(str(zhome / 'peers.cache'))}", "d execOnPeer --peer ",
-    ])
-    assert got[0] == ["execOnPeer"]
-    assert got[1] == ["all"] + PEERS
-    assert got[2] == ["alpha,beta", "alpha,gamma"]
-    assert got[3] == ["--peer=alpha,beta"]
-    assert got[4] == ["leader", "worker"]
-    assert got[5] == PEERS
-    assert got[6] == ["dir\\ one", "dtwo"]
-    assert got[7] == ["bash", "fish", "zsh"]
-    assert got[8] == ["all", "alpha", "delta"]  # the cache update shows in the next TAB
-
-
-# ---- fish: `complete -C` is fish's own completion engine
-
-
-def fish_complete(script, lines, env, cwd, between=""):
-    prog = f"source {shlex.quote(str(script))}\n" + "".join(
-        f"{between if i == len(lines) - 1 else ''}complete -C {shlex.quote(line)}; echo __END__\n"
-        for i, line in enumerate(lines))
-    out = subprocess.run(["fish", "--no-config", "-c", prog], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=30)
+def fish_complete(script, steps, env, cwd):
+    """fish: `complete -C LINE`, fish's own completion engine."""
+    prog = [f"source {shlex.quote(str(script))}"] + [
+        step[1:] if step.startswith("!") else f"complete -C {shlex.quote(step)}; echo __END__" for step in steps]
+    out = subprocess.run(["fish", "--no-config", "-c", "\n".join(prog)], env=env, cwd=cwd,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return [sorted(x.split("\t")[0] for x in chunk.split("\n") if x)
             for chunk in out.stdout.split("__END__\n")[:-1]]
-
-
-def test_fish_completion(home):
-    need("fish")
-    zhome, work = home
-    cache = shlex.quote(str(zhome / "peers.cache"))
-    got = fish_complete(COMPLETIONS / "d.fish", [
-        "d execOn", "d execOnPeer --peer ", "d execOnPeer --peer alpha,", "d execOnPeer --peer=alpha,b",
-        "d setPeerConfig --role ", "d acceptPeer ", "d execOnPeer --directory ", "d completion ",
-        "d execOnPeer --peer ",
-    ], shell_env(zhome), work, between=f"printf 'alpha\\ndelta\\n' > {cache}; ")
-    assert got[0] == ["execOnPeer"]
-    assert got[1] == ["all"] + PEERS
-    assert got[2] == ["alpha,beta", "alpha,gamma"]
-    assert got[3] == ["--peer=alpha,beta"]
-    assert got[4] == ["leader", "worker"]
-    assert got[5] == PEERS
-    assert got[6] == ["dir one/", "dtwo/"]
-    assert got[7] == ["bash", "fish", "zsh"]
-    assert got[8] == ["all", "alpha", "delta"]
 
 
 # ---- the committed scripts cover the whole CLI, in every shell
 
 
 def test_committed_files_match_the_cli():
-    cli = real_cli()
+    cli = real_cli
     for shell, name in comp.FILES.items():
         assert (COMPLETIONS / name).read_text() == comp.render(shell, cli), \
             f"completions/{name} is stale: run `python -m zpeer.completion --write`"
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_every_command_and_flag_completes(shell, home, tmp_path):
+def test_every_command_and_flag_completes(shell, home):
     """Meta-test: ask each real shell for the commands and for every command's flags."""
     need(shell)
     zhome, work = home
-    tree = expected_tree(real_cli())
-    env = shell_env(zhome)
-    lines = ["d "] + [f"d {name} -" for name in tree]
-    if shell == "bash":
-        got = bash_complete(COMPLETIONS / "d.bash", [ln.split(" ") for ln in lines], env, work)
-    elif shell == "zsh":
-        got = zsh_complete(tmp_path, env, work, lines)
-    else:
-        got = fish_complete(COMPLETIONS / "d.fish", lines, env, work)
+    tree = expected_tree(real_cli)
+    got = complete(shell, ["d "] + [f"d {name} -" for name in tree], shell_env(zhome), work)
     assert got[0] == sorted(tree)
     for (name, flags), offered in zip(tree.items(), got[1:]):
         missing = sorted(set(flags) - set(offered))
         assert not missing, f"{shell}: `d {name} -<TAB>` does not offer {missing}"
-
-
-# ---- the generator itself
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
@@ -391,10 +337,8 @@ def test_generator_short_options_paths_and_varargs(home, tmp_path):
     zhome, work = home
     script = tmp_path / "d.bash"
     script.write_text(comp.render("bash", spec_cli()))
-    got = bash_complete(script, [
-        ["d", "execOnPeer", "-p", "b"], ["d", "copy", "--key-file", "fi"], ["d", "copy", "a", "b", "d"],
-        ["d", ""], ["d", "execOnPeer", "-"],
-    ], shell_env(zhome), work)
+    got = complete("bash", ["d execOnPeer -p b", "d copy --key-file fi", "d copy a b d", "d ", "d execOnPeer -"],
+                   shell_env(zhome), work, script)
     assert got[0] == ["beta"]
     assert got[1] == ["file.txt"]
     assert got[2] == ["dir one", "dtwo"]  # nargs=-1 paths: every position completes
@@ -437,7 +381,7 @@ def test_install_completion_unknown_shell(tmp_path):
 
 
 def test_write_regenerates_the_files(tmp_path):
-    real_cli()
+    real_cli
     shutil.copytree(ROOT / "zpeer", tmp_path / "zpeer", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "completions").mkdir()
     out = subprocess.run([sys.executable, "-m", "zpeer.completion", "--write"], cwd=tmp_path,
