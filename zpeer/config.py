@@ -52,11 +52,15 @@ def home_dir():
 
 
 def ensure_home(path=None):
-    """Create the state directory with mode 0700 (and tighten it if it exists)."""
+    """Create the state directory with mode 0700; close it to others if it was opened up.
+
+    Group bits are left alone: `--group` gives a group traverse access (0710) to reach d.sock.
+    """
     path = path or home_dir()
     os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.stat(path).st_mode & 0o777 != 0o700:
-        os.chmod(path, 0o700)
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o007 and os.stat(path).st_uid == os.geteuid():
+        os.chmod(path, mode & 0o770)
     return path
 
 

@@ -83,25 +83,47 @@ class Daemon:
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.bind(f"ipc://{path}")
-        group = self.cfg.get("group")
-        if group:
-            import grp
-
-            gid = grp.getgrnam(group).gr_gid
-            for target, mode in ((self.home, 0o750), (path, 0o770)):
-                os.chown(target, -1, gid)
-                os.chmod(target, mode)
+        self._socket_access(path)
         return sock
+
+    def _socket_access(self, path):
+        """Owner only (dir 0700), or with `--group`: dir 0710 + socket 0770 for that group.
+
+        The socket is bound inside the directory, so it is never reachable by others between
+        bind() and chmod(): the directory's mode is the gate.
+        """
+        group = self.cfg.get("group")
+        if not group:
+            os.chmod(self.home, 0o700)
+            os.chmod(path, 0o700)
+            return
+        import grp
+
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            log.error("group %s does not exist: CLI socket stays owner-only", group)
+            return
+        for target, mode in ((self.home, 0o710), (path, 0o770)):
+            os.chown(target, -1, gid)
+            os.chmod(target, mode)
 
     def apply_config(self, cfg):
         """Start, stop or rebuild the peer link to match the configuration."""
         old = self.cfg
         self.cfg = cfg
         key = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip", "heartbeat_s")
-        if self.link is not None and all(old.get(k) == cfg.get(k) for k in key):
+        if old.get("group") != cfg.get("group"):
+            self._socket_access(config.socket_path(self.home))
+        changed = {k for k in key if old.get(k) != cfg.get(k)}
+        if self.link is not None and not changed:
             if cfg.get("token") and cfg.get("token") != old.get("token"):
                 self.link.token = cfg["token"]
                 self.link.hello()
+            return
+        if self.role == "leader" and changed <= {"advertise", "heartbeat_s"}:
+            self.heartbeat_s = self.sessions.heartbeat_s = float(cfg["heartbeat_s"])
+            self.link.reconfigure(cfg)  # keep the bound socket and every connection
             return
         if self.link is not None:
             self.link.close()

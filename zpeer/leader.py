@@ -19,6 +19,7 @@ from zpeer.peerinfo import describe_last_seen, peer_record
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 5.0
+BIND_RETRY_S = 2.0
 SNDHWM = 20000
 RCVHWM = 20000
 
@@ -63,16 +64,22 @@ class LeaderLink:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.heartbeat_s * 3000))
         sock.curve_server = True
         sock.curve_publickey, sock.curve_secretkey = public, secret
-        host, port = config.split_host_port(cfg["bind"])
-        sock.bind(config.tcp_endpoint(host, port))
+        _bind(sock, cfg["bind"])
         self.sock = sock
-        self.address = config.join_host_port(cfg.get("advertise") or host, port)
         self.live = {}  # peer id -> {"key", "ip", "rx"} for verified, online peers
         self.limiter = RateLimited()
         self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        self.reconfigure(cfg)
+
+    def reconfigure(self, cfg):
+        """Apply settings that need no re-bind (advertised address, heartbeat)."""
+        self.cfg = cfg
+        self.heartbeat_s = float(cfg["heartbeat_s"])
+        host, port = config.split_host_port(cfg["bind"])
+        self.address = config.join_host_port(cfg.get("advertise") or host, port)
         own_ip = cfg.get("advertise") or (host if host not in ("0.0.0.0", "::", "*") else None)
-        registry.upsert(self.id, ip=own_ip or _primary_ip(), hostname=socket.gethostname(),
-                        role="leader", version=version, key=self.public, status="accepted")
+        self.registry.upsert(self.id, ip=own_ip or _primary_ip(), hostname=socket.gethostname(),
+                             role="leader", version=self.version, key=self.public, status="accepted")
 
     def close(self):
         """Close the socket (the daemon owns the authenticator, which outlives a re-bind)."""
@@ -241,6 +248,20 @@ class LeaderLink:
         self.live.pop(peer_id, None)
         self.registry.set_status(peer_id, "removed")
         return {"id": peer_id, "status": "removed"}
+
+
+def _bind(sock, address):
+    """Bind, waiting briefly for a just-closed socket of ours to release the port."""
+    host, port = config.split_host_port(address)
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            sock.bind(config.tcp_endpoint(host, port))
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _primary_ip():

@@ -7,6 +7,7 @@ Workers keep the same schema but only meta; `sanity_check(worker=True)` deletes 
 last_seen is kept in memory and flushed in batches (`flush()`), never one write per heartbeat.
 """
 import logging
+import os
 import time
 
 import peewee
@@ -89,6 +90,9 @@ class Registry:
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
         self.db.connect()
         self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog])
+        for suffix in ("", "-wal", "-shm"):  # keys and the audit are nobody else's business
+            if os.path.exists(path + suffix):
+                os.chmod(path + suffix, 0o600)
         row = self.Meta.get_or_none(self.Meta.key == "schema_version")
         if row is None:
             self.Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
