@@ -242,3 +242,14 @@ def test_target_killed_mid_command(cluster):
     assert rc == 255
     assert time.monotonic() - start < 3 * 0.3 + 2.0
     assert b"laptop" in proc.stderr.read()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--user needs a root daemon")
+def test_user_option_runs_as_that_user(shared_cluster):
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--user", "nobody", "--directory", "/tmp",
+                                   "--shellCmd", 'echo "$(id -un) $(id -u) $HOME $USER"', check=0)
+    home = subprocess.run(["getent", "passwd", "nobody"], capture_output=True, text=True).stdout.split(":")[5]
+    assert out.stdout.decode() == f"nobody 65534 {home} nobody\n"
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--user", "no-such-user-zp",
+                                   "--shellCmd", "true", check=255)
+    assert out.stderr.startswith(b"No such user on laptop: no-such-user-zp\n")

@@ -1,0 +1,90 @@
+"""Audit log (`d history`) and local access control of the CLI socket (`--group`)."""
+import grp
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import Node, free_port, wait_for
+
+
+def history(node, *args):
+    return json.loads(node.d("history", "--json", *args, check=0).stdout)
+
+
+def test_audit_of_local_remote_worker_self_and_fanout(cluster):
+    cluster.vps.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo local", check=0)
+    cluster.desktop.d("execOnPeer", "--peer", "laptop", "--directory", "/tmp", "--shellCmd", "exit 3", check=3)
+    cluster.laptop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo self", check=0)
+    cluster.desktop.d("execOnPeer", "--peer", "all", "--shellCmd", "echo fan", check=0)
+
+    def complete():
+        rows = history(cluster.vps, "--limit", "50")
+        return rows if len(rows) == 6 and all(r["rc"] is not None for r in rows) else None
+
+    rows = wait_for(complete, timeout=5, what="6 audit rows with their rc")
+    seen = sorted((r["origin"], r["target"], r["command"], r["rc"]) for r in rows)
+    assert seen == sorted([
+        ("vps", "vps", "echo local", 0), ("desktop", "laptop", "exit 3", 3), ("laptop", "laptop", "echo self", 0),
+        ("desktop", "desktop", "echo fan", 0), ("desktop", "laptop", "echo fan", 0), ("desktop", "vps", "echo fan", 0)])
+    remote = next(r for r in rows if r["command"] == "exit 3")
+    assert remote["directory"] == "/tmp" and remote["user"] and remote["duration_s"] >= 0
+    fan = [r for r in rows if r["command"] == "echo fan"]
+    assert all(r["bytes_out"] == 4 for r in fan)
+    # any node can read it (workers ask the leader), filtered by peer and limited
+    only_self = history(cluster.laptop, "--peer", "laptop")
+    assert {r["command"] for r in only_self} == {"exit 3", "echo self", "echo fan"}
+    assert len(history(cluster.desktop, "--limit", "2")) == 2
+    table = cluster.vps.d("history", "--limit", "1", check=0).stdout.decode().splitlines()
+    assert table[0].split() == ["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"] and len(table) == 2
+
+
+def test_worker_keeps_no_audit(cluster):
+    cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=0)
+    out = cluster.desktop.d("dbSanityCheck", "--dry-run", check=0).stdout.decode()
+    assert "leader-only exec_log: 0 rows" in out and "leader-only peer: 0 rows" in out
+
+
+def test_file_modes(cluster):
+    for node in (cluster.vps, cluster.desktop):
+        assert stat.S_IMODE(os.stat(node.home).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(os.path.join(node.home, "curve.key")).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.join(node.home, "zpeer.db")).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.join(node.home, "config.json")).st_mode) == 0o600
+        assert stat.S_ISSOCK(os.stat(os.path.join(node.home, "d.sock")).st_mode)
+
+
+def _connect_as_nobody(sock_path, groups):
+    """Try a raw connect() to the socket as user nobody with the given extra groups."""
+    code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+            "try:\n s.connect(sys.argv[1]); print('connected')\n"
+            "except PermissionError: print('denied')\n")
+    return subprocess.run(["/usr/bin/python3", "-c", code, sock_path], user=65534, group=65534,
+                          extra_groups=groups, capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to act as another user) and a system python3")
+def test_group_access_to_cli_socket():
+    base = tempfile.mkdtemp(prefix="zpeer-group-")
+    os.chmod(base, 0o711)  # others may traverse to the node's dir, nothing more
+    node = Node(base, "g1")
+    try:
+        node.d("setPeerConfig", "--role", "leader", "--id", "g1", "--bind", f"127.0.0.1:{free_port()}", check=0)
+        node.start()
+        sock = os.path.join(node.home, "d.sock")
+        gid = grp.getgrnam("users").gr_gid
+        assert _connect_as_nobody(sock, [gid]) == "denied"
+        node.d("setPeerConfig", "--group", "users", check=0)
+        assert stat.S_IMODE(os.stat(node.home).st_mode) == 0o710
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o770 and os.stat(sock).st_gid == gid
+        assert _connect_as_nobody(sock, [gid]) == "connected"
+        assert _connect_as_nobody(sock, []) == "denied"
+        assert stat.S_IMODE(os.stat(os.path.join(node.home, "curve.key")).st_mode) == 0o600
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
