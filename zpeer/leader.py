@@ -1,8 +1,10 @@
 """Leader role: the CURVE-secured ROUTER, enrolment, liveness and routing by peer id.
 
 Incoming frames are [identity, SIGNATURE, header, (data)]. Each message is checked against the
-CURVE key that ZAP authenticated for its connection (the frame's User-Id): a connection only
-acts as the peer id bound to its key, and pending or unknown keys can only say hello.
+CURVE key that ZAP authenticated for its connection (the frame's User-Id) and against the
+routing identity (`ID/SECRET`, see protocol) that the peer's accepted hello bound: a connection
+only acts as the peer id bound to its key, pending or unknown keys can only say hello, and the
+leader sends a peer's messages only to the identity its verified hello came from.
 """
 import logging
 import socket
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 5.0
 BIND_RETRY_S = 2.0
+MAX_PENDING = 64  # pending join requests kept: a flood of hellos cannot fill the registry
 SNDHWM = 20000
 RCVHWM = 20000
 
@@ -66,7 +69,7 @@ class LeaderLink:
         sock.curve_publickey, sock.curve_secretkey = public, secret
         _bind(sock, cfg["bind"])
         self.sock = sock
-        self.live = {}  # peer id -> {"key", "ip", "rx"} for verified, online peers
+        self.live = {}  # peer id -> {"key", "ip", "rx", "route"} for verified, online peers
         self.limiter = RateLimited()
         self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
         self.reconfigure(cfg)
@@ -88,10 +91,11 @@ class LeaderLink:
     # --- sending -----------------------------------------------------------------------
     def send(self, peer_id, header, data=None):
         """Send to a connected peer by identity; False if it cannot take it now."""
-        if peer_id not in self.live:
+        entry = self.live.get(peer_id)
+        if entry is None:
             return False
         try:
-            self.sock.send_multipart(protocol.envelope(peer_id, protocol.encode(header, data)),
+            self.sock.send_multipart(protocol.envelope(entry["route"], protocol.encode(header, data)),
                                      flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (HWM): the peer is not keeping up
@@ -112,23 +116,22 @@ class LeaderLink:
         """Read one message; returns (peer_id, header, data) for the daemon, or None."""
         frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
         identity = frames[0].bytes
+        peer_id = protocol.peer_of_route(identity)  # claimed; the key and route decide below
         try:
             header, data = protocol.decode(frames[1:])
             key = frames[1].get("User-Id")
             ip = frames[1].get("Peer-Address")
         except (protocol.ProtocolError, zmq.ZMQError, UnicodeDecodeError) as exc:
-            if self.limiter.allow(("bad", identity[:64])):
-                log.warning("dropped malformed message from %r: %s", identity[:64], exc)
+            if self.limiter.allow(("bad", peer_id)):
+                log.warning("dropped malformed message from %r: %s", peer_id, exc)
             return None
-        peer_id = identity.decode("utf-8", "replace")
         if header["t"] == "hello":
             self._hello(identity, peer_id, key, ip, header)
             return None
-        row_key = self.live.get(peer_id, {}).get("key")
-        if row_key is None or row_key != key:
+        entry = self.live.get(peer_id)
+        if entry is None or entry["key"] != key or entry["route"] != identity:
             self._unverified(identity, peer_id, key, header)
             return None
-        entry = self.live[peer_id]
         entry["rx"] = time.monotonic()
         self.registry.touch(peer_id, ip)
         if header["t"] == "hb":
@@ -144,11 +147,7 @@ class LeaderLink:
         if row is not None and row.status == "accepted" and row.key == key:
             self._send_raw(identity, {"t": "rehello", "rid": header["rid"]})  # e.g. after our restart
             return
-        if peer_id in self.live:  # someone else claims a connected peer's id: stop trusting the route
-            log.warning("connection with key %s claims id %s bound to another key: route suspended",
-                        key, peer_id)
-            self.live.pop(peer_id, None)
-        elif self.limiter.allow(("unverified", peer_id)):
+        if self.limiter.allow(("unverified", peer_id)):
             log.warning("ignored %s from unenrolled connection %r (key %s)", header["t"], peer_id, key)
 
     def _hello(self, identity, peer_id, key, ip, header):
@@ -157,7 +156,13 @@ class LeaderLink:
         if not config.valid_peer_id(peer_id) or header["id"] != peer_id or peer_id == self.id:
             self._send_raw(identity, {"t": "welcome", "rid": rid, "status": "rejected",
                                       "leader": self.id, "gen": 0,
-                                      "reason": f"invalid or reserved peer id {peer_id!r}"})
+                                      "reason": f"invalid or reserved peer id {peer_id[:64]!r}"})
+            return
+        if len(identity) != len(peer_id.encode()) + 1 + protocol.ROUTE_SECRET_HEX:
+            # a bare or short identity is guessable: another key could take its route over
+            self._send_raw(identity, {"t": "welcome", "rid": rid, "status": "rejected",
+                                      "leader": self.id, "gen": 0,
+                                      "reason": "routing identity is not ID/SECRET (zpeer too old?)"})
             return
         row = self.registry.get(peer_id)
         token = header.get("token")
@@ -173,13 +178,15 @@ class LeaderLink:
         elif row is not None and row.status == "accepted":
             status, reason = "rejected", (f"peer id {peer_id} is bound to another key; "
                                           "re-enrol with a new join token or ask for acceptance")
+        elif row is None and len(self.registry.peers("pending")) >= MAX_PENDING:
+            status, reason = "rejected", "too many pending join requests: use a join token"
         fields = {"hostname": str(header.get("hostname"))[:255], "version": str(header.get("version"))[:64],
                   "role": "worker"}
         if status == "accepted":
             if row is None or row.key != key:
                 self.policy.revoked.discard(key)
             self.registry.upsert(peer_id, ip=ip, key=key, status="accepted", **fields)
-            self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic()}
+            self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic(), "route": identity}
             log.info("peer %s online from %s (%s)", peer_id, ip, reason)
         elif status == "pending" and (row is None or row.status in ("pending", "removed")):
             if row is None or row.key != key or row.status != "pending":
