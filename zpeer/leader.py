@@ -176,8 +176,10 @@ class LeaderLink:
             else:
                 status, reason = "rejected", f"join token refused: {refusal}"
         elif row is not None and row.status == "accepted":
-            status, reason = "rejected", (f"peer id {peer_id} is bound to another key; "
-                                          "re-enrol with a new join token or ask for acceptance")
+            # an existing id with a new key (reinstalled host): only a token or acceptance re-binds it
+            self.rekey[peer_id] = {"key": key, "ip": ip, "since": time.time()}
+            status, reason = "pending", (f"peer id {peer_id} is bound to another key: waiting for "
+                                         f"`d acceptPeer {peer_id}` on the leader (or use a join token)")
         elif row is None and len(self.registry.peers("pending")) >= MAX_PENDING:
             status, reason = "rejected", "too many pending join requests: use a join token"
         fields = {"hostname": str(header.get("hostname"))[:255], "version": str(header.get("version"))[:64],
