@@ -70,6 +70,7 @@ class LeaderLink:
         _bind(sock, cfg["bind"])
         self.sock = sock
         self.live = {}  # peer id -> {"key", "ip", "rx", "route"} for verified, online peers
+        self.rekey = {}  # peer id -> {"key", "ip", "since"}: a known id asking to bind a new key
         self.limiter = RateLimited()
         self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
         self.reconfigure(cfg)
@@ -185,11 +186,14 @@ class LeaderLink:
         fields = {"hostname": str(header.get("hostname"))[:255], "version": str(header.get("version"))[:64],
                   "role": "worker"}
         if status == "accepted":
+            self.rekey.pop(peer_id, None)
             if row is None or row.key != key:
                 self.policy.revoked.discard(key)
             self.registry.upsert(peer_id, ip=ip, key=key, status="accepted", **fields)
             self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic(), "route": identity}
             log.info("peer %s online from %s (%s)", peer_id, ip, reason)
+        elif status == "pending" and peer_id in self.rekey:
+            log.info("peer %s from %s asks to bind a new key %s: pending", peer_id, ip, key)
         elif status == "pending" and (row is None or row.status in ("pending", "removed")):
             if row is None or row.key != key or row.status != "pending":
                 log.info("peer %s from %s asks to join: pending (key %s)", peer_id, ip, key)
@@ -232,15 +236,26 @@ class LeaderLink:
     def records(self, pending=False):
         """Rows for listPeers."""
         rows = self.registry.peers("pending" if pending else "accepted")
-        return [peer_record(r, self.online(r.id), self.registry.last_seen(r), self.version) for r in rows]
+        records = [peer_record(r, self.online(r.id), self.registry.last_seen(r), self.version) for r in rows]
+        if pending:
+            for peer_id, req in sorted(self.rekey.items()):
+                record = peer_record(self.registry.get(peer_id), False, req["since"], self.version)
+                record.update(ip=req["ip"], status="pending", rekey=True)
+                records.append(record)
+        return records
 
     def accept(self, peer_id):
         """Accept a pending peer's key."""
         row = self.registry.get(peer_id)
         if row is None or row.status not in ("pending", "accepted"):
             raise PeerNotFound(peer_id, hint="`d listPeers --pending` lists the peers waiting")
-        if row.key:
-            self.policy.revoked.discard(row.key)
+        request = self.rekey.pop(peer_id, None)
+        if request is not None:  # bind the new key; the old one is revoked with it
+            if row.key:
+                self.policy.revoked.add(row.key)
+            self.live.pop(peer_id, None)
+            row = self.registry.upsert(peer_id, key=request["key"], ip=request["ip"])
+        self.policy.revoked.discard(row.key)
         self.registry.set_status(peer_id, "accepted")
         return {"id": peer_id, "status": "accepted"}
 
