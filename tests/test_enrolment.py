@@ -1,0 +1,41 @@
+"""Enrolment paths beyond tokens: pending + acceptPeer, and re-keying a known id."""
+import json
+import os
+
+from conftest import wait_for
+
+
+def test_pending_then_accepted_without_token(empty_cluster):
+    c = empty_cluster
+    c.leader()
+    key = json.loads(c.vps.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
+    node = c.worker("tablet", "127.0.0.6", register=False)
+    out = node.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}", "--leader-key", key,
+                 "--source-ip", "127.0.0.6", check=0)
+    assert out.stdout == b"Pending: tablet waits for `d acceptPeer tablet` on the leader 127.0.0.1:%d\n" % c.port
+    pending = json.loads(c.vps.d("listPeers", "--pending", "--json", check=0).stdout)
+    assert [p["id"] for p in pending] == ["tablet"]
+    out = node.d("listPeers", check=255)
+    assert out.stderr.startswith(b"Not accepted by the leader yet: tablet is pending\n")
+    c.vps.d("acceptPeer", "tablet", check=0)
+    wait_for(lambda: c.online("tablet"), timeout=5, what="tablet accepted and online")
+    assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
+
+
+def test_reinstalled_worker_must_be_reaccepted(cluster):
+    laptop = cluster.laptop
+    laptop.stop()
+    for name in ("curve.key", "curve.pub"):
+        os.unlink(os.path.join(laptop.home, name))
+    laptop.start()  # same id, new key: the leader must not route to it as laptop
+    status = wait_for(lambda: json.loads(laptop.d("getPeerStatus", "--json").stdout)
+                      if b'"pending"' in laptop.d("getPeerStatus", "--json").stdout else None,
+                      timeout=5, what="laptop pending with its new key")
+    assert status["connected"] is False
+    assert not cluster.online("laptop")
+    pending = json.loads(cluster.vps.d("listPeers", "--pending", "--json", check=0).stdout)
+    assert [p["id"] for p in pending] == ["laptop"]
+    cluster.vps.d("acceptPeer", "laptop", check=0)
+    wait_for(lambda: cluster.online("laptop"), timeout=5, what="laptop back with its new key")
+    out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo rekeyed", check=0)
+    assert out.stdout == b"rekeyed\n"
