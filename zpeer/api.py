@@ -20,6 +20,14 @@ MAX_TOKEN_TTL_S = 30 * 86400
 REGISTER_WAIT_MAX_S = 30.0
 
 
+def _valid_audit_copy(header):
+    """True if a worker's audit copy is a well-formed exec/exit/error header."""
+    try:
+        return protocol.validate(header) in ("exec", "exit", "error")
+    except protocol.ProtocolError:
+        return False
+
+
 def _arg(header, name, types, default=None, required=False):
     """A typed request field (BadRequest when present with the wrong type)."""
     value = header.get(name, default)
@@ -169,8 +177,10 @@ class Api:
         op, args = header["op"], header["args"]
         try:
             if op == "audit":
-                if isinstance(args.get("header"), dict):
-                    self.observe(from_peer, args["header"])
+                copy = args.get("header")
+                # a worker's copy is hostile input like any header: typed before it reaches SQLite
+                if isinstance(copy, dict) and _valid_audit_copy(copy):
+                    self.observe(from_peer, copy)
                 return
             if op not in ("peers", "peer_by_ip", "history"):
                 raise BadRequest(f"unknown rpc {op!r}")
@@ -245,6 +255,9 @@ class Api:
         spec = {"cmd": _arg(header, "cmd", str, required=True), "dir": _arg(header, "dir", str),
                 "user": _arg(header, "user", str), "timeout": _arg(header, "timeout", (int, float)),
                 "stdin": bool(header.get("stdin")), "ouser": _arg(header, "ouser", str)}
+        for name in ("cmd", "dir", "user", "ouser"):
+            if spec[name] and "\x00" in spec[name]:  # execve/chdir/getpwnam raise on NUL
+                raise BadRequest(f"--{name} contains a NUL byte")
         batch = _arg(header, "batch", int, 0)
         pid = _arg(header, "pid", int, 0)
         if self.d.id is None:

@@ -6,8 +6,12 @@ Peer link (worker DEALER <-> leader ROUTER), as the DEALER sends it::
     frame 1  header           msgpack map: {"t": type, "rid": request id, ...fields}
     frame 2  data (optional)  raw bytes (command output, stdin), never re-encoded
 
-The ROUTER sees one more frame in front: the routing identity (= the peer id of the DEALER).
-`envelope()` is the only place that builds that prefix; every send on a ROUTER goes through it.
+The ROUTER sees one more frame in front: the routing identity of the DEALER, `ID/SECRET`: the
+peer id plus a random secret of that link (`route_identity`). The secret matters: the ROUTER
+hands an identity over to the newest connection that claims it (ROUTER_HANDOVER), so a guessable
+one would let any CURVE key take over a peer's route and receive its execs. It travels only
+inside the CURVE handshake. `envelope()` is the only place that builds that prefix; every send on
+a ROUTER goes through it.
 
 Routing fields in the header: "to" names the destination peer; "from" names the origin peer and
 is set by the leader from the connection's authenticated identity, never trusted from a worker.
@@ -17,6 +21,8 @@ CLI link (CLI REQ <-> daemon ROUTER on d.sock) uses the same frames 0..1 with "o
 
 Every header carries "rid", a request id (str, <= 64 chars); replies echo it.
 """
+import secrets
+
 import msgpack
 
 PROTOCOL_VERSION = 1
@@ -25,6 +31,8 @@ MAX_HEADER_BYTES = 1 << 20  # a peer header is small; output travels in the data
 MAX_IPC_BYTES = 16 << 20  # CLI replies carry output inside the map
 MAX_ID_LEN = 64
 MAX_MESSAGE_BYTES = 64 << 20  # socket MAXMSGSIZE: bounds any single frame from the network
+ROUTE_SECRET_HEX = 32  # hex digits of a route identity's secret part
+INT64 = 1 << 63  # ints leave msgpack up to 2**64-1; SQLite (audit) and the OS take int64
 
 _STR = (str,)
 _OPT_STR = (str, type(None))
@@ -57,6 +65,14 @@ PEER_MESSAGES = {
     "cancel": {"job": _STR, "to": _STR},
     "alive": {"to": _STR, "jobs": _LIST},
 }
+
+# Fields any message may carry beyond its schema, checked when present (handlers and the audit
+# use them without further checks, and the leader forwards them from one peer to another).
+OPTIONAL_FIELDS = {"ts": _NUM, "ttl": _NUM, "fanout": _INT, "ouser": _OPT_STR, "bytes": _INT,
+                   "duration": _NUM, "hb": _NUM, "reason": _STR, "token": _STR, "from": _STR,
+                   "side": _STR, "gen": _INT, "err": _MAP}
+# Strings that reach execve, chdir or getpwnam (where an embedded NUL raises, not fails).
+NUL_FREE_FIELDS = ("cmd", "dir", "user", "job", "to", "from", "id")
 
 # Job-scoped messages the leader forwards between peers by their "to" field.
 ROUTED_TYPES = frozenset({"exec", "started", "out", "credit", "stdin", "stdin_ack", "exit", "error",
@@ -112,22 +128,50 @@ def check_signature(frame):
         raise ProtocolError(f"unsupported protocol version {sig[2]}")
 
 
+def route_identity(peer_id):
+    """A new routing identity for a DEALER of peer_id: `ID/SECRET` (bytes)."""
+    return f"{peer_id}/{secrets.token_hex(ROUTE_SECRET_HEX // 2)}".encode()
+
+
+def peer_of_route(identity):
+    """The peer id an identity claims (its part before '/'), as text; never trusted alone."""
+    return identity.split(b"/", 1)[0][:MAX_ID_LEN * 4].decode("utf-8", "replace")
+
+
+def _check_field(mtype, field, value, types):
+    """Raise unless value has one of types (bool is no int here) and sane bounds."""
+    if not isinstance(value, types) or (types is _INT and isinstance(value, bool)):
+        raise ProtocolError(f"{mtype}: bad field {field!r}")
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        raise ProtocolError(f"{mtype}: {field} out of range")
+    if isinstance(value, str):
+        if field in ("id", "job", "to", "from") and len(value) > MAX_ID_LEN:
+            raise ProtocolError(f"{mtype}: {field} too long")
+        if field in NUL_FREE_FIELDS and "\x00" in value:
+            raise ProtocolError(f"{mtype}: NUL in {field}")
+
+
+def validate(header):
+    """Check a peer header map against its type's schema; returns its type or raises."""
+    mtype = header.get("t")
+    schema = PEER_MESSAGES.get(mtype) if isinstance(mtype, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {str(mtype)[:40]!r}")
+    for field, types in schema.items():
+        _check_field(mtype, field, header.get(field), types)
+    for field, types in OPTIONAL_FIELDS.items():
+        if field not in schema and header.get(field) is not None:
+            _check_field(mtype, field, header[field], types)
+    return mtype
+
+
 def decode(frames):
     """Decode [SIGNATURE, header, (data)] from the peer link into (header, data or None)."""
     if len(frames) not in (2, 3):
         raise ProtocolError(f"expected 2 or 3 frames, got {len(frames)}")
     check_signature(frames[0])
     header = unpack_header(_bytes(frames[1]))
-    mtype = header.get("t")
-    schema = PEER_MESSAGES.get(mtype) if isinstance(mtype, str) else None
-    if schema is None:
-        raise ProtocolError(f"unknown message type {mtype!r}")
-    for field, types in schema.items():
-        value = header.get(field)
-        if not isinstance(value, types) or (types is _INT and isinstance(value, bool)):
-            raise ProtocolError(f"{mtype}: bad field {field!r}")
-        if isinstance(value, str) and field in ("id", "job", "to") and len(value) > MAX_ID_LEN:
-            raise ProtocolError(f"{mtype}: {field} too long")
+    validate(header)
     data = frames[2] if len(frames) == 3 else None
     return header, data
 

@@ -1,4 +1,4 @@
-"""Worker role: a CURVE DEALER whose identity is the peer id, connected to the pinned leader.
+"""Worker role: a CURVE DEALER whose identity is `ID/SECRET`, connected to the pinned leader.
 
 It says hello on every (re)connect (seen through the socket monitor), heartbeats every
 interval, notices a silent leader within 3 intervals, and carries RPCs to the leader. libzmq
@@ -38,7 +38,7 @@ class WorkerLink:
         host, port = config.split_host_port(cfg["leader"])
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
-        sock.setsockopt(zmq.IDENTITY, self.id.encode())
+        sock.setsockopt(zmq.IDENTITY, protocol.route_identity(self.id))  # ID/SECRET: see protocol
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a link that is not up: no late execs
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
