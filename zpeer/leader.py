@@ -192,7 +192,12 @@ class LeaderLink:
             self.registry.upsert(peer_id, ip=ip, key=key, status="accepted", **fields)
             self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic(), "route": identity}
             log.info("peer %s online from %s (%s)", peer_id, ip, reason)
-        elif status == "pending" and peer_id in self.rekey:
+            return self._welcome(identity, rid, status, reason)
+        if peer_id in self.live:
+            # this connection now holds the id's route (handover) but not its key: stop using it
+            self.live.pop(peer_id)
+            log.warning("peer %s: route taken by a connection with another key; suspended", peer_id)
+        if peer_id in self.rekey:
             log.info("peer %s from %s asks to bind a new key %s: pending", peer_id, ip, key)
         elif status == "pending" and (row is None or row.status in ("pending", "removed")):
             if row is None or row.key != key or row.status != "pending":
@@ -200,6 +205,10 @@ class LeaderLink:
             self.registry.upsert(peer_id, ip=ip, key=key, status="pending", **fields)
         elif status == "rejected":
             log.warning("peer %s from %s refused: %s", peer_id, ip, reason)
+        return self._welcome(identity, rid, status, reason)
+
+    def _welcome(self, identity, rid, status, reason):
+        """Answer a hello on the connection it came from."""
         self._send_raw(identity, {"t": "welcome", "rid": rid, "status": status, "leader": self.id,
                                   "gen": self.registry.generation, "reason": reason,
                                   "hb": self.heartbeat_s})
