@@ -193,8 +193,9 @@ class LeaderLink:
             self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic(), "route": identity}
             log.info("peer %s online from %s (%s)", peer_id, ip, reason)
             return self._welcome(identity, rid, status, reason)
-        if peer_id in self.live:
-            # this connection now holds the id's route (handover) but not its key: stop using it
+        if self.live.get(peer_id, {}).get("route") == identity:
+            # this connection now holds the id's route (handover) but not its key: stop using it.
+            # Only then: a hello on another route (routes are ID/SECRET) must not knock a peer off.
             self.live.pop(peer_id)
             log.warning("peer %s: route taken by a connection with another key; suspended", peer_id)
         if peer_id in self.rekey:
