@@ -10,6 +10,7 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import termios
 import time
 from collections import OrderedDict
@@ -44,6 +45,7 @@ def child_environment(user_entry, home):
         "SHELL": user_entry.pw_shell or "/bin/bash",
         "PATH": os.environ.get("PATH") or DEFAULT_PATH,
         "ZPEER_HOME": home,
+        "ZPEER_PYTHON": sys.executable,  # the daemon's interpreter: deploy steps run zpeer with it
     }
     for name in ("LANG", "LC_ALL", "TZ"):
         if name in os.environ:
@@ -94,6 +96,7 @@ class RunningJob:
         self.how = "exit"  # or timeout / cancelled
         self.kill_at = None
         self.bytes_out = 0
+        self.seq = 0  # out messages sent: lets the origin prove it got every chunk, in order
         self.last_origin_word = self.started
 
     def kill_group(self, sig):
@@ -244,7 +247,8 @@ class TargetJobs:
         rj.credit -= len(data)
         rj.bytes_out += len(data)
         rj.last_data_at = time.monotonic()
-        return [({"t": "out", "job": rj.job, "to": rj.origin, "fd": num}, data)]
+        rj.seq += 1
+        return [({"t": "out", "job": rj.job, "to": rj.origin, "fd": num, "seq": rj.seq}, data)]
 
     def _write_stdin(self, rj):
         """Push buffered stdin into the child without blocking; ack what it took."""
@@ -292,7 +296,7 @@ class TargetJobs:
         rj.release()
         log.info("job %s: %s rc=%d after %.3fs", rj.job, rj.how, rc, now - rj.started)
         return [({"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
-                  "bytes": rj.bytes_out, "duration": now - rj.started}, None)]
+                  "bytes": rj.bytes_out, "duration": now - rj.started, "seq": rj.seq}, None)]
 
     def credit(self, job, n):
         """The origin consumed output: allow n more bytes."""

@@ -44,7 +44,7 @@ def _pid_alive(pid):
 class OriginJob:
     """One target's part of a session."""
 
-    __slots__ = ("job", "target", "state", "sent_at", "last_word", "owed", "bytes", "stdin_out")
+    __slots__ = ("job", "target", "state", "sent_at", "last_word", "owed", "bytes", "stdin_out", "seq")
 
     def __init__(self, job, target):
         self.job, self.target = job, target
@@ -53,6 +53,7 @@ class OriginJob:
         self.owed = 0
         self.bytes = 0
         self.stdin_out = 0
+        self.seq = 0  # out messages received, to detect a chunk lost in transit
 
 
 class Session:
@@ -153,7 +154,13 @@ class OriginSessions:
         if mtype == "started":
             job.state = "running"
             self._event(session, [job.target, "s", header["pid"]])
+        elif mtype in ("out", "exit") and header.get("seq", job.seq + (mtype == "out")) != job.seq + (mtype == "out"):
+            # a chunk went missing (link flap, full queue): never hand the user silently cut output
+            self._fail(session, job, "output_lost", f"Output from {job.target} was lost in transit",
+                       "the link to that peer dropped messages; the command may have completed")
+            return [("peer", {"t": "cancel", "job": job.job, "to": job.target}, None)] + self._wake(session)
         elif mtype == "out" and data is not None:
+            job.seq += 1
             size = len(data)
             job.bytes += size
             self._event(session, [job.target, "o" if header["fd"] == 1 else "e", data], size)
