@@ -192,6 +192,14 @@ class Daemon:
                      "rid": header["rid"], "err": self.refusal(to).to_reply()}
             self.api.observe(to, reply)
             self.link.send(from_peer, reply)
+        elif header["t"] == "alive" and header.get("side") == "origin" and not self.link.online(to):
+            # the origin still waits on jobs of a peer we saw go offline: tell it now, rather than
+            # let it wait out its own silence limit (an origin on a worker sees no sweep)
+            for job in header["jobs"][:1000]:
+                if isinstance(job, str):
+                    reply = {"t": "error", "job": job, "to": from_peer, "from": to, "rid": job[:64],
+                             "err": {"err": "peer_lost", "msg": f"Peer {to} disconnected mid-command"}}
+                    self.link.send(from_peer, reply)  # not audited: a worker names these job ids
 
     def refusal(self, to):
         """Why a message for peer `to` cannot leave this node now."""
