@@ -90,6 +90,8 @@ class Api:
             "public_key": d.public.decode(), "home": d.home, "pid": os.getpid(),
             "heartbeat_s": d.heartbeat_s, "db_error": d.registry.last_error,
             "recipes": {k: cfg.get(k) for k in ("repo", "pull_cmd", "build_cmd", "restart_cmd")},
+            # live state, so operators (and the chaos tests) can see nothing is left behind
+            "exec_sessions": len(d.sessions.sessions), "running_jobs": len(d.targets.jobs),
         }
         if d.role == "leader":
             status.update(bind=cfg["bind"], advertise=cfg.get("advertise"), leader=d.id,
