@@ -253,3 +253,14 @@ def test_user_option_runs_as_that_user(shared_cluster):
     out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--user", "no-such-user-zp",
                                    "--shellCmd", "true", check=255)
     assert out.stderr.startswith(b"No such user on laptop: no-such-user-zp\n")
+
+
+def test_line_latency_under_100ms(shared_cluster):
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                           "for i in 1 2 3 4 5; do date +%s.%N; sleep 0.2; done"],
+                            env=shared_cluster.desktop.env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    delays = []
+    for line in iter(proc.stdout.readline, b""):
+        delays.append(time.time() - float(line))
+    assert proc.wait(10) == 0 and len(delays) == 5
+    assert sorted(delays)[2] < 0.1, delays  # median: a loaded CI machine may delay one line
