@@ -224,6 +224,11 @@ class Api:
         if self.d.role != "worker":
             raise NotConfigured("This node is not configured as a worker")
         wait = min(float(_arg(header, "wait_s", (int, float), 10.0)), REGISTER_WAIT_MAX_S)
+        link = self.d.link
+        if link.status in ("rejected", "pending"):
+            # the answer must be the leader's to this attempt (maybe a new token), not an old refusal
+            link.status = "connecting"
+            link.hello()
         self.registering.append((identity, header["rid"], time.monotonic() + wait))
         self.tick(time.monotonic())
         return None

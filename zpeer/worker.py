@@ -2,11 +2,14 @@
 
 It says hello on every (re)connect (seen through the socket monitor), heartbeats every
 interval, notices a silent leader within 3 intervals, and carries RPCs to the leader. libzmq
-reconnects by itself with exponential back-off plus random jitter (RECONNECT_IVL/_MAX).
+reconnects by itself with exponential back-off (RECONNECT_IVL/_MAX) while connecting is refused;
+a connection that dies before its CURVE handshake (leader down behind a TCP forwarder, wrong
+key) would be retried every RECONNECT_IVL forever, so the link backs off itself, with jitter.
 No process-global state: many WorkerLinks can live in one process (bench swarm).
 """
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 5000
+BACKOFF_MAX_S = 5.0  # our own back-off after connections that die before the handshake
 HWM = 20000
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -54,7 +58,9 @@ class WorkerLink:
         if cfg.get("source_ip"):
             endpoint = f"tcp://{cfg['source_ip']}:0;{config.join_host_port(host, port)}"
         sock.connect(endpoint)
-        self.sock = sock
+        self.sock, self.endpoint = sock, endpoint
+        self.failures = 0  # connections in a row that died before a completed handshake
+        self.reconnect_at = None  # set while the endpoint is down for our back-off
         self.status = "connecting"  # registered | pending | rejected | key_mismatch | removed
         self.reason = ""
         self.handshake_ok = False
@@ -86,7 +92,12 @@ class WorkerLink:
             return NotAuthorized(f"Not accepted by the leader yet: {self.id} is pending",
                                  hint=f"run `d acceptPeer {self.id}` on the leader, or register "
                                       "with a token from `d joinToken`")
-        if self.status in ("rejected", "removed"):
+        if self.status == "removed":  # removal revoked our key: no token can bring it back
+            return NotAuthorized(f"Refused by the leader: {self.reason}",
+                                 hint="removal revokes this node's key: to enrol again, delete curve.key "
+                                      "and curve.pub in ZPEER_HOME, restart the daemon and "
+                                      "`d registerWorker --token` with a new token")
+        if self.status == "rejected":
             return NotAuthorized(f"Refused by the leader: {self.reason}")
         return NotConnected(hint=f"leader {self.leader_address}: "
                                  "check `d getPeerStatus`, `wg show`, `ping` the leader")
@@ -129,6 +140,7 @@ class WorkerLink:
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_ok = True
+                self.failures = 0
                 if self.status == "key_mismatch":
                     self.status = "connecting"
                 self.hello()
@@ -138,11 +150,25 @@ class WorkerLink:
                 if self.status != "key_mismatch":
                     log.error("leader %s: CURVE handshake failed: Leader key mismatch", self.leader_address)
                 self.status = "key_mismatch"
+                self.reason = self.link_error().message  # getPeerStatus shows it as link_reason
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.handshake_ok = False
                 self.status, self.reason = "removed", "this peer's key was revoked on the leader"
             elif event == zmq.EVENT_DISCONNECTED:
+                if not self.handshake_ok:
+                    self._back_off()
                 self.handshake_ok = False
+
+    def _back_off(self):
+        """Take the endpoint down and reconnect later: exponential delay, randomised by half."""
+        self.failures += 1
+        delay = min(BACKOFF_MAX_S, RECONNECT_IVL_MS / 1000.0 * 2 ** min(self.failures, 16))
+        if self.reconnect_at is None:
+            try:
+                self.sock.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass
+        self.reconnect_at = time.monotonic() + delay * random.uniform(0.5, 1.0)
 
     def receive(self):
         """Read one message; returns (from_peer, header, data) for routed ones, else None."""
@@ -196,6 +222,9 @@ class WorkerLink:
 
     def tick(self, now):
         """Heartbeats, re-hello while pending, expired RPCs; returns 'lost'/'up' transitions."""
+        if self.reconnect_at is not None and now >= self.reconnect_at:
+            self.reconnect_at = None
+            self.sock.connect(self.endpoint)
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_s
             if self.handshake_ok and self.status == "registered":
@@ -218,4 +247,4 @@ class WorkerLink:
 
     def next_deadline(self):
         """When tick() next has work."""
-        return self.next_beat
+        return min(self.next_beat, self.reconnect_at or self.next_beat)
