@@ -1,0 +1,301 @@
+"""Security: enrolment, tokens, removal, peer ids bound to keys, pinned leader key, file modes.
+
+Attackers are real ZeroMQ sockets (`RawPeer`: a DEALER with its own CURVE key, or none) talking
+to the real leader daemon over loopback; everything else goes through the real `d` CLI.
+"""
+import base64
+import json
+import os
+import select
+import stat
+import subprocess
+import time
+
+import msgpack
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from conftest import d_command, wait_for
+from zpeer import protocol
+
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def public_key(node):
+    """A node's CURVE public key as `d getPeerStatus` shows it."""
+    return json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
+
+
+def exec_header(to, cmd, job="evil.0"):
+    """A schema-valid exec message, as a worker would send it."""
+    return {"t": "exec", "rid": job, "job": job, "to": to, "cmd": cmd, "dir": None, "user": None,
+            "timeout": None, "stdin": False, "credit": 1 << 20, "ttl": 60.0}
+
+
+class RawPeer:
+    """A hand-driven DEALER to the leader: its own CURVE key pair (or plain), any identity."""
+
+    def __init__(self, port, leader_key, identity, source_ip, curve=True):
+        self.ctx = zmq.Context()
+        self.public, self.secret = zmq.curve_keypair()
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop what a test sends
+        if curve:
+            sock.curve_serverkey = leader_key.encode()
+            sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED
+                                               | zmq.EVENT_DISCONNECTED)
+        sock.connect(f"tcp://{source_ip}:0;127.0.0.1:{port}")
+        self.sock = sock
+        self.received = []  # decoded headers the leader sent us
+
+    def wait_event(self, mask, timeout=5.0):
+        """The first monitor event matching mask (fails the test at the deadline)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.monitor.poll(50):
+                event = recv_monitor_message(self.monitor)["event"]
+                if event & mask:
+                    return event
+        raise AssertionError(f"no monitor event in {mask:#x} within {timeout}s")
+
+    def send(self, header, data=None):
+        """Send one message (signature, msgpack header, optional data)."""
+        self.send_frames(protocol.encode(header, data))
+
+    def send_frames(self, frames):
+        """Send arbitrary frames (hostile input)."""
+        self.sock.send_multipart(frames)
+
+    def barrier(self, timeout=5.0):
+        """Wait until the leader has handled everything we sent so far and we read all it answered.
+
+        A hello whose id differs from our identity is always answered (rejected, no side effect);
+        the leader reads and answers a connection in order, so its welcome comes last."""
+        rid = os.urandom(8).hex()
+        self.send({"t": "hello", "rid": rid, "id": "not-my-identity", "hostname": "x", "version": "x",
+                   "role": "worker", "pid": 1})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(50):
+                frames = self.sock.recv_multipart()
+                header = msgpack.unpackb(frames[1], raw=False)
+                if header.get("rid") == rid and header.get("t") == "welcome":
+                    return header
+                self.received.append(header)
+        raise AssertionError("the leader did not answer the barrier hello")
+
+    def close(self):
+        """Close the sockets and the context."""
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(shared_cluster, tmp_path):
+    c = shared_cluster
+    tablet = c.worker("tablet", "127.0.0.6", register=False)
+    out = tablet.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}", "--leader-key",
+                   public_key(c.vps), "--source-ip", "127.0.0.6", check=0)
+    assert out.stdout == b"Pending: tablet waits for `d acceptPeer tablet` on the leader 127.0.0.1:%d\n" % c.port
+    assert c.vps.d("listPeers", "--pending", "--ids", check=0).stdout == b"tablet\n"
+    assert c.vps.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
+
+    marker = tmp_path / "ran"
+    pending = b"Not accepted by the leader yet: tablet is pending\n"
+    assert tablet.d("listPeers", check=255).stderr.startswith(pending)
+    for target in ("desktop", "vps"):  # cannot run anything elsewhere
+        out = tablet.d("execOnPeer", "--peer", target, "--shellCmd", f"touch {marker}", check=255)
+        assert out.stderr.startswith(pending)
+    for origin in (c.vps, c.desktop):  # and receives nothing
+        out = origin.d("execOnPeer", "--peer", "tablet", "--shellCmd", f"touch {marker}", check=255)
+        assert out.stderr.startswith(b"Peer not accepted yet: tablet\n")
+    assert not marker.exists()
+
+    assert c.vps.d("acceptPeer", "tablet", check=0).stdout == b"Accepted: tablet\n"
+    wait_for(lambda: c.online("tablet"), timeout=5, what="tablet online once accepted")
+    assert c.vps.d("listPeers", "--pending", "--ids", check=0).stdout == b""
+    assert c.desktop.d("execOnPeer", "--peer", "tablet", "--shellCmd", "echo in", check=0).stdout == b"in\n"
+    assert tablet.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo out", check=0).stdout == b"out\n"
+
+    # removal: a running exec fails at once and its process group dies, both directions refused
+    running = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "tablet", "--shellCmd",
+                                              "echo $$; exec sleep 30"],
+                               env=c.vps.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        assert select.select([running.stdout], [], [], 10)[0], "the remote sleep did not start"
+        pid = int(running.stdout.readline())
+        start = time.monotonic()
+        assert c.vps.d("removePeer", "tablet", check=0).stdout == b"Removed: tablet (key revoked)\n"
+        assert running.wait(timeout=5) == 255
+        assert time.monotonic() - start < 2.0
+        assert running.stderr.read() == b"Peer tablet was removed\n"
+    finally:
+        running.kill()
+        running.wait()
+        running.stdout.close()
+        running.stderr.close()
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="removed peer's job killed")
+    assert c.vps.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
+    assert c.desktop.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
+    out = c.desktop.d("execOnPeer", "--peer", "tablet", "--shellCmd", f"touch {marker}", check=255)
+    assert out.stderr.startswith(b"Peer not found: tablet\n")
+    out = tablet.d("execOnPeer", "--peer", "desktop", "--shellCmd", f"touch {marker}", check=255)
+    assert out.stderr.startswith(b"Refused by the leader: removed by the leader\n  hint: removal revokes")
+    assert not marker.exists()
+
+    # the key stays revoked across a restart: ZAP refuses it before any hello, tokens cannot help
+    tablet.stop()
+    tablet.start()
+    wait_for(lambda: b'"link": "removed"' in tablet.d("getPeerStatus", "--json").stdout, timeout=5,
+             what="revoked key refused at the handshake")
+    out = tablet.d("registerWorker", "--token", c.token(), "--source-ip", "127.0.0.6", check=255)
+    assert out.stderr.startswith(b"Refused by the leader: this peer's key was revoked on the leader\n")
+    assert not c.online("tablet")
+    tablet.stop()
+
+
+def _token_body(token):
+    raw = token[len("zpeer1."):]
+    return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+
+
+def _token(body):
+    return "zpeer1." + base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+
+
+def test_join_tokens_valid_reused_expired_tampered(shared_cluster):
+    c = shared_cluster
+    token = c.token()
+    first = c.worker("tok-a", "127.0.0.8", register=False)
+    out = first.d("registerWorker", "--id", "tok-a", "--token", token, "--source-ip", "127.0.0.8", check=0)
+    assert out.stdout == b"Registered: tok-a is a worker of 127.0.0.1:%d (enrolled with a join token)\n" % c.port
+
+    second = c.worker("tok-b", "127.0.0.9", register=False)  # a new key for every refusal below
+
+    def refused(tok, reason):
+        out = second.d("registerWorker", "--id", "tok-b", "--token", tok, "--source-ip", "127.0.0.9", check=255)
+        assert out.stderr.startswith(b"Refused by the leader: join token refused: " + reason + b"\n"), out.stderr
+
+    refused(token, b"token already used")
+    short = c.vps.d("joinToken", "--ttl", "1", check=0).stdout.decode().strip()
+    issued_by = time.time()  # the token expires at most 1 s after this
+    wait_for(lambda: time.time() > issued_by + 1.05, timeout=3, what="the 1 s token to expire")
+    refused(short, b"token expired")
+    body = _token_body(c.token())
+    refused(_token(dict(body, s=body["s"][:-2] + ("AA" if body["s"][-2:] != "AA" else "BB"))), b"unknown token")
+    out = second.d("registerWorker", "--id", "tok-b", "--token", "zpeer1.bm90LWpzb24", check=2)
+    assert out.stderr == b"Invalid join token: join token is damaged (cannot decode it)\n"
+    assert c.vps.d("listPeers", "--pending", "--ids", check=0).stdout == b""
+    assert not c.online("tok-b")
+
+    # a token naming another leader key: the CURVE handshake with the real leader fails
+    forged = _token(dict(body, k=zmq.curve_keypair()[0].decode()))
+    out = second.d("registerWorker", "--id", "tok-b", "--token", forged, "--source-ip", "127.0.0.9", check=255)
+    assert out.stderr.startswith(b"Leader key mismatch: the leader at 127.0.0.1:%d" % c.port)
+
+    # the untouched token of that same body still enrols (the refusals did not burn it)
+    out = second.d("registerWorker", "--id", "tok-b", "--token", _token(body), "--source-ip", "127.0.0.9",
+                   check=0)
+    assert out.stdout == b"Registered: tok-b is a worker of 127.0.0.1:%d (enrolled with a join token)\n" % c.port
+    for node in (first, second):
+        node.stop()
+    for name in ("tok-a", "tok-b"):
+        c.vps.d("removePeer", name, check=0)
+
+
+def test_worker_pinned_to_another_leader_key(shared_cluster):
+    c = shared_cluster
+    node = c.worker("pinned", "127.0.0.7")
+    right = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["leader_key"]
+    node.d("setPeerConfig", "--leader-key", zmq.curve_keypair()[0].decode(), check=0)
+    mismatch = b"Leader key mismatch: the leader at 127.0.0.1:%d does not have the key this worker pinned" % c.port
+    status = wait_for(lambda: (lambda s: s if s["link"] == "key_mismatch" else None)(
+        json.loads(node.d("getPeerStatus", "--json").stdout)), timeout=5, what="key mismatch noticed")
+    assert status["connected"] is False and status["link_reason"].encode() == mismatch
+    assert b"link_reason: " + mismatch + b"\n" in node.d("getPeerStatus", check=0).stdout
+    for args in (("listPeers",), ("execOnPeer", "--peer", "vps", "--shellCmd", "true")):
+        out = node.d(*args, check=255)
+        assert out.stderr.startswith(mismatch + b"\n  hint: ")
+    wait_for(lambda: not c.online("pinned"), timeout=5, what="the leader to drop the mispinned worker")
+    node.d("setPeerConfig", "--leader-key", right, check=0)
+    wait_for(lambda: c.online("pinned"), timeout=5, what="back with the right key")
+    node.stop()
+    c.vps.d("removePeer", "pinned", check=0)
+
+
+def test_plain_zeromq_client_gets_nothing(shared_cluster):
+    c = shared_cluster
+    plain = RawPeer(c.port, "", b"desktop", "127.0.0.66", curve=False)
+    try:
+        plain.send(exec_header("desktop", "echo plain"))
+        plain.send({"t": "hello", "rid": "r1", "id": "desktop", "hostname": "x", "version": "x",
+                    "role": "worker", "pid": 1})
+        # the leader ends the NULL-mechanism handshake: nothing was delivered either way
+        assert plain.wait_event(HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED) != zmq.EVENT_HANDSHAKE_SUCCEEDED
+        assert plain.sock.poll(0) == 0
+    finally:
+        plain.close()
+    assert c.online("desktop")
+    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
+
+
+def test_file_modes_of_keys_db_and_socket(shared_cluster):
+    for node in (shared_cluster.vps, shared_cluster.desktop):
+        home = node.home
+        assert stat.S_IMODE(os.stat(home).st_mode) == 0o700, node.name
+        assert stat.S_IMODE(os.stat(os.path.join(home, "curve.key")).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.join(home, "config.json")).st_mode) == 0o600
+        for name in os.listdir(home):
+            if name.startswith("zpeer.db"):  # the database and its -wal/-shm files
+                assert stat.S_IMODE(os.stat(os.path.join(home, name)).st_mode) & 0o077 == 0, name
+        sock = os.path.join(home, "d.sock")
+        assert stat.S_ISSOCK(os.stat(sock).st_mode) and os.path.dirname(sock) == home
+        with open(os.path.join(home, "curve.key"), "rb") as f:
+            assert len(f.read().strip()) == 40  # z85 secret, never in the public file
+        assert zmq.curve_public(open(os.path.join(home, "curve.key"), "rb").read().strip()) == \
+            public_key(node).encode()
+
+
+def test_connection_claiming_another_peers_id(shared_cluster, tmp_path):
+    """Runs last in this module: its hello leaves a re-key request for desktop on the leader."""
+    c = shared_cluster
+    key = public_key(c.vps)
+    marker = tmp_path / "forged"
+    impostors = [RawPeer(c.port, key, identity, f"127.0.0.{70 + i}")
+                 for i, identity in enumerate([b"desktop", protocol.route_identity("desktop")])]
+    try:
+        for raw in impostors:
+            raw.wait_event(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # any CURVE key may connect, to enrol
+            raw.barrier()
+        # silent impostors hold their connections while real execs go to desktop
+        for origin in (c.vps, c.laptop, c.desktop):
+            out = origin.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo real", check=0)
+            assert out.stdout == b"real\n"
+        # then they speak as desktop: forged exec, rpc, heartbeat, hello with their own key
+        for raw in impostors:
+            raw.send(exec_header("laptop", f"touch {marker}", job="forged.0"))
+            raw.send(exec_header("vps", f"touch {marker}", job="forged.1"))
+            raw.send({"t": "rpc", "rid": "r1", "op": "peers", "args": {}})
+            raw.send({"t": "hb", "rid": "r2"})
+            raw.send({"t": "hello", "rid": "r3", "id": "desktop", "hostname": "evil", "version": "x",
+                      "role": "worker", "pid": 1})
+            raw.barrier()
+        assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo still", check=0).stdout == b"still\n"
+        for raw in impostors:
+            raw.barrier()
+            kinds = [(h["t"], h.get("status")) for h in raw.received]
+            assert all(t == "welcome" and s in ("rejected", "pending") for t, s in kinds), raw.received
+    finally:
+        for raw in impostors:
+            raw.close()
+    assert not marker.exists()
+    peers = json.loads(c.vps.d("listPeers", "--json", check=0).stdout)
+    assert [(p["id"], p["ip"], p["online"]) for p in peers] == [
+        ("desktop", "127.0.0.2", True), ("laptop", "127.0.0.4", True), ("vps", "127.0.0.1", True)]
+    assert c.laptop.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo after", check=0).stdout == b"after\n"
