@@ -2,7 +2,7 @@
 
 # Tables from the click tree: the options of each command (@: before the command), and what the
 # value of an option (CMD:--opt) or of a positional argument (CMD:#N, CMD:#* for all) completes to.
-_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer history demo completion install-completion'
+_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer history demo completion install-completion remotePull remoteBd remoteDeployDaemon restartDaemon'
 declare -gA _d_opts=(
     [@]='--version -h --help'
     [daemon]='--log-level -h --help'
@@ -20,6 +20,10 @@ declare -gA _d_opts=(
     [demo]='--keep -h --help'
     [completion]='-h --help'
     [install-completion]='--shell -h --help'
+    [remotePull]='--peer --timeout --batch --json -h --help'
+    [remoteBd]='--peer --timeout --batch --json -h --help'
+    [remoteDeployDaemon]='--peer --batch --keep-going --wait --timeout -h --help'
+    [restartDaemon]='--peer --batch --wait -h --help'
 )
 declare -gA _d_kind=(
     [daemon:--log-level]='choice:DEBUG INFO WARNING ERROR'
@@ -55,6 +59,19 @@ declare -gA _d_kind=(
     [history:--limit]='any'
     [completion:#0]='choice:bash zsh fish'
     [install-completion:--shell]='choice:bash zsh fish'
+    [remotePull:--peer]='peers'
+    [remotePull:--timeout]='any'
+    [remotePull:--batch]='any'
+    [remoteBd:--peer]='peers'
+    [remoteBd:--timeout]='any'
+    [remoteBd:--batch]='any'
+    [remoteDeployDaemon:--peer]='peers'
+    [remoteDeployDaemon:--batch]='any'
+    [remoteDeployDaemon:--wait]='any'
+    [remoteDeployDaemon:--timeout]='any'
+    [restartDaemon:--peer]='peers'
+    [restartDaemon:--batch]='any'
+    [restartDaemon:--wait]='any'
 )
 
 # Peer ids come from the cache the daemon keeps, so TAB starts no Python and touches no network.

@@ -49,6 +49,10 @@ complete -c d -n __fish_use_subcommand -a 'history' -d 'Show the leader\'s audit
 complete -c d -n __fish_use_subcommand -a 'demo' -d 'Start a leader and two workers on loopback, show them working, then...'
 complete -c d -n __fish_use_subcommand -a 'completion' -d 'Print the tab-completion script for SHELL.'
 complete -c d -n __fish_use_subcommand -a 'install-completion' -d 'Install tab completion for your shell in its standard user location.'
+complete -c d -n __fish_use_subcommand -a 'remotePull' -d 'Run each peer\'s own pull recipe (default `git pull --ff-only` in...'
+complete -c d -n __fish_use_subcommand -a 'remoteBd' -d 'Run each peer\'s own build recipe in its repo (default: reinstall...'
+complete -c d -n __fish_use_subcommand -a 'remoteDeployDaemon' -d 'Pull, build, restart each peer\'s daemon, and wait until it runs the...'
+complete -c d -n __fish_use_subcommand -a 'restartDaemon' -d 'Restart a daemon in place (re-exec, or its restart recipe); running...'
 
 # daemon
 complete -c d -n '__fish_seen_subcommand_from daemon' -l log-level -x -a 'DEBUG INFO WARNING ERROR' -d 'Log verbosity (logs go to stderr).'
@@ -135,3 +139,31 @@ complete -c d -n '__d_pos completion 0' -a 'bash zsh fish' -d 'shell'
 # install-completion
 complete -c d -n '__fish_seen_subcommand_from install-completion' -l shell -x -a 'bash zsh fish' -d 'Shell to install for (default: from $SHELL).'
 complete -c d -n '__fish_seen_subcommand_from install-completion' -s h -l help -d 'Show this message and exit.'
+
+# remotePull
+complete -c d -n '__fish_seen_subcommand_from remotePull' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remotePull' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
+complete -c d -n '__fish_seen_subcommand_from remotePull' -l batch -x -d 'Run on at most N peers at a time.'
+complete -c d -n '__fish_seen_subcommand_from remotePull' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
+complete -c d -n '__fish_seen_subcommand_from remotePull' -s h -l help -d 'Show this message and exit.'
+
+# remoteBd
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -l batch -x -d 'Run on at most N peers at a time.'
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -s h -l help -d 'Show this message and exit.'
+
+# remoteDeployDaemon
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l batch -x -d 'Deploy N peers at a time (the leader always last, alone).'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l keep-going -d 'Go on with the other peers after a failure.'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l wait -x -d 'How long a restarted peer may take to come back.'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -s h -l help -d 'Show this message and exit.'
+
+# restartDaemon
+complete -c d -n '__fish_seen_subcommand_from restartDaemon' -l peer -x -a '(__d_peers)' -d 'Peer(s) whose daemon to restart (default: this node\'s).'
+complete -c d -n '__fish_seen_subcommand_from restartDaemon' -l batch -x -d 'Restart N peers at a time (the leader always last, alone).'
+complete -c d -n '__fish_seen_subcommand_from restartDaemon' -l wait -x -d 'How long a restarted peer may take to come back.'
+complete -c d -n '__fish_seen_subcommand_from restartDaemon' -s h -l help -d 'Show this message and exit.'

@@ -44,6 +44,8 @@ class Api:
     def __init__(self, daemon):
         self.d = daemon
         self.registering = []  # (identity, rid, deadline) waiting for the registration outcome
+        self.restarter = None  # zpeer.restarter.Restarter once a restart was asked for
+        self.started_at = time.time()  # tells a restarted daemon from the one before it
 
     # --- boundary -----------------------------------------------------------------------
     def on_frames(self, sock):
@@ -87,7 +89,7 @@ class Api:
         d, cfg, link = self.d, self.d.cfg, self.d.link
         status = {
             "role": d.role or cfg.get("role"), "id": d.id, "version": d.version,
-            "public_key": d.public.decode(), "home": d.home, "pid": os.getpid(),
+            "public_key": d.public.decode(), "home": d.home, "pid": os.getpid(), "started_at": self.started_at,
             "heartbeat_s": d.heartbeat_s, "db_error": d.registry.last_error,
             "recipes": {k: cfg.get(k) for k in ("repo", "pull_cmd", "build_cmd", "restart_cmd")},
             # live state, so operators (and the chaos tests) can see nothing is left behind
@@ -109,6 +111,17 @@ class Api:
         """The CLI changed config.json: apply it now."""
         self.d.apply_config(config.load(self.d.home))
         return self.op_status(identity, header)
+
+    def op_restart(self, identity, header):
+        """restartDaemon and deploy's restart step: restart once the asking job is reported."""
+        from zpeer.restarter import Restarter
+
+        if self.restarter is None:
+            self.restarter = Restarter(self.d)
+        result = self.restarter.request(_arg(header, "after_job", str), _arg(header, "cmd", str),
+                                        _arg(header, "dir", str))
+        result["started_at"] = self.started_at
+        return result
 
     def op_db_check(self, identity, header):
         """dbSanityCheck."""
@@ -234,7 +247,9 @@ class Api:
         return None
 
     def tick(self, now):
-        """Answer registerWorker calls whose outcome is known."""
+        """Answer registerWorker calls whose outcome is known; move a scheduled restart on."""
+        if self.restarter is not None:
+            self.restarter.tick(now)
         if not self.registering:
             return
         link = self.d.link if self.d.role == "worker" else None

@@ -420,6 +420,10 @@ def _register_optional():
 
     cli.add_command(completion)
     cli.add_command(install_completion)
+    from zpeer.deploy import COMMANDS as deploy_commands
+
+    for command in deploy_commands:
+        cli.add_command(command)
 
 
 _register_optional()

@@ -4,9 +4,28 @@ import subprocess
 
 from zpeer import __version__
 
+# A file whose first line replaces the computed version: for builds that stamp what they
+# installed (and for tests, whose peers all run from one checkout).
+VERSION_FILE_ENV = "ZPEER_VERSION_FILE"
+
+
+def _override():
+    """The first line of $ZPEER_VERSION_FILE, or None when unset, missing or empty."""
+    path = os.environ.get(VERSION_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip()[:64] or None
+    except OSError:
+        return None
+
 
 def full_version():
     """`0.1.0` or `0.1.0+g1a2b3c4` (with `.dirty` when the checkout has local changes)."""
+    override = _override()
+    if override:
+        return override
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not os.path.isdir(os.path.join(root, ".git")):
         return __version__

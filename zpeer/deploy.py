@@ -1,0 +1,188 @@
+"""`d remotePull`, `d remoteBd`, `d remoteDeployDaemon`, `d restartDaemon`: deploy across the fleet.
+
+Each target runs its own recipe (zpeer.recipes); the CLI side only chooses steps and peers
+(zpeer.rollout). Imports stay lean: no zmq or peewee until a command runs.
+"""
+import sys
+import time
+
+import click
+
+from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
+from zpeer.recipes import STEPS, step_command
+
+# as zpeer.cli's (not imported from it: cli imports this module while it loads)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+PEER_HELP = "Target peer; repeat, give a comma list, or `all`."
+peer_option = click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
+                           help=PEER_HELP)
+timeout_option = click.option("--timeout", type=click.FloatRange(0.001), metavar="SECONDS",
+                              help="Kill the step's remote process group after this long (exit 124).")
+
+
+def client():
+    """A connection to this node's daemon."""
+    from zpeer.ipc import Client
+
+    return Client()
+
+
+def fail(err):
+    """Print a ZpeerError as SPEC says and exit with its code."""
+    from zpeer.cli import fail as cli_fail
+
+    cli_fail(err)
+
+
+def _multi(peers):
+    """True when the peers given name more than one target (output lines get `ID: `)."""
+    return len(peers) > 1 or any("," in p or p.strip() == "all" for p in peers)
+
+
+def _recipe_step(step, peers, timeout, batch, as_json):
+    """Run one recipe step on peers with execOnPeer's contract; exits with its status."""
+    from zpeer.streaming import run_exec
+
+    sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json))
+
+
+@click.command("remotePull", context_settings=CONTEXT)
+@peer_option
+@timeout_option
+@click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
+def remote_pull(peers, timeout, batch, as_json):
+    """Run each peer's own pull recipe (default `git pull --ff-only` in its repo); exit = its status.
+
+    \b
+    Examples:
+      d remotePull --peer desktop
+      d remotePull --peer all
+    """
+    _recipe_step("pull", peers, timeout, batch, as_json)
+
+
+@click.command("remoteBd", context_settings=CONTEXT)
+@peer_option
+@timeout_option
+@click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
+def remote_bd(peers, timeout, batch, as_json):
+    """Run each peer's own build recipe in its repo (default: reinstall zpeer); exit = its status.
+
+    \b
+    Examples:
+      d remoteBd --peer laptop
+      d remoteBd --peer desktop,laptop
+    """
+    _recipe_step("build", peers, timeout, batch, as_json)
+
+
+def _rollout(peers, steps, batch, keep_going, wait, timeout):
+    """Deploy or restart peers batch by batch, the leader last; exits with the worst status."""
+    from zpeer.rollout import Rollout, plan_batches
+
+    c = client()
+    try:
+        batches = plan_batches(c, list(peers), batch)
+    except ZpeerError as err:
+        fail(err)
+    finally:
+        c.close()
+    if not batches:
+        fail(ZpeerError("No peers to deploy to", hint="`d listPeers` shows the registered peers"))
+    roll = Rollout(steps, keep_going=keep_going, wait_s=wait, timeout=timeout, multi=_multi(peers))
+    sys.exit(roll.run(batches))
+
+
+wait_option = click.option("--wait", type=click.FloatRange(1), default=120, show_default=True, metavar="SECONDS",
+                           help="How long a restarted peer may take to come back.")
+
+
+@click.command("remoteDeployDaemon", context_settings=CONTEXT)
+@peer_option
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, metavar="N",
+              help="Deploy N peers at a time (the leader always last, alone).")
+@click.option("--keep-going", is_flag=True, help="Go on with the other peers after a failure.")
+@wait_option
+@timeout_option
+def remote_deploy_daemon(peers, batch, keep_going, wait, timeout):
+    """Pull, build, restart each peer's daemon, and wait until it runs the new version.
+
+    Prints `ID: deployed VERSION (was OLD) in N.Ns`, or which step failed (a failed pull or
+    build leaves the old daemon running). Exit: 0, or the worst failure's status.
+
+    \b
+    Examples:
+      d remoteDeployDaemon --peer desktop
+      d remoteDeployDaemon --peer all --batch 5
+    """
+    _rollout(peers, ("pull", "build", "restart"), batch, keep_going, wait, timeout)
+
+
+@click.command("restartDaemon", context_settings=CONTEXT)
+@click.option("--peer", "peers", multiple=True, metavar="ID[,ID...]|all",
+              help="Peer(s) whose daemon to restart (default: this node's).")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, metavar="N",
+              help="Restart N peers at a time (the leader always last, alone).")
+@wait_option
+def restart_daemon(peers, batch, wait):
+    """Restart a daemon in place (re-exec, or its restart recipe); running jobs are reported interrupted.
+
+    \b
+    Examples:
+      d restartDaemon
+      d restartDaemon --peer laptop
+    """
+    if peers:
+        _rollout(peers, ("restart",), batch, False, wait, None)
+    sys.exit(_restart_local(wait))
+
+
+def _status(timeout_s=2):
+    """This node's daemon status, or None while it does not answer."""
+    c = client()
+    try:
+        return c.call("status", timeout_s=timeout_s)
+    except ZpeerError:
+        return None
+    finally:
+        c.close()
+
+
+def _restart_local(wait):
+    """Restart this node's daemon and wait until a new one answers; returns the exit status."""
+    start = time.monotonic()
+    c = client()
+    try:
+        before = c.call("status", timeout_s=5)
+        plan = c.call("restart", timeout_s=5)
+    except ZpeerError as err:
+        fail(err)
+    finally:
+        c.close()
+    name = before.get("id") or "this node"
+    click.echo(f"{name}: restarting ({plan['how']}), was {plan['version']}", err=True)
+    deadline = start + wait
+    while time.monotonic() < deadline:
+        now = _status()
+        if now is not None and now.get("started_at") != before.get("started_at"):
+            click.echo(f"{name}: restarted {now['version']} in {time.monotonic() - start:.1f}s")
+            return 0
+        time.sleep(0.1)  # pacing between probes of a daemon that is starting
+    err = FailedToConnect(f"{name}: the daemon did not come back within {wait:g}s")
+    click.echo(err.message, err=True)
+    click.echo(f"  hint: {err.hint}", err=True)
+    return EXIT_ZPEER_FAILURE
+
+
+@click.command("deployStep", hidden=True, context_settings=CONTEXT)
+@click.argument("step", type=click.Choice(STEPS))
+def deploy_step(step):
+    """Run one step of THIS peer's recipe (what remotePull & co. run on the target)."""
+    from zpeer.recipes import run_step
+
+    run_step(step)
+
+
+COMMANDS = (remote_pull, remote_bd, remote_deploy_daemon, restart_daemon, deploy_step)

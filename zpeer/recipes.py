@@ -1,0 +1,94 @@
+"""Deploy recipes as the target peer sees them, and the steps that run them there.
+
+The origin never sends a peer its recipe: it runs `"$ZPEER_PYTHON" -m zpeer deployStep STEP` on
+the target (see `step_command`), and this module reads the target's own config.json (its
+ZPEER_HOME is in the job's environment) to find the repo and the commands. Defaults deploy
+zpeer itself. No zmq here at import time: the CLI imports this module.
+"""
+import json
+import os
+import shlex
+import sys
+
+from zpeer import config
+
+STEPS = ("pull", "build", "restart", "status")
+DEFAULT_PULL = "git pull --ff-only"
+RECIPE_KEYS = ("repo", "pull_cmd", "build_cmd", "restart_cmd")
+EXIT_RECIPE = 2  # the recipe cannot run here (no repo, missing directory, no build command)
+
+
+def step_command(step):
+    """The shell command an origin runs on a target for one deploy step."""
+    if step not in STEPS:
+        raise ValueError(step)
+    return f'exec "${{ZPEER_PYTHON:-python3}}" -m zpeer deployStep {step}'
+
+
+def zpeer_checkout():
+    """The git checkout this zpeer runs from, or None when it runs from an installed copy."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return root if os.path.isdir(os.path.join(root, ".git")) else None
+
+
+def resolve(cfg):
+    """The recipe in effect: configured values, else the defaults that deploy zpeer itself."""
+    checkout = zpeer_checkout()
+    repo = cfg.get("repo") or checkout
+    build = cfg.get("build_cmd")
+    if not build and repo:
+        # reinstall into the interpreter the daemon runs with; editable when it runs from that checkout
+        editable = "-e " if checkout and os.path.realpath(repo) == os.path.realpath(checkout) else ""
+        build = f"{shlex.quote(sys.executable)} -m pip install --quiet {editable}{shlex.quote(repo)}"
+    return {"repo": repo, "pull_cmd": cfg.get("pull_cmd") or DEFAULT_PULL, "build_cmd": build,
+            "restart_cmd": cfg.get("restart_cmd")}
+
+
+def _die(message):
+    """A recipe that cannot run on this peer: say why on stderr, exit EXIT_RECIPE."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    sys.exit(EXIT_RECIPE)
+
+
+def _daemon_call(op, **args):
+    """One request to this peer's daemon (the one that runs this step)."""
+    from zpeer.errors import ZpeerError
+    from zpeer.ipc import Client
+
+    client = Client()
+    try:
+        return client.call(op, **args)
+    except ZpeerError as err:
+        _die(f"{op}: {err.message}")
+    finally:
+        client.close()
+
+
+def run_step(step):
+    """Run one step of this peer's recipe; pull and build exec the command (exact output, status)."""
+    cfg = config.load()
+    recipe = resolve(cfg)
+    peer = cfg.get("id") or config.default_peer_id()
+    repo = recipe["repo"]
+    if step == "status":
+        status = _daemon_call("status", timeout_s=5)
+        print(json.dumps({k: status.get(k) for k in ("id", "version", "pid", "started_at")}), flush=True)
+        return
+    if step == "restart":
+        args = {"after_job": os.environ.get("ZPEER_JOB"), "cmd": recipe["restart_cmd"],
+                "dir": repo if repo and os.path.isdir(repo) else None}
+        reply = _daemon_call("restart", timeout_s=5, **args)
+        sys.stderr.write(f"+ restart: {reply['how']}\n")
+        print(json.dumps({k: reply.get(k) for k in ("how", "version", "pid", "started_at")}), flush=True)
+        return
+    if not repo:
+        _die(f"No repo configured on {peer}: zpeer does not run from a checkout there; "
+             f"set one with `d setPeerConfig --repo DIR` on {peer}")
+    if not os.path.isdir(repo):
+        _die(f"Repo not found on {peer}: {repo}")
+    cmd = recipe[f"{step}_cmd"]
+    sys.stderr.write(f"+ cd {shlex.quote(repo)} && {cmd}\n")
+    sys.stderr.flush()
+    os.chdir(repo)
+    os.execv("/bin/bash", ["/bin/bash", "-c", cmd])

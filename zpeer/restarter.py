@@ -1,0 +1,165 @@
+"""Daemon side of `d restartDaemon` and of deploy's restart step: restart without losing reports.
+
+A restart is asked for by a job (deploy's restart step) or by the local CLI. It waits until that
+job's exit has left this node (and, for a local CLI, was read by it), then reports every job
+still running as interrupted, and either re-executes the daemon in place (same pid, same
+command line, new code) or runs the restart command detached from this daemon (own session,
+or a transient systemd unit) so the command outlives the daemon it stops.
+"""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from zpeer.errors import Busy
+
+log = logging.getLogger(__name__)
+
+LINGER_MS = 1000       # how long closing sockets may take to hand queued reports to the kernel
+REPORT_WAIT_MAX_S = 10.0  # a local CLI that never reads its step's exit does not block the restart
+DRAIN_MAX_S = 1.0      # time given to local CLIs to read the "interrupted" reports
+RESTART_LOG = "restart.log"
+
+
+def systemd_unit():
+    """(unit, user_manager) when this process is a systemd service, else None."""
+    if not os.environ.get("INVOCATION_ID"):
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/comm", encoding="utf-8") as f:
+            parent = f.read().strip()
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            cgroup = f.read()
+    except OSError:
+        return None
+    if parent != "systemd":  # started by hand from a shell inside a service: not ours to restart
+        return None
+    units = [part for line in cgroup.splitlines() for part in line.split("/") if part.endswith(".service")]
+    unit = units[-1] if units and not units[-1].startswith("user@") else "zpeer.service"
+    return unit, "/user@" in cgroup
+
+
+def default_restart():
+    """The restart a daemon does when no restart command is configured, as (how, cmd or None)."""
+    found = systemd_unit()
+    if found:
+        unit, user = found
+        cmd = f"systemctl {'--user ' if user else ''}restart {unit}"
+        return cmd, cmd
+    return "re-exec", None
+
+
+def reexec_argv():
+    """The daemon's own command line, run again by the same interpreter."""
+    main = sys.argv[0] if sys.argv else ""
+    if os.path.basename(main) == "__main__.py" or not os.path.isfile(main):
+        return [sys.executable, "-m", "zpeer"] + sys.argv[1:]
+    return [sys.executable, os.path.abspath(main)] + sys.argv[1:]
+
+
+class Restarter:
+    """One scheduled restart of the daemon it belongs to."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+        self.plan = None      # {"job", "cmd", "dir", "how", "state", "since"}
+        self.spawned = None   # Popen of a restart command that has not stopped us (yet)
+
+    def request(self, after_job=None, cmd=None, directory=None):
+        """Schedule a restart once `after_job` is reported; returns what will happen."""
+        if self.plan is not None or (self.spawned is not None and self.spawned.poll() is None):
+            raise Busy("A restart of this daemon is already under way")
+        how = cmd
+        if not cmd:
+            how, cmd = default_restart()
+        self.plan = {"job": after_job, "cmd": cmd, "dir": directory, "how": how, "state": "waiting",
+                     "since": time.monotonic()}
+        log.info("restart scheduled (%s) after job %s", how, after_job or "-")
+        return {"how": how, "version": self.d.version, "pid": os.getpid()}
+
+    def tick(self, now):
+        """Move the scheduled restart on; called from the daemon's timers."""
+        if self.spawned is not None and self.spawned.poll() is not None:
+            log.warning("restart command exited %s and this daemon still runs: see %s",
+                        self.spawned.returncode, os.path.join(self.d.home, RESTART_LOG))
+            self.spawned = None
+        plan = self.plan
+        if plan is None:
+            return
+        if plan["state"] == "waiting":
+            if not self._reported(plan["job"]) and now - plan["since"] < REPORT_WAIT_MAX_S:
+                return
+            if plan["cmd"]:
+                self.plan = None
+                self._spawn(plan["cmd"], plan["dir"])
+                return
+            self._interrupt_all()
+            plan["state"], plan["since"] = "draining", now
+        if self.d.sessions.sessions and now - plan["since"] < DRAIN_MAX_S:
+            return  # local CLIs still have reports to read
+        self._reexec()
+
+    def _reported(self, job):
+        """True once the job ended and its exit left this node (or was read by the local CLI)."""
+        if job is None:
+            return True
+        return job not in self.d.targets.jobs and job not in self.d.sessions.by_job
+
+    def _spawn(self, cmd, directory):
+        """Run the restart command in its own session (or systemd unit): it outlives this daemon."""
+        argv = ["/bin/bash", "-c", cmd]
+        found = systemd_unit()
+        if found and shutil.which("systemd-run"):
+            # under systemd, stopping the unit kills its whole cgroup: run outside it
+            argv = ["systemd-run", "--quiet", "--collect"] + (["--user"] if found[1] else []) + argv
+        path = os.path.join(self.d.home, RESTART_LOG)
+        with open(path, "ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} restart: {cmd}\n".encode())
+            out.flush()
+            cwd = directory if directory and os.path.isdir(directory) else self.d.home
+            self.spawned = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                            start_new_session=True, close_fds=True)
+        log.info("restart command started (pid %d): %s", self.spawned.pid, cmd)
+
+    def _interrupt_all(self):
+        """Report every job that is still running, here or for a local CLI, as interrupted."""
+        d = self.d
+        message = f"Interrupted: the daemon on {d.id or 'this node'} restarted while the command ran"
+        hint = "the command was killed; run it again once the daemon is back (`d listPeers`)"
+        err = {"err": "interrupted", "msg": message, "hint": hint}
+        d.dispatch([("peer", {"t": "error", "job": rj.job, "to": rj.origin, "err": dict(err)}, None)
+                    for rj in list(d.targets.jobs.values())])
+        actions = []
+        for session in list(d.sessions.sessions.values()):
+            session.cancelled = True  # launch nothing more
+            for job in session.jobs.values():
+                if job.state in ("sent", "running") and job.target != d.id:
+                    actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
+                elif job.state == "queued":
+                    d.sessions._fail(session, job, "interrupted", message, hint)
+        actions.extend(d.sessions.peer_lost(None, message))
+        d.dispatch(actions)
+
+    def _reexec(self):
+        """Close everything (letting queued reports out), then exec the daemon's command line."""
+        d = self.d
+        argv = reexec_argv()
+        log.info("re-executing the daemon: %s", " ".join(argv))
+        link, d.link = d.link, None
+        if link is not None:
+            monitor = getattr(link, "monitor", None)
+            if monitor is not None:
+                link.sock.disable_monitor()
+                monitor.close(0)
+            link.sock.close(linger=LINGER_MS)
+        d.ipc.close(linger=LINGER_MS)
+        d.close()  # kills our children, closes the database, waits for the sockets' linger
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            os.execv(argv[0], argv)
+        except OSError:
+            log.exception("re-exec failed: exiting so a supervisor can start the daemon again")
+            os._exit(75)

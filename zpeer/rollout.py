@@ -1,0 +1,235 @@
+"""Origin side of deploys and restarts: recipe steps through exec, restart, wait for the peer's return.
+
+Steps run through the local daemon's exec sessions (`exec_open`/`exec_poll`, as execOnPeer), with
+streaming.Renderer showing their output. A fleet goes in batches, the leader last; a peer is done
+when it answers again from a daemon started after the restart (its `started_at` changed).
+"""
+import contextlib
+import json
+import os
+import sys
+import time
+
+from zpeer.errors import EXIT_ZPEER_FAILURE, ZpeerError
+from zpeer.recipes import step_command
+from zpeer.streaming import POLL_GRACE_S, POLL_WAIT_S, Renderer, _local_user
+
+PROBE_INTERVAL_S = 0.2
+EXIT_OLD_VERSION = 1
+
+
+@contextlib.contextmanager
+def _client():
+    """A fresh connection to the local daemon (which may itself be restarting), closed after use."""
+    from zpeer.ipc import Client
+
+    client = Client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class Capture:
+    """A Renderer stand-in that keeps output instead of printing it."""
+
+    def __init__(self):
+        self.out, self.err, self.results = {}, {}, {}
+
+    def data(self, peer, stream, data):
+        """Output bytes from a peer."""
+        store = self.out if stream == "o" else self.err
+        store[peer] = store.get(peer, b"") + bytes(data)
+
+    def started(self, peer, pid):
+        """A remote command started."""
+
+    def exited(self, peer, rc, how):
+        """A remote command ended."""
+        self.results[peer] = (rc, how)
+
+    def failed(self, peer, code, message, hint):
+        """zpeer could not run the command there."""
+        self.results[peer] = (EXIT_ZPEER_FAILURE, code)
+        self.err[peer] = self.err.get(peer, b"") + message.encode() + b"\n"
+
+
+def exec_step(client, targets, cmd, sink, timeout=None):
+    """Run cmd on targets through the local daemon, events to sink; returns {peer: status}."""
+    opened = client.call("exec_open", targets=list(targets), cmd=cmd, dir=None, user=None, timeout=timeout,
+                         batch=0, stdin=False, pid=os.getpid(), ouser=_local_user())
+    sid = opened["sid"]
+    try:
+        while True:
+            reply = client.call("exec_poll", sid=sid, wait_s=POLL_WAIT_S, timeout_s=POLL_WAIT_S + POLL_GRACE_S)
+            for event in reply["events"]:
+                kind = event[1]
+                if kind in ("o", "e"):
+                    sink.data(event[0], kind, event[2])
+                elif kind == "s":
+                    sink.started(event[0], event[2])
+                elif kind == "x":
+                    sink.exited(event[0], event[2], event[3])
+                elif kind == "f":
+                    sink.failed(event[0], event[2], event[3], event[4])
+            if reply["done"]:
+                break
+    except KeyboardInterrupt:
+        try:
+            client.call("exec_cancel", sid=sid, timeout_s=2)
+        except ZpeerError:
+            pass
+        raise
+    return {t: sink.results.get(t, (EXIT_ZPEER_FAILURE, ""))[0] for t in opened["targets"]}
+
+
+def plan_batches(client, requested, size):
+    """Resolve `all`/comma lists against the leader's peers into batches of `size`, the leader
+    last and alone (its restart briefly cuts every worker's link)."""
+    from zpeer.sessions import resolve_targets
+
+    records = {p["id"]: p for p in client.call("peers")["peers"]}
+    targets = resolve_targets(requested, list(records))
+    leaders = [t for t in targets if records.get(t, {}).get("role") == "leader"]
+    workers = [t for t in targets if t not in leaders]
+    return [workers[i:i + size] for i in range(0, len(workers), size)] + [[t] for t in leaders]
+
+
+def _say(text, err=False):
+    """One line to stdout (results) or stderr (progress, failures)."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+class Rollout:
+    """Deploy (pull, build, restart, verify) or restart a list of peers, batch by batch."""
+
+    def __init__(self, steps, keep_going=False, wait_s=120.0, timeout=None, multi=False):
+        self.steps, self.keep_going = steps, keep_going
+        self.wait_s, self.timeout, self.multi = wait_s, timeout, multi
+        self.deploying = "build" in steps
+        self.status = 0
+
+    def run(self, batches):
+        """Go through the batches in order; returns the exit status (0, or the worst failure's)."""
+        for i, batch in enumerate(batches):
+            if self.status and not self.keep_going:
+                for peer in (p for rest in batches[i:] for p in rest):
+                    _say(f"{peer}: skipped (stopped after a failure; --keep-going goes on)", err=True)
+                break
+            self._batch(batch)
+        return self.status
+
+    def _fail(self, peer, step, status, detail=""):
+        """Report a peer's failure and remember the worst status."""
+        what = "deploy" if self.deploying else "restart"
+        tail = "; the old daemon keeps running" if step in ("pull", "build") else ""
+        _say(f"{peer}: {what} failed at {step} ({detail or f'exit {status}'}){tail}", err=True)
+        self.status = max(self.status, status)
+
+    def _batch(self, peers):
+        """One batch: each step on every peer still in the race, then restart and wait for them."""
+        started = {p: time.monotonic() for p in peers}
+        live = list(peers)
+        for step in ("pull", "build"):
+            if step not in self.steps or not live:
+                continue
+            render = Renderer(self.multi or len(live) > 1, False)
+            try:
+                with _client() as client:
+                    statuses = exec_step(client, live, step_command(step), render, self.timeout)
+            except ZpeerError as err:
+                statuses = {p: err.exit_code for p in live}
+                _say(err.message, err=True)
+            for peer in list(live):
+                if statuses.get(peer, EXIT_ZPEER_FAILURE) != 0:
+                    self._fail(peer, step, statuses.get(peer, EXIT_ZPEER_FAILURE))
+                    live.remove(peer)
+        before = {}
+        for peer in live:
+            info = self._restart(peer)
+            if info is not None:
+                before[peer] = info
+        if before:
+            self._wait_back(before, started)
+
+    def _restart(self, peer):
+        """Ask the peer to restart once this step is reported; returns its pre-restart status."""
+        cap = Capture()
+        try:
+            with _client() as client:
+                status = exec_step(client, [peer], step_command("restart"), cap)[peer]
+        except ZpeerError as err:
+            self._fail(peer, "restart", err.exit_code, err.message)
+            return None
+        text = cap.out.get(peer, b"").decode(errors="replace").strip()
+        if status != 0:
+            sys.stderr.buffer.write(cap.err.get(peer, b"") + cap.out.get(peer, b""))
+            self._fail(peer, "restart", status)
+            return None
+        try:
+            info = json.loads(text.splitlines()[-1])
+        except (ValueError, IndexError):
+            self._fail(peer, "restart", EXIT_ZPEER_FAILURE, f"unexpected answer {text[:200]!r}")
+            return None
+        _say(f"{peer}: restarting ({info.get('how')}), was {info.get('version')}", err=True)
+        return info
+
+    def _wait_back(self, before, started):
+        """Probe the peers until each answers from a new daemon and the leader lists it online again."""
+        deadline = time.monotonic() + self.wait_s
+        pending, back = dict(before), {}
+        while pending:
+            probe = [p for p in pending if p not in back]
+            cap = Capture()
+            records = {}
+            try:
+                with _client() as client:
+                    if probe:
+                        exec_step(client, probe, step_command("status"), cap, timeout=10)
+                    if back:
+                        records = {r["id"]: r for r in client.call("peers", timeout_s=5)["peers"]}
+            except ZpeerError:
+                pass  # our own daemon, or its leader, is restarting: ask again
+            for peer in probe:
+                now = self._probe(peer, cap, pending[peer])
+                if now is not None:
+                    back[peer] = now
+            for peer, now in list(back.items()):
+                record = records.get(peer) or {}
+                if peer in pending and record.get("online") and record.get("version") == now.get("version"):
+                    del pending[peer]
+                    self._report(peer, before[peer], now, started[peer])
+            if pending and time.monotonic() >= deadline:
+                for peer, info in pending.items():
+                    state = "not listed online by the leader" if peer in back else "not back online"
+                    self._fail(peer, "verify", EXIT_ZPEER_FAILURE,
+                               f"{state} within {self.wait_s:g}s; it ran {info.get('version')}")
+                return
+            if pending:
+                time.sleep(PROBE_INTERVAL_S)  # pacing between probes, not waiting on a known event
+
+    @staticmethod
+    def _probe(peer, cap, info):
+        """The peer's new status if it answered from a daemon started after the restart, else None."""
+        if cap.results.get(peer, (None,))[0] != 0:
+            return None
+        try:
+            now = json.loads(cap.out.get(peer, b"").decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+        if now.get("started_at") == info.get("started_at"):
+            return None
+        return now
+
+    def _report(self, peer, info, now, started):
+        """Print a peer's outcome once it is back."""
+        took = time.monotonic() - started
+        old, new = info.get("version"), now.get("version")
+        if not self.deploying:
+            _say(f"{peer}: restarted {new} in {took:.1f}s")
+        elif new == old:
+            self._fail(peer, "verify", EXIT_OLD_VERSION, f"came back with the old version {old}")
+        else:
+            _say(f"{peer}: deployed {new} (was {old}) in {took:.1f}s")
