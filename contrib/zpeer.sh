@@ -4,8 +4,8 @@
 #                               (status 1 and "No peer found with IP: IP" on stderr when none)
 #   execOnPeerByIp IP DIR CMD   run CMD with /bin/bash -c in DIR on the peer connected from IP
 #                               (DIR "" = the remote home); status = the remote command's
-#   forEachPeer CMD             run CMD on every online peer at once, output lines prefixed
-#                               "ID: "; status = the largest remote status
+#   forEachPeer CMD             run CMD on every peer online now, in parallel, output lines
+#                               prefixed "ID: "; status = the largest remote status
 #
 # They only call `d`, so they work wherever `d` does and need the local daemon running.
 # Failures of zpeer itself (status 255, e.g. "Failed to connect") come through unchanged.
@@ -47,6 +47,10 @@ forEachPeer() {
         echo "usage: forEachPeer CMD" >&2
         return 2
     fi
+    local _zp_ids
+    # Only the peers online now, not `--peer all`: a switched-off laptop is not a failure of CMD
+    # (it would be reported as "Peer offline" and make the status 255).
+    _zp_ids=$(command d listPeers --ids --online) || return
     # Several words are joined with spaces, as ssh does with its command words.
-    command d execOnPeer --peer all --shellCmd "$*"
+    command d execOnPeer --peer "$(printf '%s\n' "$_zp_ids" | paste -s -d , -)" --shellCmd "$*"
 }

@@ -24,6 +24,9 @@ getPeerIdByIp)
     echo "Error: no peer has IP $2" >&2; exit 1 ;;
 execOnPeer)
     echo "ran on peer"; echo "remote err" >&2; exit "${FAKE_EXIT:-0}" ;;
+listPeers)
+    [[ -n ${FAKE_D_FAIL:-} ]] && { echo "Failed to connect" >&2; exit 255; }
+    [[ "$2 $3" == "--ids --online" ]] && { printf '%s\n' alpha beta; exit 0; } ;;
 esac
 exit 64
 """
@@ -128,8 +131,13 @@ def test_for_each_peer(shell, fakes):
     env, calls = fakes
     out = run(shell, "zpeer.sh", "forEachPeer 'uname -a; echo \"$HOSTNAME\"'", dict(env, FAKE_EXIT="3"))
     assert (out.returncode, out.stdout) == (3, b"ran on peer\n")
-    assert calls() == [["execOnPeer", "--peer", "all", "--shellCmd", 'uname -a; echo "$HOSTNAME"']]
+    assert calls() == [["listPeers", "--ids", "--online"],
+                       ["execOnPeer", "--peer", "alpha,beta", "--shellCmd", 'uname -a; echo "$HOSTNAME"']]
     assert run(shell, "zpeer.sh", "forEachPeer", env).returncode == 2
+    before = len(calls())
+    out = run(shell, "zpeer.sh", "forEachPeer uptime", dict(env, FAKE_D_FAIL="1"))
+    assert (out.returncode, out.stderr) == (255, b"Failed to connect\n")
+    assert [c[0] for c in calls()[before:]] == ["listPeers"]  # nothing ran
 
 
 def test_helpers_survive_set_e(fakes):
