@@ -167,7 +167,12 @@ def test_deploy_reports_old_and_new_versions_and_listpeers_marks_skew(fleet):
 def test_deploy_that_comes_back_with_the_old_version_fails(fleet):
     fleet.desktop.d("setPeerConfig", "--build-cmd", "true", check=0)
     out = fleet.vps.d("remoteDeployDaemon", "--peer", "desktop", check=1)
-    assert out.stderr.endswith(b"desktop: deploy failed at verify (came back with the old version 1.0-test)\n")
+    assert out.stderr.endswith(b"desktop: deploy failed at verify (came back with the old version 1.0-test "
+                               b"though the pull brought new commits)\n")
+    # nothing new to pull: the same version is what a redeploy should bring back
+    out = fleet.vps.d("remoteDeployDaemon", "--peer", "desktop", check=0)
+    assert b"Already up to date.\n" in out.stdout
+    assert DEPLOYED.match(out.stdout.splitlines(keepends=True)[-1]).groups() == (b"desktop", b"1.0-test", b"1.0-test")
 
 
 def test_deploy_that_does_not_come_back_fails_at_verify(fleet):

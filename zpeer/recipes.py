@@ -8,6 +8,7 @@ zpeer itself. No zmq here at import time: the CLI imports this module.
 import json
 import os
 import shlex
+import subprocess
 import sys
 
 from zpeer import config
@@ -16,6 +17,7 @@ STEPS = ("pull", "build", "restart", "status")
 DEFAULT_PULL = "git pull --ff-only"
 RECIPE_KEYS = ("repo", "pull_cmd", "build_cmd", "restart_cmd")
 EXIT_RECIPE = 2  # the recipe cannot run here (no repo, missing directory, no build command)
+STATE_FILE = "deploy.json"  # the repo's commit before the last pull: did the deploy bring anything?
 
 
 def step_command(step):
@@ -42,6 +44,38 @@ def resolve(cfg):
         build = f"{shlex.quote(sys.executable)} -m pip install --quiet {editable}{shlex.quote(repo)}"
     return {"repo": repo, "pull_cmd": cfg.get("pull_cmd") or DEFAULT_PULL, "build_cmd": build,
             "restart_cmd": cfg.get("restart_cmd")}
+
+
+def _head(repo):
+    """The commit a git checkout is at, or None (not git, or git missing)."""
+    try:
+        out = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _remember_head(repo):
+    """Before a pull: note where the checkout was, for the restart step to tell if it moved."""
+    state = {"repo": repo, "before": _head(repo)}
+    path = config.path_in_home(STATE_FILE)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.replace(f"{path}.tmp", path)
+
+
+def repo_changed(repo):
+    """True/False when the last pull moved/left the checkout, None when that is unknown."""
+    try:
+        with open(config.path_in_home(STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not repo or state.get("repo") != repo or not state.get("before"):
+        return None
+    now = _head(repo)
+    return None if now is None else now != state["before"]
 
 
 def _die(message):
@@ -78,9 +112,11 @@ def run_step(step):
     if step == "restart":
         args = {"after_job": os.environ.get("ZPEER_JOB"), "cmd": recipe["restart_cmd"],
                 "dir": repo if repo and os.path.isdir(repo) else None}
+        changed = repo_changed(repo)
         reply = _daemon_call("restart", timeout_s=5, **args)
         sys.stderr.write(f"+ restart: {reply['how']}\n")
-        print(json.dumps({k: reply.get(k) for k in ("how", "version", "pid", "started_at")}), flush=True)
+        info = {k: reply.get(k) for k in ("how", "version", "pid", "started_at")}
+        print(json.dumps(dict(info, changed=changed)), flush=True)
         return
     if not repo:
         _die(f"No repo configured on {peer}: zpeer does not run from a checkout there; "
@@ -88,6 +124,8 @@ def run_step(step):
     if not os.path.isdir(repo):
         _die(f"Repo not found on {peer}: {repo}")
     cmd = recipe[f"{step}_cmd"]
+    if step == "pull":
+        _remember_head(repo)
     sys.stderr.write(f"+ cd {shlex.quote(repo)} && {cmd}\n")
     sys.stderr.flush()
     os.chdir(repo)

@@ -229,7 +229,9 @@ class Rollout:
         old, new = info.get("version"), now.get("version")
         if not self.deploying:
             _say(f"{peer}: restarted {new} in {took:.1f}s")
-        elif new == old:
-            self._fail(peer, "verify", EXIT_OLD_VERSION, f"came back with the old version {old}")
+        elif new == old and info.get("changed"):
+            # the pull brought commits, yet the daemon runs what it ran: the build did not install them
+            self._fail(peer, "verify", EXIT_OLD_VERSION,
+                       f"came back with the old version {old} though the pull brought new commits")
         else:
             _say(f"{peer}: deployed {new} (was {old}) in {took:.1f}s")
