@@ -1,0 +1,133 @@
+"""What zpeer is compared to, measured in the same run: process spawns, Python's floor, ssh.
+
+ssh runs against a private sshd on a loopback port (own host key, config and authorized key in
+a temp dir, key auth as the current user to 127.0.0.1), with and without a ControlMaster.
+"""
+import getpass
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.cluster import free_port, wait_for
+from bench.measure import repeat, run_timed
+
+SSHD = "/usr/sbin/sshd"
+
+
+def spawn_rows(runs):
+    """(name, seconds list) for `sh -c true`, `python -c pass` and the import floor."""
+    py = sys.executable
+    return [
+        ("sh_c_true", repeat(lambda: run_timed(["sh", "-c", "true"])[0], runs * 3, warmup=3)),
+        ("python_c_pass", repeat(lambda: run_timed([py, "-c", "pass"])[0], runs, warmup=2)),
+        ("import_floor", repeat(lambda: run_timed([py, "-c", "import zmq, msgpack, click"])[0], runs, warmup=2)),
+    ]
+
+
+def spawn_many(count):
+    """Seconds for one Python process to start `count` `/bin/bash -c true` and reap them all
+    (the floor of a fan-out whose peers all live on this machine)."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["/bin/bash", "-c", "true"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True) for _ in range(count)]
+    for proc in procs:
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return time.perf_counter() - start
+
+
+class LocalSsh:
+    """A private sshd on 127.0.0.1 and the ssh command lines that reach it."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="zpeer-bench-ssh-")
+        self.port = free_port()
+        self.proc = self.master = None
+        self.reason = None
+
+    def start(self):
+        """Start sshd; False (with self.reason) when it cannot be had here."""
+        if not os.path.exists(SSHD) or not shutil.which("ssh") or not shutil.which("ssh-keygen"):
+            self.reason = "no sshd/ssh (apt-get install -y openssh-server openssh-client)"
+            return False
+        host_key, user_key = os.path.join(self.dir, "host_key"), os.path.join(self.dir, "id")
+        for path in (host_key, user_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
+        shutil.copy(user_key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        config = os.path.join(self.dir, "sshd_config")
+        with open(config, "w") as f:
+            f.write(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+                    f"AuthorizedKeysFile {self.dir}/authorized_keys\nPidFile {self.dir}/sshd.pid\n"
+                    "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+                    "PermitRootLogin prohibit-password\nStrictModes no\nUseDNS no\n")
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "sshd.log"), "wb"))
+        try:
+            wait_for(lambda: self.proc.poll() is not None or self._fresh_ok(), timeout=10, what="sshd")
+        except RuntimeError:
+            pass
+        if self.proc.poll() is not None or not self._fresh_ok():
+            with open(os.path.join(self.dir, "sshd.log"), errors="replace") as f:
+                self.reason = "sshd did not accept our key: " + f.read()[-300:].strip()
+            return False
+        return True
+
+    def base(self):
+        """ssh options shared by every call (nothing from the user's own ssh config)."""
+        return ["ssh", "-F", "/dev/null", "-i", os.path.join(self.dir, "id"), "-p", str(self.port),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+
+    def target(self):
+        """user@host of the login."""
+        return f"{getpass.getuser()}@127.0.0.1"
+
+    def _fresh_ok(self):
+        return subprocess.run(self.base() + [self.target(), "true"], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=10).returncode == 0
+
+    def fresh(self):
+        """Seconds of `ssh host true` over a new connection."""
+        return run_timed(self.base() + [self.target(), "true"])[0]
+
+    def start_master(self):
+        """A ControlMaster in the foreground, stopped by its handle in close()."""
+        path = os.path.join(self.dir, "cm")
+        self.cm_opts = ["-o", f"ControlPath={path}"]
+        self.master = subprocess.Popen(self.base() + self.cm_opts + ["-M", "-N", self.target()],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+        wait_for(lambda: os.path.exists(path), timeout=10, what="ssh ControlMaster socket")
+
+    def multiplexed(self):
+        """Seconds of `ssh host true` through the ControlMaster."""
+        return run_timed(self.base() + self.cm_opts + ["-o", "ControlMaster=no", self.target(), "true"])[0]
+
+    def close(self):
+        """Stop the master and sshd by their handles; remove the temp dir."""
+        for proc in (self.master, self.proc):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def ssh_rows(runs):
+    """[(name, seconds list or None, note)] for ssh fresh and multiplexed."""
+    ssh = LocalSsh()
+    try:
+        if not ssh.start():
+            return [("ssh_true", None, ssh.reason), ("ssh_cm_true", None, ssh.reason)]
+        fresh = repeat(ssh.fresh, runs, warmup=1)
+        ssh.start_master()
+        cm = repeat(ssh.multiplexed, runs * 2, warmup=2)
+        return [("ssh_true", fresh, "new connection each time"),
+                ("ssh_cm_true", cm, "through a ControlMaster")]
+    finally:
+        ssh.close()
+

@@ -1,0 +1,104 @@
+"""Timing primitives of the benchmarks: CLI runs, the persistent API client, streams, CPU.
+
+Every CLI run is a new `d` process with a pseudo-terminal on stdin, as when a user types the
+command (a non-terminal stdin would be forwarded to the remote command, which is another path).
+"""
+import os
+import statistics
+import subprocess
+import time
+
+from bench.cluster import cpu_seconds, d_command
+
+MB = 1_000_000
+
+
+class Row:
+    """One line of the results table."""
+
+    def __init__(self, name, value, unit, runs=1, target=None, ok=None, note="", extra=None):
+        self.name, self.value, self.unit, self.runs = name, value, unit, runs
+        self.target, self.ok, self.note = target, ok, note
+        self.extra = extra or {}
+
+    def as_dict(self):
+        """JSON form."""
+        return {"name": self.name, "median": self.value, "unit": self.unit, "runs": self.runs,
+                "target": self.target, "pass": self.ok, "note": self.note, **self.extra}
+
+
+def median(values):
+    """Median of a non-empty list."""
+    return statistics.median(values)
+
+
+def repeat(fn, runs, warmup=1):
+    """Call fn() warmup + runs times; the results of the measured runs."""
+    for _ in range(warmup):
+        fn()
+    return [fn() for _ in range(runs)]
+
+
+class Terminal:
+    """A pseudo-terminal whose slave side is the CLI's stdin."""
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+
+    def close(self):
+        """Close both sides."""
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def run_timed(argv, env=None, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True):
+    """Run a program; returns (seconds, peak RSS in KiB) measured by wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)[:200]} -> {proc.returncode}: {err.decode(errors='replace')[-800:]}")
+    return elapsed, usage.ru_maxrss
+
+
+def cli(node, args, tty, stdout=subprocess.DEVNULL):
+    """Seconds of one `d ARGS` run for node (a new CLI process), and its peak RSS."""
+    return run_timed(d_command() + [str(a) for a in args], env=node.env, stdin=tty.slave, stdout=stdout)
+
+
+def api_exec(client, peer, cmd="true"):
+    """One exec through a persistent IPC client, as zpeer.streaming.run_exec drives it; returns rc."""
+    opened = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None,
+                         batch=0, stdin=False, pid=os.getpid(), ouser="bench")
+    rc = None
+    while True:
+        reply = client.call("exec_poll", sid=opened["sid"], stdin=None, eof=False, wait_s=0.5,
+                            need_room=False, timeout_s=10.5)
+        for event in reply["events"]:
+            if event[1] == "x":
+                rc = event[2]
+            elif event[1] == "f":
+                raise RuntimeError(f"exec failed on {event[0]}: {event[3]}")
+        if reply["done"]:
+            return rc
+
+
+def timed_api_exec(client, peer):
+    """Seconds of one api_exec."""
+    start = time.perf_counter()
+    rc = api_exec(client, peer)
+    elapsed = time.perf_counter() - start
+    if rc != 0:
+        raise RuntimeError(f"api exec on {peer} -> rc {rc}")
+    return elapsed
+
+
+def idle_cpu_percent(pid, seconds):
+    """CPU use of a process over a window, in % of one core."""
+    before, start = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)  # a measurement window, not a wait for state
+    return 100.0 * (cpu_seconds(pid) - before) / (time.monotonic() - start)

@@ -1,0 +1,250 @@
+"""zpeer benchmarks: `python bench/run.py [--quick] [--json FILE]`.
+
+Starts its own daemons on loopback (a leader on 127.0.0.1, two worker daemons from 127.0.0.2
+and 127.0.0.3, then swarms of in-process workers from 127.0.1.x ... to reach 100 and 1,000
+peers), measures every row with warm-up and repeated runs, and prints medians next to the
+baselines of the same run and the issue's targets.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench import baselines  # noqa: E402
+from bench.cluster import Cluster, rss_kb  # noqa: E402
+from bench.measure import (MB, Row, Terminal, cli, idle_cpu_percent, median, repeat,  # noqa: E402
+                           run_timed, timed_api_exec)
+
+PROFILES = {  # runs of the quick rows, stream size, idle window, swarm sizes
+    "full": {"runs": 10, "api_runs": 200, "fan_runs": 5, "big_runs": 3, "stream_mb": 1024,
+             "stream_runs": 3, "idle_s": 30.0, "swarm": 1000, "ssh": True},
+    "quick": {"runs": 3, "api_runs": 30, "fan_runs": 2, "big_runs": 1, "stream_mb": 128,
+              "stream_runs": 1, "idle_s": 3.0, "swarm": 1000, "ssh": True},
+}
+B64_INPUT_BYTES = 10_000_000  # base64 of it with line breaks: the 13.5 MB output of the issue
+
+
+def mb(kib):
+    """KiB -> MB (10^6 bytes)."""
+    return round(kib * 1024 / MB, 1)
+
+
+def check(value, limit, op="<="):
+    """pass/fail of value against a limit (None when either is unknown)."""
+    if value is None or limit is None:
+        return None
+    return value <= limit if op == "<=" else value >= limit
+
+
+class Bench:
+    """One benchmark run: the cluster, the rows and the baselines."""
+
+    def __init__(self, cfg, log=print):
+        self.cfg, self.log = cfg, log
+        self.rows, self.base = [], {}
+        self.started = time.monotonic()
+        self.cluster = Cluster()
+        self.tty = Terminal()
+
+    def add(self, row):
+        """Record a row and show progress."""
+        self.rows.append(row)
+        self.log(f"  [{time.monotonic() - self.started:5.1f}s] {row.name}: {fmt(row.value)} {row.unit}")
+
+    # --- baselines -------------------------------------------------------------------------
+    def baselines(self):
+        """Spawn, interpreter and ssh floors of this machine, now."""
+        c = self.cfg
+        for name, values in baselines.spawn_rows(c["runs"]):
+            self.base[name] = median(values)
+            self.add(Row(name, median(values), "s", len(values), note="baseline"))
+        ssh = baselines.ssh_rows(c["runs"]) if c["ssh"] else [
+            ("ssh_true", None, "skipped (--no-ssh)"), ("ssh_cm_true", None, "skipped (--no-ssh)")]
+        for name, values, note in ssh:
+            self.base[name] = median(values) if values else None
+            self.add(Row(name, self.base[name], "s", len(values or []), note=f"baseline: {note}"))
+
+    # --- three real daemons ------------------------------------------------------------------
+    def small_cluster(self):
+        """Leader + two worker daemons: latency, streams, RSS."""
+        c, cl = self.cfg, self.cluster
+        lead = cl.start_leader()
+        w1 = cl.start_worker("w1", "127.0.0.2")
+        cl.start_worker("w2", "127.0.0.3")
+        self.idle_rss = (rss_kb(lead.pid)[0], rss_kb(w1.pid)[0])
+        runs = c["runs"]
+        help_s = repeat(lambda: cli(lead, ["--help"], self.tty)[0], runs, warmup=2)
+        self.add(Row("cli_import_s", median(help_s), "s", runs,
+                     note=f"`d --help`; {median(help_s) / self.base['import_floor']:.2f}x import floor"))
+        t = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", "true"], self.tty)[0],
+                   runs, warmup=2)
+        floor, ssh = self.base["import_floor"], self.base.get("ssh_true")
+        ok = check(median(t), 1.3 * floor)
+        if ok and ssh is not None:
+            ok = check(median(t), 0.35 * ssh)
+        ratios = f"{median(t) / floor:.2f}x import floor" + (f", {median(t) / ssh:.2f}x ssh" if ssh else "")
+        self.add(Row("cli_exec_true", median(t), "s", runs, "<= 1.3x import floor and <= 0.35x ssh", ok, ratios))
+        client = lead.client()
+        try:
+            t = repeat(lambda: timed_api_exec(client, "w1"), c["api_runs"], warmup=10)
+        finally:
+            client.close()
+        self.add(Row("api_exec_true", median(t) * 1000, "ms", len(t), "<= 2 ms", check(median(t), 0.002),
+                     f"{median(t) / self.base['sh_c_true']:.1f}x a `sh -c true` spawn"))
+        t = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "all", "--shellCmd", "true"], self.tty)[0],
+                   runs, warmup=1)
+        self.add(Row("fanout_3", median(t), "s", runs, note="leader + 2 worker daemons"))
+        self.stream(lead, w1)
+        self.stream_13mb(lead)
+        lead_kib, w_kib = self.idle_rss
+        self.add(Row("daemon_rss", mb(w_kib), "MB", 1, "worker <= 40 MB", check(mb(w_kib), 40.0),
+                     f"idle after start + enrolment: worker {mb(w_kib)} MB, leader {mb(lead_kib)} MB",
+                     {"leader_mb": mb(lead_kib), "worker_mb": mb(w_kib)}))
+
+    def stream(self, lead, w1):
+        """stream_mb_s: N MB of stdout from w1 through the leader to a CLI on the leader."""
+        size = self.cfg["stream_mb"] * MB
+        cmd = f"head -c {size} /dev/zero"
+        results = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", cmd], self.tty),
+                         self.cfg["stream_runs"], warmup=0)
+        secs = median([r[0] for r in results])
+        rates = sorted(size / MB / r[0] for r in results)
+        peaks = {"leader": mb(rss_kb(lead.pid)[1]), "worker": mb(rss_kb(w1.pid)[1]),
+                 "cli": mb(max(r[1] for r in results))}
+        ok = check(median(rates), 300.0, ">=")
+        if ok is not None:
+            ok = ok and max(peaks.values()) < 100.0
+        self.add(Row("stream_mb_s", median(rates), "MB/s", len(results), ">= 300 MB/s, every process < 100 MB RSS",
+                     ok, f"{self.cfg['stream_mb']} MB in {secs:.2f}s; peak RSS MB " +
+                     ", ".join(f"{k} {v}" for k, v in peaks.items()), {"peak_rss_mb": peaks}))
+
+    def stream_13mb(self, lead):
+        """stream_13mb: base64 of 10 MB of random bytes, remote vs a local pipe of the same command."""
+        path = os.path.join(self.cluster.base, "random.bin")
+        with open(path, "wb") as f:
+            f.write(os.urandom(B64_INPUT_BYTES))
+        runs = max(3, self.cfg["runs"] // 2)
+        local = repeat(lambda: run_timed(["/bin/bash", "-c", f"base64 {path} | cat"])[0], runs, warmup=1)
+        self.base["local_pipe_13mb"] = median(local)
+        self.add(Row("local_pipe_13mb", median(local), "s", runs, note="baseline: bash -c 'base64 FILE | cat'"))
+        remote = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", f"base64 {path}"],
+                                    self.tty)[0], runs, warmup=1)
+        ratio = median(remote) / median(local)
+        floor_ratio = (median(remote) - self.base["import_floor"]) / median(local)
+        self.add(Row("stream_13mb", median(remote), "s", runs, "<= 2x local pipe", check(ratio, 2.0),
+                     f"{ratio:.2f}x local pipe ({floor_ratio:.2f}x without the CLI's import floor)",
+                     {"ratio": round(ratio, 3)}))
+
+    # --- swarms ------------------------------------------------------------------------------
+    def swarms(self):
+        """fanout_100 and fanout_1000 with swarm workers; idle leader CPU with 1,000 peers."""
+        c, cl = self.cfg, self.cluster
+        lead = cl.leader
+        total = c["swarm"]
+        fan = lambda: cli(lead, ["execOnPeer", "--peer", "all", "--shellCmd", "true"], self.tty)[0]  # noqa: E731
+        phases = [(97, "127.0.1.1", "a"), (total - 100, "127.0.2.1", "b")] if total > 100 else \
+            [(total - 3, "127.0.1.1", "a")]
+        for count, first_ip, prefix in phases:
+            started = time.monotonic()
+            cl.start_swarm(count, first_ip, prefix)
+            peers = cl.online_count() + 1
+            self.log(f"  (swarm of {count} enrolled in {time.monotonic() - started:.1f}s: {peers} peers)")
+            last = prefix == phases[-1][2]
+            if last:
+                floor = baselines.spawn_many(peers)
+                self.base["bash_spawn"] = floor
+                self.add(Row(f"bash_spawn_{peers}", floor, "s", 1,
+                             note=f"baseline: one process starts and reaps {peers} `bash -c true`"))
+            t = repeat(fan, c["big_runs"] if peers > 100 else c["fan_runs"], warmup=1)
+            limit = {100: 0.5, 1000: 3.0}.get(peers)
+            note = f"leader + 2 daemons + {peers - 3} swarm workers"
+            if last:
+                note += f"; {median(t) / self.base['bash_spawn']:.2f}x the spawn floor"
+            self.add(Row(f"fanout_{peers}", median(t), "s", len(t), f"<= {limit} s" if limit else None,
+                         check(median(t), limit), note))
+        self.settle()
+        cpu = idle_cpu_percent(lead.pid, c["idle_s"])
+        big = peers == 1000
+        self.add(Row(f"leader_idle_cpu_{peers}", cpu, "%", 1, "<= 3 %" if big else None,
+                     check(cpu, 3.0) if big else None,
+                     f"{c['idle_s']:.0f}s window, heartbeat {cl.heartbeat_s}s, leader RSS "
+                     f"{mb(rss_kb(lead.pid)[0])} MB"))
+
+    def settle(self):
+        """Let the leader finish the fan-out's leftovers (audit flushes, alive traffic)."""
+        time.sleep(min(2.0, self.cfg["idle_s"]))  # not a wait for state: a quiet period before measuring
+
+    def close(self):
+        """Stop everything this run started."""
+        self.cluster.stop()
+        self.tty.close()
+
+
+def fmt(value):
+    """A number for the table."""
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def table(rows):
+    """The results as aligned text."""
+    lines = [f"{'row':<22} {'median':>10} {'unit':<5} {'runs':>4}  {'target':<42} {'result':<6} note"]
+    for r in rows:
+        result = {True: "PASS", False: "FAIL", None: ""}[r.ok]
+        lines.append(f"{r.name:<22} {fmt(r.value):>10} {r.unit:<5} {r.runs:>4}  {r.target or '':<42} "
+                     f"{result:<6} {r.note}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Run the benchmarks; exit 0 when they ran (targets are reported, not enforced)."""
+    p = argparse.ArgumentParser(description="zpeer benchmarks on loopback (see README: Benchmarks)")
+    p.add_argument("--quick", action="store_true", help="fewer runs, 128 MB stream, 3 s idle window (< 60 s)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--runs", type=int, help="runs of the quick rows (overrides the profile)")
+    p.add_argument("--stream-mb", type=int, help="size of the stream_mb_s stream")
+    p.add_argument("--swarm", type=int, help="total peers for the big fan-out rows (default 1000)")
+    p.add_argument("--idle-s", type=float, help="idle CPU window in seconds")
+    p.add_argument("--no-ssh", action="store_true", help="skip the ssh baselines")
+    args = p.parse_args(argv)
+    cfg = dict(PROFILES["quick" if args.quick else "full"])
+    for key, value in (("runs", args.runs), ("stream_mb", args.stream_mb), ("swarm", args.swarm),
+                       ("idle_s", args.idle_s)):
+        if value is not None:
+            cfg[key] = value
+    if args.runs is not None:
+        cfg.update(api_runs=max(5, 10 * args.runs), fan_runs=args.runs, big_runs=args.runs,
+                   stream_runs=max(1, args.runs // 3))
+    cfg["ssh"] = cfg["ssh"] and not args.no_ssh
+    started = time.monotonic()
+    bench = Bench(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        bench.baselines()
+        bench.small_cluster()
+        bench.swarms()
+    finally:
+        bench.close()
+    print(table(bench.rows))
+    took = time.monotonic() - started
+    print(f"({took:.0f}s on {os.cpu_count()} cores, {platform.python_implementation()} "
+          f"{platform.python_version()})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": [r.as_dict() for r in bench.rows], "config": cfg, "seconds": round(took, 1),
+                       "cpus": os.cpu_count(), "python": platform.python_version()}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""bench/ in a tiny configuration (1 run, 8 MB stream, 3 daemons + a 10-peer swarm): it must not rot.
+
+Numbers are not asserted (benchmarks are not timed tests); that every row is produced is.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = ["sh_c_true", "python_c_pass", "import_floor", "ssh_true", "ssh_cm_true", "cli_import_s",
+        "cli_exec_true", "api_exec_true", "fanout_3", "stream_mb_s", "local_pipe_13mb", "stream_13mb",
+        "daemon_rss", "bash_spawn_13", "fanout_13", "leader_idle_cpu_13"]
+
+
+@pytest.mark.timeout(45)
+def test_bench_runs_in_a_tiny_configuration(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), "--runs", "1", "--stream-mb", "8",
+                           "--swarm", "13", "--idle-s", "0.5", "--no-ssh", "--json", str(out)],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=40, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ROWS
+    for name in ROWS:
+        if name.startswith("ssh"):
+            assert rows[name]["median"] is None and "skipped" in rows[name]["note"]
+        else:
+            assert isinstance(rows[name]["median"], (int, float)), rows[name]
+            assert rows[name]["median"] > 0 or name.startswith("leader_idle_cpu"), rows[name]
+    assert rows["cli_exec_true"]["pass"] in (True, False)
+    assert set(rows["stream_mb_s"]["peak_rss_mb"]) == {"leader", "worker", "cli"}
+    table = proc.stdout.decode()
+    for name in ROWS:
+        assert name in table
