@@ -1,7 +1,7 @@
 """README.md as a doc-test: its code blocks, their marks, placeholders and transcript matching.
 
 Marks (the info string after the language word, which renderers ignore):
-  ```sh run=NODE        lines run in one bash with `set -e` on NODE: every command must succeed
+  ```sh run=NODE        lines run in one bash (`set -e -o pipefail`) on NODE: every command must succeed
   ```console run=NODE   a transcript: `$ ` lines (and `> ` continuations) run in one bash on NODE;
                         the lines after each are its expected stdout+stderr
   ```sh norun:REASON    shown only (systemd, WireGuard, ssh, root-only setup); REASON is required

@@ -62,6 +62,7 @@ class Walk:
         self.home = base / "home"
         self.home.mkdir()
         self.executed = []
+        self.was_online = []  # workers online when the leader was stopped: they must come back
 
     def node(self, name):
         """The node named in the README; on first use its daemon starts, as `systemctl enable --now`
@@ -128,7 +129,7 @@ class Walk:
             body = ". contrib/zpeer.sh\n" + body
         # LINENO of the first body line is 3 (table: 4): report failures by README line and command.
         where = "table" if block.kind == "table" else f"README.md:$(({block.line} + LINENO - 3))"
-        script = (f"set -e\ntrap 'rc=$?; echo \"{where}: exit status $rc: $BASH_COMMAND\" >&2' ERR\n"
+        script = (f"set -e -o pipefail\ntrap 'rc=$?; echo \"{where}: exit status $rc: $BASH_COMMAND\" >&2' ERR\n"
                   + body + "\n")
         out = self.bash(block, script)
         assert out.returncode == 0, f"README.md:{block.line} ({block.node}) failed:\n{out.stdout.decode()}"
