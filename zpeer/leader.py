@@ -8,8 +8,10 @@ leader sends a peer's messages only to the identity its verified hello came from
 """
 import logging
 import socket
+import sqlite3
 import time
 
+import peewee
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
@@ -25,6 +27,8 @@ BIND_RETRY_S = 2.0
 MAX_PENDING = 64  # pending join requests kept: a flood of hellos cannot fill the registry
 SNDHWM = 20000
 RCVHWM = 20000
+# the registry cannot be written (locked by another process, read-only, disk full)
+DB_ERRORS = (peewee.PeeweeException, sqlite3.Error)
 
 
 class _KeyPolicy:
@@ -82,8 +86,11 @@ class LeaderLink:
         host, port = config.split_host_port(cfg["bind"])
         self.address = config.join_host_port(cfg.get("advertise") or host, port)
         own_ip = cfg.get("advertise") or (host if host not in ("0.0.0.0", "::", "*") else None)
-        self.registry.upsert(self.id, ip=own_ip or _primary_ip(), hostname=socket.gethostname(),
-                             role="leader", version=self.version, key=self.public, status="accepted")
+        try:
+            self.registry.upsert(self.id, ip=own_ip or _primary_ip(), hostname=socket.gethostname(),
+                                 role="leader", version=self.version, key=self.public, status="accepted")
+        except DB_ERRORS as exc:  # serve anyway: our own row is refreshed on the next start
+            self._db_trouble(exc)
 
     def close(self):
         """Close the socket (the daemon owns the authenticator, which outlives a re-bind)."""
@@ -127,7 +134,10 @@ class LeaderLink:
                 log.warning("dropped malformed message from %r: %s", peer_id, exc)
             return None
         if header["t"] == "hello":
-            self._hello(identity, peer_id, key, ip, header)
+            try:
+                self._hello(identity, peer_id, key, ip, header)
+            except DB_ERRORS as exc:  # no welcome: the worker says hello again next heartbeat
+                self._db_trouble(exc)
             return None
         entry = self.live.get(peer_id)
         if entry is None or entry["key"] != key or entry["route"] != identity:
@@ -189,7 +199,12 @@ class LeaderLink:
             self.rekey.pop(peer_id, None)
             if row is None or row.key != key:
                 self.policy.revoked.discard(key)
-            self.registry.upsert(peer_id, ip=ip, key=key, status="accepted", **fields)
+            try:
+                self.registry.upsert(peer_id, ip=ip, key=key, status="accepted", **fields)
+            except DB_ERRORS as exc:
+                if reason != "known key":
+                    raise  # a new binding that is not stored is not granted
+                self._db_trouble(exc)  # its row already says accepted; the ip is flushed later
             self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic(), "route": identity}
             log.info("peer %s online from %s (%s)", peer_id, ip, reason)
             return self._welcome(identity, rid, status, reason)
@@ -207,6 +222,12 @@ class LeaderLink:
         elif status == "rejected":
             log.warning("peer %s from %s refused: %s", peer_id, ip, reason)
         return self._welcome(identity, rid, status, reason)
+
+    def _db_trouble(self, exc):
+        """A registry write failed: keep routing, say so in the log and getPeerStatus."""
+        if self.limiter.allow(("db", str(exc))):
+            log.error("database %s: %s (will retry)", self.registry.path, exc)
+        self.registry.last_error = str(exc)
 
     def _welcome(self, identity, rid, status, reason):
         """Answer a hello on the connection it came from."""
