@@ -195,10 +195,10 @@ def _report(err):
 
 
 def _local_user():
-    """The invoking user's name, for the leader's audit log."""
-    try:
-        import pwd
+    """The invoking user's name (or uid when it has none), for the leader's audit log."""
+    import pwd
 
+    try:
         return pwd.getpwuid(os.getuid()).pw_name
-    except (KeyError, ImportError):
-        return os.environ.get("USER")
+    except KeyError:  # a uid without a passwd entry is still someone: record the number
+        return f"uid {os.getuid()}"
