@@ -177,7 +177,7 @@ class Registry:
 
     def _note_error(self, exc):
         """Remember a database failure for getPeerStatus and the log."""
-        if "cannot rollback" in str(exc) and exc.__context__ is not None:
+        while "cannot rollback" in str(exc) and exc.__context__ is not None:
             exc = exc.__context__  # SQLite already rolled back after the real error: report that one
         if str(exc) != self.last_error:
             log.error("database %s: %s (will retry)", self.path, exc)
