@@ -8,6 +8,10 @@ from conftest import d_command, wait_for
 from fleet import DETECT_LIMIT_S, Stream, kill_group, open_fds, pid_alive, report, status
 
 
+# the leader's sweep or the origin's own silence limit, whichever notices first
+CLEAR = {p: (f"Peer {p} disconnected mid-command", f"Peer {p} was lost mid-command") for p in ("laptop", "desktop")}
+
+
 def _long_command(marks):
     """Records its pid, says it started, then runs until killed."""
     return f"echo $$ > {marks}/pid; echo started; exec sleep 30"
@@ -29,7 +33,7 @@ def test_worker_sigkill_mid_command(cluster, tmp_path):
         detect = run.ended - killed
         errors = [e for e in run.events() if e["event"] == "error"]
         assert rc == 255 and [e["code"] for e in errors] == ["peer_lost"], (rc, run.events())
-        assert errors[0]["message"] == "Peer laptop disconnected mid-command", errors
+        assert errors[0]["message"].startswith(CLEAR["laptop"]), errors
         assert detect <= DETECT_LIMIT_S, detect
         orphan = pid_alive(pid)  # nobody is left to kill it: the daemon died with SIGKILL
     finally:
@@ -56,7 +60,7 @@ def test_worker_sigstop_then_sigcont_mid_command(cluster, tmp_path):
         detect = run.ended - stopped
         errors = [e for e in run.events() if e["event"] == "error"]
         assert rc == 255 and [e["code"] for e in errors] == ["peer_lost"], (rc, run.events())
-        assert errors[0]["message"] == "Peer desktop disconnected mid-command", errors
+        assert errors[0]["message"].startswith(CLEAR["desktop"]), errors
         assert detect <= DETECT_LIMIT_S, detect
         assert pid_alive(pid)  # frozen daemon: its child still runs until the daemon wakes
         resumed = time.monotonic()
