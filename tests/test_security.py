@@ -1,4 +1,5 @@
-"""Security: enrolment, tokens, removal, peer ids bound to keys, pinned leader key, file modes.
+"""Security: enrolment, tokens, removal, peer ids bound to keys, pinned leader key, file modes,
+random bytes at both sockets.
 
 Attackers are real ZeroMQ sockets (`RawPeer`: a DEALER with its own CURVE key, or none) talking
 to the real leader daemon over loopback; everything else goes through the real `d` CLI.
@@ -7,6 +8,7 @@ import base64
 import json
 import os
 import select
+import socket
 import stat
 import subprocess
 import time
@@ -260,6 +262,70 @@ def test_file_modes_of_keys_db_and_socket(shared_cluster):
             assert len(f.read().strip()) == 40  # z85 secret, never in the public file
         assert zmq.curve_public(open(os.path.join(home, "curve.key"), "rb").read().strip()) == \
             public_key(node).encode()
+
+
+def _zmtp_greeting(mechanism, as_server=0):
+    """A ZMTP 3.0 greeting (64 bytes) announcing a security mechanism."""
+    return (b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\x00")
+            + bytes([as_server]) + b"\x00" * 31)
+
+
+def _payloads(rng_bytes):
+    """Byte streams that are not ZeroMQ, or start like it and go wrong."""
+    blobs = [rng_bytes(n) for n in (1, 7, 64, 1000, 65536)]
+    return blobs + [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        _zmtp_greeting(b"NULL") + rng_bytes(300),
+        _zmtp_greeting(b"CURVE") + rng_bytes(300),
+        _zmtp_greeting(b"CURVE") + b"\x04\xc8\x05HELLO" + rng_bytes(199),  # a HELLO command of garbage
+        _zmtp_greeting(b"CURVE") + b"\x06" + (2 ** 62).to_bytes(8, "big"),  # absurd long-command size
+        _zmtp_greeting(b"PLAIN") + b"\x04\x1a\x05HELLO\x05admin\x05admin" + rng_bytes(8),
+        b"\xff" + b"\xff" * 8 + b"\x7f" + rng_bytes(60),
+        _zmtp_greeting(b"CURVE")[:11],  # a greeting cut short, then silence
+    ]
+
+
+def _throw_bytes(family, address, payloads, also_half_open=5):
+    """Send each payload on its own connection; leave a few connections open and silent."""
+    held = []
+    try:
+        for payload in payloads:
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(5)
+            if family == socket.AF_INET:
+                s.bind(("127.0.0.60", 0))
+            s.connect(address)
+            try:
+                s.sendall(payload)
+            except OSError:  # the daemon may hang up mid-way: that is its right
+                pass
+            held.append(s)
+        for _ in range(also_half_open):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            if family == socket.AF_INET:
+                s.bind(("127.0.0.60", 0))
+            s.connect(address)
+            held.append(s)
+    finally:
+        for s in held:
+            s.close()
+    return len(payloads)
+
+
+def test_random_bytes_at_tcp_port_and_ipc_socket(shared_cluster):
+    c = shared_cluster
+    sent = 0
+    for _ in range(20):
+        sent += _throw_bytes(socket.AF_INET, ("127.0.0.1", c.port), _payloads(os.urandom))
+        sent += _throw_bytes(socket.AF_UNIX, os.path.join(c.vps.home, "d.sock"), _payloads(os.urandom))
+        sent += _throw_bytes(socket.AF_UNIX, os.path.join(c.desktop.home, "d.sock"), _payloads(os.urandom), 1)
+    assert sent == 20 * 3 * len(_payloads(os.urandom))
+    for node in (c.vps, c.desktop, c.laptop):
+        assert node.proc.poll() is None, node.log()
+    for node in (c.vps, c.desktop):
+        assert node.d("listPeers", "--ids", "--online", check=0).stdout == b"desktop\nlaptop\nvps\n"
+    assert c.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
+    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
 
 
 def test_connection_claiming_another_peers_id(shared_cluster, tmp_path):
