@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 LINGER_MS = 1000       # how long closing sockets may take to hand queued reports to the kernel
 REPORT_WAIT_MAX_S = 10.0  # a local CLI that never reads its step's exit does not block the restart
 DRAIN_MAX_S = 1.0      # time given to local CLIs to read the "interrupted" reports
+FLUSH_S = 0.1          # then serve a moment more: libzmq's linger alone sometimes drops the last replies
 RESTART_LOG = "restart.log"
 
 
@@ -91,15 +92,22 @@ class Restarter:
         if plan["state"] == "waiting":
             if not self._reported(plan["job"]) and now - plan["since"] < REPORT_WAIT_MAX_S:
                 return
-            if plan["cmd"]:
-                self.plan = None
-                self._spawn(plan["cmd"], plan["dir"])
-                return
-            self._interrupt_all()
-            plan["state"], plan["since"] = "draining", now
-        if self.d.sessions.sessions and now - plan["since"] < DRAIN_MAX_S:
-            return  # local CLIs still have reports to read
-        self._reexec()
+            if plan["cmd"]:  # the command stops us: nothing to drain, only the step's report to flush
+                plan["state"], plan["since"] = "flushing", now
+            else:
+                self._interrupt_all()
+                plan["state"], plan["since"] = "draining", now
+        if plan["state"] == "draining":
+            if self.d.sessions.sessions and now - plan["since"] < DRAIN_MAX_S:
+                return  # local CLIs still have reports to read
+            plan["state"], plan["since"] = "flushing", now
+        if now - plan["since"] < FLUSH_S:
+            return
+        if plan["cmd"]:
+            self.plan = None
+            self._spawn(plan["cmd"], plan["dir"])
+        else:
+            self._reexec()
 
     def _reported(self, job):
         """True once the job ended and its exit left this node (or was read by the local CLI)."""

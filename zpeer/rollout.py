@@ -15,6 +15,7 @@ from zpeer.recipes import step_command
 from zpeer.streaming import POLL_GRACE_S, POLL_WAIT_S, Renderer, _local_user
 
 PROBE_INTERVAL_S = 0.2
+PROBE_GRACE_S = 2.0  # a probe unanswered this long went to a daemon that was going away: ask again
 EXIT_OLD_VERSION = 1
 
 
@@ -54,14 +55,17 @@ class Capture:
         self.err[peer] = self.err.get(peer, b"") + message.encode() + b"\n"
 
 
-def exec_step(client, targets, cmd, sink, timeout=None):
-    """Run cmd on targets through the local daemon, events to sink; returns {peer: status}."""
+def exec_step(client, targets, cmd, sink, timeout=None, grace_s=POLL_GRACE_S):
+    """Run cmd on targets through the local daemon, events to sink; returns {peer: status}.
+
+    grace_s bounds how long the daemon may leave a request unanswered (short for probes of a
+    daemon that may be going away under us)."""
     opened = client.call("exec_open", targets=list(targets), cmd=cmd, dir=None, user=None, timeout=timeout,
-                         batch=0, stdin=False, pid=os.getpid(), ouser=_local_user())
+                         batch=0, stdin=False, pid=os.getpid(), ouser=_local_user(), timeout_s=grace_s)
     sid = opened["sid"]
     try:
         while True:
-            reply = client.call("exec_poll", sid=sid, wait_s=POLL_WAIT_S, timeout_s=POLL_WAIT_S + POLL_GRACE_S)
+            reply = client.call("exec_poll", sid=sid, wait_s=POLL_WAIT_S, timeout_s=POLL_WAIT_S + grace_s)
             for event in reply["events"]:
                 kind = event[1]
                 if kind in ("o", "e"):
@@ -187,9 +191,9 @@ class Rollout:
             try:
                 with _client() as client:
                     if probe:
-                        exec_step(client, probe, step_command("status"), cap, timeout=10)
+                        exec_step(client, probe, step_command("status"), cap, timeout=10, grace_s=PROBE_GRACE_S)
                     if back:
-                        records = {r["id"]: r for r in client.call("peers", timeout_s=5)["peers"]}
+                        records = {r["id"]: r for r in client.call("peers", timeout_s=PROBE_GRACE_S)["peers"]}
             except ZpeerError:
                 pass  # our own daemon, or its leader, is restarting: ask again
             for peer in probe:
