@@ -18,7 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from conftest import d_command, wait_for
-from zpeer import protocol
+from zpeer import keys, protocol
 
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -326,6 +326,33 @@ def test_random_bytes_at_tcp_port_and_ipc_socket(shared_cluster):
         assert node.d("listPeers", "--ids", "--online", check=0).stdout == b"desktop\nlaptop\nvps\n"
     assert c.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
     assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
+
+
+def test_a_member_cannot_steer_another_origins_job(shared_cluster):
+    """Job ids are no secret (`d history` shows them): stdin, credit and cancel only from the origin."""
+    c = shared_cluster
+    member = RawPeer(c.port, public_key(c.vps), protocol.route_identity("mallory"), "127.0.0.80")
+    hello = {"t": "hello", "rid": "j", "id": "mallory", "hostname": "m", "version": "m", "role": "worker", "pid": 1}
+    running = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd",
+                                              'read line; echo "got $line"'],
+                               env=c.vps.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        member.send(dict(hello, token=keys.parse_token(c.token())["secret"]))
+        assert member.barrier() and member.received[-1]["status"] == "accepted"
+        job = wait_for(lambda: next((r["job"] for r in json.loads(c.vps.d("history", "--json", check=0).stdout)
+                                     if r["rc"] is None and r["target"] == "desktop"), None), what="the job's id")
+        member.send(hello)  # (the leader may have swept the silent member offline meanwhile)
+        member.send({"t": "stdin", "rid": "s", "job": job, "to": "desktop", "eof": True}, b"injected\n")
+        member.send({"t": "credit", "rid": "c", "job": job, "to": "desktop", "n": 1 << 30})
+        member.send({"t": "cancel", "rid": "x", "job": job, "to": "desktop"})
+        member.barrier()  # forwarded: desktop reads them before anything the leader sends it next
+        out, err = running.communicate(b"real\n", timeout=10)
+        assert (running.returncode, out, err) == (0, b"got real\n", b"")
+    finally:
+        running.kill()
+        running.wait()
+        member.close()
+    c.vps.d("removePeer", "mallory", check=0)
 
 
 def test_connection_claiming_another_peers_id(shared_cluster, tmp_path):

@@ -20,6 +20,7 @@ from zpeer.errors import Busy, NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
 from zpeer.ipc import reply_frames
 from zpeer.leader import LeaderLink, start_authenticator
+from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import write_cache
 from zpeer.registry import Registry
 from zpeer.sessions import OriginSessions
@@ -27,6 +28,7 @@ from zpeer.version import full_version
 from zpeer.worker import WorkerLink
 
 log = logging.getLogger(__name__)
+_LIMITER = RateLimited()  # for logs about hostile peer input
 
 DRAIN_BUDGET = 500  # messages read from one socket per loop turn (fairness between sockets)
 AUDIT_TYPES = ("exec", "exit", "error")
@@ -216,6 +218,13 @@ class Daemon:
     def handle_peer(self, from_peer, header, data):
         """A routed message addressed to this node."""
         mtype = header["t"]
+        running = self.targets.jobs.get(header.get("job")) if mtype in ("credit", "stdin", "cancel") else None
+        if running is not None and running.origin != from_peer:
+            # job ids are no secret (`d history`): only the origin may feed, pace or stop its job
+            if _LIMITER.allow(("steer", from_peer)):
+                log.warning("%s for job %s from %s, which is not its origin: dropped", mtype,
+                            header["job"], from_peer)
+            return
         if mtype == "exec":
             if header.get("ts") and time.time() > header["ts"] + header["ttl"]:
                 log.warning("exec %s from %s arrived too late: dropped", header["job"], from_peer)
