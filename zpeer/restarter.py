@@ -154,6 +154,7 @@ class Restarter:
         """Close everything (letting queued reports out), then exec the daemon's command line."""
         d = self.d
         argv = reexec_argv()
+        self._interrupt_all()  # jobs that started while we drained (e.g. probes of this restart)
         log.info("re-executing the daemon: %s", " ".join(argv))
         link, d.link = d.link, None
         if link is not None:
