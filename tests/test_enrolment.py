@@ -15,9 +15,15 @@ def test_pending_then_accepted_without_token(empty_cluster):
     assert out.stdout == b"Pending: tablet waits for `d acceptPeer tablet` on the leader 127.0.0.1:%d\n" % c.port
     pending = json.loads(c.vps.d("listPeers", "--pending", "--json", check=0).stdout)
     assert [p["id"] for p in pending] == ["tablet"]
+    table = c.vps.d("listPeers", "--pending", check=0).stdout.decode()
+    tablet_key = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
+    assert table.splitlines()[0].split()[-1] == "KEY" and tablet_key in table
     out = node.d("listPeers", check=255)
     assert out.stderr.startswith(b"Not accepted by the leader yet: tablet is pending\n")
-    c.vps.d("acceptPeer", "tablet", check=0)
+    out = c.vps.d("acceptPeer", "tablet", "--key", "Z" + tablet_key[1:9], check=255)
+    assert out.stderr.startswith(f"The key waiting for tablet is {tablet_key}, not Z".encode())
+    assert not c.online("tablet")
+    c.vps.d("acceptPeer", "tablet", "--key", tablet_key[:8], check=0)
     wait_for(lambda: c.online("tablet"), timeout=5, what="tablet accepted and online")
     assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
 

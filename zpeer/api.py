@@ -224,7 +224,7 @@ class Api:
 
     def op_accept(self, identity, header):
         """acceptPeer."""
-        return self._leader().accept(_arg(header, "id", str, required=True))
+        return self._leader().accept(_arg(header, "id", str, required=True), _arg(header, "key", str))
 
     def op_remove(self, identity, header):
         """removePeer."""
@@ -295,7 +295,10 @@ class Api:
                                                                  batch, pid))
             self.d.link.rpc("peers", {}, expand)
             return None
-        known = [r.id for r in self.d.registry.peers()] if self.d.role == "leader" else [self.d.id]
+        if not wants_all:
+            known = []  # named targets need no registry read (it was one SQLite query per exec)
+        else:
+            known = [r.id for r in self.d.registry.peers()] if self.d.role == "leader" else [self.d.id]
         return self._open(spec, resolve_targets(requested, known), batch, pid)
 
     def _open(self, spec, targets, batch, pid):

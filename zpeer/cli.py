@@ -277,14 +277,15 @@ def list_peers(ids, online, as_json, pending):
 
 @cli.command("acceptPeer", context_settings=CONTEXT)
 @click.argument("peer_id", metavar="ID")
-def accept_peer(peer_id):
+@click.option("--key", metavar="KEY", help="Accept only if the waiting key starts with KEY (from the peer's getPeerStatus).")
+def accept_peer(peer_id, key):
     """Leader: accept a pending peer's key so it can run and receive commands.
 
     \b
     Example:
-      d listPeers --pending && d acceptPeer laptop
+      d listPeers --pending && d acceptPeer laptop --key 'rEWR8y2g'
     """
-    call("accept", id=peer_id)
+    call("accept", id=peer_id, key=key)
     click.echo(f"Accepted: {peer_id}")
 
 

@@ -16,7 +16,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from zpeer import config, keys, protocol
-from zpeer.errors import NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
+from zpeer.errors import BadRequest, NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import describe_last_seen, peer_record
 
@@ -200,7 +200,9 @@ class LeaderLink:
             if row is None or row.key != key:
                 self.policy.revoked.discard(key)
             try:
-                self.registry.upsert(peer_id, ip=ip, key=key, status="accepted", **fields)
+                wanted = dict(fields, ip=ip, key=key, status="accepted")
+                if row is None or any(getattr(row, k) != v for k, v in wanted.items()):
+                    self.registry.upsert(peer_id, **wanted)  # a reconnect that changed nothing writes nothing
             except DB_ERRORS as exc:
                 if reason != "known key":
                     raise  # a new binding that is not stored is not granted
@@ -269,18 +271,27 @@ class LeaderLink:
         rows = self.registry.peers("pending" if pending else "accepted")
         records = [peer_record(r, self.online(r.id), self.registry.last_seen(r), self.version) for r in rows]
         if pending:
+            for record, row in zip(records, rows):
+                record["key"] = row.key
+        if pending:
             for peer_id, req in sorted(self.rekey.items()):
                 record = peer_record(self.registry.get(peer_id), False, req["since"], self.version)
-                record.update(ip=req["ip"], status="pending", rekey=True)
+                record.update(ip=req["ip"], status="pending", rekey=True, key=req["key"])
                 records.append(record)
         return records
 
-    def accept(self, peer_id):
-        """Accept a pending peer's key."""
+    def accept(self, peer_id, key=None):
+        """Accept a pending peer's key (only if it starts with `key`, when given)."""
         row = self.registry.get(peer_id)
         if row is None or row.status not in ("pending", "accepted"):
             raise PeerNotFound(peer_id, hint="`d listPeers --pending` lists the peers waiting")
-        request = self.rekey.pop(peer_id, None)
+        request = self.rekey.get(peer_id)
+        asked = request["key"] if request else row.key
+        if key and not (asked or "").startswith(key):
+            # the key that asked last is not the one the admin checked: someone else may have asked
+            raise BadRequest(f"The key waiting for {peer_id} is {asked}, not {key}…: nothing accepted",
+                             hint="compare with `d getPeerStatus` on that peer, then accept again")
+        self.rekey.pop(peer_id, None)
         if request is not None:  # bind the new key; the old one is revoked with it
             if row.key:
                 self.policy.revoked.add(row.key)

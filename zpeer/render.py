@@ -30,7 +30,12 @@ def peer_table(peers, leader_version=None):
             version += " *"
         status = p.get("status") if p.get("status") == "pending" else ("online" if p["online"] else "offline")
         rows.append([p["id"], p.get("ip") or "-", p.get("role") or "-", status, seen, version])
-    text = _table(["PEER", "IP", "ROLE", "STATUS", "LAST SEEN", "VERSION"], rows)
+    headers = ["PEER", "IP", "ROLE", "STATUS", "LAST SEEN", "VERSION"]
+    if any("key" in p for p in peers):  # the pending list: show what would be accepted
+        headers.append("KEY")
+        for row, p in zip(rows, peers):
+            row.append(p.get("key") or "-")
+    text = _table(headers, rows)
     if any(p.get("version_differs") for p in peers):
         text += f"\n* version differs from the leader's ({leader_version})"
     return text
