@@ -118,3 +118,23 @@ def test_batch_limits_concurrency():
     job_a = actions[0][1]["job"]
     more = sessions.on_message("a", {"t": "exit", "job": job_a, "rc": 0, "how": "exit"}, None)
     assert [a[1]["to"] for a in more if a[0] == "peer"] == ["c"]
+
+
+def test_target_overrunning_its_credit_is_stopped():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
+    job, window = actions[0][1]["job"], actions[0][1]["credit"]
+    assert sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1}, b"x" * window) == []
+    actions = sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 2}, b"x")
+    assert ("peer", {"t": "cancel", "job": job, "to": "w1"}, None) in actions
+    assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "flow_control"]
+
+
+def test_lost_chunk_fails_the_job():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
+    job = actions[0][1]["job"]
+    sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1}, b"a")
+    actions = sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 3}, b"c")
+    assert ("peer", {"t": "cancel", "job": job, "to": "w1"}, None) in actions
+    assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "output_lost"]

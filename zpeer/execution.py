@@ -25,7 +25,8 @@ PIPE_SIZE_BYTES = 1 << 20
 EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
 EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut after this
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
-SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
+SEEN_JOBS_MAX = 10000
+STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (sessions.STDIN_WINDOW_BYTES)    # remembered job ids: an exec is never started twice
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RC_TIMEOUT = 124
 RC_CANCELLED = 130
@@ -313,6 +314,13 @@ class TargetJobs:
         if rj.stdin_fd is None:  # child closed stdin: ack so the origin does not stall
             return [({"t": "stdin_ack", "job": job, "to": rj.origin, "n": len(data)}, None)] if data else []
         out = []
+        if data and len(rj.stdin_buf) + len(data) > STDIN_BUFFER_MAX_BYTES:
+            # the origin ignored its stdin window: refuse to buffer without bound
+            log.warning("job %s: origin %s overran its stdin window, killing the job", job, rj.origin)
+            rj.stdin_buf.clear()
+            rj.close_stdin()
+            rj.stop("cancelled")
+            return out
         if data:
             rj.stdin_buf += data
             out = self._write_stdin(rj)

@@ -44,7 +44,7 @@ def _pid_alive(pid):
 class OriginJob:
     """One target's part of a session."""
 
-    __slots__ = ("job", "target", "state", "sent_at", "last_word", "owed", "bytes", "stdin_out", "seq")
+    __slots__ = ("job", "target", "state", "sent_at", "last_word", "owed", "bytes", "stdin_out", "seq", "credited")
 
     def __init__(self, job, target):
         self.job, self.target = job, target
@@ -54,6 +54,7 @@ class OriginJob:
         self.bytes = 0
         self.stdin_out = 0
         self.seq = 0  # out messages received, to detect a chunk lost in transit
+        self.credited = 0  # credit granted beyond the first window
 
 
 class Session:
@@ -159,6 +160,10 @@ class OriginSessions:
             self._fail(session, job, "output_lost", f"Output from {job.target} was lost in transit",
                        "the link to that peer dropped messages; the command may have completed")
             return [("peer", {"t": "cancel", "job": job.job, "to": job.target}, None)] + self._wake(session)
+        elif mtype == "out" and data is not None and job.bytes + len(data) > session.window + job.credited:
+            # a target that ignores its credit would grow our memory without bound: stop it
+            self._fail(session, job, "flow_control", f"Peer {job.target} sent more output than allowed")
+            return [("peer", {"t": "cancel", "job": job.job, "to": job.target}, None)] + self._wake(session)
         elif mtype == "out" and data is not None:
             job.seq += 1
             size = len(data)
@@ -220,6 +225,7 @@ class OriginSessions:
                     if found.owed >= session.window // 4:
                         actions.append(("peer", {"t": "credit", "job": found.job, "to": found.target,
                                                  "n": found.owed}, None))
+                        found.credited += found.owed
                         found.owed = 0
                 event = [event[0], event[1], bytes(event[2])]
             events.append(event)
