@@ -45,7 +45,7 @@ def _idle(cluster):
 def size_allowed(request):
     """The full-size soak runs only when asked for with `-m slow` (the default run stays short)."""
     if "slow" in request.node.keywords and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("full-size soak (5,000 + 500 execs, ~10 min): run it with -m slow")
+        pytest.skip("full-size soak (5,000 + 500 execs, 10-20 min): run it with -m slow")
 
 
 @pytest.mark.parametrize("sequential,concurrent", [
