@@ -77,6 +77,38 @@ def _make_models(db):
     return Meta, Peer, JoinToken, ExecLog
 
 
+def _audit_statements(model, batch):
+    """Consecutive audit rows of one shape as (sql, parameter rows), for executemany.
+
+    Rows with "command" are inserts (replacing a row with that job id; missing fields take the
+    model's defaults, as peewee's insert would), the others update the row of their job. Values
+    go through each field's db_value, the conversion peewee applies.
+    """
+    fields = model._meta.fields
+    groups = []
+    for job, values in batch:
+        insert = "command" in values
+        if insert:
+            values = dict(values)
+            for name, field in fields.items():
+                if name not in values and name != "job" and field.default is not None:
+                    values[name] = field.default() if callable(field.default) else field.default
+        names = tuple(values)
+        params = [fields[n].db_value(values[n]) for n in names]
+        if not groups or groups[-1][0] != (insert, names):
+            groups.append(((insert, names), []))
+        groups[-1][1].append([job] + params if insert else params + [job])
+    table = model._meta.table_name
+    for (insert, names), rows in groups:
+        columns = [fields[n].column_name for n in names]
+        if insert:
+            sql = (f"INSERT OR REPLACE INTO {table} (job, {', '.join(columns)}) "
+                   f"VALUES ({', '.join('?' * (len(columns) + 1))})")
+        else:
+            sql = f"UPDATE {table} SET {', '.join(c + ' = ?' for c in columns)} WHERE job = ?"
+        yield sql, rows
+
+
 class Registry:
     """Peers, tokens and the exec audit of one node's SQLite file."""
 
@@ -212,14 +244,12 @@ class Registry:
             return
         batch, self._audit = self._audit, []
         try:
-            with self.db.atomic():
-                for job, fields in batch:
-                    if "command" in fields:
-                        self.ExecLog.insert(job=job, **fields).on_conflict_replace().execute()
-                    else:
-                        self.ExecLog.update(**fields).where(self.ExecLog.job == job).execute()
+            with self.db.atomic():  # prepared statements: a peewee query per row cost ~1 ms per exec
+                connection = self.db.connection()
+                for sql, rows in _audit_statements(self.ExecLog, batch):
+                    connection.executemany(sql, rows)
             self.last_error = None
-        except peewee.PeeweeException as exc:
+        except (peewee.PeeweeException, sqlite3.Error) as exc:
             self._audit[:0] = batch[-10000:]
             self._note_error(exc)
 

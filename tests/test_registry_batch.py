@@ -1,0 +1,31 @@
+"""The registry's batched writes (audit rows and last_seen) with prepared statements."""
+from zpeer.registry import Registry
+
+
+def test_audit_insert_then_update_in_one_flush(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    reg.log_exec("j1", started_at=1.0, origin="vps", origin_user="root", target="w1", fanout=1,
+                 directory=None, command="true")
+    reg.log_exec("j2", started_at=2.0, origin="vps", origin_user=None, target="w2", fanout=2,
+                 directory="/tmp", command="echo hi")
+    reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=3)
+    reg.log_exec("j2", rc=255, outcome="peer_lost")
+    reg.flush_audit()
+    rows = {r.job: r for r in reg.history(limit=10)}
+    assert (rows["j1"].rc, rows["j1"].outcome, rows["j1"].bytes_out, rows["j1"].command) == (0, "exit", 3, "true")
+    assert (rows["j2"].rc, rows["j2"].outcome, rows["j2"].bytes_out, rows["j2"].directory) == (255, "peer_lost", 0, "/tmp")
+    assert [r.job for r in reg.history(peer="w2")] == ["j2"]
+    reg.close()
+
+
+def test_last_seen_batch_keeps_ip_when_none(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    reg.upsert("a", ip="127.0.0.2", status="accepted")
+    reg.upsert("b", ip="127.0.0.3", status="accepted")
+    reg.touch("a", "127.0.0.9")
+    reg.touch("b", None)
+    assert reg.flush() == 2
+    a, b = reg.get("a"), reg.get("b")
+    assert (a.ip, b.ip) == ("127.0.0.9", "127.0.0.3")
+    assert a.last_seen > 0 and b.last_seen > 0
+    reg.close()
