@@ -39,7 +39,8 @@ def test_reinstalled_worker_must_be_reaccepted(cluster):
                       if b'"pending"' in laptop.d("getPeerStatus", "--json").stdout else None,
                       timeout=5, what="laptop pending with its new key")
     assert status["connected"] is False
-    assert not cluster.online("laptop")
+    # the old link (old key) is gone: the leader lists laptop offline within 3 heartbeats
+    wait_for(lambda: not cluster.online("laptop"), timeout=5, what="old laptop link offline")
     pending = json.loads(cluster.vps.d("listPeers", "--pending", "--json", check=0).stdout)
     assert [p["id"] for p in pending] == ["laptop"]
     cluster.vps.d("acceptPeer", "laptop", check=0)
