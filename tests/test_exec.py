@@ -264,3 +264,21 @@ def test_line_latency_under_100ms(shared_cluster):
         delays.append(time.time() - float(line))
     assert proc.wait(10) == 0 and len(delays) == 5
     assert sorted(delays)[2] < 0.1, delays  # median: a loaded CI machine may delay one line
+
+
+def test_daemon_stopped_mid_command_reports_interrupted(cluster):
+    remote = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "echo ready; sleep 60"],
+                              env=cluster.desktop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    local = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd", "echo ready; sleep 60"],
+                             env=cluster.desktop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL)
+    assert remote.stdout.readline() == b"ready\n" and local.stdout.readline() == b"ready\n"
+    start = time.monotonic()
+    cluster.laptop.stop()  # SIGTERM: the target reports its job instead of vanishing
+    assert remote.wait(10) == 255
+    assert time.monotonic() - start < 2.0
+    assert remote.stderr.read().startswith(b"Interrupted: the daemon on laptop stopped while the command ran\n")
+    cluster.desktop.stop()  # SIGTERM on the origin, with a local CLI waiting
+    assert local.wait(10) == 255
+    assert local.stderr.read().startswith(b"Interrupted: the daemon on desktop stopped while the command ran\n")

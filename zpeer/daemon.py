@@ -32,6 +32,8 @@ _LIMITER = RateLimited()  # for logs about hostile peer input
 
 DRAIN_BUDGET = 500  # messages read from one socket per loop turn (fairness between sockets)
 AUDIT_TYPES = ("exec", "exit", "error")
+STOP_DRAIN_S = 1.0      # on SIGTERM, local CLIs get this long to read "interrupted"
+STOP_LINGER_MS = 500    # and queued reports to peers this long to leave
 
 
 class Daemon:
@@ -289,10 +291,23 @@ class Daemon:
         try:
             while not self.stopping:
                 self.turn()
+            self._wind_down()
         finally:
-            self.close()
+            self.close(linger_ms=STOP_LINGER_MS)
 
-    def turn(self):
+    def _wind_down(self):
+        """SIGTERM: report running jobs as interrupted and let local CLIs read that, briefly."""
+        if not self.targets.jobs and not self.sessions.sessions:
+            return
+        from zpeer.restarter import interrupt_all
+
+        log.info("stopping: reporting %d running jobs as interrupted", len(self.targets.jobs))
+        interrupt_all(self, "stopped")
+        deadline = time.monotonic() + STOP_DRAIN_S
+        while self.sessions.sessions and time.monotonic() < deadline:
+            self.turn(max_wait_s=0.05)
+
+    def turn(self, max_wait_s=1.0):
         """One loop iteration: poll, then handle sockets, fds and timers."""
         poller = zmq.Poller()
         poller.register(self.ipc, zmq.POLLIN)
@@ -309,7 +324,7 @@ class Daemon:
         deadlines = [self.next_beat, self.targets.next_deadline(), self.sessions.next_deadline(),
                      link.next_deadline() if self.role == "worker" else None]
         wait = min(d for d in deadlines if d is not None) - now
-        timeout_ms = 0 if self.local else max(0, min(1000, int(wait * 1000) + 1))
+        timeout_ms = 0 if self.local else max(0, min(int(max_wait_s * 1000), int(wait * 1000) + 1))
         try:
             ready = dict(poller.poll(timeout_ms))
         except zmq.ZMQError as exc:
@@ -346,13 +361,17 @@ class Daemon:
         if got is None:
             return
         from_peer, header, data = got
-        if self.role == "leader":
-            if header["t"] == "rpc":
-                self.api.leader_rpc(from_peer, header)
-            elif header["t"] in protocol.ROUTED_TYPES:
-                self.forward(from_peer, header, data)
-        else:
-            self.handle_peer(from_peer, header, data)
+        try:
+            if self.role == "leader":
+                if header["t"] == "rpc":
+                    self.api.leader_rpc(from_peer, header)
+                elif header["t"] in protocol.ROUTED_TYPES:
+                    self.forward(from_peer, header, data)
+            else:
+                self.handle_peer(from_peer, header, data)
+        except Exception:  # one bad message from a peer must never stop the daemon
+            if _LIMITER.allow(("handler", from_peer)):
+                log.exception("dropped %s from %s: handling it failed", header.get("t"), from_peer)
 
     def timers(self, now):
         """Heartbeats, liveness, timeouts, cache refresh."""
@@ -396,15 +415,16 @@ class Daemon:
                     self.cache_gen = None
             self.link.rpc("peers", {}, done)
 
-    def close(self):
-        """Stop children, close sockets, flush the registry, release the lock."""
+    def close(self, linger_ms=0):
+        """Stop children, close sockets (letting queued messages out for linger_ms), flush, unlock."""
         log.info("daemon stopping")
         self.targets.shutdown()
         if self.link is not None:
-            self.link.close()
+            self.link.close(linger_ms)
         if self.auth is not None:
             self.auth.stop()
-        self.ipc.close(0)
+        if not self.ipc.closed:
+            self.ipc.close(linger_ms)
         try:
             os.unlink(config.socket_path(self.home))
         except OSError:

@@ -92,9 +92,9 @@ class LeaderLink:
         except DB_ERRORS as exc:  # serve anyway: our own row is refreshed on the next start
             self._db_trouble(exc)
 
-    def close(self):
+    def close(self, linger_ms=0):
         """Close the socket (the daemon owns the authenticator, which outlives a re-bind)."""
-        self.sock.close(0)
+        self.sock.close(linger_ms)
 
     # --- sending -----------------------------------------------------------------------
     def send(self, peer_id, header, data=None):

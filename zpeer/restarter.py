@@ -60,6 +60,25 @@ def reexec_argv():
     return [sys.executable, os.path.abspath(main)] + sys.argv[1:]
 
 
+def interrupt_all(d, verb):
+    """Report every job running here or for a local CLI as interrupted (the daemon `verb`)."""
+    message = f"Interrupted: the daemon on {d.id or 'this node'} {verb} while the command ran"
+    hint = "the command was killed; run it again once the daemon is back (`d listPeers`)"
+    err = {"err": "interrupted", "msg": message, "hint": hint}
+    d.dispatch([("peer", {"t": "error", "job": rj.job, "to": rj.origin, "err": dict(err)}, None)
+                for rj in list(d.targets.jobs.values())])
+    actions = []
+    for session in list(d.sessions.sessions.values()):
+        session.cancelled = True  # launch nothing more
+        for job in session.jobs.values():
+            if job.state in ("sent", "running") and job.target != d.id:
+                actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
+            elif job.state == "queued":
+                d.sessions._fail(session, job, "interrupted", message, hint)
+    actions.extend(d.sessions.peer_lost(None, message))
+    d.dispatch(actions)
+
+
 class Restarter:
     """One scheduled restart of the daemon it belongs to."""
 
@@ -133,22 +152,7 @@ class Restarter:
 
     def _interrupt_all(self):
         """Report every job that is still running, here or for a local CLI, as interrupted."""
-        d = self.d
-        message = f"Interrupted: the daemon on {d.id or 'this node'} restarted while the command ran"
-        hint = "the command was killed; run it again once the daemon is back (`d listPeers`)"
-        err = {"err": "interrupted", "msg": message, "hint": hint}
-        d.dispatch([("peer", {"t": "error", "job": rj.job, "to": rj.origin, "err": dict(err)}, None)
-                    for rj in list(d.targets.jobs.values())])
-        actions = []
-        for session in list(d.sessions.sessions.values()):
-            session.cancelled = True  # launch nothing more
-            for job in session.jobs.values():
-                if job.state in ("sent", "running") and job.target != d.id:
-                    actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
-                elif job.state == "queued":
-                    d.sessions._fail(session, job, "interrupted", message, hint)
-        actions.extend(d.sessions.peer_lost(None, message))
-        d.dispatch(actions)
+        interrupt_all(self.d, "restarted")
 
     def _reexec(self):
         """Close everything (letting queued reports out), then exec the daemon's command line."""

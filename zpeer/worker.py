@@ -70,11 +70,11 @@ class WorkerLink:
         self.rpcs = {}  # rid -> (deadline, callback(result, error))
         self.was_connected = False
 
-    def close(self):
-        """Close the socket and its monitor."""
+    def close(self, linger_ms=0):
+        """Close the socket and its monitor (queued messages get linger_ms to leave)."""
         self.sock.disable_monitor()
         self.monitor.close(0)
-        self.sock.close(0)
+        self.sock.close(linger_ms)
 
     # --- state ------------------------------------------------------------------------
     def connected(self, now=None):
