@@ -16,6 +16,7 @@ import peewee
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+AUDIT_RETRY_S = 1.0  # after a failed audit write
 LEADER_ONLY_TABLES = ("peer", "join_token", "exec_log")
 
 
@@ -119,6 +120,7 @@ class Registry:
         self.Meta, self.Peer, self.JoinToken, self.ExecLog = _make_models(self.db)
         self._seen = {}  # peer id -> (last_seen, ip): pending batched writes
         self._audit = []  # (job, fields): pending audit writes
+        self._audit_retry_at = 0.0
         self.last_error = None
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
         self.db.connect()
@@ -240,7 +242,7 @@ class Registry:
 
     def flush_audit(self):
         """Write queued audit rows in one transaction; database trouble is logged, never fatal."""
-        if not self._audit:
+        if not self._audit or time.monotonic() < self._audit_retry_at:
             return
         batch, self._audit = self._audit, []
         try:
@@ -249,8 +251,11 @@ class Registry:
                 for sql, rows in _audit_statements(self.ExecLog, batch):
                     connection.executemany(sql, rows)
             self.last_error = None
+            self._audit_retry_at = 0.0
         except (peewee.PeeweeException, sqlite3.Error) as exc:
             self._audit[:0] = batch[-10000:]
+            # a locked or read-only file: each attempt blocks busy_timeout, so not every turn
+            self._audit_retry_at = time.monotonic() + AUDIT_RETRY_S
             self._note_error(exc)
 
     def history(self, peer=None, limit=20):

@@ -208,7 +208,9 @@ class OriginSessions:
 
     def _wake(self, session, force=False):
         """Answer the held CLI request if there is something to say."""
-        if session.waiter is None or not (session.events or force or session.finished()):
+        # a lone "started" event does not answer a poll: `true` then costs one poll, not two
+        urgent = any(event[1] != "s" for event in session.events)
+        if session.waiter is None or not (urgent or force or session.finished()):
             return []
         identity, rid, _ = session.waiter
         session.waiter = None

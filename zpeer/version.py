@@ -22,7 +22,7 @@ def _override():
 
 
 def full_version():
-    """`0.1.0` or `0.1.0+g1a2b3c4` (with `.dirty` when the checkout has local changes)."""
+    """`0.1.0`, or `0.1.0+g1a2b3c4` when run from a git checkout (or the override file's line)."""
     override = _override()
     if override:
         return override
