@@ -80,22 +80,9 @@ class SwarmWorker:
             self.sent = True
 
     def on_message(self, from_peer, header, data):
-        """A routed message for this worker: the target side of Daemon.handle_peer."""
-        mtype = header["t"]
-        if mtype == "exec":
-            if header.get("ts") and time.time() > header["ts"] + header["ttl"]:
-                self.send([({"t": "error", "job": header["job"], "to": from_peer,
-                             "err": {"err": "timeout", "msg": "Request expired before delivery"}}, None)])
-                return
-            self.send(self.targets.start(header, from_peer))
-        elif mtype == "credit":
-            self.targets.credit(header["job"], header["n"])
-        elif mtype == "stdin":
-            self.send(self.targets.stdin(header["job"], bytes(data or b""), header["eof"]))
-        elif mtype == "cancel":
-            self.targets.cancel(header["job"])
-        elif mtype == "alive" and header.get("side") == "origin":
-            self.targets.alive(from_peer, [j for j in header["jobs"] if isinstance(j, str)])
+        """A routed message for this worker: the same TargetJobs.handle the daemon uses."""
+        if header["t"] != "alive" or header.get("side") == "origin":
+            self.send(self.targets.handle(from_peer, header, data))
 
     def drain(self):
         """Read what the link socket has; routed messages wait in the backlog (see Swarm.turn)."""
@@ -124,12 +111,9 @@ class SwarmWorker:
             self.send(self.targets.on_timer(now, 3 * self.heartbeat_s + 1.0))
             if now >= self.next_alive:
                 self.next_alive = now + self.heartbeat_s
-                jobs = self.targets.jobs_by_origin()
-                for origin, header, _ in self.backlog:  # received, spawned later: ours already
-                    if header["t"] == "exec":
-                        jobs.setdefault(origin, []).append(header["job"])
-                self.send(({"t": "alive", "to": origin, "jobs": jobs, "side": "target"}, None)
-                          for origin, jobs in jobs.items())
+                # execs received but spawned later (see Swarm.turn) are ours already
+                self.send(self.targets.keepalives((origin, header["job"]) for origin, header, _ in self.backlog
+                                                  if header["t"] == "exec"))
 
     def close(self):
         """Kill its children and close its sockets."""

@@ -220,36 +220,12 @@ class Daemon:
     def handle_peer(self, from_peer, header, data):
         """A routed message addressed to this node."""
         mtype = header["t"]
-        running = self.targets.jobs.get(header.get("job")) if mtype in ("credit", "stdin", "cancel") else None
-        if running is not None and running.origin != from_peer:
-            # job ids are no secret (`d history`): only the origin may feed, pace or stop its job
-            if _LIMITER.allow(("steer", from_peer)):
-                log.warning("%s for job %s from %s, which is not its origin: dropped", mtype,
-                            header["job"], from_peer)
-            return
-        if mtype == "exec":
-            if header.get("ts") and time.time() > header["ts"] + header["ttl"]:
-                log.warning("exec %s from %s arrived too late: dropped", header["job"], from_peer)
-                self.dispatch([("peer", {"t": "error", "job": header["job"], "to": from_peer,
-                                         "err": {"err": "timeout", "msg": "Request expired before delivery"}},
-                                None)])
-                return
-            self.dispatch(("peer", h, d) for h, d in self.targets.start(header, from_peer))
-        elif mtype in ("started", "out", "exit", "error", "stdin_ack"):
+        if mtype in ("started", "out", "exit", "error", "stdin_ack"):
             self.dispatch(self.sessions.on_message(from_peer, header, data))
-        elif mtype == "credit":
-            self.targets.credit(header["job"], header["n"])
-        elif mtype == "stdin":
-            self.dispatch(("peer", h, d) for h, d in
-                          self.targets.stdin(header["job"], bytes(data or b""), header["eof"]))
-        elif mtype == "cancel":
-            self.targets.cancel(header["job"])
-        elif mtype == "alive":
-            jobs = [j for j in header["jobs"] if isinstance(j, str)]
-            if header.get("side") == "origin":
-                self.targets.alive(from_peer, jobs)
-            else:
-                self.dispatch(self.sessions.on_alive(from_peer, jobs))
+        elif mtype == "alive" and header.get("side") != "origin":
+            self.dispatch(self.sessions.on_alive(from_peer, [j for j in header["jobs"] if isinstance(j, str)]))
+        else:
+            self.dispatch(("peer", h, d) for h, d in self.targets.handle(from_peer, header, data))
 
     def dispatch(self, actions):
         """Carry out handler actions."""
@@ -389,8 +365,7 @@ class Daemon:
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_s
             self.dispatch(self.sessions.keepalives())
-            self.dispatch(("peer", {"t": "alive", "to": origin, "jobs": jobs, "side": "target"}, None)
-                          for origin, jobs in self.targets.jobs_by_origin().items())
+            self.dispatch(("peer", h, d) for h, d in self.targets.keepalives())
             if self.role == "leader":
                 for peer in self.link.sweep(now):
                     self.dispatch(self.sessions.peer_lost(peer, "Peer {peer} disconnected mid-command"))

@@ -17,8 +17,10 @@ from collections import OrderedDict
 import array
 
 from zpeer.errors import BadRequest, DirectoryNotFound, ZpeerError
+from zpeer.logsetup import RateLimited
 
 log = logging.getLogger(__name__)
+_LIMITER = RateLimited()  # for logs about peers steering jobs that are not theirs
 
 READ_CHUNK_BYTES = 256 * 1024
 PIPE_SIZE_BYTES = 1 << 20
@@ -156,6 +158,41 @@ class TargetJobs:
         self.jobs = {}
         self.seen = OrderedDict()  # job id -> True: at-most-once across retries/reconnects
         self.is_root = os.geteuid() == 0 if run_as_root is None else run_as_root
+
+    def handle(self, from_peer, header, data):
+        """A routed message for the target side (exec, credit, stdin, cancel, alive from an
+        origin); returns the messages to send. The daemon and the bench swarm both use it."""
+        mtype = header["t"]
+        job = header.get("job")
+        running = self.jobs.get(job) if mtype in ("credit", "stdin", "cancel") else None
+        if running is not None and running.origin != from_peer:
+            # job ids are no secret (`d history`): only the origin may feed, pace or stop its job
+            if _LIMITER.allow(("steer", from_peer)):
+                log.warning("%s for job %s from %s, which is not its origin: dropped", mtype, job, from_peer)
+            return []
+        if mtype == "exec":
+            if header.get("ts") and time.time() > header["ts"] + header["ttl"]:
+                log.warning("exec %s from %s arrived too late: dropped", job, from_peer)
+                return [({"t": "error", "job": job, "to": from_peer,
+                          "err": {"err": "timeout", "msg": "Request expired before delivery"}}, None)]
+            return self.start(header, from_peer)
+        if mtype == "credit":
+            self.credit(job, header["n"])
+        elif mtype == "stdin":
+            return self.stdin(job, bytes(data or b""), header["eof"])
+        elif mtype == "cancel":
+            self.cancel(job)
+        elif mtype == "alive":
+            self.alive(from_peer, [j for j in header["jobs"] if isinstance(j, str)])
+        return []
+
+    def keepalives(self, extra=None):
+        """One alive message per origin listing the jobs we run for it (plus `extra` ones)."""
+        jobs = self.jobs_by_origin()
+        for origin, job in extra or ():
+            jobs.setdefault(origin, []).append(job)
+        return [({"t": "alive", "to": origin, "jobs": ids, "side": "target"}, None)
+                for origin, ids in jobs.items()]
 
     def _remember(self, job):
         """Record a job id as seen; False if it was seen before."""
