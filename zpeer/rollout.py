@@ -12,7 +12,7 @@ import time
 
 from zpeer.errors import EXIT_ZPEER_FAILURE, ZpeerError
 from zpeer.recipes import step_command
-from zpeer.streaming import POLL_GRACE_S, POLL_WAIT_S, Renderer, _local_user
+from zpeer.streaming import POLL_GRACE_S, POLL_WAIT_S, Renderer, _local_user, deliver
 
 PROBE_INTERVAL_S = 0.2
 PROBE_GRACE_S = 2.0  # a probe unanswered this long went to a daemon that was going away: ask again
@@ -66,16 +66,7 @@ def exec_step(client, targets, cmd, sink, timeout=None, grace_s=POLL_GRACE_S):
     try:
         while True:
             reply = client.call("exec_poll", sid=sid, wait_s=POLL_WAIT_S, timeout_s=POLL_WAIT_S + grace_s)
-            for event in reply["events"]:
-                kind = event[1]
-                if kind in ("o", "e"):
-                    sink.data(event[0], kind, event[2])
-                elif kind == "s":
-                    sink.started(event[0], event[2])
-                elif kind == "x":
-                    sink.exited(event[0], event[2], event[3])
-                elif kind == "f":
-                    sink.failed(event[0], event[2], event[3], event[4])
+            deliver(sink, reply["events"])
             if reply["done"]:
                 break
     except KeyboardInterrupt:

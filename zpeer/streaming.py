@@ -104,6 +104,20 @@ class Renderer:
         return max((self.results.get(p, (EXIT_ZPEER_FAILURE, ""))[0] for p in targets), default=0)
 
 
+def deliver(sink, events):
+    """Hand a poll reply's events to a Renderer-like sink."""
+    for event in events:
+        kind = event[1]
+        if kind in ("o", "e"):
+            sink.data(event[0], kind, event[2])
+        elif kind == "s":
+            sink.started(event[0], event[2])
+        elif kind == "x":
+            sink.exited(event[0], event[2], event[3])
+        elif kind == "f":
+            sink.failed(event[0], event[2], event[3], event[4])
+
+
 def _read_stdin(fd, size):
     """Whatever stdin has now, up to size (b'' at EOF, None if nothing ready)."""
     ready, _, _ = select.select([fd], [], [], 0)
@@ -150,16 +164,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
             reply = client.call("exec_poll", sid=sid, stdin=chunk or None, eof=eof, wait_s=wait,
                                 need_room=not stdin_eof and room <= 0, timeout_s=wait + POLL_GRACE_S)
             room = reply.get("room", 0)
-            for event in reply["events"]:
-                kind = event[1]
-                if kind in ("o", "e"):
-                    render.data(event[0], kind, event[2])
-                elif kind == "s":
-                    render.started(event[0], event[2])
-                elif kind == "x":
-                    render.exited(event[0], event[2], event[3])
-                elif kind == "f":
-                    render.failed(event[0], event[2], event[3], event[4])
+            deliver(render, reply["events"])
             if reply["done"]:
                 break
     except BrokenPipeError:
