@@ -59,6 +59,7 @@ class Daemon:
         self.stopping = False
         self.wake_r = None
         self.auth = None
+        self._poller = self._poller_key = None  # reused while the polled set stays the same
         self.ipc = self._bind_ipc()
         self.apply_config(self.cfg)
 
@@ -285,17 +286,9 @@ class Daemon:
 
     def turn(self, max_wait_s=1.0):
         """One loop iteration: poll, then handle sockets, fds and timers."""
-        poller = zmq.Poller()
-        poller.register(self.ipc, zmq.POLLIN)
-        if self.wake_r is not None:
-            poller.register(self.wake_r, zmq.POLLIN)
         link = self.link
-        if link is not None:
-            poller.register(link.sock, zmq.POLLIN)
-            if self.role == "worker":
-                poller.register(link.monitor, zmq.POLLIN)
-        for fd, want_write in self.targets.poll_items():
-            poller.register(fd, zmq.POLLOUT if want_write else zmq.POLLIN)
+        items = self.targets.poll_items()
+        poller = self._poller_for(link, items)
         now = time.monotonic()
         deadlines = [self.next_beat, self.targets.next_deadline(), self.sessions.next_deadline(),
                      link.next_deadline() if self.role == "worker" else None]
@@ -322,6 +315,25 @@ class Daemon:
         while self.local:
             self.handle_peer(*self.local.popleft())
         self.timers(time.monotonic())
+
+    def _poller_for(self, link, items):
+        """The poller for this turn, rebuilt only when what must be polled changed."""
+        # the socket itself, not its id(): a replaced link's id could be reused by the new one
+        key = (link.sock if link is not None else None, self.wake_r, tuple(items))
+        if self._poller is not None and key == self._poller_key:
+            return self._poller
+        poller = zmq.Poller()
+        poller.register(self.ipc, zmq.POLLIN)
+        if self.wake_r is not None:
+            poller.register(self.wake_r, zmq.POLLIN)
+        if link is not None:
+            poller.register(link.sock, zmq.POLLIN)
+            if self.role == "worker":
+                poller.register(link.monitor, zmq.POLLIN)
+        for fd, want_write in items:
+            poller.register(fd, zmq.POLLOUT if want_write else zmq.POLLIN)
+        self._poller, self._poller_key = poller, key
+        return poller
 
     def _drain(self, sock, handler):
         """Read what a socket has, bounded per turn."""

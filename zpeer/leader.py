@@ -133,12 +133,12 @@ class LeaderLink:
         try:
             header, data = protocol.decode(frames[1:])
             key = frames[1].get("User-Id")
-            ip = frames[1].get("Peer-Address")
         except (protocol.ProtocolError, zmq.ZMQError, UnicodeDecodeError) as exc:
             if self.limiter.allow(("bad", peer_id)):
                 log.warning("dropped malformed message from %r: %s", peer_id, exc)
             return None
         if header["t"] == "hello":
+            ip = frames[1].get("Peer-Address")  # only a hello can come over a new connection
             try:
                 self._hello(identity, peer_id, key, ip, header)
             except DB_ERRORS as exc:  # no welcome: the worker says hello again next heartbeat
@@ -149,7 +149,7 @@ class LeaderLink:
             self._unverified(identity, peer_id, key, header)
             return None
         entry["rx"] = time.monotonic()
-        self.registry.touch(peer_id, ip)
+        self.registry.touch(peer_id, entry["ip"])
         if header["t"] == "hb":
             self.send(peer_id, {"t": "hb", "rid": header["rid"], "gen": self.registry.generation})
             return None
