@@ -20,6 +20,17 @@ timeout_option = click.option("--timeout", type=click.FloatRange(0.001), metavar
                               help="Kill the step's remote process group after this long (exit 124).")
 
 
+def recipe_step_options(func):
+    """The flags remotePull and remoteBd share with execOnPeer's fan-out."""
+    for option in reversed([
+            peer_option, timeout_option,
+            click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="JSON Lines events (start/stdout/stderr/exit/error).")]):
+        func = option(func)
+    return func
+
+
 def client():
     """A connection to this node's daemon."""
     from zpeer.ipc import Client
@@ -47,10 +58,7 @@ def _recipe_step(step, peers, timeout, batch, as_json):
 
 
 @click.command("remotePull", context_settings=CONTEXT)
-@peer_option
-@timeout_option
-@click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
+@recipe_step_options
 def remote_pull(peers, timeout, batch, as_json):
     """Run each peer's own pull recipe (default `git pull --ff-only` in its repo); exit = its status.
 
@@ -63,10 +71,7 @@ def remote_pull(peers, timeout, batch, as_json):
 
 
 @click.command("remoteBd", context_settings=CONTEXT)
-@peer_option
-@timeout_option
-@click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
+@recipe_step_options
 def remote_bd(peers, timeout, batch, as_json):
     """Run each peer's own build recipe in its repo (default: reinstall zpeer); exit = its status.
 
