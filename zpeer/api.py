@@ -98,11 +98,11 @@ class Api:
         if d.role == "leader":
             status.update(bind=cfg["bind"], advertise=cfg.get("advertise"), leader=d.id,
                           leader_address=link.address, connected=True, link="serving",
-                          peers_online=len(link.live))
+                          peers_online=len(link.live), heartbeat_s=link.beat_s)
         elif d.role == "worker":
             status.update(leader=cfg.get("leader"), leader_key=cfg.get("leader_key"),
                           source_ip=cfg.get("source_ip"), connected=link.connected(),
-                          link=link.status, link_reason=link.reason)
+                          link=link.status, link_reason=link.reason, heartbeat_s=link.heartbeat_s)
         else:
             status.update(connected=False, link="unconfigured")
         return status

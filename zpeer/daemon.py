@@ -117,16 +117,19 @@ class Daemon:
         """Start, stop or rebuild the peer link to match the configuration."""
         old = self.cfg
         self.cfg = cfg
-        key = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip", "heartbeat_s")
+        key = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip", "heartbeat_s",
+               "heartbeat_budget")
         if old.get("group") != cfg.get("group"):
             self._socket_access(config.socket_path(self.home))
         changed = {k for k in key if old.get(k) != cfg.get(k)}
+        if self.role != "leader":
+            changed.discard("heartbeat_budget")  # only a leader hands out intervals
         if self.link is not None and not changed:
             if cfg.get("token") and cfg.get("token") != old.get("token"):
                 self.link.token = cfg["token"]
                 self.link.hello()
             return
-        if self.role == "leader" and changed <= {"advertise", "heartbeat_s"}:
+        if self.role == "leader" and changed <= {"advertise", "heartbeat_s", "heartbeat_budget"}:
             self.heartbeat_s = self.sessions.heartbeat_s = float(cfg["heartbeat_s"])
             self.link.reconfigure(cfg)  # keep the bound socket and every connection
             return

@@ -7,6 +7,7 @@ only acts as the peer id bound to its key, pending or unknown keys can only say 
 leader sends a peer's messages only to the identity its verified hello came from.
 """
 import logging
+import math
 import socket
 import sqlite3
 import time
@@ -30,6 +31,13 @@ SNDHWM = 20000
 RCVHWM = 20000
 # the registry cannot be written (locked by another process, read-only, disk full)
 DB_ERRORS = (peewee.PeeweeException, sqlite3.Error)
+
+
+def beat_interval_s(base_s, peers, budget_per_s):
+    """The heartbeat interval announced to workers: `base_s`, stretched (in 0.5 s steps) so that
+    `peers` workers send at most `budget_per_s` heartbeats a second in all."""
+    need_s = peers / max(1.0, float(budget_per_s))
+    return base_s if need_s <= base_s else math.ceil(need_s * 2) / 2
 
 
 class _KeyPolicy:
@@ -82,12 +90,15 @@ class LeaderLink:
         self.rekey = {}  # peer id -> {"key", "ip", "since"}: a known id asking to bind a new key
         self.limiter = RateLimited()
         self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        self.beat_s = self.heartbeat_s  # the interval workers are told (stretched for big fleets)
+        self.slow_s, self.slow_until = 0.0, 0.0  # a longer interval some workers may still use
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg):
         """Apply settings that need no re-bind (advertised address, heartbeat)."""
         self.cfg = cfg
         self.heartbeat_s = float(cfg["heartbeat_s"])
+        self._retune(time.monotonic())
         host, port = config.split_host_port(cfg["bind"])
         self.address = config.join_host_port(cfg.get("advertise") or host, port)
         own_ip = cfg.get("advertise") or (host if host not in ("0.0.0.0", "::", "*") else None)
@@ -151,7 +162,8 @@ class LeaderLink:
         entry["rx"] = time.monotonic()
         self.registry.touch(peer_id, entry["ip"])
         if header["t"] == "hb":
-            self.send(peer_id, {"t": "hb", "rid": header["rid"], "gen": self.registry.generation})
+            self.send(peer_id, {"t": "hb", "rid": header["rid"], "gen": self.registry.generation,
+                                "hb": self.beat_s})
             return None
         if data is not None:
             data = data.buffer  # zero-copy memoryview of the output bytes
@@ -240,12 +252,28 @@ class LeaderLink:
         """Answer a hello on the connection it came from."""
         self._send_raw(identity, {"t": "welcome", "rid": rid, "status": status, "leader": self.id,
                                   "gen": self.registry.generation, "reason": reason,
-                                  "hb": self.heartbeat_s})
+                                  "hb": self.beat_s})
 
     # --- liveness ----------------------------------------------------------------------
+    def _retune(self, now):
+        """Follow the fleet's size with the announced interval (workers learn it from each reply)."""
+        beat_s = beat_interval_s(self.heartbeat_s, len(self.live), self.cfg.get("heartbeat_budget")
+                                 or config.DEFAULT_HEARTBEAT_BUDGET_PER_S)
+        if beat_s < self.beat_s:
+            # workers still beat at the old interval until their next reply tells them the new one
+            self.slow_s, self.slow_until = self.beat_s, now + 2 * self.beat_s
+        if beat_s != self.beat_s:
+            log.info("heartbeat interval %.1fs for %d peers", beat_s, len(self.live))
+        self.beat_s = beat_s
+
+    def silence_limit_s(self, now):
+        """How long a verified peer may stay silent before it is offline: 3 of its intervals."""
+        return 3 * max(self.beat_s, self.slow_s if now < self.slow_until else 0.0)
+
     def sweep(self, now):
         """Mark peers silent for 3 heartbeat intervals offline; returns their ids."""
-        limit = 3 * self.heartbeat_s
+        self._retune(now)
+        limit = self.silence_limit_s(now)
         gone = [p for p, e in self.live.items() if now - e["rx"] > limit]
         for peer_id in gone:
             del self.live[peer_id]

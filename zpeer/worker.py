@@ -49,8 +49,9 @@ class WorkerLink:
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, int(self.heartbeat_s * 1000))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.heartbeat_s * 3000))
+        # No ZMTP pings: our heartbeats already cross the link each interval, and tick() redials a
+        # link that stays silent (half-open: the leader's host vanished without a FIN). At 1,000
+        # peers the pings were half of the leader's idle CPU.
         sock.curve_serverkey = cfg["leader_key"].encode()
         sock.curve_publickey, sock.curve_secretkey = public, secret
         self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
@@ -61,6 +62,7 @@ class WorkerLink:
         self.sock, self.endpoint = sock, endpoint
         self.failures = 0  # connections in a row that died before a completed handshake
         self.reconnect_at = None  # set while the endpoint is down for our back-off
+        self.redial_at = 0.0  # a silent link is redialled at most once per silence limit
         self.status = "connecting"  # registered | pending | rejected | key_mismatch | removed
         self.reason = ""
         self.handshake_ok = False
@@ -184,6 +186,7 @@ class WorkerLink:
             self._welcome(header)
         elif mtype == "hb":
             self.gen = header.get("gen", self.gen)
+            self._adopt_interval(header)
         elif mtype == "rehello":
             self.hello()
         elif mtype == "bye":
@@ -207,8 +210,7 @@ class WorkerLink:
         status = header["status"]
         previous = self.status
         self.reason = str(header.get("reason", ""))
-        if isinstance(header.get("hb"), (int, float)) and header["hb"] > 0:
-            self.heartbeat_s = float(header["hb"])
+        self._adopt_interval(header)
         self.gen = header.get("gen")
         if status == "accepted":
             self.status = "registered"
@@ -220,11 +222,33 @@ class WorkerLink:
         if self.status != previous:
             log.info("leader %s: %s (%s)", header.get("leader"), self.status, self.reason)
 
+    def _adopt_interval(self, header):
+        """Beat as often as the leader asks (it stretches the interval for big fleets)."""
+        beat_s = header.get("hb")
+        if isinstance(beat_s, (int, float)) and 0.01 <= beat_s <= 3600 and beat_s != self.heartbeat_s:
+            self.next_beat += beat_s - self.heartbeat_s
+            self.heartbeat_s = float(beat_s)
+
+    def _redial_if_silent(self, now):
+        """A handshaken link silent for 3 intervals may be half-open: drop it and connect again."""
+        limit = 3 * self.heartbeat_s
+        if (self.handshake_ok and self.reconnect_at is None and self.last_rx is not None
+                and now - self.last_rx > limit and now >= self.redial_at):
+            log.warning("leader %s silent for %.1fs: reconnecting", self.leader_address, limit)
+            self.redial_at = now + limit
+            self.handshake_ok = False
+            try:
+                self.sock.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass
+            self.sock.connect(self.endpoint)
+
     def tick(self, now):
         """Heartbeats, re-hello while pending, expired RPCs; returns 'lost'/'up' transitions."""
         if self.reconnect_at is not None and now >= self.reconnect_at:
             self.reconnect_at = None
             self.sock.connect(self.endpoint)
+        self._redial_if_silent(now)
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_s
             if self.handshake_ok and self.status == "registered":

@@ -32,6 +32,8 @@ class _Pipe:
         self.client = (client_reader, client_writer)
         self.upstream = None
         self.tasks = []
+        self.flowing = asyncio.Event()  # this connection only (freeze_open)
+        self.flowing.set()
 
     async def run(self):
         """Connect upstream, then pump both ways until either side ends."""
@@ -65,6 +67,7 @@ class _Pipe:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 await self.proxy.flowing.wait()
+                await self.flowing.wait()
                 writer.write(data)
                 await writer.drain()
 
@@ -134,6 +137,11 @@ class ChaosProxy:
         """Stop forwarding both ways; connections stay open (a silent link: nothing arrives, nothing
         is refused; held bytes go out on resume, as TCP would retransmit them)."""
         self._call(lambda: self.flowing.clear())
+
+    def freeze_open(self):
+        """Black-hole the connections open now, forever; new ones flow (a half-open path: the
+        NAT or WireGuard endpoint changed under a live TCP connection)."""
+        self._call(lambda: [p.flowing.clear() for p in list(self.pipes)])
 
     def resume(self):
         """Forward again (held bytes go out first)."""

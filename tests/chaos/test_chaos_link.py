@@ -99,6 +99,24 @@ def test_paused_link_fails_in_time_and_heals_by_itself(cluster, chaos_proxy, tmp
 
 
 @pytest.mark.timeout(90)
+def test_half_open_link_is_redialled_by_the_worker(cluster, chaos_proxy):
+    """The open connection turns into a black hole while new ones work (NAT rebinding): the
+    worker notices the silence and dials again by itself; nothing waits for TCP to give up."""
+    proxy, roamer = _roamer(cluster, chaos_proxy)
+    dials = len(proxy.accepts)
+    frozen = time.monotonic()
+    proxy.freeze_open()
+    wait_for(lambda: len(proxy.accepts) > dials, timeout=DETECT_LIMIT_S + 2, what="the worker to redial")
+    redial = time.monotonic() - frozen
+    wait_for(lambda: roamer.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo over the new link").stdout
+             == b"over the new link\n", timeout=5, what="the new link to carry commands")
+    out = cluster.desktop.d("execOnPeer", "--peer", "roamer", "--shellCmd", "echo back", check=0)
+    assert out.stdout == b"back\n"
+    assert redial <= DETECT_LIMIT_S + 1, redial
+    report("half-open link (frozen connection, new ones pass)", redial=redial,
+           healed=time.monotonic() - frozen)
+
+
 def test_no_reconnect_storm_from_50_workers_while_leader_down(cluster, chaos_proxy):
     """50 real WorkerLinks (one process) behind the proxy; the leader dies: attempts/s stay low."""
     proxy = chaos_proxy(cluster.port)
