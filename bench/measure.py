@@ -72,12 +72,10 @@ def cli(node, args, tty, stdout=subprocess.DEVNULL):
 
 def api_exec(client, peer, cmd="true"):
     """One exec through a persistent IPC client, as zpeer.streaming.run_exec drives it; returns rc."""
-    opened = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None,
-                         batch=0, stdin=False, pid=os.getpid(), ouser="bench")
-    rc = None
+    reply = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None,
+                        batch=0, stdin=False, pid=os.getpid(), ouser="bench", wait_s=0.5, timeout_s=10.5)
+    sid, rc = reply["sid"], None
     while True:
-        reply = client.call("exec_poll", sid=opened["sid"], stdin=None, eof=False, wait_s=0.5,
-                            need_room=False, timeout_s=10.5)
         for event in reply["events"]:
             if event[1] == "x":
                 rc = event[2]
@@ -85,6 +83,8 @@ def api_exec(client, peer, cmd="true"):
                 raise RuntimeError(f"exec failed on {event[0]}: {event[3]}")
         if reply["done"]:
             return rc
+        reply = client.call("exec_poll", sid=sid, stdin=None, eof=False, wait_s=0.5,
+                            need_room=False, timeout_s=10.5)
 
 
 def timed_api_exec(client, peer):

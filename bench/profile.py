@@ -39,7 +39,7 @@ def show(title, path, top):
     """Print a profile's top functions by internal time."""
     print(f"\n===== {title} =====")
     stats = pstats.Stats(path)
-    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats(os.environ.get("SORT", "tottime")).print_stats(top)
 
 
 def main(argv=None):

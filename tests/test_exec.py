@@ -282,3 +282,29 @@ def test_daemon_stopped_mid_command_reports_interrupted(cluster):
     cluster.desktop.stop()  # SIGTERM on the origin, with a local CLI waiting
     assert local.wait(10) == 255
     assert local.stderr.read().startswith(b"Interrupted: the daemon on desktop stopped while the command ran\n")
+
+
+def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
+    """The CLI's one-round-trip exec: a short command's whole result comes with the open."""
+    from zpeer.ipc import Client
+
+    client = Client(shared_cluster.desktop.home)
+    try:
+        reply = client.call("exec_open", targets=["laptop"], cmd="exit 4", dir=None, user=None,
+                            timeout=None, batch=0, stdin=False, pid=os.getpid(), ouser="test",
+                            wait_s=5, timeout_s=10)
+        assert reply["targets"] == ["laptop"] and reply["done"] is True, reply
+        assert [e[1] for e in reply["events"]] == ["s", "x"] and reply["events"][1] == ["laptop", "x", 4, "exit"]
+        # without a wait, the open answers at once and the output comes by polling
+        reply = client.call("exec_open", targets=["laptop"], cmd="echo two", dir=None, user=None,
+                            timeout=None, batch=0, stdin=False, pid=os.getpid(), ouser="test")
+        assert set(reply) == {"sid", "targets", "room", "rid"}
+        events = []
+        while True:
+            polled = client.call("exec_poll", sid=reply["sid"], wait_s=1, timeout_s=10)
+            events += [e[1:] for e in polled["events"] if e[1] != "s"]
+            if polled["done"]:
+                break
+        assert events == [["o", b"two\n"], ["x", 0, "exit"]]
+    finally:
+        client.close()

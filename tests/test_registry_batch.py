@@ -29,3 +29,25 @@ def test_last_seen_batch_keeps_ip_when_none(tmp_path):
     assert (a.ip, b.ip) == ("127.0.0.9", "127.0.0.3")
     assert a.last_seen > 0 and b.last_seen > 0
     reg.close()
+
+
+
+def _rows(reg):
+    return reg.db.execute_sql("SELECT job, rc, outcome, command FROM exec_log ORDER BY job").fetchall()
+
+
+def test_exit_queued_with_its_exec_makes_one_row_and_history_flushes_first(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    reg.log_exec("j1", started_at=1.0, origin="vps", origin_user="root", target="w1", fanout=1,
+                 directory=None, command="true")
+    reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=0)
+    assert len(reg._audit) == 1  # the exit merged into the queued insert: one INSERT, no UPDATE
+    reg.flush_audit()
+    assert _rows(reg) == [("j1", 0, "exit", "true")]
+    # an exit whose exec was already written is an UPDATE of that row
+    reg.log_exec("j2", started_at=2.0, origin="vps", origin_user=None, target="w1", fanout=1,
+                 directory=None, command="sleep 1")
+    reg.flush_audit()
+    reg.log_exec("j2", rc=7, outcome="exit")
+    assert [r.rc for r in reg.history(peer="w1")] == [7, 0]  # history writes what waits first
+    reg.close()

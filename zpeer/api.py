@@ -282,6 +282,8 @@ class Api:
                 raise BadRequest(f"--{name} contains a NUL byte")
         batch = _arg(header, "batch", int, 0)
         pid = _arg(header, "pid", int, 0)
+        wait_s = _arg(header, "wait_s", (int, float))  # given: also the first poll (one round trip)
+        reply = (identity, header["rid"], wait_s)
         if self.d.id is None:
             raise NotConfigured("This node has no id yet")
         wants_all = any(p.strip() == "all" for item in requested for p in item.split(","))
@@ -291,18 +293,21 @@ class Api:
                     self.d.reply(identity, header["rid"], error.to_reply())
                     return
                 known = [r["id"] for r in result["peers"]]
-                self.d.reply(identity, header["rid"], self._open(spec, resolve_targets(requested, known),
-                                                                 batch, pid))
+                opened = self._open(spec, resolve_targets(requested, known), batch, pid, reply)
+                if opened is not None:
+                    self.d.reply(identity, header["rid"], opened)
             self.d.link.rpc("peers", {}, expand)
             return None
         if not wants_all:
             known = []  # named targets need no registry read (it was one SQLite query per exec)
         else:
             known = [r.id for r in self.d.registry.peers()] if self.d.role == "leader" else [self.d.id]
-        return self._open(spec, resolve_targets(requested, known), batch, pid)
+        return self._open(spec, resolve_targets(requested, known), batch, pid, reply)
 
-    def _open(self, spec, targets, batch, pid):
-        """Open the session; on the leader, refuse unknown/offline targets at once."""
+    def _open(self, spec, targets, batch, pid, reply):
+        """Open the session; on the leader, refuse unknown/offline targets at once. With a
+        wait (reply = (identity, rid, wait_s)), the request is held as the session's first poll
+        and answered with its first events (None returned); else answered now."""
         failures = []
         if self.d.role == "leader":
             for target in targets:
@@ -313,7 +318,13 @@ class Api:
         spec["fanout"] = len(targets)
         sid, actions = self.d.sessions.open(spec, targets, batch, pid, failures)
         self.d.dispatch(actions)
-        return {"sid": sid, "targets": targets, "room": STDIN_WINDOW_BYTES}
+        opened = {"sid": sid, "targets": targets, "room": STDIN_WINDOW_BYTES}
+        identity, rid, wait_s = reply
+        if wait_s is None:
+            return opened
+        self.d.sessions.sessions[sid].opened = opened
+        self.d.dispatch(self.d.sessions.poll(sid, identity, rid, wait_s=float(wait_s)))
+        return None
 
     def op_exec_poll(self, identity, header):
         """Long poll for a session's next output (and carry stdin)."""

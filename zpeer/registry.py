@@ -120,6 +120,7 @@ class Registry:
         self.Meta, self.Peer, self.JoinToken, self.ExecLog = _make_models(self.db)
         self._seen = {}  # peer id -> (last_seen, ip): pending batched writes
         self._audit = []  # (job, fields): pending audit writes
+        self._audit_inserts = {}  # job -> fields of its queued insert (later updates merge into it)
         self._audit_retry_at = 0.0
         self.last_error = None
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
@@ -135,7 +136,7 @@ class Registry:
     def close(self):
         """Flush pending writes and close the file."""
         self.flush()
-        self.flush_audit()
+        self.flush_audit(force=True)
         self.db.close()
 
     # --- peers -------------------------------------------------------------------------
@@ -238,13 +239,24 @@ class Registry:
     # --- audit --------------------------------------------------------------------------
     def log_exec(self, job, **fields):
         """Queue an audit insert (with "command") or update; written by flush_audit()."""
+        queued = self._audit_inserts.get(job)
+        if queued is not None and "command" not in fields:
+            queued.update(fields)  # the exit of an exec not written yet: one row, one INSERT
+            return
+        if "command" in fields:
+            self._audit_inserts[job] = fields
         self._audit.append((job, fields))
 
-    def flush_audit(self):
-        """Write queued audit rows in one transaction; database trouble is logged, never fatal."""
-        if not self._audit or time.monotonic() < self._audit_retry_at:
+    def flush_audit(self, force=False):
+        """Write queued audit rows in one transaction; database trouble is logged, never fatal.
+
+        The daemon calls this every loop turn: an audit row is on disk before the turn that
+        routed its exec ends, so even a SIGKILLed leader loses none (rows are not held longer
+        to batch them). `force` ignores the back-off after a failure."""
+        if not self._audit or (not force and time.monotonic() < self._audit_retry_at):
             return
         batch, self._audit = self._audit, []
+        self._audit_inserts = {}
         try:
             with self.db.atomic():  # prepared statements: a peewee query per row cost ~1 ms per exec
                 connection = self.db.connection()
@@ -260,6 +272,7 @@ class Registry:
 
     def history(self, peer=None, limit=20):
         """Newest audit rows first, optionally for one target."""
+        self.flush_audit(force=True)
         query = self.ExecLog.select().order_by(self.ExecLog.started_at.desc()).limit(limit)
         if peer:
             query = query.where((self.ExecLog.target == peer) | (self.ExecLog.origin == peer))

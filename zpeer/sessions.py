@@ -71,6 +71,7 @@ class Session:
         self.last_poll = time.monotonic()
         self.cancelled = False
         self.wants_room = False
+        self.opened = None  # what exec_open answers (sid, targets), sent with the first reply
 
     def stdin_room(self):
         """How many stdin bytes the CLI may send now (the slowest running command decides)."""
@@ -235,8 +236,11 @@ class OriginSessions:
         if done:
             self._drop(session)
         session.wants_room = False
-        actions.append(("reply", identity, rid, {"events": events, "done": done,
-                                                 "room": max(0, session.stdin_room())}))
+        reply = {"events": events, "done": done, "room": max(0, session.stdin_room())}
+        if session.opened is not None:  # exec_open held as the first poll: it says what opened
+            reply.update(session.opened)
+            session.opened = None
+        actions.append(("reply", identity, rid, reply))
         return actions
 
     def cancel(self, sid):
@@ -294,8 +298,10 @@ class OriginSessions:
                                f"Peer {job.target} {what} (no word for {self.silence_limit_s:.1f}s)",
                                "check it with `d listPeers`; the command may or may not have run")
                     actions.extend(self._launch(session))
-            if session.waiter and (session.events or now >= session.waiter[2] or session.finished()):
+            if session.waiter and now >= session.waiter[2]:
                 actions.extend(self._wake(session, force=True))
+            elif session.waiter:
+                actions.extend(self._wake(session))  # only if something worth a reply waits
             silent = now - session.last_poll
             if session.waiter is None and silent > CLI_SILENCE_S and (
                     not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S):

@@ -130,24 +130,29 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
     """Run a command on peers through the local daemon; returns the exit status."""
     stdin_fd = sys.stdin.fileno() if sys.stdin is not None else None
     forward_stdin = stdin_fd is not None and not os.isatty(stdin_fd)
-    try:
-        opened = client.call("exec_open", targets=peers, cmd=cmd, dir=directory, user=user, timeout=timeout,
-                             batch=batch or 0, stdin=forward_stdin, pid=os.getpid(), ouser=_local_user())
-    except ZpeerError as err:
-        return _report(err)
-    sid, targets = opened["sid"], opened["targets"]
-    render = Renderer(len(targets) > 1 or any("," in p or p == "all" for p in peers), as_json)
     interrupted = []
 
     def on_signal(signum, _frame):
         interrupted.append(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # the open is also the first poll (`true` costs one round trip), unless stdin must go first
+    wait = 0 if forward_stdin else POLL_WAIT_S
+    try:
+        reply = client.call("exec_open", targets=peers, cmd=cmd, dir=directory, user=user, timeout=timeout,
+                            batch=batch or 0, stdin=forward_stdin, pid=os.getpid(), ouser=_local_user(),
+                            wait_s=wait, timeout_s=wait + POLL_GRACE_S)
+    except ZpeerError as err:
+        _restore(old)
+        return _report(err)
+    sid, targets = reply["sid"], reply["targets"]
+    render = Renderer(len(targets) > 1 or any("," in p or p == "all" for p in peers), as_json)
     stdin_eof = not forward_stdin
-    room = opened.get("room", STDIN_CHUNK_BYTES)
+    room = reply.get("room", STDIN_CHUNK_BYTES)
     cancel_polls = 0
     try:
-        while True:
+        deliver(render, reply["events"])
+        while not reply["done"]:
             chunk, eof = None, False
             if interrupted and cancel_polls == 0:
                 client.call("exec_cancel", sid=sid, timeout_s=POLL_GRACE_S)
@@ -165,8 +170,6 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
                                 need_room=not stdin_eof and room <= 0, timeout_s=wait + POLL_GRACE_S)
             room = reply.get("room", 0)
             deliver(render, reply["events"])
-            if reply["done"]:
-                break
     except BrokenPipeError:
         _cancel_quietly(client, sid)
         os._exit(141)  # like a process killed by SIGPIPE
@@ -175,12 +178,17 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
     except ZpeerError as err:
         return _report(err)
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        _restore(old)
     if interrupted:
         return 130
     render.summary(targets)
     return render.status(targets)
+
+
+def _restore(handlers):
+    """Put back the signal handlers run_exec replaced."""
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def _cancel_quietly(client, sid):
