@@ -308,3 +308,32 @@ def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
         assert events == [["o", b"two\n"], ["x", 0, "exit"]]
     finally:
         client.close()
+
+
+def test_raw_polls_carry_output_as_frames_after_the_map(shared_cluster):
+    """With raw=True the output bytes travel as frames after the reply map (no copies into
+    msgpack); without it they are inline. Both give the exact bytes."""
+    from zpeer.ipc import Client
+
+    cmd = "head -c 300000 /dev/zero | tr '\\0' '\\377'; printf 'tail\\n' >&2"
+    expected = {"o": b"\xff" * 300000, "e": b"tail\n"}
+    client = Client(shared_cluster.vps.home)
+    try:
+        for raw in (True, False):
+            reply = client.call("exec_open", targets=["desktop"], cmd=cmd, dir=None, user=None, timeout=None,
+                                batch=0, stdin=False, pid=os.getpid(), ouser="test", wait_s=5, raw=raw,
+                                timeout_s=10)
+            got, kinds = {"o": b"", "e": b""}, set()
+            while True:
+                frames = reply.get("frames", [])
+                for event in reply["events"]:
+                    if event[1] in ("o", "e"):
+                        kinds.add(type(event[2]))
+                        got[event[1]] += bytes(frames[event[2]]) if raw else event[2]
+                if reply["done"]:
+                    break
+                reply = client.call("exec_poll", sid=reply["sid"], wait_s=1, raw=raw, timeout_s=10)
+            assert got == expected
+            assert kinds == ({int} if raw else {bytes})
+    finally:
+        client.close()

@@ -283,7 +283,7 @@ class Api:
         batch = _arg(header, "batch", int, 0)
         pid = _arg(header, "pid", int, 0)
         wait_s = _arg(header, "wait_s", (int, float))  # given: also the first poll (one round trip)
-        reply = (identity, header["rid"], wait_s)
+        reply = (identity, header["rid"], wait_s, bool(header.get("raw")))
         if self.d.id is None:
             raise NotConfigured("This node has no id yet")
         wants_all = any(p.strip() == "all" for item in requested for p in item.split(","))
@@ -319,11 +319,11 @@ class Api:
         sid, actions = self.d.sessions.open(spec, targets, batch, pid, failures)
         self.d.dispatch(actions)
         opened = {"sid": sid, "targets": targets, "room": STDIN_WINDOW_BYTES}
-        identity, rid, wait_s = reply
+        identity, rid, wait_s, raw = reply
         if wait_s is None:
             return opened
         self.d.sessions.sessions[sid].opened = opened
-        self.d.dispatch(self.d.sessions.poll(sid, identity, rid, wait_s=float(wait_s)))
+        self.d.dispatch(self.d.sessions.poll(sid, identity, rid, wait_s=float(wait_s), raw=raw))
         return None
 
     def op_exec_poll(self, identity, header):
@@ -334,7 +334,7 @@ class Api:
         self.d.dispatch(self.d.sessions.poll(_arg(header, "sid", str, required=True), identity,
                                              header["rid"], stdin, bool(header.get("eof")),
                                              float(_arg(header, "wait_s", (int, float), 0.5)),
-                                             bool(header.get("need_room"))))
+                                             bool(header.get("need_room")), bool(header.get("raw"))))
         return None
 
     def op_exec_cancel(self, identity, header):

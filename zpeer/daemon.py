@@ -240,7 +240,7 @@ class Daemon:
                 if not self.route(header, action[2]) and header["t"] == "exec":
                     self._undeliverable(header)
             else:
-                self.reply(action[1], action[2], action[3])
+                self.reply(*action[1:])
 
     def _undeliverable(self, header):
         """An exec that cannot leave this node: fail it at once (never run it late)."""
@@ -248,10 +248,11 @@ class Daemon:
                                           "rid": header["rid"], "err": self.refusal(header["to"]).to_reply()},
                            None))
 
-    def reply(self, identity, rid, payload):
-        """Answer a CLI request."""
+    def reply(self, identity, rid, payload, data_frames=()):
+        """Answer a CLI request (output bytes, if any, as raw frames after the map)."""
         try:
-            self.ipc.send_multipart(reply_frames(identity, rid, payload), flags=zmq.NOBLOCK)
+            self.ipc.send_multipart(reply_frames(identity, rid, payload, data_frames), flags=zmq.NOBLOCK,
+                                    copy=False)
         except zmq.ZMQError:
             pass  # the CLI went away
 

@@ -51,13 +51,15 @@ class Client:
             raise FailedToConnect("Failed to connect",
                                   hint="the local daemon did not answer in time: is it stuck? "
                                        "see its log, `systemctl status zpeer`")
-        frames = self.sock.recv_multipart()
+        frames = self.sock.recv_multipart(copy=False)
         try:
-            reply = protocol.unpack_header(frames[1], protocol.MAX_IPC_BYTES)
+            reply = protocol.unpack_header(frames[1].bytes, protocol.MAX_IPC_BYTES)
         except (protocol.ProtocolError, IndexError):
             raise ZpeerError("Bad reply from the local daemon (is it another zpeer version?)") from None
         if reply.get("err"):
             raise from_reply(reply)
+        if len(frames) > 2:  # raw output (exec polls with raw=True): buffers, not copies
+            reply["frames"] = [frame.buffer for frame in frames[2:]]
         return reply
 
     def close(self):
@@ -67,10 +69,11 @@ class Client:
             self.sock = None
 
 
-def reply_frames(identity, rid, payload):
-    """Frames of a daemon's reply to a CLI request (ROUTER envelope + empty REQ delimiter)."""
+def reply_frames(identity, rid, payload, data_frames=()):
+    """Frames of a daemon's reply to a CLI request (ROUTER envelope + empty REQ delimiter), then
+    any raw data frames the map's events point to by index."""
     body = dict(payload)
     body["rid"] = rid
     return protocol.envelope(identity, [b"", protocol.SIGNATURE,
-                                        msgpack.packb(body, use_bin_type=True)])
+                                        msgpack.packb(body, use_bin_type=True), *data_frames])
 

@@ -72,6 +72,7 @@ class Session:
         self.cancelled = False
         self.wants_room = False
         self.opened = None  # what exec_open answers (sid, targets), sent with the first reply
+        self.raw = False  # the CLI takes output as raw frames after the reply map (no copies)
 
     def stdin_room(self):
         """How many stdin bytes the CLI may send now (the slowest running command decides)."""
@@ -187,11 +188,13 @@ class OriginSessions:
         actions.extend(self._wake(session))
         return actions
 
-    def poll(self, sid, identity, rid, stdin=None, eof=False, wait_s=POLL_WAIT_MAX_S, need_room=False):
+    def poll(self, sid, identity, rid, stdin=None, eof=False, wait_s=POLL_WAIT_MAX_S, need_room=False,
+             raw=False):
         """A CLI asks for the next events (and may bring stdin bytes); returns actions."""
         session = self.sessions.get(sid)
         if session is None:
             return [("reply", identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
+        session.raw = raw
         actions = []
         if stdin or eof:
             for job in session.active():
@@ -215,7 +218,7 @@ class OriginSessions:
             return []
         identity, rid, _ = session.waiter
         session.waiter = None
-        events, size, actions = [], 0, []
+        events, size, actions, frames = [], 0, [], []
         while session.events and size < POLL_REPLY_MAX_BYTES:
             event = session.events.popleft()
             if event[1] in ("o", "e"):
@@ -230,7 +233,11 @@ class OriginSessions:
                                                  "n": found.owed}, None))
                         found.credited += found.owed
                         found.owed = 0
-                event = [event[0], event[1], bytes(event[2])]
+                if session.raw:  # the received frame's buffer goes out as it is: zero-copy
+                    frames.append(event[2])
+                    event = [event[0], event[1], len(frames) - 1]
+                else:
+                    event = [event[0], event[1], bytes(event[2])]
             events.append(event)
         done = session.finished()
         if done:
@@ -240,7 +247,7 @@ class OriginSessions:
         if session.opened is not None:  # exec_open held as the first poll: it says what opened
             reply.update(session.opened)
             session.opened = None
-        actions.append(("reply", identity, rid, reply))
+        actions.append(("reply", identity, rid, reply, frames))
         return actions
 
     def cancel(self, sid):

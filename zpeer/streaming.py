@@ -35,6 +35,7 @@ class Renderer:
     def data(self, peer, stream, data):
         """Output bytes from a peer."""
         if self.as_json:
+            data = bytes(data)  # a frame's memoryview has no decode()
             try:
                 record = {"event": "stdout" if stream == "o" else "stderr", "peer": peer,
                           "data": data.decode("utf-8")}
@@ -104,12 +105,14 @@ class Renderer:
         return max((self.results.get(p, (EXIT_ZPEER_FAILURE, ""))[0] for p in targets), default=0)
 
 
-def deliver(sink, events):
-    """Hand a poll reply's events to a Renderer-like sink."""
+def deliver(sink, events, frames=()):
+    """Hand a poll reply's events to a Renderer-like sink (output: bytes, or the index of a raw
+    frame of the reply when polled with raw=True)."""
     for event in events:
         kind = event[1]
         if kind in ("o", "e"):
-            sink.data(event[0], kind, event[2])
+            data = event[2]
+            sink.data(event[0], kind, frames[data] if isinstance(data, int) else data)
         elif kind == "s":
             sink.started(event[0], event[2])
         elif kind == "x":
@@ -141,7 +144,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
     try:
         reply = client.call("exec_open", targets=peers, cmd=cmd, dir=directory, user=user, timeout=timeout,
                             batch=batch or 0, stdin=forward_stdin, pid=os.getpid(), ouser=_local_user(),
-                            wait_s=wait, timeout_s=wait + POLL_GRACE_S)
+                            wait_s=wait, raw=True, timeout_s=wait + POLL_GRACE_S)
     except ZpeerError as err:
         _restore(old)
         return _report(err)
@@ -151,7 +154,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
     room = reply.get("room", STDIN_CHUNK_BYTES)
     cancel_polls = 0
     try:
-        deliver(render, reply["events"])
+        deliver(render, reply["events"], reply.get("frames", ()))
         while not reply["done"]:
             chunk, eof = None, False
             if interrupted and cancel_polls == 0:
@@ -167,9 +170,9 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
             # more stdin to send: do not wait for output; otherwise wait for output or room
             wait = 0 if (chunk and not stdin_eof) else POLL_WAIT_S
             reply = client.call("exec_poll", sid=sid, stdin=chunk or None, eof=eof, wait_s=wait,
-                                need_room=not stdin_eof and room <= 0, timeout_s=wait + POLL_GRACE_S)
+                                need_room=not stdin_eof and room <= 0, raw=True, timeout_s=wait + POLL_GRACE_S)
             room = reply.get("room", 0)
-            deliver(render, reply["events"])
+            deliver(render, reply["events"], reply.get("frames", ()))
     except BrokenPipeError:
         _cancel_quietly(client, sid)
         os._exit(141)  # like a process killed by SIGPIPE
