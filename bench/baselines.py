@@ -18,10 +18,12 @@ SSHD = "/usr/sbin/sshd"
 
 
 def spawn_rows(runs):
-    """(name, seconds list) for `sh -c true`, `python -c pass` and the import floor."""
+    """(name, seconds list) for `sh -c true`, `bash -c true` (what a peer runs), `python -c pass`
+    and the import floor."""
     py = sys.executable
     return [
         ("sh_c_true", repeat(lambda: run_timed(["sh", "-c", "true"])[0], runs * 3, warmup=3)),
+        ("bash_c_true", repeat(lambda: run_timed(["/bin/bash", "-c", "true"])[0], runs * 3, warmup=3)),
         ("python_c_pass", repeat(lambda: run_timed([py, "-c", "pass"])[0], runs, warmup=2)),
         ("import_floor", repeat(lambda: run_timed([py, "-c", "import zmq, msgpack, click"])[0], runs, warmup=2)),
     ]

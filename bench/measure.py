@@ -71,9 +71,10 @@ def cli(node, args, tty, stdout=subprocess.DEVNULL):
 
 
 def api_exec(client, peer, cmd="true"):
-    """One exec through a persistent IPC client, as zpeer.streaming.run_exec drives it; returns rc."""
-    reply = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None,
-                        batch=0, stdin=False, pid=os.getpid(), ouser="bench", wait_s=0.5, timeout_s=10.5)
+    """One exec through a persistent IPC client, as zpeer.streaming.run_exec drives it (output as
+    raw frames, dropped); returns rc."""
+    reply = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None, batch=0,
+                        stdin=False, pid=os.getpid(), ouser="bench", wait_s=0.5, raw=True, timeout_s=10.5)
     sid, rc = reply["sid"], None
     while True:
         for event in reply["events"]:
@@ -84,17 +85,26 @@ def api_exec(client, peer, cmd="true"):
         if reply["done"]:
             return rc
         reply = client.call("exec_poll", sid=sid, stdin=None, eof=False, wait_s=0.5,
-                            need_room=False, timeout_s=10.5)
+                            need_room=False, raw=True, timeout_s=10.5)
 
 
-def timed_api_exec(client, peer):
+def timed_api_exec(client, peer, cmd="true"):
     """Seconds of one api_exec."""
     start = time.perf_counter()
-    rc = api_exec(client, peer)
+    rc = api_exec(client, peer, cmd)
     elapsed = time.perf_counter() - start
     if rc != 0:
         raise RuntimeError(f"api exec on {peer} -> rc {rc}")
     return elapsed
+
+
+def cpu_ms_per_call(fn, calls, pids):
+    """CPU milliseconds per fn() call, of each process in pids and of this one (the client)."""
+    before = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
+    for _ in range(calls):
+        fn()
+    after = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
+    return [round((b - a) * 1000 / calls, 3) for a, b in zip(before, after)]
 
 
 def idle_cpu_percent(pid, seconds):

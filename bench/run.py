@@ -18,8 +18,8 @@ if ROOT not in sys.path:
 
 from bench import baselines  # noqa: E402
 from bench.cluster import Cluster, rss_kb  # noqa: E402
-from bench.measure import (MB, Row, Terminal, cli, idle_cpu_percent, median, repeat,  # noqa: E402
-                           run_timed, timed_api_exec)
+from bench.measure import (MB, Row, Terminal, cli, cpu_ms_per_call, idle_cpu_percent, median,  # noqa: E402
+                           repeat, run_timed, timed_api_exec)
 
 PROFILES = {  # runs of the quick rows, stream size, idle window, swarm sizes
     "full": {"runs": 10, "api_runs": 200, "fan_runs": 5, "big_runs": 3, "stream_mb": 1024,
@@ -100,10 +100,16 @@ class Bench:
         client = lead.client()
         try:
             t = repeat(lambda: timed_api_exec(client, "w1"), c["api_runs"], warmup=10)
+            rtt = median(repeat(lambda: _timed(lambda: client.call("ping")), c["api_runs"], warmup=10))
+            cpu = cpu_ms_per_call(lambda: timed_api_exec(client, "w1"), c["api_runs"], [lead.pid, w1.pid])
         finally:
             client.close()
+        self.add(Row("ipc_rtt", rtt * 1000, "ms", c["api_runs"], note="baseline: one request to the local daemon and its reply"))
+        floor = self.base["bash_c_true"] + rtt
         self.add(Row("api_exec_true", median(t) * 1000, "ms", len(t), "<= 2 ms", check(median(t), 0.002),
-                     f"{median(t) / self.base['sh_c_true']:.1f}x a `sh -c true` spawn"))
+                     f"floor `bash -c true` + ipc_rtt = {floor * 1000:.2f} ms; CPU ms per exec: leader "
+                     f"{cpu[0]}, worker {cpu[1]}, client {cpu[2]} (+ bash) on {os.cpu_count()} cores",
+                     {"cpu_ms": {"leader": cpu[0], "worker": cpu[1], "client": cpu[2]}}))
         t = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "all", "--shellCmd", "true"], self.tty)[0],
                    runs, warmup=1)
         self.add(Row("fanout_3", median(t), "s", runs, note="leader + 2 worker daemons"))
@@ -143,10 +149,17 @@ class Bench:
         remote = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", f"base64 {path}"],
                                     self.tty)[0], runs, warmup=1)
         ratio = median(remote) / median(local)
-        floor_ratio = (median(remote) - self.base["import_floor"]) / median(local)
+        floor = self.base["import_floor"] / median(local)
         self.add(Row("stream_13mb", median(remote), "s", runs, "<= 2x local pipe", check(ratio, 2.0),
-                     f"{ratio:.2f}x local pipe ({floor_ratio:.2f}x without the CLI's import floor)",
-                     {"ratio": round(ratio, 3)}))
+                     f"{ratio:.2f}x local pipe; the import floor alone is {floor:.2f}x", {"ratio": round(ratio, 3)}))
+        client = lead.client()
+        try:
+            api = repeat(lambda: timed_api_exec(client, "w1", f"base64 {path}"), runs, warmup=1)
+        finally:
+            client.close()
+        self.add(Row("api_stream_13mb", median(api), "s", runs, "<= 2x local pipe", check(median(api) / median(local), 2.0),
+                     f"{median(api) / median(local):.2f}x local pipe: the same transfer through a "
+                     "persistent client (no CLI start)"))
 
     # --- swarms ------------------------------------------------------------------------------
     def swarms(self):
@@ -191,6 +204,13 @@ class Bench:
         """Stop everything this run started."""
         self.cluster.stop()
         self.tty.close()
+
+
+def _timed(fn):
+    """Seconds of one fn() call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def fmt(value):

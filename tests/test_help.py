@@ -7,9 +7,9 @@ import click
 import pytest
 
 from conftest import d_command
-from zpeer.cli import cli
+from zpeer.cli import all_commands, cli
 
-COMMANDS = [name for name, cmd in cli.commands.items() if not cmd.hidden]
+COMMANDS = [name for name, cmd in all_commands().items() if not cmd.hidden]
 
 
 def help_text(*args):
@@ -28,7 +28,7 @@ def examples(text):
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_command_help(name):
-    cmd = cli.commands[name]
+    cmd = all_commands()[name]
     text = help_text(name)
     assert text.startswith(f"Usage: d {name} ")
 
@@ -66,6 +66,6 @@ def test_listing_shows_each_summary():
     """`d --help` lists each command with the start of its one-line summary."""
     rows = dict(re.findall(r"^  (\S+)\s{2,}(.+)$", help_text().split("\nCommands:\n", 1)[1], re.M))
     for name in COMMANDS:
-        summary = cli.commands[name].help.strip().split("\n")[0]
+        summary = all_commands()[name].help.strip().split("\n")[0]
         shown = rows[name][:-3] if rows[name].endswith("...") else rows[name]
         assert shown and summary.startswith(shown), (name, rows[name])

@@ -31,9 +31,9 @@ def blocks():
 
 def cli_commands():
     """Names of the visible `d` subcommands."""
-    from zpeer.cli import cli
+    from zpeer.cli import all_commands
 
-    return {name for name, cmd in cli.commands.items() if not cmd.hidden}
+    return {name for name, cmd in all_commands().items() if not cmd.hidden}
 
 
 def make_srv(base):

@@ -2,6 +2,7 @@
 
 Imports stay lean (no peewee, no daemon code) because `d` starts once per command.
 """
+import importlib
 import json
 import os
 import sys
@@ -46,11 +47,35 @@ def call(op, **args):
         c.close()
 
 
+# Commands in modules of their own, imported only when used: `d execOnPeer` loads none of them.
+LAZY_COMMANDS = {
+    "completion": "zpeer.completion:completion",
+    "install-completion": "zpeer.completion:install_completion",
+    "remotePull": "zpeer.deploy:remote_pull",
+    "remoteBd": "zpeer.deploy:remote_bd",
+    "remoteDeployDaemon": "zpeer.deploy:remote_deploy_daemon",
+    "restartDaemon": "zpeer.deploy:restart_daemon",
+    "deployStep": "zpeer.deploy:deploy_step",
+}
+
+
 class Group(click.Group):
-    """Keeps commands in the order they are declared in --help."""
+    """Keeps commands in the order they are declared in --help; loads LAZY_COMMANDS on use."""
 
     def list_commands(self, ctx):
-        return list(self.commands)
+        return list(self.commands) + [name for name in LAZY_COMMANDS if name not in self.commands]
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return self.commands.get(name)
+
+
+def all_commands():
+    """{name: command} of every subcommand, lazy ones loaded (for help and the meta-tests)."""
+    ctx = click.Context(cli, info_name="d")
+    return {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -417,17 +442,3 @@ def main():
     except KeyboardInterrupt:
         sys.exit(130)
 
-
-def _register_optional():
-    """Commands living in their own modules (completion, deploy)."""
-    from zpeer.completion import completion, install_completion
-
-    cli.add_command(completion)
-    cli.add_command(install_completion)
-    from zpeer.deploy import COMMANDS as deploy_commands
-
-    for command in deploy_commands:
-        cli.add_command(command)
-
-
-_register_optional()

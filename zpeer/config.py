@@ -6,7 +6,6 @@ daemon is told to reload it over the IPC socket. This module imports nothing hea
 """
 import json
 import os
-import socket
 
 DEFAULT_PORT = 3520
 DEFAULT_BIND = f"0.0.0.0:{DEFAULT_PORT}"
@@ -146,6 +145,8 @@ def tcp_endpoint(host, port):
 
 def default_peer_id():
     """The hostname's first label: the default peer id."""
+    import socket  # here, not at the top: the CLI imports this module on every command
+
     return socket.gethostname().split(".")[0] or "peer"
 
 

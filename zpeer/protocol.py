@@ -21,8 +21,6 @@ CLI link (CLI REQ <-> daemon ROUTER on d.sock) uses the same frames 0..1 with "o
 
 Every header carries "rid", a request id (str, <= 64 chars); replies echo it.
 """
-import secrets
-
 import msgpack
 
 PROTOCOL_VERSION = 1
@@ -130,6 +128,8 @@ def check_signature(frame):
 
 def route_identity(peer_id):
     """A new routing identity for a DEALER of peer_id: `ID/SECRET` (bytes)."""
+    import secrets  # only daemons build routes; the CLI imports this module and never needs it
+
     return f"{peer_id}/{secrets.token_hex(ROUTE_SECRET_HEX // 2)}".encode()
 
 
