@@ -65,3 +65,19 @@ def test_setting_a_budget_on_a_worker_keeps_its_link(cluster):
 def test_budget_out_of_range_is_a_usage_error(cluster):
     out = cluster.vps.d("setPeerConfig", "--heartbeat-budget", "0", check=2)
     assert b"Invalid value for '--heartbeat-budget'" in out.stderr
+
+
+def test_a_killed_worker_is_offline_at_once_not_after_the_silence_limit(cluster):
+    """The leader sees the connection close (FIN from the dead process's kernel): with a 2 s
+    interval (silence limit 6 s) the peer is still listed offline, and refused, within 1.5 s."""
+    cluster.vps.d("setPeerConfig", "--heartbeat-budget", "1", check=0)  # 2 workers: every 2 s
+    wait_for(lambda: _interval(cluster.laptop) == 2.0, what="laptop to beat every 2 s")
+    killed = time.monotonic()
+    cluster.laptop.kill()
+    wait_for(lambda: not cluster.online("laptop"), timeout=1.5, what="laptop listed offline")
+    out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=255)
+    assert out.stderr.startswith(b"Peer offline: laptop (last seen ")
+    assert time.monotonic() - killed < 6.0
+    cluster.laptop.start()
+    wait_for(lambda: cluster.online("laptop"), what="laptop back after its restart")
+    assert cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo back", check=0).stdout == b"back\n"

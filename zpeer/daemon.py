@@ -200,7 +200,7 @@ class Daemon:
                      "rid": header["rid"], "err": self.refusal(to).to_reply()}
             self.api.observe(to, reply)
             self.link.send(from_peer, reply)
-        elif header["t"] == "alive" and header.get("side") == "origin" and not self.link.online(to):
+        elif header["t"] == "alive" and header.get("side") == "origin" and not self.link.may_return(to):
             # the origin still waits on jobs of a peer we saw go offline: tell it now, rather than
             # let it wait out its own silence limit (an origin on a worker sees no sweep)
             for job in header["jobs"][:1000]:
@@ -307,7 +307,7 @@ class Daemon:
         if self.ipc in ready:
             self._drain(self.ipc, self.api.on_frames)
         if link is not None and link is self.link:
-            if self.role == "worker" and link.monitor in ready:
+            if link.monitor in ready:
                 link.on_monitor()
             if link.sock in ready:
                 self._drain(link.sock, self._on_link_message)
@@ -332,8 +332,7 @@ class Daemon:
             poller.register(self.wake_r, zmq.POLLIN)
         if link is not None:
             poller.register(link.sock, zmq.POLLIN)
-            if self.role == "worker":
-                poller.register(link.monitor, zmq.POLLIN)
+            poller.register(link.monitor, zmq.POLLIN)
         for fd, want_write in items:
             poller.register(fd, zmq.POLLOUT if want_write else zmq.POLLIN)
         self._poller, self._poller_key = poller, key

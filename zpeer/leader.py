@@ -15,6 +15,7 @@ import time
 import peewee
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, keys, protocol
 from zpeer.errors import BadRequest, NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
@@ -86,7 +87,10 @@ class LeaderLink:
         sock.curve_publickey, sock.curve_secretkey = public, secret
         _bind(sock, cfg["bind"])
         self.sock = sock
-        self.live = {}  # peer id -> {"key", "ip", "rx", "route"} for verified, online peers
+        # a closed connection is seen at once (FIN/RST: a killed daemon, a stopped host's kernel)
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.fds = {}  # socket fd -> (peer id, route) of the connection a verified hello came over
+        self.live = {}  # peer id -> {"key", "ip", "rx", "route", "fd", "gone"} for verified peers
         self.rekey = {}  # peer id -> {"key", "ip", "since"}: a known id asking to bind a new key
         self.limiter = RateLimited()
         self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
@@ -110,6 +114,8 @@ class LeaderLink:
 
     def close(self, linger_ms=0):
         """Close the socket (the daemon owns the authenticator, which outlives a re-bind)."""
+        self.sock.disable_monitor()
+        self.monitor.close(0)
         self.sock.close(linger_ms)
 
     # --- sending -----------------------------------------------------------------------
@@ -150,8 +156,9 @@ class LeaderLink:
             return None
         if header["t"] == "hello":
             ip = frames[1].get("Peer-Address")  # only a hello can come over a new connection
+            fd = frames[1].get(zmq.SRCFD)
             try:
-                self._hello(identity, peer_id, key, ip, header)
+                self._hello(identity, peer_id, key, ip, header, fd)
             except DB_ERRORS as exc:  # no welcome: the worker says hello again next heartbeat
                 self._db_trouble(exc)
             return None
@@ -178,7 +185,7 @@ class LeaderLink:
         if self.limiter.allow(("unverified", peer_id)):
             log.warning("ignored %s from unenrolled connection %r (key %s)", header["t"], peer_id, key)
 
-    def _hello(self, identity, peer_id, key, ip, header):
+    def _hello(self, identity, peer_id, key, ip, header, fd=None):
         """Enrolment and (re)registration: bind id <-> key, answer with welcome."""
         rid = header["rid"]
         if not config.valid_peer_id(peer_id) or header["id"] != peer_id or peer_id == self.id:
@@ -224,7 +231,13 @@ class LeaderLink:
                 if reason != "known key":
                     raise  # a new binding that is not stored is not granted
                 self._db_trouble(exc)  # its row already says accepted; the ip is flushed later
-            self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic(), "route": identity}
+            # the disconnects queued so far belong to older connections (an fd is closed after its
+            # event is queued, so it cannot be reused before): read them before fd names this one
+            self.on_monitor()
+            self.live[peer_id] = {"key": key, "ip": ip, "rx": time.monotonic(), "route": identity, "fd": fd,
+                                  "gone": False}
+            if fd is not None:
+                self.fds[fd] = (peer_id, identity)
             log.info("peer %s online from %s (%s)", peer_id, ip, reason)
             return self._welcome(identity, rid, status, reason)
         if self.live.get(peer_id, {}).get("route") == identity:
@@ -255,6 +268,21 @@ class LeaderLink:
                                   "hb": self.beat_s})
 
     # --- liveness ----------------------------------------------------------------------
+    def on_monitor(self):
+        """A verified peer's connection closed: offline for new work at once. Its running jobs
+        keep the silence limit of the sweep, so a link that comes back in time loses nothing."""
+        while self.monitor.poll(0):
+            try:
+                fd = int(recv_monitor_message(self.monitor)["value"])
+            except (zmq.ZMQError, ValueError, KeyError):
+                continue
+            owner = self.fds.pop(fd, None)
+            entry = self.live.get(owner[0]) if owner else None
+            # the same route may already run over a newer connection (a handover closes the old one)
+            if entry is not None and entry["fd"] == fd and entry["route"] == owner[1] and not entry["gone"]:
+                entry["gone"] = True
+                log.info("peer %s disconnected", owner[0])
+
     def _retune(self, now):
         """Follow the fleet's size with the announced interval (workers learn it from each reply)."""
         beat_s = beat_interval_s(self.heartbeat_s, len(self.live), self.cfg.get("heartbeat_budget")
@@ -276,7 +304,7 @@ class LeaderLink:
         limit = self.silence_limit_s(now)
         gone = [p for p, e in self.live.items() if now - e["rx"] > limit]
         for peer_id in gone:
-            del self.live[peer_id]
+            self.fds.pop(self.live.pop(peer_id)["fd"], None)
             log.info("peer %s offline (silent for %.1fs)", peer_id, limit)
         if now >= self.next_flush:
             self.registry.flush()
@@ -285,6 +313,14 @@ class LeaderLink:
 
     def online(self, peer_id):
         """True if the peer is connected and verified (the leader itself always is)."""
+        if peer_id == self.id:
+            return True
+        entry = self.live.get(peer_id)
+        return entry is not None and not entry["gone"]
+
+    def may_return(self, peer_id):
+        """True while a peer's running jobs wait for it (online, or disconnected for less than
+        the silence limit: a flapping link may come back)."""
         return peer_id == self.id or peer_id in self.live
 
     def check_target(self, peer_id):

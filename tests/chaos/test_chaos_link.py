@@ -150,3 +150,19 @@ def test_no_reconnect_storm_from_50_workers_while_leader_down(cluster, chaos_pro
         swarm.wait(10)
     report("50 workers, leader down behind a forwarder", attempts_per_s=per_second,
            busiest_100ms=busiest_100ms, all_50_back=recover)
+
+
+def test_link_reset_while_the_command_is_quiet_loses_nothing(cluster, chaos_proxy, tmp_path):
+    """A reset link that comes back at once (laptop roaming): the command running over it ends
+    normally with its exact output and status; only new work was refused in between."""
+    proxy, roamer = _roamer(cluster, chaos_proxy)
+    flag = tmp_path / "go"
+    run = Stream(cluster.desktop, "--peer", "roamer", "--shellCmd",
+                 f"echo before; while [ ! -e {flag} ]; do sleep 0.02; done; echo after; exit 5")
+    run.wait_for_lines(lambda lines: lines == [b"before\n"], what="the command to start")
+    dials = len(proxy.accepts)
+    proxy.drop()
+    wait_for(lambda: len(proxy.accepts) > dials and cluster.online("roamer"), what="roamer back online")
+    flag.write_text("")
+    assert run.wait(timeout=10) == 5
+    assert b"".join(run.lines) == b"before\nafter\n" and run.stderr == b""
