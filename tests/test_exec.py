@@ -323,7 +323,7 @@ def test_raw_polls_carry_output_as_frames_after_the_map(shared_cluster):
             reply = client.call("exec_open", targets=["desktop"], cmd=cmd, dir=None, user=None, timeout=None,
                                 batch=0, stdin=False, pid=os.getpid(), ouser="test", wait_s=5, raw=raw,
                                 timeout_s=10)
-            got, kinds = {"o": b"", "e": b""}, set()
+            got, kinds, sid = {"o": b"", "e": b""}, set(), reply["sid"]
             while True:
                 frames = reply.get("frames", [])
                 for event in reply["events"]:
@@ -332,7 +332,7 @@ def test_raw_polls_carry_output_as_frames_after_the_map(shared_cluster):
                         got[event[1]] += bytes(frames[event[2]]) if raw else event[2]
                 if reply["done"]:
                     break
-                reply = client.call("exec_poll", sid=reply["sid"], wait_s=1, raw=raw, timeout_s=10)
+                reply = client.call("exec_poll", sid=sid, wait_s=1, raw=raw, timeout_s=10)
             assert got == expected
             assert kinds == ({int} if raw else {bytes})
     finally:

@@ -14,7 +14,7 @@ from collections import deque
 
 import zmq
 
-from zpeer import config, keys, protocol
+from zpeer import config, keys, leftovers, protocol
 from zpeer.api import Api
 from zpeer.errors import Busy, NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
@@ -50,6 +50,7 @@ class Daemon:
         self.heartbeat_s = float(self.cfg["heartbeat_s"])
         self.link = None
         self.id = None
+        leftovers.end_leftovers(self.home)  # commands a SIGKILLed predecessor could not end
         self.targets = TargetJobs(None, self.home)
         self.sessions = OriginSessions(None, self.heartbeat_s)
         self.local = deque()  # (from_peer, header, data) for messages addressed to ourselves

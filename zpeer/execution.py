@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 import array
 
+from zpeer import leftovers
 from zpeer.errors import BadRequest, DirectoryNotFound, ZpeerError
 from zpeer.logsetup import RateLimited
 
@@ -215,6 +216,7 @@ class TargetJobs:
             return [({"t": "error", "job": job, "to": origin, "err": exc.to_reply()}, None)]
         rj = RunningJob(job, origin, proc, msg.get("timeout"), msg["credit"])
         self.jobs[job] = rj
+        leftovers.record(self.home, proc.pid, job)
         log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, msg["cmd"][:200])
         return [({"t": "started", "job": job, "to": origin, "pid": proc.pid}, None)]
 
@@ -330,6 +332,7 @@ class TargetJobs:
         if rj.pipes:
             return []
         del self.jobs[rj.job]
+        leftovers.forget(self.home, rj.proc.pid)
         rc = rj.rc()
         rj.release()
         log.info("job %s: %s rc=%d after %.3fs", rj.job, rj.how, rc, now - rj.started)
@@ -438,4 +441,5 @@ class TargetJobs:
         for rj in list(self.jobs.values()):
             rj.kill_group(signal.SIGKILL)
             rj.release()
+            leftovers.forget(self.home, rj.proc.pid)
         self.jobs.clear()
