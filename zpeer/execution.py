@@ -29,6 +29,8 @@ EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is close
 EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut after this
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
 SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
+EARLY_CANCELS_MAX = 1000  # cancels that overtook their exec, per (origin, job): kept apart, so a
+                          # flood of cancels for made-up ids cannot push real ones out of `seen`
 STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (sessions.STDIN_WINDOW_BYTES)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RC_TIMEOUT = 124
@@ -158,6 +160,7 @@ class TargetJobs:
         self.node_id, self.home = node_id, home
         self.jobs = {}
         self.seen = OrderedDict()  # job id -> True: at-most-once across retries/reconnects
+        self.early_cancels = OrderedDict()  # (origin, job) -> True: cancelled before its exec came
         self.is_root = os.geteuid() == 0 if run_as_root is None else run_as_root
 
     def handle(self, from_peer, header, data):
@@ -182,7 +185,7 @@ class TargetJobs:
         elif mtype == "stdin":
             return self.stdin(job, bytes(data or b""), header["eof"])
         elif mtype == "cancel":
-            self.cancel(job)
+            self.cancel(job, from_peer)
         elif mtype == "alive":
             self.alive(from_peer, [j for j in header["jobs"] if isinstance(j, str)])
         return []
@@ -210,6 +213,10 @@ class TargetJobs:
         if not self._remember(job):
             log.warning("job %s from %s already seen: not started again", job, origin)
             return []
+        if self.early_cancels.pop((origin, job), None):
+            log.info("job %s from %s was cancelled before it arrived: not started", job, origin)
+            return [({"t": "exit", "job": job, "to": origin, "rc": RC_CANCELLED, "how": "cancelled",
+                      "bytes": 0, "duration": 0.0, "seq": 0}, None)]
         try:
             proc = self._spawn(msg)
         except ZpeerError as exc:
@@ -370,13 +377,15 @@ class TargetJobs:
                 rj.close_stdin()
         return out
 
-    def cancel(self, job):
+    def cancel(self, job, origin=None):
         """Kill a job's process group at the origin's request."""
         rj = self.jobs.get(job)
         if rj:
             rj.stop("cancelled")
-        else:
-            self._remember(job)  # a late exec with this id must not run
+        elif job not in self.seen:  # the exec may still be on its way: it must not run then
+            self.early_cancels[(origin, job)] = True
+            while len(self.early_cancels) > EARLY_CANCELS_MAX:
+                self.early_cancels.popitem(last=False)
 
     def alive(self, origin, jobs):
         """The origin still wants these jobs."""
