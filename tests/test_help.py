@@ -7,7 +7,7 @@ import click
 import pytest
 
 from conftest import d_command
-from zpeer.cli import all_commands, cli
+from zpeer.cli import all_commands
 
 COMMANDS = [name for name, cmd in all_commands().items() if not cmd.hidden]
 

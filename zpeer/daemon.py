@@ -18,8 +18,9 @@ from zpeer import config, keys, leftovers, protocol
 from zpeer.api import Api
 from zpeer.errors import Busy, NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
-from zpeer.ipc import reply_frames
-from zpeer.leader import LeaderLink, start_authenticator
+from zpeer.ipc import bind_cli_socket, reply_frames, socket_access
+from zpeer.keys import start_authenticator
+from zpeer.leader import LeaderLink
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import write_cache
 from zpeer.registry import Registry
@@ -61,7 +62,7 @@ class Daemon:
         self.wake_r = None
         self.auth = None
         self._poller = self._poller_key = None  # reused while the polled set stays the same
-        self.ipc = self._bind_ipc()
+        self.ipc = bind_cli_socket(self.ctx, self.home, self.cfg.get("group"))
         self.apply_config(self.cfg)
 
     # --- setup --------------------------------------------------------------------------
@@ -79,41 +80,6 @@ class Daemon:
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
 
-    def _bind_ipc(self):
-        """Serve the CLI on d.sock (inside the 0700 state dir: no one else can reach it)."""
-        path = config.socket_path(self.home)
-        if os.path.exists(path):
-            os.unlink(path)  # stale: we hold the lock, so no live daemon owns it
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.linger = 0
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.bind(f"ipc://{path}")
-        self._socket_access(path)
-        return sock
-
-    def _socket_access(self, path):
-        """Owner only (dir 0700), or with `--group`: dir 0710 + socket 0770 for that group.
-
-        The socket is bound inside the directory, so it is never reachable by others between
-        bind() and chmod(): the directory's mode is the gate.
-        """
-        group = self.cfg.get("group")
-        if not group:
-            os.chmod(self.home, 0o700)
-            os.chmod(path, 0o700)
-            return
-        import grp
-
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            log.error("group %s does not exist: CLI socket stays owner-only", group)
-            return
-        for target, mode in ((self.home, 0o710), (path, 0o770)):
-            os.chown(target, -1, gid)
-            os.chmod(target, mode)
-
     def apply_config(self, cfg):
         """Start, stop or rebuild the peer link to match the configuration."""
         old = self.cfg
@@ -121,7 +87,7 @@ class Daemon:
         key = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip", "heartbeat_s",
                "heartbeat_budget")
         if old.get("group") != cfg.get("group"):
-            self._socket_access(config.socket_path(self.home))
+            socket_access(self.home, config.socket_path(self.home), cfg.get("group"))
         changed = {k for k in key if old.get(k) != cfg.get(k)}
         if self.role != "leader":
             changed.discard("heartbeat_budget")  # only a leader hands out intervals

@@ -77,3 +77,40 @@ def reply_frames(identity, rid, payload, data_frames=()):
     return protocol.envelope(identity, [b"", protocol.SIGNATURE,
                                         msgpack.packb(body, use_bin_type=True), *data_frames])
 
+
+def bind_cli_socket(ctx, home, group=None):
+    """The daemon's side: a ROUTER on d.sock, inside the 0700 state dir (no one else can reach it)."""
+    path = config.socket_path(home)
+    if os.path.exists(path):
+        os.unlink(path)  # stale: the caller holds the daemon lock, so no live daemon owns it
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.bind(f"ipc://{path}")
+    socket_access(home, path, group)
+    return sock
+
+
+def socket_access(home, path, group):
+    """Owner only (dir 0700), or with `--group`: dir 0710 + socket 0770 for that group.
+
+    The socket is bound inside the directory, so it is never reachable by others between
+    bind() and chmod(): the directory's mode is the gate.
+    """
+    if not group:
+        os.chmod(home, 0o700)
+        os.chmod(path, 0o700)
+        return
+    import grp
+
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        import logging  # here, not at the top: the CLI imports this module and never logs
+
+        logging.getLogger(__name__).error("group %s does not exist: CLI socket stays owner-only", group)
+        return
+    for target, mode in ((home, 0o710), (path, 0o770)):
+        os.chown(target, -1, gid)
+        os.chmod(target, mode)

@@ -14,7 +14,6 @@ import time
 
 import peewee
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, keys, protocol
@@ -41,24 +40,6 @@ def beat_interval_s(base_s, peers, budget_per_s):
     return base_s if need_s <= base_s else math.ceil(need_s * 2) / 2
 
 
-class _KeyPolicy:
-    """ZAP callback: any CURVE key may connect (to enrol) unless it was revoked."""
-
-    def __init__(self):
-        self.revoked = set()
-
-    def callback(self, domain, key):
-        """Called by the ZAP thread for each new connection."""
-        return (key.decode() if isinstance(key, bytes) else key) not in self.revoked
-
-
-def start_authenticator(ctx):
-    """pyzmq's ZAP handler thread (zmq.auth): CURVE keys are checked by _KeyPolicy."""
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("zpeer.zap"))
-    auth.start()
-    return auth
-
-
 class LeaderLink:
     """The leader's ROUTER socket and everything it knows about connected peers."""
 
@@ -67,7 +48,7 @@ class LeaderLink:
         self.id = cfg["id"]
         self.public = public.decode() if isinstance(public, bytes) else public
         self.heartbeat_s = float(cfg["heartbeat_s"])
-        self.policy = _KeyPolicy()
+        self.policy = keys.KeyPolicy()
         self.policy.revoked = {row.key for row in registry.peers("removed") if row.key}
         auth.configure_curve_callback("*", self.policy)
         sock = ctx.socket(zmq.ROUTER)
