@@ -7,6 +7,7 @@ a connection that dies before its CURVE handshake (leader down behind a TCP forw
 key) would be retried every RECONNECT_IVL forever, so the link backs off itself, with jitter.
 No process-global state: many WorkerLinks can live in one process (bench swarm).
 """
+import errno
 import logging
 import os
 import random
@@ -139,8 +140,14 @@ class WorkerLink:
     def on_monitor(self):
         """Connection events: hello on every handshake, key mismatch on failed ones."""
         while self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            message = recv_monitor_message(self.monitor)
+            event = message["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and int(message["value"]) == errno.ECONNRESET:
+                # closed before the leader's greeting came: something that is not a zpeer leader
+                # (a TCP forwarder whose upstream is down) answered; a CURVE leader refusing our
+                # pinned key closes after our HELLO instead (EPIPE, or a protocol error)
+                self.handshake_ok = False
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_ok = True
                 self.failures = 0
                 if self.status == "key_mismatch":

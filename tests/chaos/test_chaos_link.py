@@ -166,3 +166,22 @@ def test_link_reset_while_the_command_is_quiet_loses_nothing(cluster, chaos_prox
     flag.write_text("")
     assert run.wait(timeout=10) == 5
     assert b"".join(run.lines) == b"before\nafter\n" and run.stderr == b""
+
+
+def test_forwarder_with_its_upstream_down_is_not_a_key_mismatch(cluster, chaos_proxy):
+    """A TCP forwarder (WireGuard endpoint, port forward) that accepts and resets at once while
+    the leader behind it is down: the worker says it is not connected, not `Leader key mismatch`
+    (which would send its user hunting for a wrong key), and comes back by itself."""
+    proxy, roamer = _roamer(cluster, chaos_proxy)
+    proxy.refuse(True)
+    proxy.drop()
+    dials = len(proxy.accepts)
+    wait_for(lambda: len(proxy.accepts) >= dials + 2, what="the worker to dial the forwarder again")
+    state = wait_for(lambda: (lambda st: st if st["connected"] is False else None)(status(roamer)),
+                     timeout=DETECT_LIMIT_S + 2, what="the worker to see it is cut off")
+    assert state["link"] == "registered" and state["link_reason"] != "Leader key mismatch", state
+    assert "key mismatch" not in roamer.log(), roamer.log()[-2000:]
+    out = roamer.d("listPeers")
+    assert out.returncode == 255 and out.stderr.startswith(b"Not connected to leader\n"), out
+    proxy.refuse(False)
+    wait_for(lambda: cluster.online("roamer"), timeout=10, what="roamer back once the forwarder reaches the leader")
