@@ -108,7 +108,8 @@ def test_recipes_default_to_deploying_zpeer_itself():
     assert r["repo"] == ROOT and r["pull_cmd"] == "git pull --ff-only" and r["restart_cmd"] is None
     assert r["build_cmd"].endswith(f" -m pip install --quiet -e {ROOT}")
     other = recipes.resolve({"repo": "/srv/zpeer", "pull_cmd": "git fetch", "restart_cmd": "systemctl restart zpeer"})
-    assert other["build_cmd"].endswith(" -m pip install --quiet /srv/zpeer")
+    # zpeer runs from elsewhere (an installed copy): a copy of that checkout, its version stamped
+    assert other["build_cmd"].endswith(" -m zpeer.recipes install /srv/zpeer")
     assert (other["pull_cmd"], other["restart_cmd"]) == ("git fetch", "systemctl restart zpeer")
 
 

@@ -8,6 +8,7 @@ or a transient systemd unit) so the command outlives the daemon it stops.
 """
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,23 @@ FLUSH_S = 0.1          # then serve a moment more: libzmq's linger alone sometim
 RESTART_LOG = "restart.log"
 
 
+def service_unit(invocation_id, parent_comm, cgroup):
+    """(unit, user_manager) for a process with this $INVOCATION_ID, parent name and
+    /proc/self/cgroup text when it is a systemd service, else None."""
+    if not invocation_id:
+        return None
+    if parent_comm != "systemd":  # started by hand from a shell inside a service: not ours to restart
+        return None
+    units = [part for line in cgroup.splitlines() for part in line.strip().split("/") if part.endswith(".service")]
+    # no unit in sight (a cgroup namespace hides it): the name contrib/zpeer.service installs
+    unit = units[-1] if units and not units[-1].startswith("user@") else "zpeer.service"
+    return unit, "/user@" in cgroup
+
+
 def systemd_unit():
     """(unit, user_manager) when this process is a systemd service, else None."""
-    if not os.environ.get("INVOCATION_ID"):
+    invocation_id = os.environ.get("INVOCATION_ID")
+    if not invocation_id:
         return None
     try:
         with open(f"/proc/{os.getppid()}/comm", encoding="utf-8") as f:
@@ -35,21 +50,31 @@ def systemd_unit():
             cgroup = f.read()
     except OSError:
         return None
-    if parent != "systemd":  # started by hand from a shell inside a service: not ours to restart
-        return None
-    units = [part for line in cgroup.splitlines() for part in line.split("/") if part.endswith(".service")]
-    unit = units[-1] if units and not units[-1].startswith("user@") else "zpeer.service"
-    return unit, "/user@" in cgroup
+    return service_unit(invocation_id, parent, cgroup)
+
+
+def restart_for(found):
+    """The restart for a daemon that is the service `found` (or None), as (how, cmd or None)."""
+    if found:
+        unit, user = found
+        # quoted: escaped unit names carry backslashes (zpeer@wg\x2d0.service) that bash would eat
+        cmd = f"systemctl {'--user ' if user else ''}restart {shlex.quote(unit)}"
+        return cmd, cmd
+    return "re-exec", None
 
 
 def default_restart():
     """The restart a daemon does when no restart command is configured, as (how, cmd or None)."""
-    found = systemd_unit()
-    if found:
-        unit, user = found
-        cmd = f"systemctl {'--user ' if user else ''}restart {unit}"
-        return cmd, cmd
-    return "re-exec", None
+    return restart_for(systemd_unit())
+
+
+def spawn_argv(cmd, found, systemd_run):
+    """The argv that runs a restart command; under systemd (found) through systemd-run when present."""
+    argv = ["/bin/bash", "-c", cmd]
+    if found and systemd_run:
+        # stopping the unit kills its whole cgroup: the command runs outside it, in a transient unit
+        argv = [systemd_run, "--quiet", "--collect"] + (["--user"] if found[1] else []) + argv
+    return argv
 
 
 def reexec_argv():
@@ -102,8 +127,12 @@ class Restarter:
     def tick(self, now):
         """Move the scheduled restart on; called from the daemon's timers."""
         if self.spawned is not None and self.spawned.poll() is not None:
-            log.warning("restart command exited %s and this daemon still runs: see %s",
-                        self.spawned.returncode, os.path.join(self.d.home, RESTART_LOG))
+            if self.spawned.args[0] != "/bin/bash" and self.spawned.returncode == 0:
+                # systemd-run returns once the transient unit started; the command's output is in the journal
+                log.info("restart command handed to systemd in a transient unit")
+            else:
+                log.warning("restart command exited %s and this daemon still runs: see %s",
+                            self.spawned.returncode, os.path.join(self.d.home, RESTART_LOG))
             self.spawned = None
         plan = self.plan
         if plan is None:
@@ -136,11 +165,7 @@ class Restarter:
 
     def _spawn(self, cmd, directory):
         """Run the restart command in its own session (or systemd unit): it outlives this daemon."""
-        argv = ["/bin/bash", "-c", cmd]
-        found = systemd_unit()
-        if found and shutil.which("systemd-run"):
-            # under systemd, stopping the unit kills its whole cgroup: run outside it
-            argv = ["systemd-run", "--quiet", "--collect"] + (["--user"] if found[1] else []) + argv
+        argv = spawn_argv(cmd, systemd_unit(), shutil.which("systemd-run"))
         path = os.path.join(self.d.home, RESTART_LOG)
         with open(path, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} restart: {cmd}\n".encode())
