@@ -160,8 +160,8 @@ class Cluster:
         node = Node(self.base, name)
         node.d("setPeerConfig", "--role", "leader", "--id", name, "--bind", self.address,
                "--heartbeat", self.heartbeat_s)
-        self.nodes[name] = node.start()
-        self.leader = node
+        self.nodes[name] = self.leader = node  # before start(): a slow start is still stopped
+        node.start()
         return node
 
     def token(self):
@@ -172,7 +172,8 @@ class Cluster:
         """Start a worker daemon and enrol it with `d registerWorker --token`."""
         node = Node(self.base, name)
         node.d("setPeerConfig", "--heartbeat", self.heartbeat_s)
-        self.nodes[name] = node.start()
+        self.nodes[name] = node
+        node.start()
         out = node.d("registerWorker", "--id", name, "--token", self.token(), "--source-ip", source_ip)
         if b"Registered" not in out.stdout:
             raise RuntimeError(f"worker {name} not registered: {out.stdout!r}")

@@ -114,8 +114,8 @@ class Cluster:
         node = Node(self.base, name, "127.0.0.1")
         node.d("setPeerConfig", "--role", "leader", "--id", name, "--bind", f"127.0.0.1:{self.port}",
                "--heartbeat", TEST_HEARTBEAT_S, check=0)
-        self.nodes[name] = node.start()
-        self.vps = node
+        self.nodes[name] = self.vps = node  # before start(): a daemon that starts too slowly is still stopped
+        node.start()
         return node
 
     def token(self):

@@ -115,6 +115,14 @@ def test_recipes_default_to_deploying_zpeer_itself():
 
 def test_pull_brings_the_new_commit_and_propagates_failure(fleet):
     assert fleet.head("desktop") == fleet.first
+    # getPeerStatus shows the recipe in effect, defaults included and marked
+    status = json.loads(fleet.desktop.d("getPeerStatus", "--json", check=0).stdout)
+    assert status["recipes"] == {"repo": fleet.repo("desktop"), "pull_cmd": "git pull --ff-only",
+                                 "build_cmd": f"cp VERSION {fleet.version_file('desktop')}", "restart_cmd": "re-exec"}
+    assert status["recipe_defaults"] == ["pull_cmd", "restart_cmd"]
+    text = fleet.desktop.d("getPeerStatus", check=0).stdout.decode().splitlines()
+    assert "pull_cmd: git pull --ff-only (default)" in text and "restart_cmd: re-exec (default)" in text
+    assert f"repo: {fleet.repo('desktop')}" in text
     out = fleet.laptop.d("remotePull", "--peer", "desktop", check=0)
     assert b"Fast-forward" in out.stdout
     assert out.stderr.startswith(f"+ cd {fleet.repo('desktop')} && git pull --ff-only\n".encode())

@@ -69,6 +69,11 @@ def test_restart_command_runs_outside_the_unit_through_systemd_run():
         "/usr/bin/systemd-run", "--quiet", "--collect", "/bin/bash", "-c", cmd]
     assert spawn_argv(cmd, ("zpeer.service", True), "/usr/bin/systemd-run") == [
         "/usr/bin/systemd-run", "--quiet", "--collect", "--user", "/bin/bash", "-c", cmd]
+    # a configured restart command keeps the repo as its directory and the daemon's home
+    assert spawn_argv("./restart.sh", ("zpeer.service", False), "/usr/bin/systemd-run", "/srv/app",
+                      {"ZPEER_HOME": "/var/lib/zpeer", "PATH": "/usr/bin"}) == [
+        "/usr/bin/systemd-run", "--quiet", "--collect", "--working-directory=/srv/app",
+        "--setenv=PATH=/usr/bin", "--setenv=ZPEER_HOME=/var/lib/zpeer", "/bin/bash", "-c", "./restart.sh"]
 
 
 # The stand-ins. Each is a script run by this interpreter; the kernel names a process after the
@@ -118,11 +123,18 @@ import json, os, sys
 with open(os.path.join(STATE, "systemd-run.log"), "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
 args = sys.argv[1:]
+env, cwd = {"PATH": "/usr/bin:/bin"}, "/"  # a transient unit starts from the manager's, not ours
 while args and args[0].startswith("-"):
-    args.pop(0)
+    option = args.pop(0)
+    if option.startswith("--working-directory="):
+        cwd = option.split("=", 1)[1]
+    elif option.startswith("--setenv="):
+        name, value = option.split("=", 1)[1].split("=", 1)
+        env[name] = value
 if os.fork() == 0:
     os.setsid()
-    os.execvp(args[0], args)
+    os.chdir(cwd)
+    os.execvpe(args[0], args, env)
 '''
 
 FAKE_SYSTEMCTL = '''\
@@ -242,7 +254,11 @@ def test_a_systemd_service_is_restarted_with_systemctl_outside_its_unit(supervis
     assert out.stderr == f"svc: restarting (systemctl restart zpeer.service), was {version}\n".encode()
     assert re.fullmatch(rf"svc: restarted {re.escape(version)} in \d+\.\ds\n", out.stdout.decode()), out
     cmd = "systemctl restart zpeer.service"
-    assert svc.recorded("systemd-run") == [["--quiet", "--collect", "/bin/bash", "-c", cmd]]
+    (run,) = svc.recorded("systemd-run")
+    assert run[:2] == ["--quiet", "--collect"] and run[-3:] == ["/bin/bash", "-c", cmd], run
+    options = run[2:-3]
+    assert f"--setenv=ZPEER_HOME={svc.home}" in options and any(o.startswith("--setenv=PATH=/") for o in options)
+    assert [o for o in options if o.startswith("--working-directory=/")], options
     assert svc.recorded("systemctl") == [["restart", "zpeer.service"]]
     after = status(svc)
     # stopped and started again by its manager: a new process (a re-exec would have kept the pid)

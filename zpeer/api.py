@@ -91,7 +91,7 @@ class Api:
             "role": d.role or cfg.get("role"), "id": d.id, "version": d.version,
             "public_key": d.public.decode(), "home": d.home, "pid": os.getpid(), "started_at": self.started_at,
             "heartbeat_s": d.heartbeat_s, "db_error": d.registry.last_error,
-            "recipes": {k: cfg.get(k) for k in ("repo", "pull_cmd", "build_cmd", "restart_cmd")},
+            **_recipes(cfg),
             # live state, so operators (and the chaos tests) can see nothing is left behind
             "exec_sessions": len(d.sessions.sessions), "running_jobs": len(d.targets.jobs),
         }
@@ -361,3 +361,14 @@ class Api:
         elif mtype == "error":
             err = header.get("err") or {}
             registry.log_exec(job, rc=255, outcome=str(err.get("err")))
+
+
+def _recipes(cfg):
+    """The deploy recipe in effect here (defaults included) and which parts are defaults."""
+    from zpeer import recipes
+    from zpeer.restarter import default_restart
+
+    effective = recipes.resolve(cfg)
+    if not effective["restart_cmd"]:
+        effective["restart_cmd"] = default_restart()[0]  # `systemctl restart UNIT` or "re-exec"
+    return {"recipes": effective, "recipe_defaults": [k for k in recipes.RECIPE_KEYS if not cfg.get(k)]}

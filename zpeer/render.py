@@ -53,9 +53,10 @@ def status_lines(status):
             if key == "connected":
                 value = "yes" if value else "no"
             lines.append(f"{key}: {value}")
+    defaults = status.get("recipe_defaults") or ()
     for key, value in sorted((status.get("recipes") or {}).items()):
         if value:
-            lines.append(f"{key}: {value}")
+            lines.append(f"{key}: {value}" + (" (default)" if key in defaults else ""))
     return lines
 
 

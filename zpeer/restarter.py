@@ -23,6 +23,7 @@ REPORT_WAIT_MAX_S = 10.0  # a local CLI that never reads its step's exit does no
 DRAIN_MAX_S = 1.0      # time given to local CLIs to read the "interrupted" reports
 FLUSH_S = 0.1          # then serve a moment more: libzmq's linger alone sometimes drops the last replies
 RESTART_LOG = "restart.log"
+UNIT_ENV = ("PATH", "LANG")  # what a restart command run by systemd-run keeps of ours (+ ZPEER_HOME)
 
 
 def service_unit(invocation_id, parent_comm, cgroup):
@@ -68,12 +69,15 @@ def default_restart():
     return restart_for(systemd_unit())
 
 
-def spawn_argv(cmd, found, systemd_run):
+def spawn_argv(cmd, found, systemd_run, cwd=None, env=None):
     """The argv that runs a restart command; under systemd (found) through systemd-run when present."""
     argv = ["/bin/bash", "-c", cmd]
     if found and systemd_run:
-        # stopping the unit kills its whole cgroup: the command runs outside it, in a transient unit
-        argv = [systemd_run, "--quiet", "--collect"] + (["--user"] if found[1] else []) + argv
+        # stopping the unit kills its whole cgroup: the command runs outside it, in a transient unit,
+        # which starts in the manager's directory and environment: hand it the daemon's
+        extra = [f"--working-directory={cwd}"] if cwd else []
+        extra += [f"--setenv={name}={value}" for name, value in sorted((env or {}).items())]
+        argv = [systemd_run, "--quiet", "--collect"] + (["--user"] if found[1] else []) + extra + argv
     return argv
 
 
@@ -165,12 +169,14 @@ class Restarter:
 
     def _spawn(self, cmd, directory):
         """Run the restart command in its own session (or systemd unit): it outlives this daemon."""
-        argv = spawn_argv(cmd, systemd_unit(), shutil.which("systemd-run"))
+        cwd = directory if directory and os.path.isdir(directory) else self.d.home
+        env = {name: os.environ[name] for name in UNIT_ENV if name in os.environ}
+        env["ZPEER_HOME"] = self.d.home
+        argv = spawn_argv(cmd, systemd_unit(), shutil.which("systemd-run"), cwd, env)
         path = os.path.join(self.d.home, RESTART_LOG)
         with open(path, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} restart: {cmd}\n".encode())
             out.flush()
-            cwd = directory if directory and os.path.isdir(directory) else self.d.home
             self.spawned = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                             start_new_session=True, close_fds=True)
         log.info("restart command started (pid %d): %s", self.spawned.pid, cmd)
