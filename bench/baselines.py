@@ -42,6 +42,38 @@ def spawn_many(count):
     return time.perf_counter() - start
 
 
+def curve_mb_s(total_bytes, chunk_bytes=256 * 1024):
+    """MB/s of CurveZMQ alone: a DEALER streams to a ROUTER over loopback TCP in this process
+    (encryption, decryption and libzmq, no zpeer): the ceiling of any stream over the peer link."""
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+        router.curve_server = True
+        router.curve_publickey, router.curve_secretkey = server_public, server_secret
+        dealer.curve_serverkey = server_public
+        dealer.curve_publickey, dealer.curve_secretkey = client_public, client_secret
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.send(b"hello")
+        router.recv_multipart()
+        chunk, count = os.urandom(chunk_bytes), max(1, total_bytes // chunk_bytes)
+        sender = threading.Thread(target=lambda: [dealer.send(chunk, copy=False) for _ in range(count)])
+        start = time.perf_counter()
+        sender.start()
+        for _ in range(count):
+            router.recv_multipart(copy=False)
+        sender.join()
+        return count * chunk_bytes / (time.perf_counter() - start) / 1_000_000
+    finally:
+        ctx.destroy(0)
+
+
 class LocalSsh:
     """A private sshd on 127.0.0.1 and the ssh command lines that reach it."""
 

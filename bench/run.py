@@ -28,6 +28,7 @@ PROFILES = {  # runs of the quick rows, stream size, idle window, swarm sizes
               "stream_runs": 1, "idle_s": 3.0, "swarm": 1000, "ssh": True},
 }
 B64_INPUT_BYTES = 10_000_000  # base64 of it with line breaks: the 13.5 MB output of the issue
+B64_OUTPUT_BYTES = B64_INPUT_BYTES * 4 // 3 * 77 // 76
 
 
 def mb(kib):
@@ -133,8 +134,12 @@ class Bench:
         ok = check(median(rates), 300.0, ">=")
         if ok is not None:
             ok = ok and max(peaks.values()) < 100.0
+        curve = baselines.curve_mb_s(min(size, 512 * MB))
+        self.base["curve_mb_s"] = curve
+        self.add(Row("curve_mb_s", curve, "MB/s", 1, note="baseline: CurveZMQ DEALER -> ROUTER on loopback, "
+                                                           "one process, no zpeer (the link's ceiling)"))
         self.add(Row("stream_mb_s", median(rates), "MB/s", len(results), ">= 300 MB/s, every process < 100 MB RSS",
-                     ok, f"{self.cfg['stream_mb']} MB in {secs:.2f}s; peak RSS MB " +
+                     ok, f"{median(rates) / curve:.2f}x curve_mb_s; {self.cfg['stream_mb']} MB in {secs:.2f}s; peak RSS MB " +
                      ", ".join(f"{k} {v}" for k, v in peaks.items()), {"peak_rss_mb": peaks}))
 
     def stream_13mb(self, lead):
@@ -157,9 +162,10 @@ class Bench:
             api = repeat(lambda: timed_api_exec(client, "w1", f"base64 {path}"), runs, warmup=1)
         finally:
             client.close()
+        curve_s = B64_OUTPUT_BYTES / MB / self.base["curve_mb_s"]
         self.add(Row("api_stream_13mb", median(api), "s", runs, "<= 2x local pipe", check(median(api) / median(local), 2.0),
-                     f"{median(api) / median(local):.2f}x local pipe: the same transfer through a "
-                     "persistent client (no CLI start)"))
+                     f"{median(api) / median(local):.2f}x local pipe: the same transfer through a persistent "
+                     f"client (no CLI start); CurveZMQ alone needs {curve_s:.4f}s for these bytes"))
 
     # --- swarms ------------------------------------------------------------------------------
     def swarms(self):
