@@ -252,3 +252,27 @@ def test_restart_daemon_reports_running_jobs_as_interrupted(fleet):
     assert out.stderr == b"laptop: restarting (re-exec), was 1.0-test\n"
     assert status(fleet.laptop)["pid"] == before["pid"] == fleet.laptop.proc.pid
     wait_for(lambda: fleet.online("laptop"), what="laptop back online")
+
+
+def test_a_step_says_what_it_runs_before_the_command_speaks(tmp_path):
+    """`+ cd REPO && CMD` (stderr) reaches the reader before the command's stdout: the step
+    waits until its stderr pipe was read. Here the reader takes its time on purpose."""
+    import select
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    node = Node(str(tmp_path), "home")
+    node.d("setPeerConfig", "--repo", str(repo), "--build-cmd", "echo built", check=0)
+    step = subprocess.Popen([sys.executable, "-m", "zpeer", "deployStep", "build"], env=node.env, cwd=str(tmp_path),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([step.stderr], [], [], 10)
+        assert ready, "no + line"
+        # stderr holds the + line and nobody read it yet: the command must not have run
+        assert select.select([step.stdout], [], [], 0.3)[0] == []
+        assert os.read(step.stderr.fileno(), 4096) == f"+ cd {repo} && echo built\n".encode()
+        assert step.stdout.read() == b"built\n" and step.wait(10) == 0
+    finally:
+        step.kill()
+        step.wait()

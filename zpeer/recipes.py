@@ -187,7 +187,29 @@ def run_step(step):
     sys.stderr.write(f"+ cd {shlex.quote(repo)} && {cmd}\n")
     sys.stderr.flush()
     os.chdir(repo)
+    _wait_read(sys.stderr.fileno())
     os.execv("/bin/bash", ["/bin/bash", "-c", cmd])
+
+
+def _wait_read(fd, limit_s=1.0):
+    """Wait (bounded) until the daemon has read what we wrote to a pipe: the `+ cd` line then
+    reaches the user before the command's own stdout, as it was written (stdout and stderr are
+    separate pipes, read in whatever order the daemon finds them ready)."""
+    import fcntl
+    import termios
+    import time
+    from array import array
+
+    deadline = time.monotonic() + limit_s
+    pending = array("i", [0])
+    while time.monotonic() < deadline:
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, pending, True)
+        except OSError:
+            return  # not a pipe (a terminal, a file): nothing to wait for
+        if pending[0] == 0:
+            return
+        time.sleep(0.001)
 
 
 if __name__ == "__main__":
