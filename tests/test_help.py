@@ -2,6 +2,7 @@
 import os
 import re
 import subprocess
+import sys
 
 import click
 import pytest
@@ -69,3 +70,15 @@ def test_listing_shows_each_summary():
         summary = all_commands()[name].help.strip().split("\n")[0]
         shown = rows[name][:-3] if rows[name].endswith("...") else rows[name]
         assert shown and summary.startswith(shown), (name, rows[name])
+
+
+def test_the_exec_path_imports_nothing_it_does_not_use():
+    """`d execOnPeer` runs once per command: what it imports beyond zmq, msgpack and click is
+    startup time. No registry, daemon or deploy code, and no stdlib heavyweights it never uses."""
+    code = ("import sys, zpeer.cli, zpeer.streaming, zpeer.ipc; "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('peewee', 'sqlite3', 'logging', 'subprocess', 'secrets', 'socket', 'uuid') or m.startswith('zpeer.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["uuid", "zpeer.cli", "zpeer.config", "zpeer.errors", "zpeer.ipc", "zpeer.protocol",
+                                  "zpeer.streaming"]
