@@ -163,7 +163,10 @@ class Daemon:
         if to == self.id:
             self.handle_peer(from_peer, header, data)
             return
-        if self.link.online(to) and self.link.send(to, header, data):
+        # new work only for a connected peer; a running job's messages (credit, stdin, cancel)
+        # are still tried while a peer that dropped its link may come back (its route may be up)
+        usable = self.link.online(to) if header["t"] == "exec" else self.link.may_return(to)
+        if usable and self.link.send(to, header, data):
             return
         if header["t"] == "exec":
             reply = {"t": "error", "job": header["job"], "to": from_peer, "from": to,
