@@ -285,6 +285,18 @@ def _payloads(rng_bytes):
     ]
 
 
+def _connect(s, address):
+    """connect(), waiting while the listener's backlog is full (a Unix socket says EAGAIN at once
+    when the daemon has not accepted the previous connections yet, on a loaded machine)."""
+    def attempt():
+        try:
+            s.connect(address)
+            return True
+        except BlockingIOError:
+            return False
+    wait_for(attempt, timeout=10, interval=0.01, what=f"room in the backlog of {address}")
+
+
 def _throw_bytes(family, address, payloads, also_half_open=5):
     """Send each payload on its own connection; leave a few connections open and silent."""
     held = []
@@ -294,7 +306,7 @@ def _throw_bytes(family, address, payloads, also_half_open=5):
             s.settimeout(5)
             if family == socket.AF_INET:
                 s.bind(("127.0.0.60", 0))
-            s.connect(address)
+            _connect(s, address)
             try:
                 s.sendall(payload)
             except OSError:  # the daemon may hang up mid-way: that is its right
@@ -304,7 +316,7 @@ def _throw_bytes(family, address, payloads, also_half_open=5):
             s = socket.socket(family, socket.SOCK_STREAM)
             if family == socket.AF_INET:
                 s.bind(("127.0.0.60", 0))
-            s.connect(address)
+            _connect(s, address)
             held.append(s)
     finally:
         for s in held:
