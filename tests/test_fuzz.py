@@ -340,7 +340,10 @@ def test_leader_and_workers_survive_generated_peer_messages(fuzzed):
     finally:
         stranger.close()
     assert sum(counts.values()) >= MIN_MESSAGES, counts
-    # what the member got back shows the handlers (not only the decoder) were reached
+    # what the member got back shows the handlers (not only the decoder) were reached; a target
+    # says "started" with a job's first output or exit, or 20 ms in: read until one came
+    wait_for(lambda: c.member.barrier() and "started" in {h.get("t") for h in c.member.received},
+             timeout=10, what="a generated exec to report it started")
     kinds = {h.get("t") for h in c.member.received}
     assert {"rpc_reply", "error", "hb", "started", "exit"} <= kinds, kinds  # execs ran on targets too
     started = sum(full_log(node).count("from fuzzer: pid") for node in (c.vps, c.desktop, c.laptop))

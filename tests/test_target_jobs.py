@@ -18,11 +18,37 @@ def jobs(tmp_path):
     t.shutdown()
 
 
+def _until_done(jobs, limit_s=5):
+    """Drive the jobs as the daemon loop does (poll their fds, then timers) until none is left."""
+    import select
+
+    out, deadline = [], time.monotonic() + limit_s
+    while jobs.jobs and time.monotonic() < deadline:
+        fds = [fd for fd, _ in jobs.poll_items()]
+        ready = set(select.select(fds, [], [], 0.05)[0])
+        out += jobs.on_ready(ready) + jobs.on_timer(time.monotonic(), 60)
+    return [m[0] for m in out]
+
+
 def test_an_exec_runs_once_even_when_it_arrives_twice(jobs):
-    first = jobs.handle("vps", _exec("j1", "sleep 5"), None)
-    assert [m[0]["t"] for m in first] == ["started"]
+    assert jobs.handle("vps", _exec("j1", "sleep 5"), None) == []  # started comes later (below)
     assert jobs.handle("vps", _exec("j1", "sleep 5"), None) == []
     assert list(jobs.jobs) == ["j1"]
+
+
+def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(jobs):
+    from zpeer.execution import STARTED_DELAY_S
+
+    jobs.handle("vps", _exec("quick", "true"), None)
+    assert [(m["t"], m["job"]) for m in _until_done(jobs)] == [("started", "quick"), ("exit", "quick")]
+    jobs.handle("vps", _exec("talks", "echo hi"), None)
+    assert [m["t"] for m in _until_done(jobs)] == ["started", "out", "exit"]
+    jobs.handle("vps", _exec("silent", "sleep 5"), None)
+    assert jobs.on_timer(time.monotonic(), 60) == []
+    pid = jobs.jobs["silent"].proc.pid
+    later = jobs.on_timer(time.monotonic() + STARTED_DELAY_S + 0.001, 60)
+    assert [m[0] for m in later] == [{"t": "started", "job": "silent", "to": "vps", "pid": pid}]
+    assert jobs.on_timer(time.monotonic() + 1, 60) == []  # once
 
 
 def test_a_cancel_that_overtakes_its_exec_stops_it_from_running(jobs):
@@ -34,7 +60,7 @@ def test_a_cancel_that_overtakes_its_exec_stops_it_from_running(jobs):
 
 def test_only_the_origin_can_cancel_ahead_of_its_exec(jobs):
     jobs.handle("mallory", {"t": "cancel", "job": "j3", "to": "w1"}, None)
-    assert [m[0]["t"] for m in jobs.handle("desktop", _exec("j3", "sleep 5"), None)] == ["started"]
+    assert jobs.handle("desktop", _exec("j3", "sleep 5"), None) == [] and "j3" in jobs.jobs
 
 
 def test_a_cancel_flood_does_not_make_a_job_runnable_twice(jobs):

@@ -26,6 +26,9 @@ EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut
 SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
 EARLY_CANCELS_MAX = 1000  # cancels that overtook their exec, per (origin, job): kept apart, so a
                           # flood of cancels for made-up ids cannot push real ones out of `seen`
+# "started" waits for the first output, the exit or this long: a short command's started and exit
+# then leave together, and the leader and the origin handle them in one loop turn, not two
+STARTED_DELAY_S = 0.02
 STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (sessions.STDIN_WINDOW_BYTES)
 
 
@@ -101,7 +104,15 @@ class TargetJobs:
         self.jobs[job] = rj
         leftovers.record(self.home, proc.pid, job)
         log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, msg["cmd"][:200])
-        return [({"t": "started", "job": job, "to": origin, "pid": proc.pid}, None)]
+        rj.announce_at = time.monotonic() + STARTED_DELAY_S
+        return []
+
+    def _announce(self, rj):
+        """The job's "started" message, once, before anything else it sends."""
+        if rj.announce_at is None:
+            return []
+        rj.announce_at = None
+        return [({"t": "started", "job": rj.job, "to": rj.origin, "pid": rj.proc.pid}, None)]
 
     def _spawn(self, msg):
         """Fork the command in its own session; ZpeerError for bad user or directory."""
@@ -171,7 +182,7 @@ class TargetJobs:
         rj.bytes_out += len(data)
         rj.last_data_at = time.monotonic()
         rj.seq += 1
-        return [({"t": "out", "job": rj.job, "to": rj.origin, "fd": num, "seq": rj.seq}, data)]
+        return self._announce(rj) + [({"t": "out", "job": rj.job, "to": rj.origin, "fd": num, "seq": rj.seq}, data)]
 
     def _write_stdin(self, rj):
         """Push buffered stdin into the child without blocking; ack what it took."""
@@ -219,7 +230,7 @@ class TargetJobs:
         rc = rj.rc()
         rj.release()
         log.info("job %s: %s rc=%d after %.3fs", rj.job, rj.how, rc, now - rj.started)
-        return [({"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
+        return self._announce(rj) + [({"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
                   "bytes": rj.bytes_out, "duration": now - rj.started, "seq": rj.seq}, None)]
 
     def credit(self, job, n):
@@ -285,6 +296,8 @@ class TargetJobs:
                 rj.kill_at = None
             if rj.exited_at is None and rj.pidfd is None:
                 self._reap(rj)
+            if rj.announce_at is not None and now >= rj.announce_at:
+                out.extend(self._announce(rj))
             out.extend(self._maybe_finish(rj))
         return out
 
@@ -292,6 +305,8 @@ class TargetJobs:
         """Earliest monotonic time at which on_timer has work."""
         times = []
         for rj in self.jobs.values():
+            if rj.announce_at is not None:
+                times.append(rj.announce_at)
             if rj.deadline and rj.how == "exit":
                 times.append(rj.deadline)
             if rj.kill_at:

@@ -85,6 +85,7 @@ class RunningJob:
         self.bytes_out = 0
         self.seq = 0  # out messages sent: lets the origin prove it got every chunk, in order
         self.last_origin_word = self.started
+        self.announce_at = None  # when the target must say "started" at the latest (TargetJobs)
 
     def kill_group(self, sig):
         """Signal the whole process group (children and grandchildren)."""
