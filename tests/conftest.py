@@ -50,10 +50,11 @@ class Node:
         self.proc = None
         self.log_path = os.path.join(str(base), f"{name}.log")
         self.env = dict(os.environ, ZPEER_HOME=self.home, PYTHONUNBUFFERED="1")
+        self.command = d_command()  # the `d` this node runs (a test may run another install's)
 
     def d(self, *args, input=None, timeout=30, check=None):
         """Run `d ARGS` for this node; returns CompletedProcess with bytes output."""
-        proc = subprocess.run(d_command() + [str(a) for a in args], env=self.env, input=input,
+        proc = subprocess.run(self.command + [str(a) for a in args], env=self.env, input=input,
                               capture_output=True, timeout=timeout,
                               stdin=None if input is not None else subprocess.DEVNULL)
         if check is not None:
@@ -64,7 +65,7 @@ class Node:
         """Start `d daemon` and wait until it answers on its socket."""
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(d_command() + ["daemon", "--log-level", "DEBUG"], env=self.env,
+        self.proc = subprocess.Popen(self.command + ["daemon", "--log-level", "DEBUG"], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or self.d("getPeerStatus", "--json").stdout

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node, wait_for
+from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node
 from zpeer import recipes
 
 GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c", "init.defaultBranch=main"]
@@ -94,25 +94,6 @@ class VenvNode(Node):
     def __init__(self, base, name, source_ip, venv):
         super().__init__(base, name, source_ip)
         self.command = [os.path.join(venv, "bin", "d")]
-
-    def d(self, *args, input=None, timeout=30, check=None):
-        """Run the virtualenv's `d ARGS` for this node; returns CompletedProcess with bytes output."""
-        proc = subprocess.run(self.command + [str(a) for a in args], env=self.env, input=input,
-                              capture_output=True, timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL)
-        if check is not None:
-            assert proc.returncode == check, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-        return proc
-
-    def start(self):
-        """Start the virtualenv's `d daemon` and wait until it answers on its socket."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command + ["daemon", "--log-level", "DEBUG"], env=self.env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        wait_for(lambda: self.proc.poll() is not None or b'"daemon": "running"' in self.d("getPeerStatus",
-                 "--json").stdout, what=f"daemon {self.name} to serve")
-        assert self.proc.poll() is None, self.log()
-        return self
 
 
 def installed(venv):
