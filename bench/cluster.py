@@ -34,15 +34,16 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout=20.0, interval=0.02, what="condition"):
-    """Poll predicate until truthy; RuntimeError at the deadline."""
+def wait_for(predicate, timeout=20.0, interval=0.02, what="condition", error=RuntimeError):
+    """Poll predicate until truthy and return its value; `error` at the deadline (the tests'
+    conftest raises AssertionError through this same loop)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+            raise error(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
 
 

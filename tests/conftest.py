@@ -4,14 +4,18 @@ Loopback only: the leader listens on 127.0.0.1, workers connect from 127.0.0.2, 
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # bench/ (its polling and port helpers) is not installed
+
+from bench import cluster as bench_cluster  # noqa: E402
+from bench.cluster import free_port  # noqa: E402,F401  (tests import it from here)
+
 TEST_HEARTBEAT_S = 0.3
 
 
@@ -21,23 +25,9 @@ def d_command():
     return [installed] if os.path.exists(installed) else [sys.executable, os.path.join(ROOT, "bin", "d")]
 
 
-def free_port():
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Poll predicate until it returns a truthy value; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return bench_cluster.wait_for(predicate, timeout, interval, what, error=AssertionError)
 
 
 class Node:
