@@ -25,6 +25,15 @@ def d_command():
     return [installed] if os.path.exists(installed) else [sys.executable, os.path.join(ROOT, "bin", "d")]
 
 
+def pid_alive(pid):
+    """True while a process with that pid exists (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Poll predicate until it returns a truthy value; fail the test at the deadline."""
     return bench_cluster.wait_for(predicate, timeout, interval, what, error=AssertionError)

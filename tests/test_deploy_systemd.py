@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import TEST_HEARTBEAT_S, Cluster, Node, d_command, wait_for
+from conftest import TEST_HEARTBEAT_S, Cluster, Node, d_command, pid_alive, wait_for
 from zpeer.restarter import restart_for, service_unit, spawn_argv
 
 SUPERVISED_IP = "127.0.0.8"
@@ -157,15 +157,6 @@ def write_stand_ins(bin_dir, state):
         with open(path, "w") as f:
             f.write(f"#!{sys.executable}\nSTATE = {state!r}\n{body}")
         os.chmod(path, 0o755)
-
-
-def pid_alive(pid):
-    """True while a process exists (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def parent_pid(pid):

@@ -4,16 +4,8 @@ import subprocess
 
 import pytest
 
-from conftest import wait_for
+from conftest import pid_alive, wait_for
 from zpeer import leftovers
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -37,7 +29,7 @@ def test_a_recorded_group_is_ended_with_its_grandchildren(tmp_path, group):
     assert os.listdir(tmp_path / "jobs") == [str(proc.pid)]
     assert leftovers.end_leftovers(str(tmp_path)) == ["job-1"]
     assert proc.wait(timeout=5) in (-15, -9)
-    wait_for(lambda: not _alive(child), timeout=2, what="the grandchild to end")
+    wait_for(lambda: not pid_alive(child), timeout=2, what="the grandchild to end")
     assert os.listdir(tmp_path / "jobs") == []
 
 
@@ -46,7 +38,7 @@ def test_a_forgotten_group_is_left_alone(tmp_path, group):
     leftovers.record(str(tmp_path), proc.pid, "job-2")
     leftovers.forget(str(tmp_path), proc.pid)
     assert leftovers.end_leftovers(str(tmp_path)) == []
-    assert proc.poll() is None and _alive(child)
+    assert proc.poll() is None and pid_alive(child)
 
 
 def test_a_reused_pid_is_not_killed(tmp_path, group):
@@ -55,7 +47,7 @@ def test_a_reused_pid_is_not_killed(tmp_path, group):
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / str(proc.pid)).write_text("1 job-old\n")
     assert leftovers.end_leftovers(str(tmp_path)) == []
-    assert proc.poll() is None and _alive(child)
+    assert proc.poll() is None and pid_alive(child)
     assert os.listdir(tmp_path / "jobs") == []
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import TEST_HEARTBEAT_S, Node, d_command, wait_for
+from conftest import TEST_HEARTBEAT_S, Node, d_command, pid_alive, wait_for  # noqa: F401 (pid_alive: for the chaos tests)
 from proxy import ChaosProxy
 
 DETECT_LIMIT_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 heartbeat intervals + slack for 2 busy cores
@@ -118,15 +118,6 @@ class Stream:
         self.proc.wait(5)
         self._out.join(5)
         self._err.join(5)
-
-
-def pid_alive(pid):
-    """True while a process with that pid exists (zombies of our own children count as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def kill_group(pid):

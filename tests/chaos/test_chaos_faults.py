@@ -21,11 +21,16 @@ def _started(stream):
     stream.wait_for_lines(lambda lines: b'"data": "started\\n"' in b"".join(lines), what="remote start")
 
 
+def _long_run(origin, target, marks):
+    """A --json execOnPeer of the long command, once it runs remotely: (stream, remote pid)."""
+    run = Stream(origin, "--json", "--peer", target, "--shellCmd", _long_command(marks))
+    _started(run)
+    return run, int((marks / "pid").read_text())
+
+
 def test_worker_sigkill_mid_command(cluster, tmp_path):
     """Origin on a worker (desktop), target laptop SIGKILLed: a clear error, then laptop is usable again."""
-    run = Stream(cluster.desktop, "--json", "--peer", "laptop", "--shellCmd", _long_command(tmp_path))
-    _started(run)
-    pid = int((tmp_path / "pid").read_text())
+    run, pid = _long_run(cluster.desktop, "laptop", tmp_path)
     try:
         killed = time.monotonic()
         cluster.laptop.kill()
@@ -52,9 +57,7 @@ def test_worker_sigkill_mid_command(cluster, tmp_path):
 
 def test_worker_sigstop_then_sigcont_mid_command(cluster, tmp_path):
     """A frozen worker (half-open TCP link): the CLI is told in time; after SIGCONT it is usable."""
-    run = Stream(cluster.vps, "--json", "--peer", "desktop", "--shellCmd", _long_command(tmp_path))
-    _started(run)
-    pid = int((tmp_path / "pid").read_text())
+    run, pid = _long_run(cluster.vps, "desktop", tmp_path)
     try:
         stopped = time.monotonic()
         cluster.desktop.proc.send_signal(signal.SIGSTOP)
