@@ -132,10 +132,10 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
     try:
         assert select.select([running.stdout], [], [], 10)[0], "the remote sleep did not start"
         pid = int(running.stdout.readline())
-        start = time.monotonic()
         assert c.vps.d("removePeer", "tablet", check=0).stdout == b"Removed: tablet (key revoked)\n"
+        removed = time.monotonic()  # after the removing CLI, whose own start is slow on a busy machine
         assert running.wait(timeout=5) == 255
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - removed < 2.0
         assert running.stderr.read() == b"Peer tablet was removed\n"
     finally:
         running.kill()
