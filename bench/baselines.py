@@ -74,6 +74,59 @@ def curve_mb_s(total_bytes, chunk_bytes=256 * 1024):
         ctx.destroy(0)
 
 
+_ECHO_SERVER = """
+import sys, zmq
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+router.curve_server = True
+router.curve_publickey, router.curve_secretkey = sys.argv[1].encode(), sys.argv[2].encode()
+print(router.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+while True:
+    frames = router.recv_multipart()
+    if frames[-1] == b"stop":
+        break
+    router.send_multipart(frames)
+"""
+
+
+def curve_rtt_s(runs):
+    """Round trips of a small message from a DEALER here to a CurveZMQ ROUTER echo in another
+    process over loopback (libzmq and CURVE, no zpeer): the floor of one hop on the peer link."""
+    import zmq
+
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, server_public, server_secret],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    ctx = zmq.Context()
+    try:
+        port = int(echo.stdout.readline())
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.curve_serverkey = server_public
+        dealer.curve_publickey, dealer.curve_secretkey = client_public, client_secret
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        message = b"x" * 100  # about an exec or exit header
+
+        def one():
+            start = time.perf_counter()
+            dealer.send(message)
+            if not dealer.poll(5000):
+                raise RuntimeError("the CurveZMQ echo did not answer")
+            dealer.recv()
+            return time.perf_counter() - start
+        times = repeat(one, runs, warmup=20)
+        dealer.send(b"stop")
+        return times
+    finally:
+        ctx.destroy(0)
+        try:
+            echo.wait(5)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+            echo.wait()
+        echo.stdout.close()
+
+
 class LocalSsh:
     """A private sshd on 127.0.0.1 and the ssh command lines that reach it."""
 

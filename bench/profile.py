@@ -1,8 +1,9 @@
-"""Where the time goes: `python bench/profile.py [api|cli|stream] [--top N]`.
+"""Where the time goes: `python bench/profile.py [api|cli|stream|idle] [--top N]`.
 
 Runs the leader and one worker daemon under cProfile (`python -m cProfile -m zpeer daemon`),
 drives one hot path, stops the daemons with SIGTERM (cProfile then writes its stats) and prints
-the top functions of each process by internal time. `cli` and `stream` profile the CLI too.
+the top functions of each process by internal time. `cli` and `stream` profile the CLI too;
+`idle` profiles the leader holding --peers swarm workers for --idle-s seconds.
 """
 import argparse
 import os
@@ -45,10 +46,12 @@ def show(title, path, top):
 def main(argv=None):
     """Profile one path and print the tables."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("path", choices=("api", "cli", "stream"))
+    p.add_argument("path", choices=("api", "cli", "stream", "idle"))
     p.add_argument("--runs", type=int, default=300, help="execs for api/cli")
     p.add_argument("--stream-mb", type=int, default=512)
     p.add_argument("--top", type=int, default=18)
+    p.add_argument("--peers", type=int, default=1000, help="idle: connected peers")
+    p.add_argument("--idle-s", type=float, default=20.0, help="idle: seconds to profile")
     args = p.parse_args(argv)
     cluster.Node = ProfiledNode  # Cluster builds its nodes through this name
     base = tempfile.mkdtemp(prefix="zpeer-profile-")
@@ -59,7 +62,12 @@ def main(argv=None):
         lead = c.start_leader()
         w1 = c.start_worker("w1", "127.0.0.2")
         started = time.perf_counter()
-        if args.path == "api":
+        if args.path == "idle":
+            for count, first_ip, prefix in ((args.peers - 1) // 2, "127.0.1.1", "a"), \
+                    ((args.peers - 1) - (args.peers - 1) // 2, "127.0.3.1", "b"):
+                c.start_swarm(count, first_ip, prefix)
+            time.sleep(args.idle_s)  # not a wait for state: the idle window being profiled
+        elif args.path == "api":
             client = lead.client()
             for _ in range(args.runs):
                 timed_api_exec(client, "w1")
@@ -75,7 +83,7 @@ def main(argv=None):
         c.stop()  # SIGTERM: the profiled daemons write their stats as they exit
         show("leader daemon", lead.prof, args.top)
         show("worker daemon w1", w1.prof, args.top)
-        if args.path != "api":
+        if args.path in ("cli", "stream"):
             show("CLI (last run)", cli_prof, args.top)
     finally:
         c.stop()

@@ -106,9 +106,12 @@ class Bench:
         finally:
             client.close()
         self.add(Row("ipc_rtt", rtt * 1000, "ms", c["api_runs"], note="baseline: one request to the local daemon and its reply"))
-        floor = self.base["bash_c_true"] + rtt
+        hop = median(baselines.curve_rtt_s(c["api_runs"]))
+        self.add(Row("curve_rtt", hop * 1000, "ms", c["api_runs"],
+                     note="baseline: a 100-byte CurveZMQ round trip to another process on loopback, no zpeer"))
+        floor = self.base["bash_c_true"] + rtt + hop
         self.add(Row("api_exec_true", median(t) * 1000, "ms", len(t), "<= 2 ms", check(median(t), 0.002),
-                     f"floor `bash -c true` + ipc_rtt = {floor * 1000:.2f} ms; CPU ms per exec: leader "
+                     f"floor `bash -c true` + ipc_rtt + curve_rtt = {floor * 1000:.2f} ms; CPU ms per exec: leader "
                      f"{cpu[0]}, worker {cpu[1]}, client {cpu[2]} (+ bash) on {os.cpu_count()} cores",
                      {"cpu_ms": {"leader": cpu[0], "worker": cpu[1], "client": cpu[2]}}))
         t = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "all", "--shellCmd", "true"], self.tty)[0],

@@ -103,6 +103,19 @@ def test_session_flow_credit_and_finish():
     assert sid not in sessions.sessions
 
 
+def test_an_exit_that_names_a_pid_is_also_the_started_event():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    job = actions[0][1]["job"]
+    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "pid": 42}, None)
+    reply = sessions.poll(sid, b"ident", "r1")[-1][3]
+    assert reply["events"] == [["w1", "s", 42], ["w1", "x", 0, "exit"]] and reply["done"] is True
+    assert protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0, "how": "exit",
+                              "pid": 42}) == "exit"
+    with pytest.raises(protocol.ProtocolError, match="bad field 'pid'"):
+        protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0, "how": "exit", "pid": "42"})
+
+
 def test_session_messages_from_wrong_peer_are_ignored():
     sessions = OriginSessions("me", 1.0)
     sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)

@@ -36,19 +36,29 @@ def test_an_exec_runs_once_even_when_it_arrives_twice(jobs):
     assert list(jobs.jobs) == ["j1"]
 
 
-def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(jobs):
+def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(jobs, tmp_path):
     from zpeer.execution import STARTED_DELAY_S
 
+    records = tmp_path / "jobs"
     jobs.handle("vps", _exec("quick", "true"), None)
-    assert [(m["t"], m["job"]) for m in _until_done(jobs)] == [("started", "quick"), ("exit", "quick")]
+    pid = jobs.jobs["quick"].proc.pid
+    (done,) = _until_done(jobs)  # one message: the exit names the pid a "started" would have
+    assert (done["t"], done["job"], done["pid"], done["rc"]) == ("exit", "quick", pid, 0)
+    assert not records.exists() or not list(records.iterdir())  # ended before it was recorded
     jobs.handle("vps", _exec("talks", "echo hi"), None)
-    assert [m["t"] for m in _until_done(jobs)] == ["started", "out", "exit"]
+    got = _until_done(jobs)
+    assert [m["t"] for m in got] == ["started", "out", "exit"] and "pid" not in got[-1]
     jobs.handle("vps", _exec("silent", "sleep 5"), None)
     assert jobs.on_timer(time.monotonic(), 60) == []
     pid = jobs.jobs["silent"].proc.pid
     later = jobs.on_timer(time.monotonic() + STARTED_DELAY_S + 0.001, 60)
     assert [m[0] for m in later] == [{"t": "started", "job": "silent", "to": "vps", "pid": pid}]
+    assert (records / str(pid)).read_text().split()[1] == "silent"  # recorded from "started" on
     assert jobs.on_timer(time.monotonic() + 1, 60) == []  # once
+    jobs.cancel("silent", "vps")
+    assert _until_done(jobs)[-1]["how"] == "cancelled" and (records / str(pid)).exists()
+    jobs.forget_finished()  # the daemon does this after the turn's messages left
+    assert not (records / str(pid)).exists()
 
 
 def test_a_cancel_that_overtakes_its_exec_stops_it_from_running(jobs):

@@ -14,7 +14,7 @@ from collections import deque
 
 import zmq
 
-from zpeer import config, keys, leftovers, protocol
+from zpeer import config, keys, leftovers, protocol, wire
 from zpeer.api import Api
 from zpeer.errors import Busy, NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
@@ -224,8 +224,7 @@ class Daemon:
     def reply(self, identity, rid, payload, data_frames=()):
         """Answer a CLI request (output bytes, if any, as raw frames after the map)."""
         try:
-            self.ipc.send_multipart(reply_frames(identity, rid, payload, data_frames), flags=zmq.NOBLOCK,
-                                    copy=False)
+            wire.send(self.ipc, reply_frames(identity, rid, payload, data_frames), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the CLI went away
 
@@ -349,6 +348,7 @@ class Daemon:
         self.dispatch(("peer", h, d) for h, d in self.targets.on_timer(now, origin_timeout))
         self.dispatch(self.sessions.on_timer(now))
         self.api.tick(now)
+        self.targets.forget_finished()
         self.registry.flush_audit()
         if self.role == "worker":
             change = self.link.tick(now)

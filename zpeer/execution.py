@@ -26,8 +26,8 @@ EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut
 SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
 EARLY_CANCELS_MAX = 1000  # cancels that overtook their exec, per (origin, job): kept apart, so a
                           # flood of cancels for made-up ids cannot push real ones out of `seen`
-# "started" waits for the first output, the exit or this long: a short command's started and exit
-# then leave together, and the leader and the origin handle them in one loop turn, not two
+# "started" waits for the first output, the exit or this long: a short command's exit then says
+# "started" too (its pid), one message through the leader instead of two
 STARTED_DELAY_S = 0.02
 STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (sessions.STDIN_WINDOW_BYTES)
 
@@ -40,6 +40,7 @@ class TargetJobs:
         self.jobs = {}
         self.seen = OrderedDict()  # job id -> True: at-most-once across retries/reconnects
         self.early_cancels = OrderedDict()  # (origin, job) -> True: cancelled before its exec came
+        self.finished = []  # process groups of ended jobs whose records forget_finished() removes
         self.is_root = os.geteuid() == 0 if run_as_root is None else run_as_root
 
     def handle(self, from_peer, header, data):
@@ -102,16 +103,19 @@ class TargetJobs:
             return [({"t": "error", "job": job, "to": origin, "err": exc.to_reply()}, None)]
         rj = RunningJob(job, origin, proc, msg.get("timeout"), msg["credit"])
         self.jobs[job] = rj
-        leftovers.record(self.home, proc.pid, job)
         log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, msg["cmd"][:200])
         rj.announce_at = time.monotonic() + STARTED_DELAY_S
         return []
 
     def _announce(self, rj):
-        """The job's "started" message, once, before anything else it sends."""
+        """The job's "started" message, once, before anything else it sends; its process group
+        is recorded on disk then (leftovers: not at spawn, where reading the start time of a
+        process still in execve waits for it, and a command that ends sooner needs no record)."""
         if rj.announce_at is None:
             return []
         rj.announce_at = None
+        leftovers.record(self.home, rj.proc.pid, rj.job)
+        rj.recorded = True
         return [({"t": "started", "job": rj.job, "to": rj.origin, "pid": rj.proc.pid}, None)]
 
     def _spawn(self, msg):
@@ -226,12 +230,23 @@ class TargetJobs:
         if rj.pipes:
             return []
         del self.jobs[rj.job]
-        leftovers.forget(self.home, rj.proc.pid)
+        if rj.recorded:
+            self.finished.append(rj.proc.pid)
         rc = rj.rc()
         rj.release()
         log.info("job %s: %s rc=%d after %.3fs", rj.job, rj.how, rc, now - rj.started)
-        return self._announce(rj) + [({"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
-                  "bytes": rj.bytes_out, "duration": now - rj.started, "seq": rj.seq}, None)]
+        exit_msg = {"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
+                    "bytes": rj.bytes_out, "duration": now - rj.started, "seq": rj.seq}
+        if rj.announce_at is not None:  # never announced: the exit says "started" too (one message)
+            rj.announce_at = None
+            exit_msg["pid"] = rj.proc.pid
+        return [(exit_msg, None)]
+
+    def forget_finished(self):
+        """Drop the on-disk records of jobs that ended (after their exits left: off the fast path)."""
+        for pgid in self.finished:
+            leftovers.forget(self.home, pgid)
+        self.finished.clear()
 
     def credit(self, job, n):
         """The origin consumed output: allow n more bytes."""
@@ -343,3 +358,4 @@ class TargetJobs:
             rj.release()
             leftovers.forget(self.home, rj.proc.pid)
         self.jobs.clear()
+        self.forget_finished()

@@ -11,7 +11,7 @@ import uuid
 import msgpack
 import zmq
 
-from zpeer import config, protocol
+from zpeer import config, protocol, wire
 from zpeer.errors import FailedToConnect, ZpeerError, from_reply
 
 CONNECT_TIMEOUT_S = 1.0
@@ -51,9 +51,9 @@ class Client:
             raise FailedToConnect("Failed to connect",
                                   hint="the local daemon did not answer in time: is it stuck? "
                                        "see its log, `systemctl status zpeer`")
-        frames = self.sock.recv_multipart(copy=False)
+        frames = wire.recv(self.sock, data_from=2)  # [signature, map, raw output...]
         try:
-            reply = protocol.unpack_header(frames[1].bytes, protocol.MAX_IPC_BYTES)
+            reply = protocol.unpack_header(frames[1], protocol.MAX_IPC_BYTES)
         except (protocol.ProtocolError, IndexError):
             raise ZpeerError("Bad reply from the local daemon (is it another zpeer version?)") from None
         if reply.get("err"):

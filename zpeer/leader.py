@@ -16,7 +16,7 @@ import peewee
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zpeer import config, keys, protocol
+from zpeer import config, keys, protocol, wire
 from zpeer.errors import BadRequest, NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import describe_last_seen, peer_record
@@ -106,8 +106,7 @@ class LeaderLink:
         if entry is None:
             return False
         try:
-            self.sock.send_multipart(protocol.envelope(entry["route"], protocol.encode(header, data)),
-                                     flags=zmq.NOBLOCK, copy=False)
+            wire.send(self.sock, protocol.envelope(entry["route"], protocol.encode(header, data)), zmq.NOBLOCK)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (HWM): the peer is not keeping up
             if self.limiter.allow(("send", peer_id)):
@@ -117,16 +116,16 @@ class LeaderLink:
     def _send_raw(self, identity, header):
         """Answer a connection that is not (yet) a verified peer (hello replies)."""
         try:
-            self.sock.send_multipart(protocol.envelope(identity, protocol.encode(header)),
-                                     flags=zmq.NOBLOCK)
+            wire.send(self.sock, protocol.envelope(identity, protocol.encode(header)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
     # --- receiving ---------------------------------------------------------------------
     def receive(self):
         """Read one message; returns (peer_id, header, data) for the daemon, or None."""
-        frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-        identity = frames[0].bytes
+        # [identity, signature (a zmq.Frame: its User-Id is the sender's key), header, data]
+        frames = wire.recv(self.sock, zmq.NOBLOCK, data_from=3, meta_at=1, max_frames=4)
+        identity = frames[0]
         peer_id = protocol.peer_of_route(identity)  # claimed; the key and route decide below
         try:
             header, data = protocol.decode(frames[1:])

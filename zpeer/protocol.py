@@ -68,7 +68,7 @@ PEER_MESSAGES = {
 # use them without further checks, and the leader forwards them from one peer to another).
 OPTIONAL_FIELDS = {"ts": _NUM, "ttl": _NUM, "fanout": _INT, "ouser": _OPT_STR, "bytes": _INT,
                    "duration": _NUM, "hb": _NUM, "reason": _STR, "token": _STR, "from": _STR,
-                   "side": _STR, "gen": _INT, "err": _MAP}
+                   "side": _STR, "gen": _INT, "err": _MAP, "pid": _INT}
 # Strings that reach execve, chdir or getpwnam (where an embedded NUL raises, not fails).
 NUL_FREE_FIELDS = ("cmd", "dir", "user", "job", "to", "from", "id")
 

@@ -172,6 +172,8 @@ class OriginSessions:
             job.bytes += size
             self._event(session, [job.target, "o" if header["fd"] == 1 else "e", data], size)
         elif mtype == "exit":
+            if job.state == "sent" and header.get("pid") is not None:  # a short command: started + exit in one
+                self._event(session, [job.target, "s", header["pid"]])
             job.state = "done"
             self._event(session, [job.target, "x", header["rc"], header["how"]])
         elif mtype == "stdin_ack":

@@ -18,7 +18,7 @@ import uuid
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zpeer import config, protocol
+from zpeer import config, protocol, wire
 from zpeer.errors import KeyMismatch, NotAuthorized, NotConnected, RequestTimeout, from_reply
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class WorkerLink:
         if not force and not self.connected():
             return False
         try:
-            self.sock.send_multipart(protocol.encode(header, data), flags=zmq.NOBLOCK, copy=False)
+            wire.send(self.sock, protocol.encode(header, data), zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
@@ -181,7 +181,7 @@ class WorkerLink:
 
     def receive(self):
         """Read one message; returns (from_peer, header, data) for routed ones, else None."""
-        frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        frames = wire.recv(self.sock, zmq.NOBLOCK, data_from=2, max_frames=3)
         try:
             header, data = protocol.decode(frames)
         except protocol.ProtocolError as exc:
