@@ -67,6 +67,24 @@ def ensure_home(path=None):
     return path
 
 
+def lock_home(home):
+    """One daemon per ZPEER_HOME: an exclusive lock on daemon.pid, held by the returned fd."""
+    import fcntl
+
+    from zpeer.errors import Busy
+
+    fd = os.open(path_in_home(PID_FILE, home), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Busy(f"Another daemon already runs for {home} (pid {other})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def path_in_home(name, home=None):
     """Path of a file in the state directory."""
     return os.path.join(home or home_dir(), name)

@@ -4,7 +4,6 @@ Timers live in the loop: the poll timeout is the time to the next deadline. Peer
 are routed by their "to" field: to this node -> handled here; otherwise the leader sends them
 to the peer by identity and a worker hands them to its leader.
 """
-import fcntl
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ import zmq
 
 from zpeer import config, keys, leftovers, protocol, wire
 from zpeer.api import Api
-from zpeer.errors import Busy, NotConfigured, NotConnected, ZpeerError
+from zpeer.errors import NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
 from zpeer.ipc import bind_cli_socket, reply_frames, socket_access
 from zpeer.keys import start_authenticator
@@ -45,7 +44,7 @@ class Daemon:
 
     def __init__(self, home=None, ctx=None):
         self.home = config.ensure_home(home or config.home_dir())
-        self.lock_fd = self._lock()
+        self.lock_fd = config.lock_home(self.home)
         self.ctx = ctx or zmq.Context()
         self.cfg = config.load(self.home)
         self.version = full_version()
@@ -69,20 +68,6 @@ class Daemon:
         self.apply_config(self.cfg)
 
     # --- setup --------------------------------------------------------------------------
-    def _lock(self):
-        """One daemon per ZPEER_HOME: hold an exclusive lock on daemon.pid."""
-        path = config.path_in_home(config.PID_FILE, self.home)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise Busy(f"Another daemon already runs for {self.home} (pid {other})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return fd
-
     def apply_config(self, cfg):
         """Start, stop or rebuild the peer link to match the configuration."""
         old = self.cfg
