@@ -1,4 +1,11 @@
-"""The registry's batched writes (audit rows and last_seen) with prepared statements."""
+"""The registry's batched writes (audit rows and last_seen) with prepared statements, and the
+audit journal that keeps queued rows across a SIGKILL."""
+import os
+import subprocess
+import sys
+import time
+
+from zpeer.audit import FLUSH_S, JOURNAL_FILE
 from zpeer.registry import Registry
 
 
@@ -10,7 +17,7 @@ def test_audit_insert_then_update_in_one_flush(tmp_path):
                  directory="/tmp", command="echo hi")
     reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=3)
     reg.log_exec("j2", rc=255, outcome="peer_lost")
-    reg.flush_audit()
+    reg.flush_audit(force=True)
     rows = {r.job: r for r in reg.history(limit=10)}
     assert (rows["j1"].rc, rows["j1"].outcome, rows["j1"].bytes_out, rows["j1"].command) == (0, "exit", 3, "true")
     assert (rows["j2"].rc, rows["j2"].outcome, rows["j2"].bytes_out, rows["j2"].directory) == (255, "peer_lost", 0, "/tmp")
@@ -42,12 +49,56 @@ def test_exit_queued_with_its_exec_makes_one_row_and_history_flushes_first(tmp_p
                  directory=None, command="true")
     reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=0)
     assert len(reg._audit) == 1  # the exit merged into the queued insert: one INSERT, no UPDATE
-    reg.flush_audit()
+    reg.flush_audit(force=True)
     assert _rows(reg) == [("j1", 0, "exit", "true")]
     # an exit whose exec was already written is an UPDATE of that row
     reg.log_exec("j2", started_at=2.0, origin="vps", origin_user=None, target="w1", fanout=1,
                  directory=None, command="sleep 1")
-    reg.flush_audit()
+    reg.flush_audit(force=True)
     reg.log_exec("j2", rc=7, outcome="exit")
     assert [r.rc for r in reg.history(peer="w1")] == [7, 0]  # history writes what waits first
     reg.close()
+
+
+def test_rows_reach_sqlite_once_due_and_the_journal_empties_then(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    journal = tmp_path / JOURNAL_FILE
+    assert not journal.exists() and reg.audit_due() is None  # nothing audited: no journal, no timer
+    before = time.monotonic()
+    reg.log_exec("j1", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1,
+                 directory=None, command="true")
+    assert before + FLUSH_S <= reg.audit_due() <= time.monotonic() + FLUSH_S
+    reg.flush_audit()  # not due yet: one transaction per FLUSH_S, not per event
+    assert _rows(reg) == [] and journal.stat().st_size > 0
+    reg._audit_due = time.monotonic()  # as if FLUSH_S had passed
+    reg.flush_audit()
+    assert _rows(reg) == [("j1", None, None, "true")] and journal.stat().st_size == 0
+    assert reg.audit_due() is None
+    reg.close()
+
+
+KILLED_MID_FLUSH_WINDOW = """
+import os, sys
+from zpeer.registry import Registry
+reg = Registry(sys.argv[1])
+reg.log_exec("old", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1, directory=None,
+             command="echo written")
+reg.flush_audit(force=True)
+reg.log_exec("old", rc=3, outcome="exit", duration_s=0.5, bytes_out=8)
+reg.log_exec("new", started_at=2.0, origin="vps", origin_user="me", target="w2", fanout=1, directory="/",
+             command="echo only in the journal")
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_sigkilled_daemons_queued_audit_rows_are_written_by_the_next_one(tmp_path):
+    db = str(tmp_path / "z.db")
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_FLUSH_WINDOW, db], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    with open(tmp_path / JOURNAL_FILE, "ab") as f:
+        f.write(b"\x92\xa3cut")  # a record cut short by the kill: the replay stops there
+    reg = Registry(db)
+    assert _rows(reg) == [("new", None, None, "echo only in the journal"), ("old", 3, "exit", "echo written")]
+    assert os.path.getsize(tmp_path / JOURNAL_FILE) == 0
+    reg.close()
+    assert _rows(Registry(db)) == _rows(reg)  # replayed once, not again

@@ -255,7 +255,7 @@ class Daemon:
         poller = self._poller_for(link, items)
         now = time.monotonic()
         deadlines = [self.next_beat, self.targets.next_deadline(), self.sessions.next_deadline(),
-                     link.next_deadline() if self.role == "worker" else None]
+                     link.next_deadline() if self.role == "worker" else None, self.registry.audit_due()]
         wait = min(d for d in deadlines if d is not None) - now
         timeout_ms = 0 if self.local else max(0, min(int(max_wait_s * 1000), int(wait * 1000) + 1))
         try:

@@ -4,7 +4,8 @@ Tables: meta (schema version), peer (id, ip as observed on the connection, hostn
 version, CURVE key, status accepted/pending/removed, first/last seen), join_token (hash of the
 one-time secret, expiry, use) and exec_log (audit of every exec routed by this leader).
 Workers keep the same schema but only meta; `sanity_check(worker=True)` deletes the rest.
-last_seen is kept in memory and flushed in batches (`flush()`), never one write per heartbeat.
+last_seen is kept in memory and flushed in batches (`flush()`), never one write per heartbeat;
+audit rows go to a journal at once and to SQLite in batches (`zpeer.audit`).
 """
 import logging
 import os
@@ -12,6 +13,8 @@ import sqlite3
 import time
 
 import peewee
+
+from zpeer.audit import FLUSH_S, Journal
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,8 @@ class Registry:
         self._seen = {}  # peer id -> (last_seen, ip): pending batched writes
         self._audit = []  # (job, fields): pending audit writes
         self._audit_inserts = {}  # job -> fields of its queued insert (later updates merge into it)
-        self._audit_retry_at = 0.0
+        self._audit_due = 0.0  # monotonic time the queued rows are written at
+        self._journal = Journal(os.path.dirname(os.path.abspath(path)))
         self.last_error = None
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
         self.db.connect()
@@ -132,11 +136,18 @@ class Registry:
         row = self.Meta.get_or_none(self.Meta.key == "schema_version")
         if row is None:
             self.Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
+        left = self._journal.replay()  # what a killed predecessor had not written to SQLite yet
+        if left:
+            log.info("audit journal: writing %d events left by the previous daemon", len(left))
+            for job, fields in left:
+                self._queue_audit(job, fields)
+            self.flush_audit(force=True)
 
     def close(self):
         """Flush pending writes and close the file."""
         self.flush()
         self.flush_audit(force=True)
+        self._journal.close()
         self.db.close()
 
     # --- peers -------------------------------------------------------------------------
@@ -238,7 +249,15 @@ class Registry:
 
     # --- audit --------------------------------------------------------------------------
     def log_exec(self, job, **fields):
-        """Queue an audit insert (with "command") or update; written by flush_audit()."""
+        """Record an audit insert (with "command") or update: in the journal now, in SQLite by
+        the next flush_audit() that is due."""
+        self._journal.append(job, fields)
+        self._queue_audit(job, fields)
+
+    def _queue_audit(self, job, fields):
+        """Queue one audit event for SQLite."""
+        if not self._audit:
+            self._audit_due = max(self._audit_due, time.monotonic() + FLUSH_S)
         queued = self._audit_inserts.get(job)
         if queued is not None and "command" not in fields:
             queued.update(fields)  # the exit of an exec not written yet: one row, one INSERT
@@ -247,13 +266,14 @@ class Registry:
             self._audit_inserts[job] = fields
         self._audit.append((job, fields))
 
-    def flush_audit(self, force=False):
-        """Write queued audit rows in one transaction; database trouble is logged, never fatal.
+    def audit_due(self):
+        """When flush_audit() has work (the loop's poll ends then), or None."""
+        return self._audit_due if self._audit else None
 
-        The daemon calls this every loop turn: an audit row is on disk before the turn that
-        routed its exec ends, so even a SIGKILLed leader loses none (rows are not held longer
-        to batch them). `force` ignores the back-off after a failure."""
-        if not self._audit or (not force and time.monotonic() < self._audit_retry_at):
+    def flush_audit(self, force=False):
+        """Write queued audit rows in one transaction once due (FLUSH_S after the first, or at
+        once with `force`), then empty the journal; database trouble is logged, never fatal."""
+        if not self._audit or (not force and time.monotonic() < self._audit_due):
             return
         batch, self._audit = self._audit, []
         self._audit_inserts = {}
@@ -263,11 +283,12 @@ class Registry:
                 for sql, rows in _audit_statements(self.ExecLog, batch):
                     connection.executemany(sql, rows)
             self.last_error = None
-            self._audit_retry_at = 0.0
+            self._audit_due = 0.0
+            self._journal.clear()
         except (peewee.PeeweeException, sqlite3.Error) as exc:
             self._audit[:0] = batch[-10000:]
             # a locked or read-only file: each attempt blocks busy_timeout, so not every turn
-            self._audit_retry_at = time.monotonic() + AUDIT_RETRY_S
+            self._audit_due = time.monotonic() + AUDIT_RETRY_S
             self._note_error(exc)
 
     def history(self, peer=None, limit=20):
