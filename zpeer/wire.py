@@ -2,7 +2,7 @@
 
 pyzmq's zero-copy path (`copy=False`) wraps every frame in a `zmq.Frame` object, which costs
 more than copying a small frame: on a 2-core machine a heartbeat (3 frames in, 3 out) took about
-twice as long that way. Output chunks of 256 KiB are the opposite case. So the small frames that
+twice as long that way. Output chunks (up to 1 MiB) are the opposite case. So the small frames that
 open every zpeer message (routing identity, signature, header map) are copied, and frames from a
 given index on (output, stdin) are received zero-copy; a frame whose metadata is needed (the
 CURVE key as User-Id, Peer-Address, SRCFD) is received as a `zmq.Frame` too.
