@@ -86,7 +86,8 @@ class RunningJob:
         self.seq = 0  # out messages sent: lets the origin prove it got every chunk, in order
         self.last_origin_word = self.started
         self.announce_at = None  # when the target must say "started" at the latest (TargetJobs)
-        self.recorded = False  # its process group is in $ZPEER_HOME/jobs (zpeer.leftovers)
+        self.record_at = self.started  # when its group is written to $ZPEER_HOME/jobs (TargetJobs)
+        self.recorded = False
 
     def kill_group(self, sig):
         """Signal the whole process group (children and grandchildren)."""
