@@ -104,14 +104,19 @@ class TargetJobs:
         rj = RunningJob(job, origin, proc, msg.get("timeout"), msg["credit"])
         self.jobs[job] = rj
         log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, msg["cmd"][:200])
-        rj.announce_at = rj.record_at = time.monotonic() + STARTED_DELAY_S
+        rj.announce_at = time.monotonic() + STARTED_DELAY_S
         return []
 
     def _announce(self, rj):
-        """The job's "started" message, once, before anything else it sends."""
+        """The job's "started" message, once, before anything else it sends. Its process group
+        goes on disk for zpeer.leftovers then, before the origin hears of the job: not at spawn,
+        where reading the start time of a process still in execve waits for it, and a command
+        that ends within STARTED_DELAY_S without output needs no record."""
         if rj.announce_at is None:
             return []
         rj.announce_at = None
+        leftovers.record(self.home, rj.proc.pid, rj.job)
+        rj.recorded = True
         return [({"t": "started", "job": rj.job, "to": rj.origin, "pid": rj.proc.pid}, None)]
 
     def _spawn(self, msg):
@@ -309,11 +314,6 @@ class TargetJobs:
                 self._reap(rj)
             if rj.announce_at is not None and now >= rj.announce_at:
                 out.extend(self._announce(rj))
-            if not rj.recorded and now >= rj.record_at:
-                # on disk for zpeer.leftovers from here on: not at spawn, where reading the start
-                # time of a process still in execve waits for it, and most commands end sooner
-                leftovers.record(self.home, rj.proc.pid, rj.job)
-                rj.recorded = True
             out.extend(self._maybe_finish(rj))
         return out
 
@@ -323,8 +323,6 @@ class TargetJobs:
         for rj in self.jobs.values():
             if rj.announce_at is not None:
                 times.append(rj.announce_at)
-            if not rj.recorded:
-                times.append(rj.record_at)
             if rj.deadline and rj.how == "exit":
                 times.append(rj.deadline)
             if rj.kill_at:

@@ -3,11 +3,12 @@
 A daemon that is SIGKILLed (or crashes, or its host's OOM killer picks it) cannot kill what it
 ran, and the origin was already told the command was lost: its process group would run on with
 nobody to report to. Each command's group is recorded as `$ZPEER_HOME/jobs/PGID` (the group
-leader's start time and the job id) from 20 ms after its spawn until its job ends; the next
-daemon on that home ends the groups still recorded. Most commands end within those 20 ms and
-never touch the disk; only a daemon killed inside that window leaves its command running. The
-start time guards against a reused pid: a group id is never handed out while the group has
-members, so a live process with that pid and another start time is someone else.
+leader's start time and the job id) from its "started" message (its first output, or 20 ms in)
+until its job ends, so a group is on disk before its origin hears of it; the next daemon on that
+home ends the groups still recorded. A command that ends within 20 ms without output never
+touches the disk (a daemon killed inside that window leaves it to end alone). The start time
+guards against a reused pid: a group id is never handed out while the group has members, so a
+live process with that pid and another start time is someone else.
 """
 import logging
 import os

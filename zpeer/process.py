@@ -86,8 +86,7 @@ class RunningJob:
         self.seq = 0  # out messages sent: lets the origin prove it got every chunk, in order
         self.last_origin_word = self.started
         self.announce_at = None  # when the target must say "started" at the latest (TargetJobs)
-        self.record_at = self.started  # when its group is written to $ZPEER_HOME/jobs (TargetJobs)
-        self.recorded = False
+        self.recorded = False  # its process group is in $ZPEER_HOME/jobs (zpeer.leftovers)
 
     def kill_group(self, sig):
         """Signal the whole process group (children and grandchildren)."""
