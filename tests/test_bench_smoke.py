@@ -36,3 +36,15 @@ def test_bench_runs_in_a_tiny_configuration(tmp_path):
     table = proc.stdout.decode()
     for name in ROWS:
         assert name in table
+
+
+@pytest.mark.timeout(60)
+def test_ab_compares_two_trees_in_one_run(tmp_path):
+    """bench/ab.py with this checkout on both sides: one line per tree, each with its numbers."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ab.py"), ROOT, "--rounds", "1"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=55, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    lines = proc.stdout.decode().splitlines()
+    assert [line.split(" ", 1)[0] for line in lines[:2]] == ["A", "B"], lines
+    for line in lines[:2]:
+        assert f"{ROOT}: median " in line and "CPU ms per exec: leader " in line, line

@@ -347,7 +347,7 @@ def test_leader_and_workers_survive_generated_peer_messages(fuzzed):
                                                 for h in c.member.received),
              timeout=10, what="a generated exec to report it started")
     kinds = {h.get("t") for h in c.member.received}
-    assert {"rpc_reply", "error", "hb", "started", "exit"} <= kinds, kinds  # execs ran on targets too
+    assert {"rpc_reply", "error", "hb", "exit"} <= kinds, kinds  # execs ran on targets too (above)
     started = sum(full_log(node).count("from fuzzer: pid") for node in (c.vps, c.desktop, c.laptop))
     print(f"{sum(counts.values())} messages; the targets started {started} generated commands")
     _healthy(c, extra_ids=b"fuzzer\n")

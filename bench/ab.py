@@ -1,0 +1,103 @@
+"""A/B: the same measurement through two zpeer trees at once, interleaved, so both see the same
+machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream]`.
+
+On a shared 2-core machine a row moves by ±20 % between runs, more than most changes move it;
+two clusters measured in alternating batches in one run do not drift apart. A is OTHER_TREE (for
+example `git worktree add /tmp/base main`), B is this checkout. Each tree gets its own leader and
+worker daemons (`python -m zpeer` with that tree first on PYTHONPATH) and its own client.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench import cluster  # noqa: E402
+from bench.cluster import cpu_seconds  # noqa: E402
+from bench.measure import MB, api_exec, timed_api_exec  # noqa: E402
+
+BATCH = 40  # execs per tree per round
+
+
+def _which(tree):
+    """The zpeer a `python -m zpeer` with this tree on PYTHONPATH imports (must be the tree's own)."""
+    out = subprocess.run([sys.executable, "-c", "import zpeer, os; print(os.path.dirname(os.path.dirname(zpeer.__file__)))"],
+                         env=dict(os.environ, PYTHONPATH=tree), cwd="/", capture_output=True, text=True, check=True)
+    return os.path.realpath(out.stdout.strip())
+
+
+def start(tree, source_ip):
+    """A leader and a worker running the zpeer of `tree`; (cluster, leader, worker, client)."""
+    if _which(tree) != os.path.realpath(tree):
+        raise SystemExit(f"{tree}: `python -m zpeer` would not import this tree's zpeer")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = tree  # nodes copy the environment as they are made
+    try:
+        c = cluster.Cluster()
+        try:
+            lead = c.start_leader()
+            worker = c.start_worker("w1", source_ip)
+        except BaseException:
+            c.stop()
+            raise
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return c, lead, worker, lead.client()
+
+
+def main(argv=None):
+    """Run the rounds and print one line per tree."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("other", help="the A tree (a zpeer checkout)")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--what", choices=("exec", "stream"), default="exec",
+                   help=f"exec: `true`, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s)")
+    args = p.parse_args(argv)
+    os.chdir("/")  # `python -m` puts the cwd first on sys.path: it must hold no zpeer
+    cluster.d_command = lambda: [sys.executable, "-m", "zpeer"]
+    trees = {"A": os.path.abspath(args.other), "B": ROOT}
+    nodes, results, cpu = {}, {k: [] for k in trees}, {k: [0.0, 0.0, 0] for k in trees}
+    try:
+        for name, ip in (("A", "127.0.0.2"), ("B", "127.0.0.4")):
+            nodes[name] = start(trees[name], ip)
+        for _ in range(args.rounds):
+            for name, (_c, lead, worker, client) in nodes.items():
+                if args.what == "stream":
+                    results[name].append(256 / timed_api_exec(client, "w1", f"head -c {256 * MB} /dev/zero"))
+                    continue
+                for _ in range(5):
+                    api_exec(client, "w1")  # warm-up after the other tree's batch
+                before = cpu_seconds(lead.pid), cpu_seconds(worker.pid)
+                for _ in range(BATCH):
+                    results[name].append(timed_api_exec(client, "w1") * 1000)
+                cpu[name][0] += cpu_seconds(lead.pid) - before[0]
+                cpu[name][1] += cpu_seconds(worker.pid) - before[1]
+                cpu[name][2] += BATCH
+    finally:
+        for c, _lead, _worker, client in nodes.values():
+            client.close()
+            c.stop()
+    for name, tree in trees.items():
+        values = results[name]
+        line = f"{name} {tree}: median {statistics.median(values):.3f} {'MB/s' if args.what == 'stream' else 'ms'}"
+        if args.what == "exec":
+            n = cpu[name][2]
+            line += (f", p25 {statistics.quantiles(values, n=4)[0]:.3f} ms, CPU ms per exec: leader "
+                     f"{cpu[name][0] / n * 1000:.3f}, worker {cpu[name][1] / n * 1000:.3f}")
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    code = main()
+    print(f"({time.monotonic() - started:.0f}s)")
+    sys.exit(code)
