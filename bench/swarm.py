@@ -21,6 +21,7 @@ import logging
 import os
 import resource
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -66,6 +67,8 @@ class SwarmWorker:
         self.id = peer_id
         self.heartbeat_s = heartbeat_s
         self.link = WorkerLink(ctx, cfg, public, secret, version, token=token)
+        home = os.path.join(home, peer_id)  # a home of its own, as each daemon has (jobs.journal)
+        os.mkdir(home, 0o700)
         self.targets = TargetJobs(peer_id, home)
         self.next_alive = time.monotonic() + heartbeat_s
         self.backlog = deque()  # routed messages read but not handled yet, in arrival order
@@ -241,9 +244,7 @@ class Swarm:
             w.close()
         self.epoll.close()
         self.ctx.term()
-        for name in os.listdir(self.home):
-            os.unlink(os.path.join(self.home, name))
-        os.rmdir(self.home)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _raise_fd_limit(need):

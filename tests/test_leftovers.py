@@ -23,40 +23,72 @@ def group():
     proc.wait()
 
 
+def _journal(tmp_path):
+    return (tmp_path / leftovers.JOURNAL_FILE).read_text()
+
+
 def test_a_recorded_group_is_ended_with_its_grandchildren(tmp_path, group):
     proc, child = group
-    leftovers.record(str(tmp_path), proc.pid, "job-1")
-    assert os.listdir(tmp_path / "jobs") == [str(proc.pid)]
+    leftovers.Records(str(tmp_path)).record(proc.pid, "job-1")
+    assert _journal(tmp_path).startswith(f"+ {proc.pid} ") and _journal(tmp_path).endswith(" job-1\n")
     assert leftovers.end_leftovers(str(tmp_path)) == ["job-1"]
     assert proc.wait(timeout=5) in (-15, -9)
     wait_for(lambda: not pid_alive(child), timeout=2, what="the grandchild to end")
-    assert os.listdir(tmp_path / "jobs") == []
+    assert _journal(tmp_path) == ""
 
 
 def test_a_forgotten_group_is_left_alone(tmp_path, group):
     proc, child = group
-    leftovers.record(str(tmp_path), proc.pid, "job-2")
-    leftovers.forget(str(tmp_path), proc.pid)
+    records = leftovers.Records(str(tmp_path))
+    records.record(proc.pid, "job-2")
+    records.record(4194001, "job-3")  # above any pid this test machine hands out
+    records.forget(proc.pid)
+    assert _journal(tmp_path).endswith(f"- {proc.pid}\n")  # one more line, not a rewrite
+    assert leftovers._recorded(str(tmp_path)) == {4194001: ("None", "job-3")}
+    records.forget(4194001)
     assert leftovers.end_leftovers(str(tmp_path)) == []
     assert proc.poll() is None and pid_alive(child)
+
+
+def test_a_long_journal_is_compacted_to_the_groups_still_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(leftovers, "COMPACT_BYTES", 200)
+    records = leftovers.Records(str(tmp_path))
+    records.record(4194001, "keeps-running")
+    for i in range(20):
+        records.record(4194002 + i, f"short-{i}")
+        records.forget(4194002 + i)
+    assert len(_journal(tmp_path)) <= 250 and _journal(tmp_path).startswith("+ 4194001 ")
+    assert leftovers._recorded(str(tmp_path)) == {4194001: ("None", "keeps-running")}
+    records.forget(4194001)
+    assert leftovers._recorded(str(tmp_path)) == {}
 
 
 def test_a_reused_pid_is_not_killed(tmp_path, group):
     """The record names this pid with another start time: the process is someone else's."""
     proc, child = group
-    (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / str(proc.pid)).write_text("1 job-old\n")
+    (tmp_path / leftovers.JOURNAL_FILE).write_text(f"+ {proc.pid} 1 job-old\n")
     assert leftovers.end_leftovers(str(tmp_path)) == []
     assert proc.poll() is None and pid_alive(child)
-    assert os.listdir(tmp_path / "jobs") == []
+    assert _journal(tmp_path) == ""
 
 
-def test_records_of_gone_groups_and_garbage_are_cleared(tmp_path):
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    (jobs / "4194000").write_text("123 job-gone\n")  # above any pid this test machine hands out
-    (jobs / "not-a-pid").write_text("x")
-    (jobs / "1").write_text("1 init\n")  # never signal init, whatever the file says
+def test_a_cut_last_line_garbage_and_init_are_ignored(tmp_path, group):
+    proc, child = group
+    (tmp_path / leftovers.JOURNAL_FILE).write_text(
+        "+ 4194000 123 job-gone\n"  # gone: nothing to end
+        "+ not-a-pid 1 x\n- also-not\nnonsense\n"
+        "+ 1 1 init\n"  # never signal init, whatever the journal says
+        f"+ {proc.pid} {leftovers._start_time(proc.pid)} cut-short")  # no newline: the kill cut it
     assert leftovers.end_leftovers(str(tmp_path)) == []
-    assert os.listdir(jobs) == []
+    assert proc.poll() is None and pid_alive(child)
+    assert _journal(tmp_path) == ""
     assert leftovers.end_leftovers(str(tmp_path / "nowhere")) == []
+
+
+def test_groups_recorded_by_an_older_zpeer_one_file_each_are_ended_too(tmp_path, group):
+    proc, child = group
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / str(proc.pid)).write_text(f"{leftovers._start_time(proc.pid)} job-legacy\n")
+    assert leftovers.end_leftovers(str(tmp_path)) == ["job-legacy"]
+    assert proc.wait(timeout=5) in (-15, -9)
+    assert not (tmp_path / "jobs").exists()

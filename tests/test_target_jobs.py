@@ -40,25 +40,25 @@ def test_an_exec_runs_once_even_when_it_arrives_twice(jobs):
 def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(jobs, tmp_path):
     from zpeer.execution import STARTED_DELAY_S
 
-    records = tmp_path / "jobs"
+    journal = tmp_path / "jobs.journal"
     jobs.handle("vps", _exec("quick", "true"), None)
     pid = jobs.jobs["quick"].proc.pid
     (done,) = _until_done(jobs)  # one message: the exit names the pid a "started" would have
     assert (done["t"], done["job"], done["pid"], done["rc"]) == ("exit", "quick", pid, 0)
-    assert not records.exists() or not list(records.iterdir())  # ended before it was recorded
+    assert not journal.exists()  # ended before it was recorded: no disk touched
     jobs.handle("vps", _exec("talks", "echo hi"), None)
     got = _until_done(jobs)
     assert [m["t"] for m in got] == ["started", "out", "exit"] and "pid" not in got[-1]
     jobs.handle("vps", _exec("silent", "sleep 5"), None)
     assert jobs.on_timer(time.monotonic(), 60) == []
     pid = jobs.jobs["silent"].proc.pid
-    assert not (records / str(pid)).exists()
+    assert journal.read_text().split("\n")[1].startswith("- ")  # "talks": on disk with its output, off at its end
     later = jobs.on_timer(time.monotonic() + STARTED_DELAY_S + 0.001, 60)
     assert [m[0] for m in later] == [{"t": "started", "job": "silent", "to": "vps", "pid": pid}]
-    assert (records / str(pid)).read_text().split()[1] == "silent"  # on disk before "started" left
+    assert journal.read_text().split("\n")[2].startswith(f"+ {pid} ")  # on disk before "started" left
     assert jobs.on_timer(time.monotonic() + 1, 60) == []  # once
     jobs.cancel("silent", "vps")
-    assert _until_done(jobs)[-1]["how"] == "cancelled" and not (records / str(pid)).exists()
+    assert _until_done(jobs)[-1]["how"] == "cancelled" and journal.read_text().endswith(f"- {pid}\n")
 
 
 def test_a_cancel_that_overtakes_its_exec_stops_it_from_running(jobs):

@@ -37,6 +37,7 @@ class TargetJobs:
 
     def __init__(self, node_id, home, run_as_root=None):
         self.node_id, self.home = node_id, home
+        self.records = leftovers.Records(home)  # our running process groups, on disk
         self.jobs = {}
         self.seen = OrderedDict()  # job id -> True: at-most-once across retries/reconnects
         self.early_cancels = OrderedDict()  # (origin, job) -> True: cancelled before its exec came
@@ -115,7 +116,7 @@ class TargetJobs:
         if rj.announce_at is None:
             return []
         rj.announce_at = None
-        leftovers.record(self.home, rj.proc.pid, rj.job)
+        self.records.record(rj.proc.pid, rj.job)
         rj.recorded = True
         return [({"t": "started", "job": rj.job, "to": rj.origin, "pid": rj.proc.pid}, None)]
 
@@ -246,7 +247,7 @@ class TargetJobs:
     def forget_finished(self):
         """Drop the on-disk records of jobs that ended (after their exits left: off the fast path)."""
         for pgid in self.finished:
-            leftovers.forget(self.home, pgid)
+            self.records.forget(pgid)
         self.finished.clear()
 
     def credit(self, job, n):
@@ -357,6 +358,6 @@ class TargetJobs:
         for rj in list(self.jobs.values()):
             rj.kill_group(signal.SIGKILL)
             rj.release()
-            leftovers.forget(self.home, rj.proc.pid)
+            self.records.forget(rj.proc.pid)
         self.jobs.clear()
         self.forget_finished()
