@@ -1,10 +1,12 @@
 """Unit tests of the wire format and of the socket-free handlers (sessions, config, tokens)."""
+import time
+
 import msgpack
 import pytest
 
 from zpeer import config, keys, protocol
 from zpeer.errors import PeerOffline, from_reply
-from zpeer.sessions import OriginSessions, resolve_targets
+from zpeer.sessions import SILENCE_SCAN_S, OriginSessions, resolve_targets
 
 
 def frames_of(header, data=None):
@@ -151,3 +153,29 @@ def test_lost_chunk_fails_the_job():
     actions = sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 3}, b"c")
     assert ("peer", {"t": "cancel", "job": job, "to": "w1"}, None) in actions
     assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "output_lost"]
+
+
+def test_a_big_fan_out_keeps_its_counts_and_batch_order():
+    sessions = OriginSessions("me", 1.0)
+    targets = [f"p{i:04d}" for i in range(1000)]
+    sid, actions = sessions.open({"cmd": "true"}, targets, 300, 0, [("p0001", PeerOffline("Peer p0001 is offline"))])
+    session = sessions.sessions[sid]
+    assert [a[1]["to"] for a in actions] == [t for t in targets if t != "p0001"][:300]
+    assert session.count == {"queued": 699, "sent": 300, "running": 0, "done": 1}
+    sent = {a[1]["to"]: a[1]["job"] for a in actions}
+    more = sessions.on_message("p0000", {"t": "exit", "job": sent["p0000"], "rc": 0, "how": "exit", "pid": 7}, None)
+    assert [a[1]["to"] for a in more if a[0] == "peer"] == ["p0301"]  # the next queued one, in order
+    assert session.count == {"queued": 698, "sent": 300, "running": 0, "done": 2}
+    assert session.running() == 300 and not session.finished()
+
+
+def test_a_silent_target_is_found_by_the_next_scan():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "sleep 9"}, ["w1", "w2"], 0, 0)
+    now = time.monotonic()
+    assert [a for a in sessions.on_timer(now) if a[0] == "peer"] == []
+    sessions.sessions[sid].jobs["w2"].last_word = now - sessions.silence_limit_s - 1
+    later = now + SILENCE_SCAN_S  # scans are SILENCE_SCAN_S apart, not one per loop turn
+    cancels = [a[1] for a in sessions.on_timer(later) if a[0] == "peer"]
+    assert [(c["t"], c["to"]) for c in cancels] == [("cancel", "w2")]
+    assert sessions.sessions[sid].count == {"queued": 0, "sent": 1, "running": 0, "done": 1}

@@ -26,6 +26,8 @@ EXEC_TTL_S = 60.0                 # an exec older than this on arrival is droppe
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
 CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
 SESSION_ORPHAN_S = 60.0
+SILENCE_SCAN_S = 0.1  # how often jobs are checked for silent targets (the limit is seconds): a
+                      # scan of every job on every loop turn made a 1,000-peer fan-out quadratic
 
 
 def _pid_alive(pid):
@@ -63,6 +65,9 @@ class Session:
     def __init__(self, sid, spec, targets, batch, cli_pid):
         self.sid, self.spec, self.batch, self.cli_pid = sid, spec, batch, cli_pid
         self.jobs = {t: OriginJob(f"{sid}.{i}", t) for i, t in enumerate(targets)}
+        self.queued = deque(self.jobs.values())  # not sent yet, in order (--batch)
+        self.count = {"queued": len(self.jobs), "sent": 0, "running": 0, "done": 0}
+        self.stdin_sent = False  # no stdin ever sent: every job has the whole stdin window
         self.window = (SINGLE_WINDOW_BYTES if len(targets) <= 1 else
                        max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
         self.events = deque()
@@ -74,9 +79,21 @@ class Session:
         self.opened = None  # what exec_open answers (sid, targets), sent with the first reply
         self.raw = False  # the CLI takes output as raw frames after the reply map (no copies)
 
+    def move(self, job, state):
+        """Change a job's state, keeping the per-state counts (read on every message)."""
+        self.count[job.state] -= 1
+        self.count[state] += 1
+        job.state = state
+
     def stdin_room(self):
         """How many stdin bytes the CLI may send now (the slowest running command decides)."""
+        if not self.stdin_sent:
+            return STDIN_WINDOW_BYTES
         return STDIN_WINDOW_BYTES - max((j.stdin_out for j in self.active()), default=0)
+
+    def running(self):
+        """How many jobs are sent and not done."""
+        return self.count["sent"] + self.count["running"]
 
     def active(self):
         """Jobs sent and not done."""
@@ -84,7 +101,7 @@ class Session:
 
     def finished(self):
         """All jobs done and every event handed to the CLI."""
-        return not self.events and all(j.state == "done" for j in self.jobs.values())
+        return not self.events and self.count["done"] == len(self.jobs)
 
 
 class OriginSessions:
@@ -95,6 +112,7 @@ class OriginSessions:
         self.heartbeat_s = heartbeat_s
         self.sessions = {}
         self.by_job = {}  # job id -> (session, OriginJob)
+        self.next_scan = 0.0  # monotonic time of the next scan for silent targets (on_timer)
 
     @property
     def silence_limit_s(self):
@@ -117,13 +135,17 @@ class OriginSessions:
         actions = []
         if session.cancelled:
             return actions
-        running = len(session.active())
-        for job in session.jobs.values():
-            if job.state != "queued":
+        running = session.running()
+        while session.queued:
+            job = session.queued[0]
+            if job.state != "queued":  # failed before it was sent (offline target)
+                session.queued.popleft()
                 continue
             if session.batch and running >= session.batch:
                 break
-            job.state, job.sent_at = "sent", time.monotonic()
+            session.queued.popleft()
+            session.move(job, "sent")
+            job.sent_at = time.monotonic()
             job.last_word = job.sent_at
             running += 1
             header = {"t": "exec", "job": job.job, "to": job.target, "credit": session.window,
@@ -141,7 +163,7 @@ class OriginSessions:
         """A job ended in a zpeer failure (exit 255 for it)."""
         if job.state == "done":
             return
-        job.state = "done"
+        session.move(job, "done")
         self._event(session, [job.target, "f", code, message, hint or ""])
 
     def on_message(self, peer, header, data):
@@ -155,7 +177,7 @@ class OriginSessions:
         job.last_word = time.monotonic()
         mtype = header["t"]
         if mtype == "started":
-            job.state = "running"
+            session.move(job, "running")
             self._event(session, [job.target, "s", header["pid"]])
         elif mtype in ("out", "exit") and header.get("seq", job.seq + (mtype == "out")) != job.seq + (mtype == "out"):
             # a chunk went missing (link flap, full queue): never hand the user silently cut output
@@ -174,7 +196,7 @@ class OriginSessions:
         elif mtype == "exit":
             if job.state == "sent" and header.get("pid") is not None:  # a short command: started + exit in one
                 self._event(session, [job.target, "s", header["pid"]])
-            job.state = "done"
+            session.move(job, "done")
             self._event(session, [job.target, "x", header["rc"], header["how"]])
         elif mtype == "stdin_ack":
             job.stdin_out = max(0, job.stdin_out - header["n"])
@@ -199,6 +221,7 @@ class OriginSessions:
         session.raw = raw
         actions = []
         if stdin or eof:
+            session.stdin_sent = True
             for job in session.active():
                 job.stdin_out += len(stdin or b"")
                 actions.append(("peer", {"t": "stdin", "job": job.job, "to": job.target,
@@ -261,7 +284,7 @@ class OriginSessions:
         actions = []
         for job in session.jobs.values():
             if job.state == "queued":
-                job.state = "done"
+                session.move(job, "done")
                 self._event(session, [job.target, "x", 130, "cancelled"])
             elif job.state in ("sent", "running"):
                 actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
@@ -298,13 +321,16 @@ class OriginSessions:
     def on_timer(self, now):
         """Held polls that expire, silent targets, vanished CLIs; returns actions."""
         actions = []
+        scan = now >= self.next_scan
+        if scan:
+            self.next_scan = now + SILENCE_SCAN_S
+        limit_s = self.silence_limit_s
         for session in list(self.sessions.values()):
-            for job in session.jobs.values():
-                if job.state in ("sent", "running") and now - job.last_word > self.silence_limit_s:
+            for job in session.jobs.values() if scan and session.running() else ():
+                if job.state in ("sent", "running") and now - job.last_word > limit_s:
                     what = "did not answer" if job.state == "sent" else "was lost mid-command"
                     actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
-                    self._fail(session, job, "peer_lost",
-                               f"Peer {job.target} {what} (no word for {self.silence_limit_s:.1f}s)",
+                    self._fail(session, job, "peer_lost", f"Peer {job.target} {what} (no word for {limit_s:.1f}s)",
                                "check it with `d listPeers`; the command may or may not have run")
                     actions.extend(self._launch(session))
             if session.waiter and now >= session.waiter[2]:
@@ -316,7 +342,7 @@ class OriginSessions:
                     not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S):
                 log.warning("session %s: CLI pid %s is gone, cancelling", session.sid, session.cli_pid)
                 actions.extend(a for a in self.cancel(session.sid) if a[0] == "peer")
-                if all(j.state == "done" for j in session.jobs.values()) or silent > SESSION_ORPHAN_S:
+                if session.count["done"] == len(session.jobs) or silent > SESSION_ORPHAN_S:
                     self._drop(session)
         return actions
 
