@@ -363,16 +363,14 @@ class OriginSessions:
 
 def resolve_targets(requested, known):
     """Expand `all`/comma lists against known peer ids (order kept, duplicates dropped)."""
-    targets = []
+    targets = {}  # a dict keeps the order and answers "seen?" at once (1,000 peers: 0.5M list scans)
     for item in requested:
         for name in (p.strip() for p in item.split(",")):
             if not name:
                 continue
-            names = known if name == "all" else [name]
-            for peer in names:
-                if peer not in targets:
-                    targets.append(peer)
-    return targets
+            for peer in known if name == "all" else [name]:
+                targets.setdefault(peer, None)
+    return list(targets)
 
 
 def unknown_failures(targets, known):
