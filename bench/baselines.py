@@ -89,42 +89,45 @@ while True:
 """
 
 
-def curve_rtt_s(runs):
-    """Round trips of a small message from a DEALER here to a CurveZMQ ROUTER echo in another
-    process over loopback (libzmq and CURVE, no zpeer): the floor of one hop on the peer link."""
-    import zmq
+class CurveEcho:
+    """A CurveZMQ ROUTER echo in another process and a DEALER here, over loopback (libzmq and
+    CURVE, no zpeer): `rtt()` times the round trip of one small message, the floor of one hop on
+    the peer link. Stop it with close()."""
 
-    server_public, server_secret = zmq.curve_keypair()
-    client_public, client_secret = zmq.curve_keypair()
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, server_public, server_secret],
-                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    ctx = zmq.Context()
-    try:
-        port = int(echo.stdout.readline())
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.curve_serverkey = server_public
-        dealer.curve_publickey, dealer.curve_secretkey = client_public, client_secret
-        dealer.connect(f"tcp://127.0.0.1:{port}")
-        message = b"x" * 100  # about an exec or exit header
+    def __init__(self):
+        import zmq
 
-        def one():
-            start = time.perf_counter()
-            dealer.send(message)
-            if not dealer.poll(5000):
-                raise RuntimeError("the CurveZMQ echo did not answer")
-            dealer.recv()
-            return time.perf_counter() - start
-        times = repeat(one, runs, warmup=20)
-        dealer.send(b"stop")
-        return times
-    finally:
-        ctx.destroy(0)
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, server_public, server_secret],
+                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.ctx = zmq.Context()
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.curve_serverkey = server_public
+        self.dealer.curve_publickey, self.dealer.curve_secretkey = client_public, client_secret
+        self.dealer.connect(f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}")
+        repeat(self.rtt, 0, warmup=20)
+
+    def rtt(self):
+        """Seconds for a 100-byte message (about an exec or exit header) to come back."""
+        start = time.perf_counter()
+        self.dealer.send(b"x" * 100)
+        if not self.dealer.poll(5000):
+            raise RuntimeError("the CurveZMQ echo did not answer")
+        self.dealer.recv()
+        return time.perf_counter() - start
+
+    def close(self):
+        """Stop the echo process and close the socket."""
         try:
-            echo.wait(5)
-        except subprocess.TimeoutExpired:
-            echo.kill()
-            echo.wait()
-        echo.stdout.close()
+            self.dealer.send(b"stop")
+            self.proc.wait(5)
+        except Exception:  # noqa: BLE001 - whatever went wrong, the process must not outlive us
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            self.ctx.destroy(0)
+            self.proc.stdout.close()
 
 
 class LocalSsh:
