@@ -97,6 +97,11 @@ def test_a_sigkilled_daemons_queued_audit_rows_are_written_by_the_next_one(tmp_p
     assert proc.returncode == -9, proc.stderr
     with open(tmp_path / JOURNAL_FILE, "ab") as f:
         f.write(b"\x92\xa3cut")  # a record cut short by the kill: the replay stops there
+    size = os.path.getsize(tmp_path / JOURNAL_FILE)
+    dry = Registry(db, replay=False)  # `d dbSanityCheck --dry-run` with the daemon down: writes nothing
+    assert _rows(dry) == [("old", None, None, "echo written")]
+    dry.close()
+    assert os.path.getsize(tmp_path / JOURNAL_FILE) == size
     reg = Registry(db)
     assert _rows(reg) == [("new", None, None, "echo only in the journal"), ("old", 3, "exit", "echo written")]
     assert os.path.getsize(tmp_path / JOURNAL_FILE) == 0

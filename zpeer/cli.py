@@ -284,7 +284,8 @@ def db_sanity_check(dry_run):
     except FailedToConnect:
         from zpeer.registry import Registry
 
-        registry = Registry(config.path_in_home(config.DB_FILE, config.ensure_home()))
+        # a dry run writes nothing, not even the audit rows a killed daemon left in its journal
+        registry = Registry(config.path_in_home(config.DB_FILE, config.ensure_home()), replay=not dry_run)
         ok, lines = registry.sanity_check(worker=config.load()["role"] == "worker", dry_run=dry_run)
         registry.close()
         result = {"ok": ok, "lines": lines + ["(daemon not running: checked the file directly)"]}

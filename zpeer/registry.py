@@ -116,7 +116,7 @@ def _audit_statements(model, batch):
 class Registry:
     """Peers, tokens and the exec audit of one node's SQLite file."""
 
-    def __init__(self, path):
+    def __init__(self, path, replay=True):
         self.path = path
         self.db = peewee.SqliteDatabase(path, pragmas={"journal_mode": "wal", "busy_timeout": 200,
                                                        "synchronous": "normal"})
@@ -136,7 +136,7 @@ class Registry:
         row = self.Meta.get_or_none(self.Meta.key == "schema_version")
         if row is None:
             self.Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
-        left = self._journal.replay()  # what a killed predecessor had not written to SQLite yet
+        left = self._journal.replay() if replay else []  # what a killed daemon had not written yet
         if left:
             log.info("audit journal: writing %d events left by the previous daemon", len(left))
             for job, fields in left:
