@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from zpeer.audit import FLUSH_S, JOURNAL_FILE
+from zpeer.audit import FLUSH_S, JOURNAL_FILE, Journal
 from zpeer.registry import Registry
 
 
@@ -107,3 +107,29 @@ def test_a_sigkilled_daemons_queued_audit_rows_are_written_by_the_next_one(tmp_p
     assert os.path.getsize(tmp_path / JOURNAL_FILE) == 0
     reg.close()
     assert _rows(Registry(db)) == _rows(reg)  # replayed once, not again
+
+
+def test_after_a_failed_journal_write_rows_still_reach_sqlite_and_the_journal_recovers(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    reg.log_exec("j1", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1,
+                 directory=None, command="true")
+    os.close(reg._journal.fd)
+    reg._journal.fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail (EBADF), as on a broken disk
+    reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=0)
+    assert reg._journal.broken
+    os.close(reg._journal.fd)
+    reg._journal.fd = None  # the disk is back
+    reg.flush_audit(force=True)
+    assert _rows(reg) == [("j1", 0, "exit", "true")] and not reg._journal.broken
+    reg.log_exec("j2", started_at=3.0, origin="vps", origin_user=None, target="w1", fanout=1,
+                 directory=None, command="true")
+    assert (tmp_path / JOURNAL_FILE).stat().st_size > 0  # journalled again
+    reg.close()
+
+
+def test_an_event_msgpack_cannot_hold_is_skipped_without_breaking_the_journal(tmp_path):
+    journal = Journal(str(tmp_path))
+    journal.append("j1", {"command": object()})
+    journal.append("j2", {"command": "true"})
+    assert journal.replay() == [("j2", {"command": "true"})] and not journal.broken
+    journal.close()

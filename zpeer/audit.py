@@ -30,16 +30,23 @@ class Journal:
         self.broken = False
 
     def append(self, job, fields):
-        """Write one event; a full or failing disk is logged once and only loses the journal's
-        safety net (the event stays queued for SQLite)."""
+        """Write one event. A failing disk only loses the journal's safety net (the event stays
+        queued for SQLite): after a failed or short write the journal takes nothing more until
+        clear(), so a torn record stays its last one and the replay keeps all before it."""
+        if self.broken:
+            return
+        try:
+            record = msgpack.packb([job, fields], use_bin_type=True)
+        except (TypeError, ValueError) as exc:  # a value msgpack cannot hold: nothing was written
+            log.warning("audit journal %s: event of job %s not journalled: %s", self.path, job, exc)
+            return
         try:
             if self.fd is None:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            os.write(self.fd, msgpack.packb([job, fields], use_bin_type=True))
-            self.broken = False
+            if os.write(self.fd, record) != len(record):
+                raise OSError("short write (disk full?)")
         except OSError as exc:
-            if not self.broken:
-                log.warning("audit journal %s: %s (rows still reach the database)", self.path, exc)
+            log.warning("audit journal %s: %s (rows still reach the database)", self.path, exc)
             self.broken = True
 
     def clear(self):
@@ -49,6 +56,7 @@ class Journal:
                 os.ftruncate(self.fd, 0)
             elif os.path.exists(self.path):  # replayed, nothing appended since
                 os.truncate(self.path, 0)
+            self.broken = False
         except OSError as exc:
             log.warning("audit journal %s: cannot empty it: %s", self.path, exc)
 
