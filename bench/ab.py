@@ -1,10 +1,13 @@
 """A/B: the same measurement through two zpeer trees at once, interleaved, so both see the same
-machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream]`.
+machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream|fanout]`.
 
 On a shared 2-core machine a row moves by ±20 % between runs, more than most changes move it;
 two clusters measured in alternating batches in one run do not drift apart. A is OTHER_TREE (for
 example `git worktree add /tmp/base main`), B is this checkout. Each tree gets its own leader and
-worker daemons (`python -m zpeer` with that tree first on PYTHONPATH) and its own client.
+worker daemons (`python -m zpeer` with that tree first on PYTHONPATH) and its own client;
+`fanout` adds swarm workers up to --peers and times `d execOnPeer --peer all` with the leader's
+CPU (the swarm processes run this checkout's worker code on both sides: it measures the leader
+and the CLI).
 """
 import argparse
 import os
@@ -31,8 +34,9 @@ def _which(tree):
     return os.path.realpath(out.stdout.strip())
 
 
-def start(tree, source_ip):
-    """A leader and a worker running the zpeer of `tree`; (cluster, leader, worker, client)."""
+def start(tree, source_ip, swarm_ips=(), peers=0):
+    """A leader and a worker running the zpeer of `tree` (and swarm workers from swarm_ips up
+    to `peers`); (cluster, leader, worker, client)."""
     if _which(tree) != os.path.realpath(tree):
         raise SystemExit(f"{tree}: `python -m zpeer` would not import this tree's zpeer")
     saved = os.environ.get("PYTHONPATH")
@@ -42,6 +46,11 @@ def start(tree, source_ip):
         try:
             lead = c.start_leader()
             worker = c.start_worker("w1", source_ip)
+            left = peers - 2
+            for i, first_ip in enumerate(swarm_ips):
+                count = left // (len(swarm_ips) - i)
+                c.start_swarm(count, first_ip, f"s{i}")
+                left -= count
         except BaseException:
             c.stop()
             raise
@@ -58,18 +67,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("other", help="the A tree (a zpeer checkout)")
     p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--what", choices=("exec", "stream"), default="exec",
-                   help=f"exec: `true`, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s)")
+    p.add_argument("--what", choices=("exec", "stream", "fanout"), default="exec",
+                   help=f"exec: `true`, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s); "
+                        "fanout: `--peer all` running `true` (s, leader CPU s)")
+    p.add_argument("--peers", type=int, default=1000, help="fanout: peers per tree, leader included")
     args = p.parse_args(argv)
     os.chdir("/")  # `python -m` puts the cwd first on sys.path: it must hold no zpeer
     cluster.d_command = lambda: [sys.executable, "-m", "zpeer"]
     trees = {"A": os.path.abspath(args.other), "B": ROOT}
     nodes, results, cpu = {}, {k: [] for k in trees}, {k: [0.0, 0.0, 0] for k in trees}
     try:
-        for name, ip in (("A", "127.0.0.2"), ("B", "127.0.0.4")):
-            nodes[name] = start(trees[name], ip)
+        for name, ip, swarm_ips in (("A", "127.0.0.2", ("127.0.1.1", "127.0.3.1")),
+                                    ("B", "127.0.0.4", ("127.0.5.1", "127.0.7.1"))):
+            fan = args.what == "fanout"
+            nodes[name] = start(trees[name], ip, swarm_ips if fan else (), args.peers if fan else 0)
         for _ in range(args.rounds):
             for name, (_c, lead, worker, client) in nodes.items():
+                if args.what == "fanout":
+                    before, started = cpu_seconds(lead.pid), time.perf_counter()
+                    lead.d("execOnPeer", "--peer", "all", "--shellCmd", "true")
+                    results[name].append(time.perf_counter() - started)
+                    cpu[name][0] += cpu_seconds(lead.pid) - before
+                    cpu[name][2] += 1
+                    continue
                 if args.what == "stream":
                     results[name].append(256 / timed_api_exec(client, "w1", f"head -c {256 * MB} /dev/zero"))
                     continue
@@ -87,7 +107,10 @@ def main(argv=None):
             c.stop()
     for name, tree in trees.items():
         values = results[name]
-        line = f"{name} {tree}: median {statistics.median(values):.3f} {'MB/s' if args.what == 'stream' else 'ms'}"
+        unit = {"exec": "ms", "stream": "MB/s", "fanout": "s"}[args.what]
+        line = f"{name} {tree}: median {statistics.median(values):.3f} {unit}"
+        if args.what == "fanout":
+            line += f", leader CPU s per fan-out {cpu[name][0] / cpu[name][2]:.3f}"
         if args.what == "exec":
             n = cpu[name][2]
             line += (f", p25 {statistics.quantiles(values, n=4)[0]:.3f} ms, CPU ms per exec: leader "
