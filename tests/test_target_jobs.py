@@ -18,8 +18,9 @@ def jobs(tmp_path):
     t.shutdown()
 
 
-def _until_done(jobs, limit_s=5):
-    """Drive the jobs as the daemon loop does (poll their fds, then timers) until none is left."""
+def _until_done(jobs, limit_s=5, with_data=False):
+    """Drive the jobs as the daemon loop does (poll their fds, then timers) until none is left;
+    the messages they sent (headers, or (header, data) pairs)."""
     import select
 
     out, deadline = [], time.monotonic() + limit_s
@@ -28,7 +29,7 @@ def _until_done(jobs, limit_s=5):
         ready = set(select.select(fds, [], [], 0.05)[0])
         out += jobs.on_ready(ready) + jobs.on_timer(time.monotonic(), 60)
         jobs.forget_finished()  # as the daemon does once a turn's messages left
-    return [m[0] for m in out]
+    return out if with_data else [m[0] for m in out]
 
 
 def test_an_exec_runs_once_even_when_it_arrives_twice(jobs):
@@ -79,3 +80,17 @@ def test_a_cancel_flood_does_not_make_a_job_runnable_twice(jobs):
         jobs.handle("mallory", {"t": "cancel", "job": f"made-up-{i}", "to": "w1"}, None)
     assert "real" in jobs.seen and len(jobs.early_cancels) <= 1000
     assert jobs.handle("vps", _exec("real"), None) == []
+
+
+def test_the_daemon_users_identity_is_looked_up_once_per_interval_and_each_job_gets_its_own_env(jobs):
+    first = jobs._own_identity()
+    assert jobs._own_identity() is not None and jobs.own[1] is first[0]  # cached: the same entry
+    jobs.own = (time.monotonic() - 1,) + jobs.own[1:]  # as if OWN_IDENTITY_S had passed
+    jobs._own_identity()
+    assert jobs.own[0] > time.monotonic()  # looked up again
+    for job in ("env-a", "env-b"):
+        jobs.handle("vps", _exec(job, 'echo "$ZPEER_JOB $HOME"'), None)
+    outputs = {m["job"]: bytes(data) for m, data in _until_done(jobs, with_data=True) if m["t"] == "out"}
+    home = jobs.own[1].pw_dir
+    assert outputs == {"env-a": f"env-a {home}\n".encode(), "env-b": f"env-b {home}\n".encode()}
+    assert "ZPEER_JOB" not in jobs.own[2]  # the cached environment is copied, never changed

@@ -30,6 +30,7 @@ EARLY_CANCELS_MAX = 1000  # cancels that overtook their exec, per (origin, job):
 # "started" too (its pid), one message through the leader instead of two
 STARTED_DELAY_S = 0.02
 STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (sessions.STDIN_WINDOW_BYTES)
+OWN_IDENTITY_S = 5.0  # a change to the daemon user's passwd entry or /run/user dir is seen this late
 
 
 class TargetJobs:
@@ -43,6 +44,7 @@ class TargetJobs:
         self.early_cancels = OrderedDict()  # (origin, job) -> True: cancelled before its exec came
         self.finished = []  # process groups of ended jobs whose records forget_finished() removes
         self.is_root = os.geteuid() == 0 if run_as_root is None else run_as_root
+        self.own = None  # (monotonic expiry, passwd entry, environment) of the daemon's user
 
     def handle(self, from_peer, header, data):
         """A routed message for the target side (exec, credit, stdin, cancel, alive from an
@@ -120,24 +122,36 @@ class TargetJobs:
         rj.recorded = True
         return [({"t": "started", "job": rj.job, "to": rj.origin, "pid": rj.proc.pid}, None)]
 
+    def _own_identity(self):
+        """The daemon user's passwd entry and command environment, looked up again after
+        OWN_IDENTITY_S (the passwd and /run/user lookups were 40-50 us of every exec)."""
+        now = time.monotonic()
+        if self.own is None or now >= self.own[0]:
+            entry = pwd.getpwuid(os.geteuid())
+            self.own = (now + OWN_IDENTITY_S, entry, child_environment(entry, self.home))
+        return self.own[1], self.own[2]
+
     def _spawn(self, msg):
         """Fork the command in its own session; ZpeerError for bad user or directory."""
         user = msg.get("user")
-        try:
-            entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.geteuid())
-        except KeyError:
-            raise BadRequest(f"No such user on {self.node_id}: {user}") from None
         extra = {}
-        if user and entry.pw_uid != os.geteuid():
-            if not self.is_root:
-                raise BadRequest(f"--user {user} needs the daemon on {self.node_id} to run as root")
-            extra = {"user": entry.pw_uid, "group": entry.pw_gid,
-                     "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
+        if user:
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError:
+                raise BadRequest(f"No such user on {self.node_id}: {user}") from None
+            if entry.pw_uid != os.geteuid():
+                if not self.is_root:
+                    raise BadRequest(f"--user {user} needs the daemon on {self.node_id} to run as root")
+                extra = {"user": entry.pw_uid, "group": entry.pw_gid,
+                         "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
+            env = child_environment(entry, self.home)
+        else:
+            entry, env = self._own_identity()
         directory = msg.get("dir") or entry.pw_dir
         if not os.path.isdir(directory):
             raise DirectoryNotFound(f"Directory not found on {self.node_id}: {directory}")
-        env = child_environment(entry, self.home)
-        env["ZPEER_JOB"] = msg["job"]
+        env = dict(env, ZPEER_JOB=msg["job"])
         try:
             return subprocess.Popen(
                 ["/bin/bash", "-c", msg["cmd"]], cwd=directory, env=env,
