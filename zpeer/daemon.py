@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _LIMITER = RateLimited()  # for logs about hostile peer input
 
 DRAIN_BUDGET = 500  # messages read from one socket per loop turn (fairness between sockets)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enums cost a call each
 AUDIT_TYPES = ("exec", "exit", "error")
 STOP_DRAIN_S = 1.0      # on SIGTERM, local CLIs get this long to read "interrupted"
 STOP_LINGER_MS = 500    # and queued reports to peers this long to leave
@@ -299,10 +300,11 @@ class Daemon:
         return poller
 
     def _drain(self, sock, handler):
-        """Read what a socket has, bounded per turn."""
-        for _ in range(DRAIN_BUDGET):
-            # ask first: an empty read raises zmq.Again, whose construction costs more than the check
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        """Read what a socket poll() found readable, bounded per turn."""
+        for i in range(DRAIN_BUDGET):
+            # the first read is sure (poll said POLLIN); later ones ask first: an empty read
+            # raises zmq.Again, whose construction costs more than the check
+            if i and not sock.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
                 handler(sock)
