@@ -42,6 +42,17 @@ def spawn_many(count):
     return time.perf_counter() - start
 
 
+def _curve_dealer(ctx, server_public):
+    """A DEALER that speaks CURVE to the server with this public key (with a fresh key pair)."""
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.curve_serverkey = server_public
+    dealer.curve_publickey, dealer.curve_secretkey = public, secret
+    return dealer
+
+
 def curve_mb_s(total_bytes, chunk_bytes=256 * 1024):
     """MB/s of CurveZMQ alone: a DEALER streams to a ROUTER over loopback TCP in this process
     (encryption, decryption and libzmq, no zpeer): the ceiling of any stream over the peer link."""
@@ -52,12 +63,10 @@ def curve_mb_s(total_bytes, chunk_bytes=256 * 1024):
     ctx = zmq.Context()
     try:
         server_public, server_secret = zmq.curve_keypair()
-        client_public, client_secret = zmq.curve_keypair()
-        router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+        router = ctx.socket(zmq.ROUTER)
         router.curve_server = True
         router.curve_publickey, router.curve_secretkey = server_public, server_secret
-        dealer.curve_serverkey = server_public
-        dealer.curve_publickey, dealer.curve_secretkey = client_public, client_secret
+        dealer = _curve_dealer(ctx, server_public)
         port = router.bind_to_random_port("tcp://127.0.0.1")
         dealer.connect(f"tcp://127.0.0.1:{port}")
         dealer.send(b"hello")
@@ -98,13 +107,10 @@ class CurveEcho:
         import zmq
 
         server_public, server_secret = zmq.curve_keypair()
-        client_public, client_secret = zmq.curve_keypair()
         self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, server_public, server_secret],
                                      stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.ctx = zmq.Context()
-        self.dealer = self.ctx.socket(zmq.DEALER)
-        self.dealer.curve_serverkey = server_public
-        self.dealer.curve_publickey, self.dealer.curve_secretkey = client_public, client_secret
+        self.dealer = _curve_dealer(self.ctx, server_public)
         self.dealer.connect(f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}")
         repeat(self.rtt, 0, warmup=20)
 
