@@ -60,12 +60,12 @@ class Node:
             assert proc.returncode == check, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
         return proc
 
-    def start(self):
-        """Start `d daemon` and wait until it answers on its socket."""
+    def start(self, **popen_kw):
+        """Start `d daemon` (Popen keywords: what its launcher hands it) and wait until it answers."""
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command + ["daemon", "--log-level", "DEBUG"], env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, **popen_kw)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or self.d("getPeerStatus", "--json").stdout
                  .find(b'"daemon": "running"') >= 0, what=f"daemon {self.name} to serve")

@@ -19,6 +19,7 @@ from zpeer.errors import NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
 from zpeer.ipc import bind_cli_socket, reply_frames, socket_access
 from zpeer.keys import start_authenticator
+from zpeer.process import prepare_spawning
 from zpeer.leader import LeaderLink
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import write_cache
@@ -220,6 +221,7 @@ class Daemon:
         def stop(signum, _frame):
             self.stopping = True
 
+        prepare_spawning()
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         # a signal writes a byte here, so poll() returns at once instead of at its timeout

@@ -8,14 +8,13 @@ import logging
 import os
 import pwd
 import signal
-import subprocess
 import time
 from collections import OrderedDict
 
 from zpeer import leftovers
 from zpeer.errors import BadRequest, DirectoryNotFound, ZpeerError
 from zpeer.logsetup import RateLimited
-from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes
+from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn
 
 log = logging.getLogger(__name__)
 _LIMITER = RateLimited()  # for logs about peers steering jobs that are not theirs
@@ -153,11 +152,7 @@ class TargetJobs:
             raise DirectoryNotFound(f"Directory not found on {self.node_id}: {directory}")
         env = dict(env, ZPEER_JOB=msg["job"])
         try:
-            return subprocess.Popen(
-                ["/bin/bash", "-c", msg["cmd"]], cwd=directory, env=env,
-                stdin=subprocess.PIPE if msg.get("stdin") else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                close_fds=True, **extra)
+            return spawn(["/bin/bash", "-c", msg["cmd"]], directory, env, bool(msg.get("stdin")), extra)
         except OSError as exc:
             raise ZpeerError(f"Cannot start command on {self.node_id}: {exc}") from None
 

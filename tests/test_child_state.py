@@ -1,0 +1,76 @@
+"""What a command gets from the daemon that starts it: fds 0-2 only, every signal at its default
+disposition and none blocked, a session and process group of its own, its directory."""
+import os
+import signal
+
+import pytest
+
+from conftest import Node, free_port
+
+
+def _launcher_state(inherited_fd):
+    """Runs in the daemon's child before exec: a careless launcher (a shell that ignores SIGQUIT
+    and SIGHUP, blocks SIGUSR1, and leaks a pipe end)."""
+    os.set_inheritable(inherited_fd, True)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+
+@pytest.fixture
+def careless(tmp_path):
+    """A leader daemon started by a careless launcher, and the pipe end it was handed."""
+    node = Node(tmp_path, "vps", "127.0.0.1")
+    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    leak_r, leak_w = os.pipe()
+    try:
+        node.start(pass_fds=(leak_w,), preexec_fn=lambda: _launcher_state(leak_w))
+        yield node, leak_r
+    finally:
+        node.stop()
+        os.close(leak_r)
+        os.close(leak_w)
+
+
+def test_a_command_inherits_no_fd_and_no_signal_state(careless):
+    node, _ = careless
+    # ls's own fd 3 is the directory it lists: a leaked fd would show up as 3 and push it to 4
+    out = node.d("execOnPeer", "--peer", "vps", "--shellCmd",
+                 "grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/self/fd", check=0)
+    (blk, blocked), (ign, ignored), *fds = [line.split("\t") for line in out.stdout.decode().splitlines()]
+    assert (blk, ign, fds) == ("SigBlk:", "SigIgn:", [["0"], ["1"], ["2"], ["3"]])
+    assert int(blocked, 16) == 0
+    # glibc's posix_spawn leaves its two reserved signals (32, 33: no program can use them) ignored
+    assert int(ignored, 16) & ~(1 << 31 | 1 << 32) == 0
+    assert out.stderr == b""
+
+
+def test_sigpipe_ends_a_pipeline_quietly(careless):
+    # Python ignores SIGPIPE: a command that inherited that would print "Broken pipe" errors
+    node, _ = careless
+    out = node.d("execOnPeer", "--peer", "vps", "--shellCmd", "yes | head -c 4; echo \" ${PIPESTATUS[*]}\"",
+                 check=0)
+    assert (out.stdout, out.stderr) == (b"y\ny\n 141 0\n", b"")
+
+
+def test_a_background_command_does_not_hold_the_launchers_pipe(careless):
+    # `sleep &` outliving the call must not keep a pipe of the daemon's launcher open
+    node, leak_r = careless
+    node.d("execOnPeer", "--peer", "vps", "--shellCmd", "sleep 30 >/dev/null 2>&1 & echo $! > bg.pid",
+           "--directory", node.home, check=0)
+    with open(os.path.join(node.home, "bg.pid")) as f:
+        bg = int(f.read())
+    try:
+        held = {os.readlink(f"/proc/{bg}/fd/{fd}") for fd in os.listdir(f"/proc/{bg}/fd")}
+        assert f"pipe:[{os.fstat(leak_r).st_ino}]" not in held
+        assert os.getsid(bg) != os.getsid(node.proc.pid)  # its own session, not the daemon's
+    finally:
+        os.kill(bg, signal.SIGKILL)
+
+
+def test_directory_and_the_daemons_own_working_directory(careless):
+    node, _ = careless
+    out = node.d("execOnPeer", "--peer", "vps", "--directory", "/usr/bin", "--shellCmd", "pwd -P; pwd", check=0)
+    assert out.stdout == b"/usr/bin\n/usr/bin\n"
+    # the daemon stepped into /usr/bin to start the command, and back out
+    assert os.readlink(f"/proc/{node.proc.pid}/cwd") == os.getcwd()
