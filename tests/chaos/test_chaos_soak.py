@@ -49,7 +49,7 @@ def size_allowed(request):
 
 
 @pytest.mark.parametrize("sequential,concurrent", [
-    pytest.param(150, 60, marks=pytest.mark.timeout(150)),
+    pytest.param(100, 60, marks=pytest.mark.timeout(150)),
     pytest.param(5000, 500, marks=[pytest.mark.slow, pytest.mark.timeout(1500)]),
 ])
 def test_soak_exact_outputs_and_no_leaks(size_allowed, cluster, sequential, concurrent):
