@@ -94,3 +94,34 @@ def test_the_daemon_users_identity_is_looked_up_once_per_interval_and_each_job_g
     home = jobs.own[1].pw_dir
     assert outputs == {"env-a": f"env-a {home}\n".encode(), "env-b": f"env-b {home}\n".encode()}
     assert "ZPEER_JOB" not in jobs.own[2]  # the cached environment is copied, never changed
+
+
+def _wait_readable(fd, limit_s=5):
+    import select
+
+    assert select.select([fd], [], [], limit_s)[0], f"fd {fd} never became readable"
+
+
+def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jobs):
+    # the kernel closes stdout, then stderr, then reports the exit: the loop may wake on stdout
+    # alone, and must not need a turn for each of the other two
+    jobs.handle("vps", _exec("short", "echo hi; exit 3"), None)
+    rj = jobs.jobs["short"]
+    _wait_readable(rj.pidfd)  # exited (not reaped): both pipes are closed by now
+    stdout = rj.pipes[1]
+    got = jobs.on_ready({stdout})
+    assert [(m["t"], bytes(d or b"")) for m, d in got] == [("started", b""), ("out", b"hi\n")]
+    got = jobs.on_ready({stdout})  # its EOF: stderr's and the exit are read in the same turn
+    assert [(m["t"], m["rc"]) for m, _ in got] == [("exit", 3)] and jobs.jobs == {}
+
+
+def test_a_command_that_closes_its_output_and_lives_on_costs_the_loop_no_wait(jobs):
+    jobs.handle("vps", _exec("mute", "exec >&- 2>&-; sleep 0.3; exit 4"), None)
+    rj = jobs.jobs["mute"]
+    _wait_readable(rj.pipes[1])  # EOF on stdout while the shell sleeps
+    start = time.monotonic()
+    assert jobs.on_ready({rj.pipes[1]}) == []
+    assert time.monotonic() - start < 0.05  # waited EXIT_LINGER_S (0.5 ms) at most, once
+    assert rj.pipes == {} and rj.exited_at is None
+    done = _until_done(jobs)[-1]
+    assert (done["t"], done["rc"]) == ("exit", 4)

@@ -170,6 +170,7 @@ class RunningJob:
         self.stdin_eof = False
         self.pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
         self.exited_at = None
+        self.lingered = False  # TargetJobs waited for its exit in place once (_linger)
         self.last_data_at = None
         self.how = "exit"  # or timeout / cancelled
         self.kill_at = None
