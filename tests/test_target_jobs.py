@@ -108,11 +108,9 @@ def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jo
     jobs.handle("vps", _exec("short", "echo hi; exit 3"), None)
     rj = jobs.jobs["short"]
     _wait_readable(rj.pidfd)  # exited (not reaped): both pipes are closed by now
-    stdout = rj.pipes[1]
-    got = jobs.on_ready({stdout})
-    assert [(m["t"], bytes(d or b"")) for m, d in got] == [("started", b""), ("out", b"hi\n")]
-    got = jobs.on_ready({stdout})  # its EOF: stderr's and the exit are read in the same turn
-    assert [(m["t"], m["rc"]) for m, _ in got] == [("exit", 3)] and jobs.jobs == {}
+    got = jobs.on_ready({rj.pipes[1]})  # its output, its EOF, stderr's and the exit: one turn
+    assert [(m["t"], bytes(d or b"")) for m, d in got] == [("started", b""), ("out", b"hi\n"), ("exit", b"")]
+    assert got[-1][0]["rc"] == 3 and jobs.jobs == {}
 
 
 def test_a_command_that_closes_its_output_and_lives_on_costs_the_loop_no_wait(jobs):

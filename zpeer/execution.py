@@ -177,7 +177,14 @@ class TargetJobs:
             closed = False
             for num, fd in list(rj.pipes.items()):
                 if fd in ready and rj.credit > 0:
-                    out.extend(self._read(rj, num))
+                    # a second read when the first drained the pipe: a command's EOF is usually
+                    # right behind its last output (one loop turn less for `hostname`)
+                    for _ in range(2):
+                        before = rj.bytes_out
+                        got = self._read(rj, num)
+                        out.extend(got)
+                        if not got or rj.credit <= 0 or rj.bytes_out - before >= READ_CHUNK_BYTES:
+                            break
                     closed = closed or num not in rj.pipes
             if rj.stdin_fd is not None and rj.stdin_fd in ready:
                 out.extend(self._write_stdin(rj))
