@@ -5,7 +5,7 @@ import signal
 import stat
 import time
 
-from conftest import Node, TEST_HEARTBEAT_S, wait_for
+from conftest import Node, TEST_HEARTBEAT_S, free_port, wait_for
 
 OFFLINE_WITHIN_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 intervals + slack for process scheduling
 
@@ -145,3 +145,29 @@ def test_second_daemon_refuses(cluster):
     assert second.returncode == 255
     assert b"Another daemon already runs for" in second.stderr
     assert cluster.vps.d("listPeers", "--ids", check=0).returncode == 0
+
+
+def test_a_frozen_daemon_fails_a_call_at_its_deadline_and_the_next_call_works(tmp_path):
+    from zpeer.errors import FailedToConnect
+    from zpeer.ipc import Client
+
+    node = Node(tmp_path, "n1")
+    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    node.start()
+    client = Client(node.home)
+    try:
+        assert client.call("ping", timeout_s=2)["pong"]
+        node.proc.send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        try:
+            client.call("ping", timeout_s=0.3)
+            raise AssertionError("a frozen daemon answered")
+        except FailedToConnect as exc:
+            assert "did not answer in time" in exc.hint
+        assert 0.3 <= time.monotonic() - start < 2.0
+        node.proc.send_signal(signal.SIGCONT)
+        assert client.call("ping", timeout_s=2)["pong"]  # a fresh socket: no stale reply read
+    finally:
+        client.close()
+        node.proc.send_signal(signal.SIGCONT)
+        node.stop()

@@ -10,7 +10,7 @@ import time
 
 import zmq
 
-from zpeer import config, keys, protocol
+from zpeer import config, keys, protocol, wire
 from zpeer.errors import BadRequest, NotConfigured, NotLeader, PeerNotFound, ZpeerError
 from zpeer.sessions import STDIN_WINDOW_BYTES, resolve_targets
 
@@ -50,7 +50,8 @@ class Api:
     # --- boundary -----------------------------------------------------------------------
     def on_frames(self, sock):
         """Read and serve one CLI request."""
-        frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+        # [identity, empty, signature, header]: all small, all copied; a longer one is cut to 5
+        frames = wire.recv(sock, zmq.NOBLOCK, data_from=5, max_frames=4)
         identity = frames[0]
         if len(frames) < 3 or frames[1] != b"":
             log.warning("dropped malformed CLI request (%d frames)", len(frames))

@@ -25,6 +25,7 @@ class Client:
         self.path = config.socket_path(home)
         self.ctx = ctx or zmq.Context.instance()
         self.sock = None
+        self.timeout_ms = None  # the socket's receive timeout now
 
     def _connect(self):
         """Open the REQ socket; Failed to connect within CONNECT_TIMEOUT_S if nobody listens."""
@@ -45,13 +46,17 @@ class Client:
             self._connect()
         header = {"op": op, "rid": uuid.uuid4().hex[:16], "deadline_s": timeout_s}
         header.update(args)
-        self.sock.send_multipart(protocol.encode(header))
-        if not self.sock.poll(int(timeout_s * 1000) + 1):
+        wire.send(self.sock, protocol.encode(header))
+        timeout_ms = int(timeout_s * 1000) + 1
+        if timeout_ms != self.timeout_ms:  # a blocking receive with a timeout: no poll() per call
+            self.sock.rcvtimeo = self.timeout_ms = timeout_ms
+        try:
+            frames = wire.recv(self.sock, data_from=2)  # [signature, map, raw output...]
+        except zmq.Again:
             self.close()  # a REQ without its reply is unusable
             raise FailedToConnect("Failed to connect",
                                   hint="the local daemon did not answer in time: is it stuck? "
-                                       "see its log, `systemctl status zpeer`")
-        frames = wire.recv(self.sock, data_from=2)  # [signature, map, raw output...]
+                                       "see its log, `systemctl status zpeer`") from None
         try:
             reply = protocol.unpack_header(frames[1], protocol.MAX_IPC_BYTES)
         except (protocol.ProtocolError, IndexError):
@@ -66,7 +71,7 @@ class Client:
         """Close the socket."""
         if self.sock is not None:
             self.sock.close(0)
-            self.sock = None
+            self.sock = self.timeout_ms = None
 
 
 def reply_frames(identity, rid, payload, data_frames=()):
