@@ -1,5 +1,5 @@
 """A/B: the same measurement through two zpeer trees at once, interleaved, so both see the same
-machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream|fanout]`.
+machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream|fanout] [--cmd CMD]`.
 
 On a shared 2-core machine a row moves by ±20 % between runs, more than most changes move it;
 two clusters measured in alternating batches in one run do not drift apart. A is OTHER_TREE (for
@@ -68,9 +68,10 @@ def main(argv=None):
     p.add_argument("other", help="the A tree (a zpeer checkout)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--what", choices=("exec", "stream", "fanout"), default="exec",
-                   help=f"exec: `true`, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s); "
+                   help=f"exec: --cmd, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s); "
                         "fanout: `--peer all` running `true` (s, leader CPU s)")
     p.add_argument("--peers", type=int, default=1000, help="fanout: peers per tree, leader included")
+    p.add_argument("--cmd", default="true", help="exec: the command (default true; `hostname` adds output)")
     args = p.parse_args(argv)
     os.chdir("/")  # `python -m` puts the cwd first on sys.path: it must hold no zpeer
     cluster.d_command = lambda: [sys.executable, "-m", "zpeer"]
@@ -94,10 +95,10 @@ def main(argv=None):
                     results[name].append(256 / timed_api_exec(client, "w1", f"head -c {256 * MB} /dev/zero"))
                     continue
                 for _ in range(5):
-                    api_exec(client, "w1")  # warm-up after the other tree's batch
+                    api_exec(client, "w1", args.cmd)  # warm-up after the other tree's batch
                 before = cpu_seconds(lead.pid), cpu_seconds(worker.pid)
                 for _ in range(BATCH):
-                    results[name].append(timed_api_exec(client, "w1") * 1000)
+                    results[name].append(timed_api_exec(client, "w1", args.cmd) * 1000)
                 cpu[name][0] += cpu_seconds(lead.pid) - before[0]
                 cpu[name][1] += cpu_seconds(worker.pid) - before[1]
                 cpu[name][2] += BATCH

@@ -118,6 +118,20 @@ def test_an_exit_that_names_a_pid_is_also_the_started_event():
         protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0, "how": "exit", "pid": "42"})
 
 
+def test_a_held_poll_is_answered_once_with_everything_a_turn_brought():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "hostname"}, ["w1"], 0, 0)
+    job = actions[0][1]["job"]
+    assert sessions.poll(sid, b"ident", "r1", wait_s=0.5) == []  # held: nothing to say yet
+    for header, data in (({"t": "started", "job": job, "pid": 5}, None), ({"t": "out", "job": job, "fd": 1, "seq": 1}, b"vps\n"),
+                         ({"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 1}, None)):
+        assert sessions.on_message("w1", header, data) == []  # the turn's other messages may follow
+    (reply,) = sessions.wake_pending()
+    assert reply[:3] == ("reply", b"ident", "r1")
+    assert reply[3]["events"] == [["w1", "s", 5], ["w1", "o", b"vps\n"], ["w1", "x", 0, "exit"]] and reply[3]["done"]
+    assert sessions.wake_pending() == [] and sid not in sessions.sessions
+
+
 def test_session_messages_from_wrong_peer_are_ignored():
     sessions = OriginSessions("me", 1.0)
     sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)

@@ -281,6 +281,7 @@ class Daemon:
             self.dispatch(("peer", h, d) for h, d in self.targets.on_ready(fds))
         while self.local:
             self.handle_peer(*self.local.popleft())
+        self.dispatch(self.sessions.wake_pending())
         self.timers(time.monotonic())
 
     def _poller_for(self, link, items):

@@ -112,6 +112,7 @@ class OriginSessions:
         self.heartbeat_s = heartbeat_s
         self.sessions = {}
         self.by_job = {}  # job id -> (session, OriginJob)
+        self.woken = {}  # sid -> session with news from its targets this turn (wake_pending)
         self.next_scan = 0.0  # monotonic time of the next scan for silent targets (on_timer)
 
     @property
@@ -209,7 +210,18 @@ class OriginSessions:
         actions = []
         if job.state == "done":
             actions.extend(self._launch(session))
-        actions.extend(self._wake(session))
+        # answered once the turn's messages are in (wake_pending): a short command's started,
+        # output and exit arrive together and make one reply, not a reply and another poll
+        self.woken[session.sid] = session
+        return actions
+
+    def wake_pending(self):
+        """Answer the held polls of sessions that got news this turn; returns actions."""
+        actions = []
+        woken, self.woken = self.woken, {}
+        for sid, session in woken.items():
+            if self.sessions.get(sid) is session:
+                actions.extend(self._wake(session))
         return actions
 
     def poll(self, sid, identity, rid, stdin=None, eof=False, wait_s=POLL_WAIT_MAX_S, need_room=False,
