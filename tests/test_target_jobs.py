@@ -1,4 +1,5 @@
 """The target side's handler logic without sockets: at-most-once execs and early cancels."""
+import os
 import time
 
 import pytest
@@ -119,7 +120,40 @@ def test_a_command_that_closes_its_output_and_lives_on_costs_the_loop_no_wait(jo
     _wait_readable(rj.pipes[1])  # EOF on stdout while the shell sleeps
     start = time.monotonic()
     assert jobs.on_ready({rj.pipes[1]}) == []
-    assert time.monotonic() - start < 0.05  # waited EXIT_LINGER_S (0.5 ms) at most, once
+    assert time.monotonic() - start < 0.05  # waited EXIT_LINGER_S (1 ms) at most, once
     assert rj.pipes == {} and rj.exited_at is None
     done = _until_done(jobs)[-1]
     assert (done["t"], done["rc"]) == ("exit", 4)
+
+
+def test_fds_past_fd_setsize_are_fine(jobs):
+    # a worker holding many connections gets pipe fds above 1024, where select() refuses to go
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    base = os.open(os.devnull, os.O_RDONLY)
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(os.dup(base))
+        jobs.handle("vps", _exec("high", "echo hi; exit 5"), None)
+        rj = jobs.jobs["high"]
+        assert min(rj.pipes.values()) > 1024
+        _wait_readable_poll(rj.pidfd)
+        got = jobs.on_ready({rj.pipes[1]})
+        assert [(m["t"], m.get("rc")) for m, _ in got] == [("started", None), ("out", None), ("exit", 5)]
+    finally:
+        for fd in held + [base]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _wait_readable_poll(fd, limit_s=5):
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    assert poller.poll(limit_s * 1000), f"fd {fd} never became readable"

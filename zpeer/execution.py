@@ -5,6 +5,7 @@ the fds it lists (`poll_items`) and feeds readiness and timers back; every metho
 messages to send, as (header, data) pairs addressed to the origin by their "to" field.
 """
 import logging
+import math
 import os
 import pwd
 import select
@@ -23,7 +24,7 @@ _LIMITER = RateLimited()  # for logs about peers steering jobs that are not thei
 READ_CHUNK_BYTES = 1 << 20  # the pipe's size: a 1 GB stream ran 10 % faster than with 256 KiB reads
 EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
 EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut after this
-EXIT_LINGER_S = 0.0005  # an output pipe closed: how long to wait for the shell's exit in place
+EXIT_LINGER_S = 0.001  # an output pipe closed: how long to wait for the shell's exit in place
 SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
 EARLY_CANCELS_MAX = 1000  # cancels that overtook their exec, per (origin, job): kept apart, so a
                           # flood of cancels for made-up ids cannot push real ones out of `seen`
@@ -204,9 +205,11 @@ class TargetJobs:
         out = []
         deadline = time.monotonic() + EXIT_LINGER_S
         while rj.exited_at is None:
-            fds = [fd for fd in rj.pipes.values() if rj.credit > 0] + [rj.pidfd]
-            left = deadline - time.monotonic()
-            ready = select.select(fds, [], [], left)[0] if left > 0 else ()
+            poller = select.poll()  # not select(): a busy daemon's fds pass FD_SETSIZE (1024)
+            for fd in [fd for fd in rj.pipes.values() if rj.credit > 0] + [rj.pidfd]:
+                poller.register(fd, select.POLLIN)
+            left_ms = (deadline - time.monotonic()) * 1000
+            ready = {fd for fd, _ in poller.poll(math.ceil(left_ms))} if left_ms > 0 else ()
             if not ready:
                 break
             for num, fd in list(rj.pipes.items()):
