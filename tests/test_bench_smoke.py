@@ -48,3 +48,18 @@ def test_ab_compares_two_trees_in_one_run(tmp_path):
     assert [line.split(" ", 1)[0] for line in lines[:2]] == ["A", "B"], lines
     for line in lines[:2]:
         assert f"{ROOT}: median " in line and "CPU ms per exec: leader " in line, line
+
+
+@pytest.mark.timeout(45)
+def test_timeline_lines_up_the_marks_of_every_process(tmp_path):
+    """bench/timeline.py: every segment of the exec path is found and printed, for most execs."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "timeline.py"), "--runs", "20"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=40, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    sys.path.insert(0, ROOT)
+    from bench.timeline import PATH
+
+    lines = proc.stdout.decode().splitlines()
+    assert [line[:58].rstrip() for line in lines[1:len(PATH)]] == [what for _, what in PATH[1:]]
+    assert all(float(line[58:].split()[0]) > 0 for line in lines[1:len(PATH) + 1])
+    assert int(lines[-1].split()[0]) >= 10, lines[-1]  # complete execs out of 20 (a busy machine drops some)

@@ -10,7 +10,7 @@ import time
 
 import zmq
 
-from zpeer import config, keys, protocol, wire
+from zpeer import config, keys, protocol, trace, wire
 from zpeer.errors import BadRequest, NotConfigured, NotLeader, PeerNotFound, ZpeerError
 from zpeer.sessions import STDIN_WINDOW_BYTES, resolve_targets
 
@@ -52,6 +52,7 @@ class Api:
         """Read and serve one CLI request."""
         # [identity, empty, signature, header]: all small, all copied; a longer one is cut to 5
         frames = wire.recv(sock, zmq.NOBLOCK, data_from=5, max_frames=4)
+        trace.mark("request")
         identity = frames[0]
         if len(frames) < 3 or frames[1] != b"":
             log.warning("dropped malformed CLI request (%d frames)", len(frames))

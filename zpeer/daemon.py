@@ -13,7 +13,7 @@ from collections import deque
 
 import zmq
 
-from zpeer import config, keys, leftovers, protocol, wire
+from zpeer import config, keys, leftovers, protocol, trace, wire
 from zpeer.api import Api
 from zpeer.errors import NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
@@ -211,7 +211,9 @@ class Daemon:
     def reply(self, identity, rid, payload, data_frames=()):
         """Answer a CLI request (output bytes, if any, as raw frames after the map)."""
         try:
-            wire.send(self.ipc, reply_frames(identity, rid, payload, data_frames), zmq.NOBLOCK)
+            frames = reply_frames(identity, rid, payload, data_frames)
+            trace.mark("reply")
+            wire.send(self.ipc, frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the CLI went away
 
@@ -263,6 +265,8 @@ class Daemon:
         timeout_ms = 0 if self.local else max(0, min(int(max_wait_s * 1000), int(wait * 1000) + 1))
         try:
             ready = dict(poller.poll(timeout_ms))
+            if self.targets.jobs:
+                trace.mark("woke")
         except zmq.ZMQError as exc:
             if exc.errno == getattr(zmq, "EINTR", 4):
                 return

@@ -13,7 +13,7 @@ import signal
 import time
 from collections import OrderedDict
 
-from zpeer import leftovers
+from zpeer import leftovers, trace
 from zpeer.errors import BadRequest, DirectoryNotFound, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn
@@ -103,9 +103,11 @@ class TargetJobs:
             return [({"t": "exit", "job": job, "to": origin, "rc": RC_CANCELLED, "how": "cancelled",
                       "bytes": 0, "duration": 0.0, "seq": 0}, None)]
         try:
+            trace.mark("spawn")
             proc = self._spawn(msg)
         except ZpeerError as exc:
             return [({"t": "error", "job": job, "to": origin, "err": exc.to_reply()}, None)]
+        trace.mark("spawned")
         rj = RunningJob(job, origin, proc, msg.get("timeout"), msg["credit"])
         self.jobs[job] = rj
         log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, msg["cmd"][:200])
@@ -188,9 +190,9 @@ class TargetJobs:
                             break
                     closed = closed or num not in rj.pipes
             if rj.stdin_fd is not None and rj.stdin_fd in ready:
-                out.extend(self._write_stdin(rj))
+                out.extend(self._stdin_ack(rj, rj.write_stdin()))
             if rj.pidfd is not None and rj.pidfd in ready:
-                self._reap(rj)
+                rj.reap()
             if closed and rj.exited_at is None and rj.pidfd is not None and not rj.lingered:
                 out.extend(self._linger(rj))
             out.extend(self._maybe_finish(rj))
@@ -216,7 +218,7 @@ class TargetJobs:
                 if fd in ready and rj.credit > 0:
                     out.extend(self._read(rj, num))
             if rj.pidfd in ready:
-                self._reap(rj)
+                rj.reap()
         return out
 
     def _read(self, rj, num):
@@ -236,28 +238,10 @@ class TargetJobs:
         rj.seq += 1
         return self._announce(rj) + [({"t": "out", "job": rj.job, "to": rj.origin, "fd": num, "seq": rj.seq}, data)]
 
-    def _write_stdin(self, rj):
-        """Push buffered stdin into the child without blocking; ack what it took."""
-        try:
-            n = os.write(rj.stdin_fd, rj.stdin_buf)
-            del rj.stdin_buf[:n]
-        except BlockingIOError:
-            return []
-        except OSError:  # the child closed its stdin: drop the rest, like a pipe would
-            n = len(rj.stdin_buf)
-            rj.stdin_buf.clear()
-            rj.close_stdin()
-        if not rj.stdin_buf and rj.stdin_eof:
-            rj.close_stdin()
-        return [({"t": "stdin_ack", "job": rj.job, "to": rj.origin, "n": n}, None)]
-
-    def _reap(self, rj):
-        """Collect the shell's exit status once it is gone."""
-        if rj.exited_at is None and rj.proc.poll() is not None:
-            rj.exited_at = time.monotonic()
-            if rj.pidfd is not None:
-                os.close(rj.pidfd)
-                rj.pidfd = None
+    @staticmethod
+    def _stdin_ack(rj, n):
+        """The ack for n stdin bytes the child took (none when the pipe was full)."""
+        return [] if n is None else [({"t": "stdin_ack", "job": rj.job, "to": rj.origin, "n": n}, None)]
 
     def _maybe_finish(self, rj):
         """End the job when the shell exited and its pipes are drained (or idle/cut)."""
@@ -320,7 +304,7 @@ class TargetJobs:
             return out
         if data:
             rj.stdin_buf += data
-            out = self._write_stdin(rj)
+            out = self._stdin_ack(rj, rj.write_stdin())
         if eof:
             rj.stdin_eof = True
             if not rj.stdin_buf:
@@ -358,7 +342,7 @@ class TargetJobs:
                 rj.kill_group(signal.SIGKILL)
                 rj.kill_at = None
             if rj.exited_at is None and rj.pidfd is None:
-                self._reap(rj)
+                rj.reap()
             if rj.announce_at is not None and now >= rj.announce_at:
                 out.extend(self._announce(rj))
             out.extend(self._maybe_finish(rj))

@@ -16,7 +16,7 @@ import peewee
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zpeer import config, keys, protocol, wire
+from zpeer import config, keys, protocol, trace, wire
 from zpeer.errors import BadRequest, NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import describe_last_seen, peer_record
@@ -106,7 +106,9 @@ class LeaderLink:
         if entry is None:
             return False
         try:
-            wire.send(self.sock, protocol.envelope(entry["route"], protocol.encode(header, data)), zmq.NOBLOCK)
+            frames = protocol.envelope(entry["route"], protocol.encode(header, data))
+            trace.mark("lead.send", header["t"])  # before: the receiver may run before send() returns
+            wire.send(self.sock, frames, zmq.NOBLOCK)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (HWM): the peer is not keeping up
             if self.limiter.allow(("send", peer_id)):
@@ -147,6 +149,7 @@ class LeaderLink:
             self._unverified(identity, peer_id, key, header)
             return None
         entry["rx"] = time.monotonic()
+        trace.mark("lead.recv", header["t"])
         self.registry.touch(peer_id, entry["ip"])
         if header["t"] == "hb":
             self.send(peer_id, {"t": "hb", "rid": header["rid"], "gen": self.registry.generation,

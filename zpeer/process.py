@@ -207,6 +207,29 @@ class RunningJob:
             os.close(self.stdin_fd)
             self.stdin_fd = None
 
+    def write_stdin(self):
+        """Push buffered stdin into the child without blocking; bytes it took (None: pipe full)."""
+        try:
+            n = os.write(self.stdin_fd, self.stdin_buf)
+            del self.stdin_buf[:n]
+        except BlockingIOError:
+            return None
+        except OSError:  # the child closed its stdin: drop the rest, like a pipe would
+            n = len(self.stdin_buf)
+            self.stdin_buf.clear()
+            self.close_stdin()
+        if not self.stdin_buf and self.stdin_eof:
+            self.close_stdin()
+        return n
+
+    def reap(self):
+        """Collect the shell's exit status once it is gone."""
+        if self.exited_at is None and self.proc.poll() is not None:
+            self.exited_at = time.monotonic()
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
+
     def rc(self):
         """The status to report for this job."""
         if self.how == "timeout":

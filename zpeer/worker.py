@@ -18,7 +18,7 @@ import uuid
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zpeer import config, protocol, wire
+from zpeer import config, protocol, trace, wire
 from zpeer.errors import KeyMismatch, NotAuthorized, NotConnected, RequestTimeout, from_reply
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ class WorkerLink:
         if not force and not self.connected():
             return False
         try:
-            wire.send(self.sock, protocol.encode(header, data), zmq.NOBLOCK)
+            frames = protocol.encode(header, data)
+            trace.mark("work.send", header["t"])
+            wire.send(self.sock, frames, zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
@@ -189,6 +191,7 @@ class WorkerLink:
             return None
         self.last_rx = time.monotonic()
         mtype = header["t"]
+        trace.mark("work.recv", mtype)
         if mtype == "welcome":
             self._welcome(header)
         elif mtype == "hb":
