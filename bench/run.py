@@ -172,9 +172,11 @@ class Bench:
         remote = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", f"base64 {path}"],
                                     self.tty)[0], runs, warmup=1)
         ratio = median(remote) / median(local)
-        floor = self.base["import_floor"] / median(local)
+        # the CLI must start, and the command must run (as long as the whole pipe, at least)
+        floor = (self.base["import_floor"] + median(local)) / median(local)
         self.add(Row("stream_13mb", median(remote), "s", runs, "<= 2x local pipe", check(ratio, 2.0),
-                     f"{ratio:.2f}x local pipe; the import floor alone is {floor:.2f}x", {"ratio": round(ratio, 3)}))
+                     f"{ratio:.2f}x local pipe; the CLI's import floor plus the command's own run is {floor:.2f}x",
+                     {"ratio": round(ratio, 3), "floor_ratio": round(floor, 3)}))
         client = lead.client()
         try:
             api = repeat(lambda: timed_api_exec(client, "w1", f"base64 {path}"), runs, warmup=1)
