@@ -2,10 +2,14 @@
 disposition and none blocked, a session and process group of its own, its directory."""
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from conftest import Node, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _launcher_state(inherited_fd):
@@ -74,3 +78,22 @@ def test_directory_and_the_daemons_own_working_directory(careless):
     assert out.stdout == b"/usr/bin\n/usr/bin\n"
     # the daemon stepped into /usr/bin to start the command, and back out
     assert os.readlink(f"/proc/{node.proc.pid}/cwd") == os.getcwd()
+
+
+@pytest.mark.parametrize("proc_mounted", [True, False])
+def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted):
+    # in a child process of its own: it changes the process it runs in
+    code = f"""if True:
+        import os
+        from zpeer import process
+        r, w = os.pipe()
+        os.set_inheritable(w, True)
+        if not {proc_mounted}:
+            real = os.listdir
+            os.listdir = lambda path: (_ for _ in ()).throw(FileNotFoundError(path)) if path.startswith("/proc") else real(path)
+        process.prepare_spawning()
+        print(os.get_inheritable(w), os.get_inheritable(1), process._cwd_fd is not None)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert (out.returncode, out.stdout, out.stderr) == (0, "False True True\n", "")

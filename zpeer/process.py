@@ -126,13 +126,16 @@ def prepare_spawning():
     holding a launcher's pipe or socket would keep it open) and hold the daemon's working
     directory, which `spawn` comes back to."""
     global _cwd_fd
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: try every number the fd limit allows
+        fds = range(min(os.sysconf("SC_OPEN_MAX"), 1 << 16))
+    for fd in fds:
         if fd > 2:
             try:
                 os.set_inheritable(fd, False)
             except OSError:
-                pass  # the listing's own fd, closed by now
+                pass  # not open (the listing's own fd is closed by now)
     if _cwd_fd is None:
         _cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
