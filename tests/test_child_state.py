@@ -49,6 +49,14 @@ def test_a_command_inherits_no_fd_and_no_signal_state(careless):
     assert out.stderr == b""
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="--user needs a root daemon")
+def test_a_user_command_inherits_no_fd_and_no_blocked_signal(careless):
+    node, _ = careless
+    out = node.d("execOnPeer", "--peer", "vps", "--user", "nobody", "--directory", "/tmp", "--shellCmd",
+                 "id -un; grep -E '^SigBlk' /proc/self/status; ls /proc/self/fd", check=0)
+    assert out.stdout == b"nobody\nSigBlk:\t0000000000000000\n0\n1\n2\n3\n"
+
+
 def test_sigpipe_ends_a_pipeline_quietly(careless):
     # Python ignores SIGPIPE: a command that inherited that would print "Broken pipe" errors
     node, _ = careless
@@ -84,16 +92,18 @@ def test_directory_and_the_daemons_own_working_directory(careless):
 def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted):
     # in a child process of its own: it changes the process it runs in
     code = f"""if True:
-        import os
+        import os, signal
         from zpeer import process
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
         r, w = os.pipe()
         os.set_inheritable(w, True)
         if not {proc_mounted}:
             real = os.listdir
             os.listdir = lambda path: (_ for _ in ()).throw(FileNotFoundError(path)) if path.startswith("/proc") else real(path)
         process.prepare_spawning()
-        print(os.get_inheritable(w), os.get_inheritable(1), process._cwd_fd is not None)
+        print(os.get_inheritable(w), os.get_inheritable(1), process._cwd_fd is not None,
+              signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set())
     """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                          env=dict(os.environ, PYTHONPATH=ROOT))
-    assert (out.returncode, out.stdout, out.stderr) == (0, "False True True\n", "")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "False True True True\n", "")

@@ -123,8 +123,8 @@ def spawn(argv, cwd, env, with_stdin, creds=None):
 
 def prepare_spawning():
     """At daemon start: mark every fd above 2 it inherited close-on-exec (a background command
-    holding a launcher's pipe or socket would keep it open) and hold the daemon's working
-    directory, which `spawn` comes back to."""
+    holding a launcher's pipe or socket would keep it open), unblock every signal, and hold the
+    daemon's working directory, which `spawn` comes back to."""
     global _cwd_fd
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
@@ -138,6 +138,9 @@ def prepare_spawning():
                 pass  # not open (the listing's own fd is closed by now)
     if _cwd_fd is None:
         _cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # signals the launcher blocked stay blocked in every child: `--user` commands (subprocess,
+    # not posix_spawn) would get them so; the daemon has no use for a blocked signal either
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def pending_bytes(fd):
