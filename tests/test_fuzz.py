@@ -341,9 +341,9 @@ def test_leader_and_workers_survive_generated_peer_messages(fuzzed):
         stranger.close()
     assert sum(counts.values()) >= MIN_MESSAGES, counts
     # what the member got back shows the handlers (not only the decoder) were reached; a target
-    # says "started" with a job's first output or 20 ms in, or names the pid in its exit: read
-    # until one came
-    wait_for(lambda: c.member.barrier() and any(h.get("t") == "started" or h.get("t") == "exit" and "pid" in h
+    # names a job's pid in its first message (output, exit, or "started" 20 ms in): read until
+    # one came
+    wait_for(lambda: c.member.barrier() and any(h.get("t") in ("started", "out", "exit") and "pid" in h
                                                 for h in c.member.received),
              timeout=10, what="a generated exec to report it started")
     kinds = {h.get("t") for h in c.member.received}

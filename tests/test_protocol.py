@@ -123,13 +123,25 @@ def test_a_held_poll_is_answered_once_with_everything_a_turn_brought():
     sid, actions = sessions.open({"cmd": "hostname"}, ["w1"], 0, 0)
     job = actions[0][1]["job"]
     assert sessions.poll(sid, b"ident", "r1", wait_s=0.5) == []  # held: nothing to say yet
-    for header, data in (({"t": "started", "job": job, "pid": 5}, None), ({"t": "out", "job": job, "fd": 1, "seq": 1}, b"vps\n"),
+    for header, data in (({"t": "out", "job": job, "fd": 1, "seq": 1, "pid": 5}, b"vps\n"),
                          ({"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 1}, None)):
         assert sessions.on_message("w1", header, data) == []  # the turn's other messages may follow
     (reply,) = sessions.wake_pending()
     assert reply[:3] == ("reply", b"ident", "r1")
     assert reply[3]["events"] == [["w1", "s", 5], ["w1", "o", b"vps\n"], ["w1", "x", 0, "exit"]] and reply[3]["done"]
     assert sessions.wake_pending() == [] and sid not in sessions.sessions
+
+
+def test_the_pid_in_a_jobs_first_message_is_its_started_event_once():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "echo hi; sleep 1"}, ["w1"], 0, 0)
+    job = actions[0][1]["job"]
+    sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1, "pid": 7}, b"hi\n")
+    assert sessions.sessions[sid].jobs["w1"].state == "running"
+    sessions.on_message("w1", {"t": "started", "job": job, "pid": 7}, None)  # a duplicate says nothing
+    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 1, "pid": 7}, None)
+    reply = sessions.poll(sid, b"ident", "r1")[-1][3]
+    assert reply["events"] == [["w1", "s", 7], ["w1", "o", b"hi\n"], ["w1", "x", 0, "exit"]]
 
 
 def test_session_messages_from_wrong_peer_are_ignored():

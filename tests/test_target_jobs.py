@@ -50,7 +50,7 @@ def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(job
     assert not journal.exists()  # ended before it was recorded: no disk touched
     jobs.handle("vps", _exec("talks", "echo hi"), None)
     got = _until_done(jobs)
-    assert [m["t"] for m in got] == ["started", "out", "exit"] and "pid" not in got[-1]
+    assert [(m["t"], "pid" in m) for m in got] == [("out", True), ("exit", False)]  # its output said "started"
     jobs.handle("vps", _exec("silent", "sleep 5"), None)
     assert jobs.on_timer(time.monotonic(), 60) == []
     pid = jobs.jobs["silent"].proc.pid
@@ -110,7 +110,8 @@ def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jo
     rj = jobs.jobs["short"]
     _wait_readable(rj.pidfd)  # exited (not reaped): both pipes are closed by now
     got = jobs.on_ready({rj.pipes[1]})  # its output, its EOF, stderr's and the exit: one turn
-    assert [(m["t"], bytes(d or b"")) for m, d in got] == [("started", b""), ("out", b"hi\n"), ("exit", b"")]
+    assert [(m["t"], bytes(d or b"")) for m, d in got] == [("out", b"hi\n"), ("exit", b"")]
+    assert got[0][0]["pid"] == rj.proc.pid
     assert got[-1][0]["rc"] == 3 and jobs.jobs == {}
 
 
@@ -144,7 +145,7 @@ def test_fds_past_fd_setsize_are_fine(jobs):
         assert min(rj.pipes.values()) > 1024
         _wait_readable_poll(rj.pidfd)
         got = jobs.on_ready({rj.pipes[1]})
-        assert [(m["t"], m.get("rc")) for m, _ in got] == [("started", None), ("out", None), ("exit", 5)]
+        assert [(m["t"], m.get("rc")) for m, _ in got] == [("out", None), ("exit", 5)]
     finally:
         for fd in held + [base]:
             os.close(fd)

@@ -28,8 +28,8 @@ EXIT_LINGER_S = 0.001  # an output pipe closed: how long to wait for the shell's
 SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
 EARLY_CANCELS_MAX = 1000  # cancels that overtook their exec, per (origin, job): kept apart, so a
                           # flood of cancels for made-up ids cannot push real ones out of `seen`
-# "started" waits for the first output, the exit or this long: a short command's exit then says
-# "started" too (its pid), one message through the leader instead of two
+# A job's first message names its pid: its first output, its exit, or after this long a
+# "started" message of its own (a short command then sends one message through the leader, not two)
 STARTED_DELAY_S = 0.02
 STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (sessions.STDIN_WINDOW_BYTES)
 OWN_IDENTITY_S = 5.0  # a change to the daemon user's passwd entry or /run/user dir is seen this late
@@ -115,16 +115,16 @@ class TargetJobs:
         return []
 
     def _announce(self, rj):
-        """The job's "started" message, once, before anything else it sends. Its process group
+        """True once, for the job's first message (which then names its pid). Its process group
         goes on disk for zpeer.leftovers then, before the origin hears of the job: not at spawn,
         where reading the start time of a process still in execve waits for it, and a command
         that ends within STARTED_DELAY_S without output needs no record."""
         if rj.announce_at is None:
-            return []
+            return False
         rj.announce_at = None
         self.records.record(rj.proc.pid, rj.job)
         rj.recorded = True
-        return [({"t": "started", "job": rj.job, "to": rj.origin, "pid": rj.proc.pid}, None)]
+        return True
 
     def _own_identity(self):
         """The daemon user's passwd entry and command environment, looked up again after
@@ -236,7 +236,10 @@ class TargetJobs:
         rj.bytes_out += len(data)
         rj.last_data_at = time.monotonic()
         rj.seq += 1
-        return self._announce(rj) + [({"t": "out", "job": rj.job, "to": rj.origin, "fd": num, "seq": rj.seq}, data)]
+        header = {"t": "out", "job": rj.job, "to": rj.origin, "fd": num, "seq": rj.seq}
+        if self._announce(rj):
+            header["pid"] = rj.proc.pid  # its first message: "started" too
+        return [(header, data)]
 
     @staticmethod
     def _stdin_ack(rj, n):
@@ -269,7 +272,7 @@ class TargetJobs:
         log.info("job %s: %s rc=%d after %.3fs", rj.job, rj.how, rc, now - rj.started)
         exit_msg = {"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
                     "bytes": rj.bytes_out, "duration": now - rj.started, "seq": rj.seq}
-        if rj.announce_at is not None:  # never announced: the exit says "started" too (one message)
+        if rj.announce_at is not None:  # its first message: the exit says "started" too
             rj.announce_at = None
             exit_msg["pid"] = rj.proc.pid
         return [(exit_msg, None)]
@@ -343,8 +346,8 @@ class TargetJobs:
                 rj.kill_at = None
             if rj.exited_at is None and rj.pidfd is None:
                 rj.reap()
-            if rj.announce_at is not None and now >= rj.announce_at:
-                out.extend(self._announce(rj))
+            if rj.announce_at is not None and now >= rj.announce_at and self._announce(rj):
+                out.append(({"t": "started", "job": rj.job, "to": rj.origin, "pid": rj.proc.pid}, None))
             out.extend(self._maybe_finish(rj))
         return out
 

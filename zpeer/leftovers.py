@@ -3,8 +3,9 @@
 A daemon that is SIGKILLed (or crashes, or its host's OOM killer picks it) cannot kill what it
 ran, and the origin was already told the command was lost: its process group would run on with
 nobody to report to. Each command's group is recorded in `$ZPEER_HOME/jobs.journal` (the group
-leader's start time and the job id) from its "started" message (its first output, or 20 ms in)
-until its job ends, so a group is on disk before its origin hears of it; the next daemon on that
+leader's start time and the job id) from the job's first message, which names its pid (its
+first output, or a "started" 20 ms in) until its job ends, so a group is on disk before its
+origin hears of it; the next daemon on that
 home ends the groups still recorded. A command that ends within 20 ms without output never
 touches the disk (a daemon killed inside that window leaves it to end alone). The start time
 guards against a reused pid: a group id is never handed out while the group has members, so a

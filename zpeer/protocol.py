@@ -20,6 +20,10 @@ CLI link (CLI REQ <-> daemon ROUTER on d.sock) uses the same frames 0..1 with "o
 "t"; bulk bytes travel inside the msgpack map there (bin type).
 
 Every header carries "rid", a request id (str, <= 64 chars); replies echo it.
+
+A target's first message about a job names the command's "pid": its first "out", its "exit", or a
+"started" of its own when the command has said nothing for 20 ms. The origin takes that first pid
+as the job's start.
 """
 import msgpack
 

@@ -177,10 +177,11 @@ class OriginSessions:
             return []
         job.last_word = time.monotonic()
         mtype = header["t"]
-        if mtype == "started":
+        if mtype in ("started", "out", "exit") and job.state == "sent" and header.get("pid") is not None:
+            # a job's first message names its pid: "started", or its first output or exit
             session.move(job, "running")
             self._event(session, [job.target, "s", header["pid"]])
-        elif mtype in ("out", "exit") and header.get("seq", job.seq + (mtype == "out")) != job.seq + (mtype == "out"):
+        if mtype in ("out", "exit") and header.get("seq", job.seq + (mtype == "out")) != job.seq + (mtype == "out"):
             # a chunk went missing (link flap, full queue): never hand the user silently cut output
             self._fail(session, job, "output_lost", f"Output from {job.target} was lost in transit",
                        "the link to that peer dropped messages; the command may have completed")
@@ -195,8 +196,6 @@ class OriginSessions:
             job.bytes += size
             self._event(session, [job.target, "o" if header["fd"] == 1 else "e", data], size)
         elif mtype == "exit":
-            if job.state == "sent" and header.get("pid") is not None:  # a short command: started + exit in one
-                self._event(session, [job.target, "s", header["pid"]])
             session.move(job, "done")
             self._event(session, [job.target, "x", header["rc"], header["how"]])
         elif mtype == "stdin_ack":
@@ -210,8 +209,8 @@ class OriginSessions:
         actions = []
         if job.state == "done":
             actions.extend(self._launch(session))
-        # answered once the turn's messages are in (wake_pending): a short command's started,
-        # output and exit arrive together and make one reply, not a reply and another poll
+        # answered once the turn's messages are in (wake_pending): a short command's output and
+        # exit arrive together and make one reply, not a reply and another poll
         self.woken[session.sid] = session
         return actions
 
