@@ -48,6 +48,7 @@ def child_environment(user_entry, home):
 
 # Every disposition the command starts with is the default one, and no signal is blocked: the
 # daemon's own (Python ignores SIGPIPE) or its launcher's (a shell's ignored SIGQUIT) do not leak.
+# (glibc's posix_spawn leaves its own two reserved signals, 32 and 33, ignored: no program uses them.)
 _DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 _cwd_fd = None  # the daemon's own working directory, to come back to after a spawn
 
@@ -102,15 +103,13 @@ def spawn(argv, cwd, env, with_stdin, creds=None):
             actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0) if with_stdin else
                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                        (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
-            global _cwd_fd
-            if _cwd_fd is None:
-                _cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            own_dir = _own_dir()
             os.chdir(cwd)
             try:
                 pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True,
                                      setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
             finally:
-                os.fchdir(_cwd_fd)
+                os.fchdir(own_dir)
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -121,11 +120,18 @@ def spawn(argv, cwd, env, with_stdin, creds=None):
     return Child(pid, stdin_w, out_r, err_r, popen)
 
 
+def _own_dir():
+    """An fd of the daemon's working directory (opened once: it works even if that is deleted)."""
+    global _cwd_fd
+    if _cwd_fd is None:
+        _cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return _cwd_fd
+
+
 def prepare_spawning():
     """At daemon start: mark every fd above 2 it inherited close-on-exec (a background command
     holding a launcher's pipe or socket would keep it open), unblock every signal, and hold the
     daemon's working directory, which `spawn` comes back to."""
-    global _cwd_fd
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:  # no /proc: try every number the fd limit allows
@@ -136,8 +142,7 @@ def prepare_spawning():
                 os.set_inheritable(fd, False)
             except OSError:
                 pass  # not open (the listing's own fd is closed by now)
-    if _cwd_fd is None:
-        _cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _own_dir()
     # signals the launcher blocked stay blocked in every child: `--user` commands (subprocess,
     # not posix_spawn) would get them so; the daemon has no use for a blocked signal either
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
