@@ -13,7 +13,7 @@ from collections import deque
 
 import zmq
 
-from zpeer import config, keys, leftovers, protocol, trace, wire
+from zpeer import config, keys, leftovers, memory, protocol, trace, wire
 from zpeer.api import Api
 from zpeer.errors import NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
@@ -66,6 +66,7 @@ class Daemon:
         self.wake_r = None
         self.auth = None
         self._poller = self._poller_key = None  # reused while the polled set stays the same
+        self.trimmer = memory.Trimmer()  # the heap back to the OS when idle (memory.tune: run())
         self.ipc = bind_cli_socket(self.ctx, self.home, self.cfg.get("group"))
         self.apply_config(self.cfg)
 
@@ -95,8 +96,7 @@ class Daemon:
             self.link = None
         self.id = cfg.get("id")
         self.heartbeat_s = float(cfg["heartbeat_s"])
-        self.targets.node_id = self.id
-        self.sessions.node_id = self.id
+        self.targets.node_id = self.sessions.node_id = self.id
         self.sessions.heartbeat_s = self.heartbeat_s
         role = cfg.get("role")
         if role == "leader" and self.id:
@@ -224,6 +224,7 @@ class Daemon:
             self.stopping = True
 
         prepare_spawning()
+        memory.tune()
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         # a signal writes a byte here, so poll() returns at once instead of at its timeout
@@ -344,6 +345,7 @@ class Daemon:
         self.api.tick(now)
         self.targets.forget_finished()
         self.registry.flush_audit()
+        self.trimmer.tick(now, bool(self.targets.jobs or self.sessions.sessions))
         if self.role == "worker":
             change = self.link.tick(now)
             if change == "lost":

@@ -1,0 +1,64 @@
+"""The daemon's heap settings and the trim after a busy spell (zpeer.memory)."""
+import os
+import subprocess
+import sys
+
+from zpeer import memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_trimmer_trims_once_after_a_busy_spell_has_been_idle_long_enough():
+    calls = []
+    t = memory.Trimmer(lambda: calls.append(1))
+    t.tick(0.0, busy=False)
+    t.tick(100.0, busy=False)
+    assert calls == []  # never busy: nothing to hand back
+    t.tick(100.0, busy=True)
+    t.tick(100.5, busy=False)
+    t.tick(100.5 + memory.IDLE_TRIM_S - 0.01, busy=False)
+    assert calls == []
+    t.tick(100.5 + memory.IDLE_TRIM_S, busy=False)
+    assert calls == [1]
+    t.tick(200.0, busy=False)
+    assert calls == [1]  # once
+    t.tick(201.0, busy=True)  # busy again: the idle clock starts over
+    t.tick(201.5, busy=False)
+    t.tick(201.5 + memory.IDLE_TRIM_S / 2, busy=True)
+    t.tick(201.5 + memory.IDLE_TRIM_S, busy=False)
+    assert calls == [1]
+
+
+def test_tune_and_trim_in_a_process_of_their_own():
+    # a 1 MiB bytes object then comes from the heap (brk), not from an mmap of its own
+    code = """if True:
+        from zpeer import memory
+        print(memory.tune())
+        chunks = [bytes(1 << 20) for _ in range(16)]
+        del chunks
+        memory.trim()
+        print("trimmed")
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert (out.returncode, out.stdout, out.stderr) == (0, "True\ntrimmed\n", "")
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_worker_that_streamed_goes_back_to_its_idle_size(cluster):
+    from conftest import d_command, wait_for
+
+    worker = cluster.laptop
+    cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=0)
+    before = _rss_kib(worker.proc.pid)
+    out = subprocess.run(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "head -c 268435456 /dev/zero"],
+                         env=cluster.desktop.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # the heap keeps up to 8 MiB free while busy (memory.tune); idle for 2 s, it goes back
+    wait_for(lambda: _rss_kib(worker.proc.pid) <= before + 4096, timeout=8,
+             what=f"the worker's RSS back near {before} KiB")
