@@ -16,7 +16,6 @@ POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
 STDIN_CHUNK_BYTES = 256 * 1024
 CANCEL_WAIT_POLLS = 20
-BULK_FRAME_BYTES = 128 * 1024  # glibc mmaps each allocation from this size on (zpeer.memory)
 
 
 class Renderer:
@@ -154,7 +153,6 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
     stdin_eof = not forward_stdin
     room = reply.get("room", STDIN_CHUNK_BYTES)
     cancel_polls = 0
-    bulk = False
     try:
         deliver(render, reply["events"], reply.get("frames", ()))
         while not reply["done"]:
@@ -175,9 +173,6 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
                                 need_room=not stdin_eof and room <= 0, raw=True, timeout_s=wait + POLL_GRACE_S)
             room = reply.get("room", 0)
             deliver(render, reply["events"], reply.get("frames", ()))
-            if not bulk and any(len(frame) >= BULK_FRAME_BYTES for frame in reply.get("frames", ())):
-                bulk = True
-                _tune_for_bulk()
     except BrokenPipeError:
         _cancel_quietly(client, sid)
         os._exit(141)  # like a process killed by SIGPIPE
@@ -191,15 +186,6 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
         return 130
     render.summary(targets)
     return render.status(targets)
-
-
-def _tune_for_bulk():
-    """Big output is coming: have the C library serve its chunks from the heap (zpeer.memory:
-    a chunk per poll each mmapped and unmapped cost more than the copy). Imported only here, so
-    a command that prints little never pays for ctypes."""
-    from zpeer import memory
-
-    memory.tune()
 
 
 def _restore(handlers):
