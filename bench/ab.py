@@ -1,13 +1,13 @@
 """A/B: the same measurement through two zpeer trees at once, interleaved, so both see the same
-machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream|fanout] [--cmd CMD]`.
+machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream|fanout|idle] [--cmd CMD]`.
 
 On a shared 2-core machine a row moves by ±20 % between runs, more than most changes move it;
 two clusters measured in alternating batches in one run do not drift apart. A is OTHER_TREE (for
-example `git worktree add /tmp/base main`), B is this checkout. Each tree gets its own leader and
+example `git worktree add --detach /tmp/base main`), B is this checkout. Each tree gets its own leader and
 worker daemons (`python -m zpeer` with that tree first on PYTHONPATH) and its own client;
 `fanout` adds swarm workers up to --peers and times `d execOnPeer --peer all` with the leader's
 CPU (the swarm processes run this checkout's worker code on both sides: it measures the leader
-and the CLI).
+and the CLI); `idle` adds them too and measures both leaders' CPU over the same windows.
 """
 import argparse
 import os
@@ -25,6 +25,7 @@ from bench.cluster import cpu_seconds  # noqa: E402
 from bench.measure import MB, api_exec, timed_api_exec  # noqa: E402
 
 BATCH = 40  # execs per tree per round
+IDLE_WINDOW_S = 5.0  # idle: one round
 
 
 def _which(tree):
@@ -67,10 +68,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("other", help="the A tree (a zpeer checkout)")
     p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--what", choices=("exec", "stream", "fanout"), default="exec",
+    p.add_argument("--what", choices=("exec", "stream", "fanout", "idle"), default="exec",
                    help=f"exec: --cmd, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s); "
-                        "fanout: `--peer all` running `true` (s, leader CPU s)")
-    p.add_argument("--peers", type=int, default=1000, help="fanout: peers per tree, leader included")
+                        "fanout: `--peer all` running `true` (s, leader CPU s); idle: the leader's CPU % "
+                        f"with --peers connected, {IDLE_WINDOW_S:g} s per round")
+    p.add_argument("--peers", type=int, default=1000, help="fanout, idle: peers per tree, leader included")
     p.add_argument("--cmd", default="true", help="exec: the command (default true; `hostname` adds output)")
     args = p.parse_args(argv)
     os.chdir("/")  # `python -m` puts the cwd first on sys.path: it must hold no zpeer
@@ -80,9 +82,15 @@ def main(argv=None):
     try:
         for name, ip, swarm_ips in (("A", "127.0.0.2", ("127.0.1.1", "127.0.3.1")),
                                     ("B", "127.0.0.4", ("127.0.5.1", "127.0.7.1"))):
-            fan = args.what == "fanout"
+            fan = args.what in ("fanout", "idle")
             nodes[name] = start(trees[name], ip, swarm_ips if fan else (), args.peers if fan else 0)
         for _ in range(args.rounds):
+            if args.what == "idle":  # both leaders idle at once: one window measures both
+                before = {name: cpu_seconds(n[1].pid) for name, n in nodes.items()}
+                time.sleep(IDLE_WINDOW_S)  # not a wait for state: the window being measured
+                for name, n in nodes.items():
+                    results[name].append((cpu_seconds(n[1].pid) - before[name]) / IDLE_WINDOW_S * 100)
+                continue
             for name, (_c, lead, worker, client) in nodes.items():
                 if args.what == "fanout":
                     before, started = cpu_seconds(lead.pid), time.perf_counter()
@@ -108,7 +116,7 @@ def main(argv=None):
             c.stop()
     for name, tree in trees.items():
         values = results[name]
-        unit = {"exec": "ms", "stream": "MB/s", "fanout": "s"}[args.what]
+        unit = {"exec": "ms", "stream": "MB/s", "fanout": "s", "idle": "% leader CPU"}[args.what]
         line = f"{name} {tree}: median {statistics.median(values):.3f} {unit}"
         if args.what == "fanout":
             line += f", leader CPU s per fan-out {cpu[name][0] / cpu[name][2]:.3f}"

@@ -63,3 +63,13 @@ def test_timeline_lines_up_the_marks_of_every_process(tmp_path):
     assert [line[:58].rstrip() for line in lines[1:len(PATH)]] == [what for _, what in PATH[1:]]
     assert all(float(line[58:].split()[0]) > 0 for line in lines[1:len(PATH) + 1])
     assert int(lines[-1].split()[0]) >= 10, lines[-1]  # complete execs out of 20 (a busy machine drops some)
+
+
+@pytest.mark.timeout(60)
+def test_ab_idle_measures_both_leaders_over_the_same_window(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ab.py"), ROOT, "--what", "idle", "--rounds", "1",
+                           "--peers", "6"], stdin=subprocess.DEVNULL, capture_output=True, timeout=55, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    lines = proc.stdout.decode().splitlines()
+    for tag, line in zip("AB", lines[:2]):
+        assert line.startswith(f"{tag} {ROOT}: median ") and line.endswith("% leader CPU"), line
