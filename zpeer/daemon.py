@@ -53,8 +53,7 @@ class Daemon:
         self.public, self.secret = keys.load_or_create_keypair(self.home)
         self.registry = Registry(config.path_in_home(config.DB_FILE, self.home))
         self.heartbeat_s = float(self.cfg["heartbeat_s"])
-        self.link = None
-        self.id = None
+        self.link = self.id = None
         leftovers.end_leftovers(self.home)  # commands a SIGKILLed predecessor could not end
         self.targets = TargetJobs(None, self.home)
         self.sessions = OriginSessions(None, self.heartbeat_s)
@@ -62,9 +61,7 @@ class Daemon:
         self.api = Api(self)
         self.cache_gen = None
         self.next_beat = time.monotonic()
-        self.stopping = False
-        self.wake_r = None
-        self.auth = None
+        self.stopping, self.wake_r, self.auth = False, None, None
         self._poller = self._poller_key = None  # reused while the polled set stays the same
         self.trimmer = memory.Trimmer()  # the heap back to the OS when idle (memory.tune: run())
         self.ipc = bind_cli_socket(self.ctx, self.home, self.cfg.get("group"))
@@ -225,8 +222,8 @@ class Daemon:
 
         prepare_spawning()
         memory.tune()
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
         # a signal writes a byte here, so poll() returns at once instead of at its timeout
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -299,9 +296,8 @@ class Daemon:
         poller.register(self.ipc, zmq.POLLIN)
         if self.wake_r is not None:
             poller.register(self.wake_r, zmq.POLLIN)
-        if link is not None:
-            poller.register(link.sock, zmq.POLLIN)
-            poller.register(link.monitor, zmq.POLLIN)
+        for sock in (link.sock, link.monitor) if link is not None else ():
+            poller.register(sock, zmq.POLLIN)
         for fd, want_write in items:
             poller.register(fd, zmq.POLLOUT if want_write else zmq.POLLIN)
         self._poller, self._poller_key = poller, key
@@ -310,8 +306,7 @@ class Daemon:
     def _drain(self, sock, handler):
         """Read what a socket poll() found readable, bounded per turn."""
         for i in range(DRAIN_BUDGET):
-            # the first read is sure (poll said POLLIN); later ones ask first: an empty read
-            # raises zmq.Again, whose construction costs more than the check
+            # the first read is sure (poll said POLLIN); later ones ask first (zmq.Again costs more)
             if i and not sock.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
