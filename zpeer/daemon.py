@@ -19,10 +19,10 @@ from zpeer.errors import NotConfigured, NotConnected, ZpeerError
 from zpeer.execution import TargetJobs
 from zpeer.ipc import bind_cli_socket, reply_frames, socket_access
 from zpeer.keys import start_authenticator
-from zpeer.process import prepare_spawning
 from zpeer.leader import LeaderLink
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import write_cache
+from zpeer.process import prepare_spawning
 from zpeer.registry import Registry
 from zpeer.sessions import OriginSessions
 from zpeer.version import full_version
