@@ -6,8 +6,8 @@ two clusters measured in alternating batches in one run do not drift apart. A is
 example `git worktree add --detach /tmp/base main`), B is this checkout. Each tree gets its own leader and
 worker daemons (`python -m zpeer` with that tree first on PYTHONPATH) and its own client;
 `fanout` adds swarm workers up to --peers and times `d execOnPeer --peer all` with the leader's
-CPU (the swarm processes run this checkout's worker code on both sides: it measures the leader
-and the CLI); `idle` adds them too and measures both leaders' CPU over the same windows.
+CPU (each tree's swarm processes run that tree's worker code); `idle` adds them too and measures
+both leaders' CPU over the same windows.
 """
 import argparse
 import os
@@ -40,26 +40,18 @@ def start(tree, source_ip, swarm_ips=(), peers=0):
     to `peers`); (cluster, leader, worker, client)."""
     if _which(tree) != os.path.realpath(tree):
         raise SystemExit(f"{tree}: `python -m zpeer` would not import this tree's zpeer")
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = tree  # nodes copy the environment as they are made
+    c = cluster.Cluster(env={"PYTHONPATH": tree})
     try:
-        c = cluster.Cluster()
-        try:
-            lead = c.start_leader()
-            worker = c.start_worker("w1", source_ip)
-            left = peers - 2
-            for i, first_ip in enumerate(swarm_ips):
-                count = left // (len(swarm_ips) - i)
-                c.start_swarm(count, first_ip, f"s{i}")
-                left -= count
-        except BaseException:
-            c.stop()
-            raise
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+        lead = c.start_leader()
+        worker = c.start_worker("w1", source_ip)
+        left = peers - 2
+        for i, first_ip in enumerate(swarm_ips):
+            count = left // (len(swarm_ips) - i)
+            c.start_swarm(count, first_ip, f"s{i}")
+            left -= count
+    except BaseException:
+        c.stop()
+        raise
     return c, lead, worker, lead.client()
 
 

@@ -69,11 +69,11 @@ def cpu_seconds(pid):
 class Node:
     """One node: its state directory, its daemon process and a CLI runner."""
 
-    def __init__(self, base, name):
+    def __init__(self, base, name, env=None):
         self.name = name
         self.home = os.path.join(base, name)
         os.makedirs(self.home, mode=0o700)
-        self.env = dict(os.environ, ZPEER_HOME=self.home)
+        self.env = dict(os.environ, **(env or {}), ZPEER_HOME=self.home)
         self.log_path = os.path.join(base, f"{name}.log")
         self.proc = None
 
@@ -145,8 +145,9 @@ class Node:
 class Cluster:
     """A leader on 127.0.0.1 and workers connecting from their own 127.0.0.x."""
 
-    def __init__(self, heartbeat_s=HEARTBEAT_S, base=None):
+    def __init__(self, heartbeat_s=HEARTBEAT_S, base=None, env=None):
         self.base = base or tempfile.mkdtemp(prefix="zpeer-bench-")
+        self.env = dict(env or {})  # added to the environment of every process it starts
         self.own_base = base is None
         self.heartbeat_s = heartbeat_s
         self.port = free_port()
@@ -158,7 +159,7 @@ class Cluster:
 
     def start_leader(self, name="lead"):
         """Configure and start the leader."""
-        node = Node(self.base, name)
+        node = Node(self.base, name, self.env)
         node.d("setPeerConfig", "--role", "leader", "--id", name, "--bind", self.address,
                "--heartbeat", self.heartbeat_s)
         self.nodes[name] = self.leader = node  # before start(): a slow start is still stopped
@@ -171,7 +172,7 @@ class Cluster:
 
     def start_worker(self, name, source_ip):
         """Start a worker daemon and enrol it with `d registerWorker --token`."""
-        node = Node(self.base, name)
+        node = Node(self.base, name, self.env)
         node.d("setPeerConfig", "--heartbeat", self.heartbeat_s)
         self.nodes[name] = node
         node.start()
@@ -187,7 +188,7 @@ class Cluster:
         log = open(os.path.join(self.base, f"swarm-{prefix}.log"), "ab")
         proc = subprocess.Popen([sys.executable, SWARM_SCRIPT, "--first-ip", first_ip, "--prefix", prefix, "--heartbeat", str(self.heartbeat_s),
                                  "--ready-timeout", str(timeout)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=dict(os.environ, **self.env))
         log.close()
         self.swarms.append(proc)
         proc.stdin.write(("\n".join(tokens) + "\n\n").encode())

@@ -89,14 +89,12 @@ def _one(marks):
     return [(b - a) / 1000 for a, b in zip(times, times[1:])], wakes
 
 
-def run(runs, cmd, log=print):
-    """Trace `runs` execs of cmd; returns (per-exec segments, trace directory kept or removed)."""
+def run(runs, cmd):
+    """Trace `runs` execs of cmd; returns their segments (see `segments`)."""
     base = tempfile.mkdtemp(prefix="zpeer-timeline-")
     traces = os.path.join(base, "trace")
     os.mkdir(traces)
-    saved = os.environ.get("ZPEER_TRACE")
-    os.environ["ZPEER_TRACE"] = traces  # nodes copy the environment as they are made
-    c = cluster.Cluster(base=os.path.join(base, "nodes"))
+    c = cluster.Cluster(base=os.path.join(base, "nodes"), env={"ZPEER_TRACE": traces})
     try:
         lead = c.start_leader()
         c.start_worker("w1", "127.0.0.2")
@@ -113,10 +111,6 @@ def run(runs, cmd, log=print):
             client.close()
     finally:
         c.stop()
-        if saved is None:
-            os.environ.pop("ZPEER_TRACE", None)
-        else:
-            os.environ["ZPEER_TRACE"] = saved
     found = segments(collect(traces))
     shutil.rmtree(base, ignore_errors=True)
     return found

@@ -19,6 +19,13 @@ from bench.cluster import free_port  # noqa: E402,F401  (tests import it from he
 TEST_HEARTBEAT_S = 0.3
 
 
+def run_python(code):
+    """Run code in a fresh interpreter with this checkout importable (for code that changes the
+    process it runs in); the CompletedProcess, text output."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+
+
 def d_command():
     """The installed `d` console script next to this interpreter, else bin/d of the checkout."""
     installed = os.path.join(os.path.dirname(sys.executable), "d")

@@ -2,14 +2,10 @@
 disposition and none blocked, a session and process group of its own, its directory."""
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from conftest import Node, free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import Node, free_port, run_python
 
 
 def _launcher_state(inherited_fd):
@@ -104,6 +100,5 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
         print(os.get_inheritable(w), os.get_inheritable(1), process._cwd_fd is not None,
               signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set())
     """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         env=dict(os.environ, PYTHONPATH=ROOT))
+    out = run_python(code)
     assert (out.returncode, out.stdout, out.stderr) == (0, "False True True True\n", "")

@@ -1,11 +1,9 @@
 """The daemon's heap settings and the trim after a busy spell (zpeer.memory)."""
-import os
 import subprocess
-import sys
 
+from bench.cluster import rss_kb
+from conftest import d_command, run_python, wait_for
 from zpeer import memory
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_trimmer_trims_once_after_a_busy_spell_has_been_idle_long_enough():
@@ -39,26 +37,18 @@ def test_tune_and_trim_in_a_process_of_their_own():
         memory.trim()
         print("trimmed")
     """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         env=dict(os.environ, PYTHONPATH=ROOT))
+    out = run_python(code)
     assert (out.returncode, out.stdout, out.stderr) == (0, "True\ntrimmed\n", "")
 
 
-def _rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def test_a_worker_that_streamed_goes_back_to_its_idle_size(cluster):
-    from conftest import d_command, wait_for
-
     worker = cluster.laptop
     cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=0)
-    before = _rss_kib(worker.proc.pid)
+    before = rss_kb(worker.proc.pid)[0]
     out = subprocess.run(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "head -c 268435456 /dev/zero"],
                          env=cluster.desktop.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, timeout=60)
     assert out.returncode == 0, out.stderr
     # the heap keeps up to 8 MiB free while busy (memory.tune); idle for 2 s, it goes back
-    wait_for(lambda: _rss_kib(worker.proc.pid) <= before + 4096, timeout=8,
+    wait_for(lambda: rss_kb(worker.proc.pid)[0] <= before + 4096, timeout=8,
              what=f"the worker's RSS back near {before} KiB")

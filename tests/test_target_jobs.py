@@ -98,9 +98,12 @@ def test_the_daemon_users_identity_is_looked_up_once_per_interval_and_each_job_g
 
 
 def _wait_readable(fd, limit_s=5):
+    """Block until fd is readable (poll, not select: some tests use fds above 1024)."""
     import select
 
-    assert select.select([fd], [], [], limit_s)[0], f"fd {fd} never became readable"
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    assert poller.poll(limit_s * 1000), f"fd {fd} never became readable"
 
 
 def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jobs):
@@ -143,18 +146,10 @@ def test_fds_past_fd_setsize_are_fine(jobs):
         jobs.handle("vps", _exec("high", "echo hi; exit 5"), None)
         rj = jobs.jobs["high"]
         assert min(rj.pipes.values()) > 1024
-        _wait_readable_poll(rj.pidfd)
+        _wait_readable(rj.pidfd)
         got = jobs.on_ready({rj.pipes[1]})
         assert [(m["t"], m.get("rc")) for m, _ in got] == [("out", None), ("exit", 5)]
     finally:
         for fd in held + [base]:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def _wait_readable_poll(fd, limit_s=5):
-    import select
-
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    assert poller.poll(limit_s * 1000), f"fd {fd} never became readable"
