@@ -9,11 +9,12 @@ from conftest import Node, free_port, run_python
 
 
 def _launcher_state(inherited_fd):
-    """Runs in the daemon's child before exec: a careless launcher (a shell that ignores SIGQUIT
-    and SIGHUP, blocks SIGUSR1, and leaks a pipe end)."""
+    """Runs in the daemon's child before exec: a careless launcher (a script's `nohup d daemon &`
+    ignores SIGHUP, SIGINT and SIGQUIT; some supervisors ignore SIGCHLD), which also blocks SIGUSR1
+    and leaks a pipe end."""
     os.set_inheritable(inherited_fd, True)
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for signum in (signal.SIGQUIT, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 
 
@@ -46,11 +47,23 @@ def test_a_command_inherits_no_fd_and_no_signal_state(careless):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="--user needs a root daemon")
-def test_a_user_command_inherits_no_fd_and_no_blocked_signal(careless):
+def test_a_user_command_inherits_no_fd_and_no_signal_state(careless):
     node, _ = careless
     out = node.d("execOnPeer", "--peer", "vps", "--user", "nobody", "--directory", "/tmp", "--shellCmd",
-                 "id -un; grep -E '^SigBlk' /proc/self/status; ls /proc/self/fd", check=0)
-    assert out.stdout == b"nobody\nSigBlk:\t0000000000000000\n0\n1\n2\n3\n"
+                 "id -un; grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/self/fd", check=0)
+    assert out.stdout == b"nobody\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n0\n1\n2\n3\n"
+
+
+def test_exit_codes_and_the_launchers_ignored_signals(careless):
+    # with SIGCHLD ignored the kernel reaps the daemon's children itself: every exit code was 255
+    node, _ = careless
+    out = node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo hi; exit 7", check=7)
+    assert (out.stdout, out.stderr) == (b"hi\n", b"")
+    assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "kill -TERM $$", check=143).stderr == b""
+    # the launcher's SIGHUP is still shrugged off (nohup), only no longer passed on
+    node.proc.send_signal(signal.SIGHUP)
+    assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "exit 3", check=3).stdout == b""
+    assert node.proc.poll() is None
 
 
 def test_sigpipe_ends_a_pipeline_quietly(careless):
@@ -91,6 +104,8 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
         import os, signal
         from zpeer import process
         signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
+        for signum in (signal.SIGHUP, signal.SIGCHLD, signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_IGN)
         r, w = os.pipe()
         os.set_inheritable(w, True)
         if not {proc_mounted}:
@@ -99,6 +114,12 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
         process.prepare_spawning()
         print(os.get_inheritable(w), os.get_inheritable(1), process._cwd_fd is not None,
               signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set())
+        # ignored -> a do-nothing handler (exec resets it); SIGCHLD -> default; Python's and the
+        # terminal stops stay ignored
+        print(signal.getsignal(signal.SIGHUP) is process._ignore,
+              *[signal.getsignal(s).name for s in (signal.SIGCHLD, signal.SIGTTOU, signal.SIGPIPE)])
     """
     out = run_python(code)
-    assert (out.returncode, out.stdout, out.stderr) == (0, "False True True True\n", "")
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.splitlines() == ["False True True True",
+                                       "True SIG_DFL SIG_IGN SIG_IGN"]

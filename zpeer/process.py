@@ -130,8 +130,9 @@ def _own_dir():
 
 def prepare_spawning():
     """At daemon start: mark every fd above 2 it inherited close-on-exec (a background command
-    holding a launcher's pipe or socket would keep it open), unblock every signal, and hold the
-    daemon's working directory, which `spawn` comes back to."""
+    holding a launcher's pipe or socket would keep it open), unblock every signal, undo the
+    launcher's ignored ones (`_unignore_signals`), and hold the daemon's working directory,
+    which `spawn` comes back to."""
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:  # no /proc: try every number the fd limit allows
@@ -146,6 +147,33 @@ def prepare_spawning():
     # signals the launcher blocked stay blocked in every child: `--user` commands (subprocess,
     # not posix_spawn) would get them so; the daemon has no use for a blocked signal either
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    _unignore_signals()
+
+
+# Python ignores these itself and subprocess restores them; ignoring SIGTTIN/SIGTTOU decides
+# whether the daemon's own terminal I/O from a background group stops it (a handler would spin).
+_KEEP_IGNORED = frozenset({signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTIN, signal.SIGTTOU})
+
+
+def _ignore(_signum, _frame):
+    """The handler that stands in for an inherited SIG_IGN (exec resets it to the default)."""
+
+
+def _unignore_signals():
+    """Turn the launcher's ignored signals into handlers that do nothing: the daemon still shrugs
+    them off (nohup's SIGHUP, a script's `&` SIGINT), but exec resets a handled signal to its
+    default, so `--user` commands (subprocess, not posix_spawn) no longer inherit them ignored.
+    SIGCHLD goes back to its default: ignored, the kernel reaps the daemon's children itself and
+    their exit codes are lost."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for signum in signal.valid_signals():
+        if signum in _KEEP_IGNORED:
+            continue
+        try:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                signal.signal(signum, _ignore)
+        except (OSError, ValueError):  # SIGKILL, SIGSTOP, or a number libc keeps for itself
+            pass
 
 
 def pending_bytes(fd):
