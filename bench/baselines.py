@@ -29,6 +29,19 @@ def spawn_rows(runs):
     ]
 
 
+def posix_spawn_s(argv):
+    """Seconds to start argv with posix_spawn (stdio on /dev/null, a session of its own) and reap
+    it: how a worker starts a command, so the floor of its part of an exec."""
+    start = time.perf_counter()
+    actions = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setsid=True)
+    _, status = os.waitpid(pid, 0)
+    elapsed = time.perf_counter() - start
+    if status:
+        raise RuntimeError(f"{' '.join(argv)} -> wait status {status}")
+    return elapsed
+
+
 def spawn_many(count):
     """Seconds for one Python process to start `count` `/bin/bash -c true` and reap them all
     (the floor of a fan-out whose peers all live on this machine)."""

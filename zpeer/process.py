@@ -5,6 +5,7 @@ group, pipes and output credit, and how it is stopped (SIGTERM to the group, SIG
 """
 import array
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RC_TIMEOUT = 124
 RC_CANCELLED = 130
+
+log = logging.getLogger(__name__)
 
 
 def exit_status(returncode):
@@ -70,6 +73,7 @@ class Child:
                 try:
                     pid, status = os.waitpid(self.pid, os.WNOHANG)
                 except ChildProcessError:  # reaped elsewhere: its status is lost
+                    log.error("command pid %d was reaped by someone else: its exit code is lost (255)", self.pid)
                     pid, status = self.pid, 255 << 8
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
