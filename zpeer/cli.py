@@ -71,10 +71,12 @@ class Group(click.Group):
     """Keeps commands in the order they are declared in --help; loads LAZY_COMMANDS on use."""
 
     def list_commands(self, ctx):
+        """Command names in --help order, lazy ones included."""
         names = list(self.commands) + [name for name in LAZY_COMMANDS if name not in self.commands]
         return sorted(names, key=lambda n: HELP_ORDER.index(n) if n in HELP_ORDER else len(HELP_ORDER))
 
     def get_command(self, ctx, name):
+        """The command `name`, importing a lazy one's module on first use."""
         if name not in self.commands and name in LAZY_COMMANDS:
             module, attr = LAZY_COMMANDS[name].split(":")
             self.add_command(getattr(importlib.import_module(module), attr), name)

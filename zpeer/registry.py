@@ -27,10 +27,12 @@ def _make_models(db):
     """Model classes bound to one database (no process-global binding)."""
 
     class Base(peewee.Model):
+        """Every table of this database."""
         class Meta:
             database = db
 
     class Meta(Base):
+        """Key-value facts about the registry itself (its schema version)."""
         key = peewee.CharField(primary_key=True)
         value = peewee.TextField()
 
@@ -38,6 +40,7 @@ def _make_models(db):
             table_name = "meta"
 
     class Peer(Base):
+        """One peer: id, key, address, status and when it was seen."""
         id = peewee.CharField(primary_key=True, max_length=64)
         ip = peewee.CharField(null=True)
         hostname = peewee.CharField(null=True)
@@ -52,6 +55,7 @@ def _make_models(db):
             table_name = "peer"
 
     class JoinToken(Base):
+        """A one-time join token, stored as a hash of its secret."""
         secret_hash = peewee.CharField(primary_key=True)
         created = peewee.FloatField()
         expires = peewee.FloatField()
@@ -62,6 +66,7 @@ def _make_models(db):
             table_name = "join_token"
 
     class ExecLog(Base):
+        """One exec in the journal (`d history`): who ran what where, and how it ended."""
         job = peewee.CharField(primary_key=True)
         started_at = peewee.FloatField()
         origin = peewee.CharField()
