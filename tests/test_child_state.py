@@ -104,7 +104,7 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
         import os, signal
         from zpeer import process
         signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
-        for signum in (signal.SIGHUP, signal.SIGCHLD, signal.SIGTTOU):
+        for signum in (signal.SIGHUP, signal.SIGCHLD, signal.SIGTTOU, signal.SIGSEGV):
             signal.signal(signum, signal.SIG_IGN)
         r, w = os.pipe()
         os.set_inheritable(w, True)
@@ -114,12 +114,12 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
         process.prepare_spawning()
         print(os.get_inheritable(w), os.get_inheritable(1), process._cwd_fd is not None,
               signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set())
-        # ignored -> a do-nothing handler (exec resets it); SIGCHLD -> default; Python's and the
-        # terminal stops stay ignored
-        print(signal.getsignal(signal.SIGHUP) is process._ignore,
-              *[signal.getsignal(s).name for s in (signal.SIGCHLD, signal.SIGTTOU, signal.SIGPIPE)])
+        # ignored -> a do-nothing handler (exec resets it); SIGCHLD -> default; Python's own, the
+        # terminal stops and the faults stay ignored
+        print(signal.getsignal(signal.SIGHUP) is process._ignore, *[signal.getsignal(s).name for s in
+              (signal.SIGCHLD, signal.SIGTTOU, signal.SIGPIPE, signal.SIGSEGV)])
     """
     out = run_python(code)
     assert (out.returncode, out.stderr) == (0, "")
     assert out.stdout.splitlines() == ["False True True True",
-                                       "True SIG_DFL SIG_IGN SIG_IGN"]
+                                       "True SIG_DFL SIG_IGN SIG_IGN SIG_IGN"]
