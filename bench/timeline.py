@@ -37,7 +37,7 @@ PATH = [
     ("spawn", "worker: exec in -> spawn (zpeer)"),
     ("spawned", "posix_spawn: vfork, bash's execve (the kernel)"),
     ("woke", "bash runs and exits; the worker's loop wakes"),
-    ("work.send:exit", "worker: wake -> exit ready (zpeer)"),
+    ("work.send:exit", "worker: wake -> exit ready, incl. exit wait (zpeer)"),
     ("lead.recv:exit", "exit worker -> leader (CurveZMQ over TCP)"),
     ("reply", "leader: exit in -> reply ready (zpeer)"),
     ("done", "reply leader -> client (IPC)"),

@@ -5,11 +5,11 @@ ran, and the origin was already told the command was lost: its process group wou
 nobody to report to. Each command's group is recorded in `$ZPEER_HOME/jobs.journal` (the group
 leader's start time and the job id) from the job's first message, which names its pid (its
 first output, or a "started" 20 ms in) until its job ends, so a group is on disk before its
-origin hears of it; the next daemon on that
-home ends the groups still recorded. A command that ends within 20 ms without output never
-touches the disk (a daemon killed inside that window leaves it to end alone). The start time
-guards against a reused pid: a group id is never handed out while the group has members, so a
-live process with that pid and another start time is someone else.
+origin hears of it; the next daemon on that home ends the groups still recorded. A command that
+ends within 20 ms without output never touches the disk (a daemon killed inside that window
+leaves it to end alone). The start time guards against a reused pid: a group id is never handed
+out while the group has members, so a live process with that pid and another start time is
+someone else.
 """
 import logging
 import os
