@@ -149,6 +149,111 @@ class CurveEcho:
             self.proc.stdout.close()
 
 
+_BARE_CHAIN = """
+import os, sys, zmq
+ctx = zmq.Context()
+if sys.argv[1] == "exec":  # the worker's part: CURVE ROUTER, posix_spawn, waitpid, reply the exit code
+    sock = ctx.socket(zmq.ROUTER)
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = sys.argv[2].encode(), sys.argv[3].encode()
+    print(sock.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+    devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    while True:
+        frames = sock.recv_multipart()
+        if frames[-1] == b"stop":
+            break
+        pid = os.posix_spawn("/bin/bash", ["/bin/bash", "-c", frames[-1].decode()], os.environ,
+                             file_actions=devnull, setsid=True)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        sock.send_multipart(frames[:-1] + [str(code).encode()])
+else:  # the leader's part: a ROUTER on IPC for the client, a CURVE DEALER to the exec process
+    front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    front.bind("ipc://" + sys.argv[4])
+    back.curve_serverkey = sys.argv[2].encode()
+    back.curve_publickey, back.curve_secretkey = zmq.curve_keypair()
+    back.connect("tcp://127.0.0.1:" + sys.argv[3])
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    print("ready", flush=True)
+    while True:
+        for sock, _ in poller.poll():
+            if sock is front:
+                identity, _, body = front.recv_multipart()
+                back.send_multipart([identity, body])
+                if body == b"stop":
+                    sys.exit(0)
+            else:
+                identity, code = back.recv_multipart()
+                front.send_multipart([identity, b"", code])
+"""
+
+
+class BareChain:
+    """api_exec_true's path with no zpeer in it: a REQ client here, a relay process (ROUTER on
+    IPC, CURVE DEALER: the leader's part) and an exec process (CURVE ROUTER that posix_spawns
+    `/bin/bash -c CMD` and waits for it: the worker's part); 3 processes and 4 hops, as an exec
+    through the daemons. `exec_s()` times one command: the floor of this design on this machine,
+    with each hop paid as an exec pays it (after the receivers idled through the command). The
+    exec process waits with waitpid and captures no output, so it is a lower bound."""
+
+    def __init__(self):
+        import zmq
+
+        public, secret = zmq.curve_keypair()
+        self.dir = tempfile.mkdtemp(prefix="zpeer-bench-bare-")
+        path = os.path.join(self.dir, "relay.ipc")
+        self.procs = []
+        self.ctx = zmq.Context()
+        try:
+            worker = self._start("exec", public, secret)
+            port = worker.stdout.readline().strip().decode()
+            self._start("relay", public, port, path).stdout.readline()
+            self.req = self.ctx.socket(zmq.REQ)
+            self.req.connect("ipc://" + path)
+            repeat(self.exec_s, 0, warmup=10)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, *args):
+        """One process of the chain, its stdout a pipe (it says when it is ready)."""
+        proc = subprocess.Popen([sys.executable, "-c", _BARE_CHAIN, *args], stdout=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def exec_s(self, cmd=b"true"):
+        """Seconds for one `bash -c CMD` through the chain, from the request to the exit code."""
+        start = time.perf_counter()
+        self.req.send(cmd)
+        if not self.req.poll(5000):
+            raise RuntimeError("the bare chain did not answer")
+        code = self.req.recv()
+        elapsed = time.perf_counter() - start
+        if code != b"0":
+            raise RuntimeError(f"bare chain: {cmd!r} exited {code!r}")
+        return elapsed
+
+    def close(self):
+        """Stop both processes (the relay passes "stop" on) and remove the socket's directory."""
+        try:
+            if len(self.procs) == 2:
+                self.req.send(b"stop")
+                for proc in self.procs:
+                    proc.wait(5)
+        except Exception:  # noqa: BLE001 - whatever went wrong, no process may outlive us
+            pass
+        finally:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                proc.stdout.close()
+            self.ctx.destroy(0)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class LocalSsh:
     """A private sshd on 127.0.0.1 and the ssh command lines that reach it."""
 

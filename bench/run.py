@@ -114,30 +114,37 @@ class Bench:
         machine's speed drifts within a run: each side of the ratio must see the same drift)."""
         runs = self.cfg["api_runs"]
         rounds = max(1, runs // 10)
-        client, echo = lead.client(), baselines.CurveEcho()
-        parts = {"bash": [], "ipc": [], "curve": [], "api": []}
+        client, echo, chain = lead.client(), baselines.CurveEcho(), baselines.BareChain()
+        parts = {"bash": [], "ipc": [], "curve": [], "bare": [], "api": []}
         try:
             repeat(lambda: timed_api_exec(client, "w1"), 0, warmup=10)
             for _ in range(rounds):
                 parts["bash"] += repeat(lambda: baselines.posix_spawn_s(["/bin/bash", "-c", "true"]), 10, warmup=0)
                 parts["ipc"] += repeat(lambda: _timed(lambda: client.call("ping")), 10, warmup=0)
                 parts["curve"] += repeat(echo.rtt, 10, warmup=0)
+                parts["bare"] += repeat(chain.exec_s, 10, warmup=0)
                 parts["api"] += repeat(lambda: timed_api_exec(client, "w1"), 10, warmup=0)
             cpu = cpu_ms_per_call(lambda: timed_api_exec(client, "w1"), runs, [lead.pid, w1.pid])
         finally:
             client.close()
             echo.close()
-        bash, rtt, hop, t = (median(parts[k]) for k in ("bash", "ipc", "curve", "api"))
+            chain.close()
+        bash, rtt, hop, bare, t = (median(parts[k]) for k in ("bash", "ipc", "curve", "bare", "api"))
         self.add(Row("ipc_rtt", rtt * 1000, "ms", len(parts["ipc"]),
                      note="baseline: one request to the local daemon and its reply"))
         self.add(Row("curve_rtt", hop * 1000, "ms", len(parts["curve"]),
                      note="baseline: a 100-byte CurveZMQ round trip to another process on loopback, no zpeer"))
+        self.add(Row("bare_exec_true", bare * 1000, "ms", len(parts["bare"]),
+                     note="baseline: the same 3 processes and 4 hops with no zpeer (REQ -> IPC -> relay -> CurveZMQ -> "
+                          "posix_spawn `bash -c true`, waitpid -> back)"))
         floor = bash + rtt + hop
         self.add(Row("api_exec_true", t * 1000, "ms", len(parts["api"]), "<= 2 ms", check(t, 0.002),
-                     f"floor `bash -c true` (posix_spawn, as a worker) + ipc_rtt + curve_rtt = {bash * 1000:.2f} + {rtt * 1000:.2f} + "
-                     f"{hop * 1000:.2f} = {floor * 1000:.2f} ms (interleaved); CPU ms per exec: leader "
-                     f"{cpu[0]}, worker {cpu[1]}, client {cpu[2]} (+ bash) on {os.cpu_count()} cores",
-                     {"cpu_ms": {"leader": cpu[0], "worker": cpu[1], "client": cpu[2]}, "floor_ms": round(floor * 1000, 3)}))
+                     f"bare_exec_true + {(t - bare) * 1000:.2f} ms; sum of parts `bash -c true` (posix_spawn, as a worker) + "
+                     f"ipc_rtt + curve_rtt = {bash * 1000:.2f} + {rtt * 1000:.2f} + {hop * 1000:.2f} = {floor * 1000:.2f} ms "
+                     f"(all interleaved); CPU ms per exec: leader {cpu[0]}, worker {cpu[1]}, client {cpu[2]} (+ bash) "
+                     f"on {os.cpu_count()} cores",
+                     {"cpu_ms": {"leader": cpu[0], "worker": cpu[1], "client": cpu[2]}, "floor_ms": round(floor * 1000, 3),
+                      "bare_ms": round(bare * 1000, 3)}))
 
     def stream(self, lead, w1):
         """stream_mb_s: N MB of stdout from w1 through the leader to a CLI on the leader."""

@@ -11,8 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["sh_c_true", "bash_c_true", "python_c_pass", "import_floor", "ssh_true", "ssh_cm_true", "cli_import_s",
-        "cli_exec_true", "ipc_rtt", "curve_rtt", "api_exec_true", "fanout_3", "curve_mb_s", "stream_mb_s", "local_pipe_13mb", "stream_13mb",
-        "api_stream_13mb", "daemon_rss", "bash_spawn_13", "fanout_13", "leader_idle_cpu_13"]
+        "cli_exec_true", "ipc_rtt", "curve_rtt", "bare_exec_true", "api_exec_true", "fanout_3", "curve_mb_s",
+        "stream_mb_s", "local_pipe_13mb", "stream_13mb", "api_stream_13mb", "daemon_rss", "bash_spawn_13", "fanout_13", "leader_idle_cpu_13"]
 
 
 @pytest.mark.timeout(45)
@@ -33,6 +33,7 @@ def test_bench_runs_in_a_tiny_configuration(tmp_path):
     assert rows["cli_exec_true"]["pass"] in (True, False)
     assert set(rows["stream_mb_s"]["peak_rss_mb"]) == {"leader", "worker", "cli"}
     assert set(rows["api_exec_true"]["cpu_ms"]) == {"leader", "worker", "client"}
+    assert rows["api_exec_true"]["bare_ms"] == round(rows["bare_exec_true"]["median"], 3)
     table = proc.stdout.decode()
     for name in ROWS:
         assert name in table
