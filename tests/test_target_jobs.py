@@ -153,3 +153,38 @@ def test_fds_past_fd_setsize_are_fine(jobs):
         for fd in held + [base]:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_exit_status_reaped_elsewhere_is_reported_as_lost_not_made_up(jobs):
+    jobs.handle("vps", _exec("reaped", "exit 7"), None)
+    pid = jobs.jobs["reaped"].proc.pid
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7  # a stray handler in the daemon reaps it
+    (msg,) = _until_done(jobs)
+    assert msg == {"t": "error", "job": "reaped", "to": "vps",
+                   "err": {"err": "exit_lost", "msg": "The exit status of the command on w1 was lost",
+                           "hint": "the command did run; something in the daemon's process reaped it "
+                                   "(see the daemon's log)"}}
+    jobs.handle("vps", _exec("kept", "exit 7"), None)
+    assert [(m["t"], m["rc"]) for m in _until_done(jobs)] == [("exit", 7)]
+
+
+@pytest.mark.parametrize("reaped_elsewhere", [False, True])
+def test_a_user_commands_status_comes_from_waitpid_not_popen_poll(reaped_elsewhere):
+    """subprocess's Popen.poll() turns a status lost to ECHILD into exit 0: a --user command
+    (started through subprocess) is reaped by the daemon itself, and Popen is told the outcome."""
+    from zpeer.process import spawn
+
+    child = spawn(["/bin/bash", "-c", "exit 7"], "/", {"PATH": "/usr/bin:/bin"}, False, {"user": os.geteuid()})
+    try:
+        assert child.popen is not None
+        if reaped_elsewhere:
+            os.waitpid(child.pid, 0)
+        deadline = time.monotonic() + 5
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)  # polling a child for its exit, with a deadline
+        expected = 255 if reaped_elsewhere else 7
+        assert (child.returncode, child.status_lost, child.popen.returncode) == (expected, reaped_elsewhere, expected)
+        assert child.popen.poll() == expected  # subprocess will not wait for it again
+    finally:
+        for fd in (child.stdout_fd, child.stderr_fd):
+            os.close(fd)

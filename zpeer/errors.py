@@ -125,6 +125,13 @@ class RequestTimeout(ZpeerError):
     code = "timeout"
 
 
+class ExitLost(ZpeerError):
+    """The command ran but its exit status was reaped by something else in the daemon."""
+
+    code = "exit_lost"
+    hint = "the command did run; something in the daemon's process reaped it (see the daemon's log)"
+
+
 class Busy(ZpeerError):
     """Another daemon already serves this ZPEER_HOME."""
 

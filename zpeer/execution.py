@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 
 from zpeer import leftovers, trace
-from zpeer.errors import BadRequest, DirectoryNotFound, ZpeerError
+from zpeer.errors import BadRequest, DirectoryNotFound, ExitLost, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn
 
@@ -270,6 +270,9 @@ class TargetJobs:
         rc = rj.rc()
         rj.release()
         log.info("job %s: %s rc=%d after %.3fs", rj.job, rj.how, rc, now - rj.started)
+        if rj.proc.status_lost and rj.how == "exit":  # never pass a made-up code off as the command's
+            lost = ExitLost(f"The exit status of the command on {self.node_id} was lost")
+            return [({"t": "error", "job": rj.job, "to": rj.origin, "err": lost.to_reply()}, None)]
         exit_msg = {"t": "exit", "job": rj.job, "to": rj.origin, "rc": rc, "how": rj.how,
                     "bytes": rj.bytes_out, "duration": now - rj.started, "seq": rj.seq}
         if rj.announce_at is not None:  # its first message: the exit says "started" too

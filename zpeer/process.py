@@ -61,22 +61,24 @@ class Child:
 
     def __init__(self, pid, stdin_fd, stdout_fd, stderr_fd, popen=None):
         self.pid, self.stdin_fd, self.stdout_fd, self.stderr_fd = pid, stdin_fd, stdout_fd, stderr_fd
-        self.popen = popen  # the --user path goes through subprocess, which then reaps it
+        self.popen = popen  # the --user path starts through subprocess (told the outcome below)
         self.returncode = None
+        self.status_lost = False  # reaped by someone else: returncode is then 255, not the real one
 
     def poll(self):
         """Reap the child if it has exited (never blocks); its returncode or None."""
         if self.returncode is None:
-            if self.popen is not None:
-                self.returncode = self.popen.poll()
-            else:
-                try:
-                    pid, status = os.waitpid(self.pid, os.WNOHANG)
-                except ChildProcessError:  # reaped elsewhere: its status is lost
-                    log.error("command pid %d was reaped by someone else: its exit code is lost (255)", self.pid)
-                    pid, status = self.pid, 255 << 8
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
+            # waitpid for both paths: Popen.poll() would call a status lost to ECHILD exit 0
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                log.error("command pid %d was reaped by someone else: its exit code is lost", self.pid)
+                pid, status = self.pid, 255 << 8
+                self.status_lost = True
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                if self.popen is not None:
+                    self.popen.returncode = self.returncode  # done: subprocess must not wait for it
         return self.returncode
 
 
