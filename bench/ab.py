@@ -62,7 +62,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--what", choices=("exec", "stream", "fanout", "idle"), default="exec",
                    help=f"exec: --cmd, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s); "
-                        "fanout: `--peer all` running `true` (s, leader CPU s); idle: the leader's CPU % "
+                        "fanout: `--peer all` running `true` (s, leader CPU s); idle: the leader's CPU %% "
                         f"with --peers connected, {IDLE_WINDOW_S:g} s per round")
     p.add_argument("--peers", type=int, default=1000, help="fanout, idle: peers per tree, leader included")
     p.add_argument("--cmd", default="true", help="exec: the command (default true; `hostname` adds output)")

@@ -74,3 +74,11 @@ def test_ab_idle_measures_both_leaders_over_the_same_window(tmp_path):
     lines = proc.stdout.decode().splitlines()
     for tag, line in zip("AB", lines[:2]):
         assert line.startswith(f"{tag} {ROOT}: median ") and line.endswith("% leader CPU"), line
+
+
+@pytest.mark.parametrize("script", ["run.py", "ab.py", "profile.py", "timeline.py", "swarm.py"])
+def test_every_bench_script_has_working_help(script):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"], stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert proc.stdout.startswith(b"usage: ")
