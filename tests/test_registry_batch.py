@@ -133,3 +133,20 @@ def test_an_event_msgpack_cannot_hold_is_skipped_without_breaking_the_journal(tm
     journal.append("j2", {"command": "true"})
     assert journal.replay() == [("j2", {"command": "true"})] and not journal.broken
     journal.close()
+
+
+def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    for job, target in (("a1", "laptop"), ("a2", "laptop"), ("a3", "laptop"), ("b1", "desktop")):
+        reg.log_exec(job, started_at=1.0, origin="vps", origin_user="root", target=target, fanout=1,
+                     directory=None, command="sleep 30")
+    reg.log_exec("a1", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)  # done before the loss
+    reg.lost_target("laptop")
+    reg.lost_target("laptop")  # twice (swept, then removed): nothing more to do
+    reg.lost_target("nas")  # nothing ran there
+    reg.log_exec("a3", rc=137, outcome="killed", duration_s=9.0, bytes_out=0)  # its exit came after all
+    reg.flush_audit(force=True)
+    rows = {r.job: (r.rc, r.outcome) for r in reg.history(limit=10)}
+    assert rows == {"a1": (0, "exit"), "a2": (255, "peer_lost"), "a3": (137, "killed"), "b1": (None, None)}
+    assert reg._open_by_target == {"desktop": {"b1"}} and reg._open_target == {"b1": "desktop"}
+    reg.close()

@@ -143,6 +143,11 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
         running.stdout.close()
         running.stderr.close()
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="removed peer's job killed")
+
+    def audit():
+        rows = json.loads(c.vps.d("history", "--json", "--peer", "tablet", check=0).stdout)
+        return [(r["rc"], r["outcome"]) for r in rows if r["command"] == "echo $$; exec sleep 30"]
+    wait_for(lambda: audit() == [(255, "peer_lost")], timeout=5, what="the audit row to say peer_lost")
     assert c.vps.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
     assert c.desktop.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
     out = c.desktop.d("execOnPeer", "--peer", "tablet", "--shellCmd", f"touch {marker}", check=255)

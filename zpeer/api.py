@@ -232,6 +232,7 @@ class Api:
         """removePeer."""
         result = self._leader().remove(_arg(header, "id", str, required=True))
         self.d.dispatch(self.d.sessions.peer_lost(result["id"], "Peer {peer} was removed"))
+        self.d.registry.lost_target(result["id"])
         return result
 
     def op_register(self, identity, header):

@@ -355,6 +355,7 @@ class Daemon:
                 for peer in self.link.sweep(now):
                     self.dispatch(self.sessions.peer_lost(peer, "Peer {peer} disconnected mid-command"))
                     self.targets.fail_origin(peer)
+                    self.registry.lost_target(peer)
             self.refresh_cache()
 
     def refresh_cache(self, records=None):

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 AUDIT_RETRY_S = 1.0  # after a failed audit write
+OPEN_EXECS_MAX = 100_000  # execs without an outcome tracked for lost_target (about 20 MB at most)
 LEADER_ONLY_TABLES = ("peer", "join_token", "exec_log")
 
 
@@ -130,6 +131,8 @@ class Registry:
         self._audit = []  # (job, fields): pending audit writes
         self._audit_inserts = {}  # job -> fields of its queued insert (later updates merge into it)
         self._audit_due = 0.0  # monotonic time the queued rows are written at
+        self._open_target = {}  # job -> target, for execs with no outcome yet
+        self._open_by_target = {}  # target -> set of those jobs
         self._journal = Journal(os.path.dirname(os.path.abspath(path)))
         self.last_error = None
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
@@ -258,6 +261,29 @@ class Registry:
         the next flush_audit() that is due."""
         self._journal.append(job, fields)
         self._queue_audit(job, fields)
+        self._track_open(job, fields)
+
+    def _track_open(self, job, fields):
+        """Remember, by target, the execs whose outcome is not in yet."""
+        if "command" in fields:
+            if len(self._open_target) < OPEN_EXECS_MAX:
+                self._open_target[job] = fields["target"]
+                self._open_by_target.setdefault(fields["target"], set()).add(job)
+        elif "rc" in fields:
+            target = self._open_target.pop(job, None)
+            if target is not None:
+                jobs = self._open_by_target[target]
+                jobs.discard(job)
+                if not jobs:
+                    del self._open_by_target[target]
+
+    def lost_target(self, peer):
+        """A peer went offline or was removed: the execs it still ran end in the audit with 255
+        and outcome peer_lost, as they did for their origins (an exit that comes later anyway,
+        from a link that was only slow, replaces that with the real outcome)."""
+        for job in self._open_by_target.pop(peer, ()):
+            del self._open_target[job]
+            self.log_exec(job, rc=255, outcome="peer_lost")
 
     def _queue_audit(self, job, fields):
         """Queue one audit event for SQLite."""

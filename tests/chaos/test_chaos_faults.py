@@ -1,4 +1,5 @@
 """Chaos: workers SIGKILLed or frozen mid-command, the CLI SIGKILLed mid-stream, a second daemon."""
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,12 @@ def _long_run(origin, target, marks):
     return run, int((marks / "pid").read_text())
 
 
+def _audit_of(node, command):
+    """(rc, outcome) of each audit row of that command, from `d history --json` on the leader."""
+    rows = json.loads(node.d("history", "--json", "--limit", "50", check=0).stdout)
+    return [(r["rc"], r["outcome"]) for r in rows if r["command"] == command]
+
+
 def test_worker_sigkill_mid_command(cluster, tmp_path):
     """Origin on a worker (desktop), target laptop SIGKILLed: a clear error, then laptop is usable again."""
     run, pid = _long_run(cluster.desktop, "laptop", tmp_path)
@@ -49,6 +56,9 @@ def test_worker_sigkill_mid_command(cluster, tmp_path):
         kill_group(pid)
     wait_for(lambda: cluster.online("laptop"), timeout=10, what="laptop back")
     recover = time.monotonic() - restarted
+    # the leader's audit says how it ended for the origin (not "-" for ever)
+    wait_for(lambda: _audit_of(cluster.vps, _long_command(tmp_path)) == [(255, "peer_lost")], timeout=10,
+             what="the audit row to say peer_lost")
     out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo back", check=0)
     assert out.stdout == b"back\n"
     report("worker SIGKILL mid-command", detect=detect, recover_after_restart=recover,
