@@ -150,3 +150,20 @@ def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_pat
     assert rows == {"a1": (0, "exit"), "a2": (255, "peer_lost"), "a3": (137, "killed"), "b1": (None, None)}
     assert reg._open_by_target == {"desktop": {"b1"}} and reg._open_target == {"b1": "desktop"}
     reg.close()
+
+
+def test_a_restarted_leader_ends_the_execs_its_predecessor_left_running(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    for job in ("done", "open1", "open2"):
+        reg.log_exec(job, started_at=1.0, origin="vps", origin_user="root", target="w1", fanout=1,
+                     directory=None, command="sleep 30")
+    reg.log_exec("done", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)
+    reg.log_exec("open2", bytes_out=10)  # output counted, no outcome yet
+    reg.flush_audit(force=True)
+    reg.close()
+    reg = Registry(str(tmp_path / "z.db"))  # the next leader
+    assert reg.end_interrupted_execs() == 2
+    assert reg.end_interrupted_execs() == 0
+    assert {r.job: (r.rc, r.outcome) for r in reg.history(limit=10)} == {
+        "done": (0, "exit"), "open1": (255, "leader_restarted"), "open2": (255, "leader_restarted")}
+    reg.close()

@@ -277,6 +277,23 @@ class Registry:
                 if not jobs:
                     del self._open_by_target[target]
 
+    def end_interrupted_execs(self):
+        """At a leader's start: the execs the audit still shows running were cut off when the
+        previous leader died (their origins heard "Lost the leader", their peers killed them),
+        so they end with 255 and outcome leader_restarted; a late exit still replaces that.
+        Returns how many; database trouble is logged, never fatal."""
+        model = self.ExecLog
+        try:
+            with self.db.atomic():
+                count = model.update(rc=255, outcome="leader_restarted").where(
+                    model.rc.is_null() & model.outcome.is_null()).execute()
+        except (peewee.PeeweeException, sqlite3.Error) as exc:
+            log.warning("audit: cannot end the execs the previous leader left open: %s", exc)
+            return 0
+        if count:
+            log.info("audit: %d execs were running when the previous leader stopped: leader_restarted", count)
+        return count
+
     def lost_target(self, peer):
         """A peer went offline or was removed: the execs it still ran end in the audit with 255
         and outcome peer_lost, as they did for their origins (an exit that comes later anyway,

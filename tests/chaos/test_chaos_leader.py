@@ -81,6 +81,8 @@ def test_leader_sigkill_and_restart_during_fanout(empty_cluster, tmp_path):
     history = json.loads(c.vps.d("history", "--json", "--limit", "100", check=0).stdout)
     first_jobs = {_runs(marks, p)[0] for p in TARGETS}
     assert {r["job"] for r in history} >= first_jobs, "audit rows of the first fan-out lost"
+    ended = {r["target"]: (r["rc"], r["outcome"]) for r in history if r["job"] in first_jobs}
+    assert ended == {p: (0, "exit") if p in FAST else (255, "leader_restarted") for p in TARGETS}, ended
 
     again = ops.d("execOnPeer", "--peer", ",".join(TARGETS), "--shellCmd",
                   f'n=$(basename "$ZPEER_HOME"); echo "$ZPEER_JOB" >> {marks}/$n; echo "again $n"', check=0)
