@@ -137,8 +137,9 @@ def test_an_event_msgpack_cannot_hold_is_skipped_without_breaking_the_journal(tm
 
 def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_path):
     reg = Registry(str(tmp_path / "z.db"))
-    for job, target in (("a1", "laptop"), ("a2", "laptop"), ("a3", "laptop"), ("b1", "desktop")):
-        reg.log_exec(job, started_at=1.0, origin="vps", origin_user="root", target=target, fanout=1,
+    for job, origin, target in (("a1", "vps", "laptop"), ("a2", "desktop", "laptop"), ("a3", "vps", "laptop"),
+                                ("b1", "vps", "desktop"), ("own", "laptop", "laptop")):
+        reg.log_exec(job, started_at=1.0, origin=origin, origin_user="root", target=target, fanout=1,
                      directory=None, command="sleep 30")
     reg.log_exec("a1", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)  # done before the loss
     reg.lost_target("laptop")
@@ -147,23 +148,27 @@ def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_pat
     reg.log_exec("a3", rc=137, outcome="killed", duration_s=9.0, bytes_out=0)  # its exit came after all
     reg.flush_audit(force=True)
     rows = {r.job: (r.rc, r.outcome) for r in reg.history(limit=10)}
-    assert rows == {"a1": (0, "exit"), "a2": (255, "peer_lost"), "a3": (137, "killed"), "b1": (None, None)}
+    assert rows == {"a1": (0, "exit"), "a2": (255, "peer_lost"), "a3": (137, "killed"), "b1": (None, None),
+                    "own": (None, None)}  # laptop's exec on itself: its origin lost nothing
     assert reg._open_by_target == {"desktop": {"b1"}} and reg._open_target == {"b1": "desktop"}
     reg.close()
 
 
 def test_a_restarted_leader_ends_the_execs_its_predecessor_left_running(tmp_path):
     reg = Registry(str(tmp_path / "z.db"))
-    for job in ("done", "open1", "open2"):
-        reg.log_exec(job, started_at=1.0, origin="vps", origin_user="root", target="w1", fanout=1,
+    for job, origin, target in (("done", "vps", "w1"), ("open1", "vps", "w1"), ("open2", "w2", "w1"),
+                                ("own", "vps", "vps"), ("self", "w1", "w1")):
+        reg.log_exec(job, started_at=1.0, origin=origin, origin_user="root", target=target, fanout=1,
                      directory=None, command="sleep 30")
     reg.log_exec("done", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)
     reg.log_exec("open2", bytes_out=10)  # output counted, no outcome yet
     reg.flush_audit(force=True)
     reg.close()
     reg = Registry(str(tmp_path / "z.db"))  # the next leader
-    assert reg.end_interrupted_execs() == 2
-    assert reg.end_interrupted_execs() == 0
+    assert reg.end_interrupted_execs("vps") == 3
+    assert reg.end_interrupted_execs("vps") == 0
     assert {r.job: (r.rc, r.outcome) for r in reg.history(limit=10)} == {
-        "done": (0, "exit"), "open1": (255, "leader_restarted"), "open2": (255, "leader_restarted")}
+        "done": (0, "exit"), "open1": (255, "leader_restarted"), "open2": (255, "leader_restarted"),
+        "own": (255, "leader_restarted"),  # it ran in the leader that died
+        "self": (None, None)}  # w1's exec on itself never crossed the leader: it runs on
     reg.close()

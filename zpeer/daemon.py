@@ -53,7 +53,7 @@ class Daemon:
         self.public, self.secret = keys.load_or_create_keypair(self.home)
         self.registry = Registry(config.path_in_home(config.DB_FILE, self.home))
         if self.cfg.get("role") == "leader":
-            self.registry.end_interrupted_execs()  # before any exec of this process is audited
+            self.registry.end_interrupted_execs(self.cfg.get("id"))  # before this process audits any
         self.heartbeat_s = float(self.cfg["heartbeat_s"])
         self.link = self.id = None
         leftovers.end_leftovers(self.home)  # commands a SIGKILLed predecessor could not end

@@ -264,9 +264,10 @@ class Registry:
         self._track_open(job, fields)
 
     def _track_open(self, job, fields):
-        """Remember, by target, the execs whose outcome is not in yet."""
+        """Remember, by target, the execs whose outcome is not in yet (not a peer's exec on
+        itself: its origin loses nothing when the link to the leader drops)."""
         if "command" in fields:
-            if len(self._open_target) < OPEN_EXECS_MAX:
+            if len(self._open_target) < OPEN_EXECS_MAX and fields.get("origin") != fields["target"]:
                 self._open_target[job] = fields["target"]
                 self._open_by_target.setdefault(fields["target"], set()).add(job)
         elif "rc" in fields:
@@ -277,16 +278,18 @@ class Registry:
                 if not jobs:
                     del self._open_by_target[target]
 
-    def end_interrupted_execs(self):
+    def end_interrupted_execs(self, leader_id):
         """At a leader's start: the execs the audit still shows running were cut off when the
         previous leader died (their origins heard "Lost the leader", their peers killed them),
         so they end with 255 and outcome leader_restarted; a late exit still replaces that.
+        A worker's exec on itself is the exception: it never crossed the leader and runs on.
         Returns how many; database trouble is logged, never fatal."""
         model = self.ExecLog
         try:
             with self.db.atomic():
                 count = model.update(rc=255, outcome="leader_restarted").where(
-                    model.rc.is_null() & model.outcome.is_null()).execute()
+                    model.rc.is_null() & model.outcome.is_null()
+                    & ((model.origin != model.target) | (model.target == leader_id))).execute()
         except (peewee.PeeweeException, sqlite3.Error) as exc:
             log.warning("audit: cannot end the execs the previous leader left open: %s", exc)
             return 0
