@@ -61,6 +61,34 @@ def test_non_utf8_and_stderr_kept_apart(shared_cluster):
     assert out.stderr == b"\x80err"
 
 
+def test_command_and_directory_bytes_that_are_not_utf8_pass_exactly(shared_cluster, tmp_path):
+    """argv is bytes: a Latin-1 file name or command reaches bash byte for byte, as with ssh."""
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    os.mkdir(odd)
+    cmd = b"printf '%s|' \xe9t\xe9 \"$PWD\"; exit 3"
+
+    def d(origin, *args, rc):
+        proc = subprocess.run(d_command() + list(args), env=shared_cluster.nodes[origin].env, capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=30)
+        assert proc.returncode == rc, proc.stderr
+        return proc
+    for origin, target in (("vps", "desktop"), ("laptop", "laptop")):  # through the leader; a worker on itself
+        out = d(origin, "execOnPeer", "--peer", target, "--directory", odd, "--shellCmd", cmd, rc=3)
+        assert (out.stdout, out.stderr) == (b"\xe9t\xe9|" + odd + b"|", b"")
+    out = d("vps", "execOnPeer", "--peer", "desktop", "--directory", odd + b"x", "--shellCmd", "true", rc=255)
+    assert out.stderr == b"Directory not found on desktop: " + odd.replace(b"\xe9", b"\\xe9") + b"x\n"
+    out = d("vps", "execOnPeer", "--peer", "desktop", "--user", b"r\xffoot", "--shellCmd", "true", rc=255)
+    assert out.stderr == (b"Not valid UTF-8: r\\xffoot\n"
+                          b"  hint: only --shellCmd and --directory of execOnPeer may hold any bytes\n")
+
+    def audited():  # the audit shows the bytes as \xNN (laptop's own run reaches it as a copy, a moment later)
+        rows = json.loads(shared_cluster.vps.d("history", "--json", "--limit", "100", check=0).stdout)
+        return sorted((r["target"], r["directory"], r["rc"]) for r in rows
+                      if r["command"] == "printf '%s|' \\xe9t\\xe9 \"$PWD\"; exit 3")
+    expected = [(t, str(tmp_path) + "/caf\\xe9", 3) for t in ("desktop", "laptop")]
+    wait_for(lambda: audited() == expected, timeout=5, what="both runs in the audit")
+
+
 def test_stdin_forwarding(shared_cluster):
     data = os.urandom(3 * 1024 * 1024)
     out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "sha256sum", input=data,

@@ -44,6 +44,19 @@ def test_bad_frames_are_rejected(frames, message):
         protocol.decode(frames)
 
 
+def test_an_execs_command_and_directory_may_be_bytes_that_are_not_utf8():
+    argv = b"printf caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands such argv over
+    assert protocol.os_text(argv) == b"printf caf\xe9" and protocol.os_text("printf café") == "printf café"
+    assert protocol.os_text(None) is None and protocol.shown(b"caf\xe9") == "caf\\xe9"
+    exec_ = {"t": "exec", "rid": "x", "job": "j", "to": "a", "cmd": b"printf caf\xe9", "dir": b"/tmp/caf\xe9",
+             "user": None, "timeout": None, "stdin": False, "credit": 1, "ttl": 30}
+    assert protocol.decode(frames_of(exec_)) == (exec_, None)
+    with pytest.raises(protocol.ProtocolError, match="exec: NUL in cmd"):
+        protocol.decode(frames_of(dict(exec_, cmd=b"true\x00")))
+    with pytest.raises(protocol.ProtocolError, match="exec: bad field 'job'"):
+        protocol.decode(frames_of(dict(exec_, job=b"j")))  # only what reaches the OS may be bytes
+
+
 def test_truncated_header():
     raw = msgpack.packb({"t": "hb", "rid": "abc"})
     for cut in range(1, len(raw)):

@@ -277,11 +277,11 @@ class Api:
         requested = _arg(header, "targets", list, required=True)
         if not requested or not all(isinstance(t, str) for t in requested):
             raise BadRequest("no --peer given")
-        spec = {"cmd": _arg(header, "cmd", str, required=True), "dir": _arg(header, "dir", str),
+        spec = {"cmd": _arg(header, "cmd", (str, bytes), required=True), "dir": _arg(header, "dir", (str, bytes)),
                 "user": _arg(header, "user", str), "timeout": _arg(header, "timeout", (int, float)),
                 "stdin": bool(header.get("stdin")), "ouser": _arg(header, "ouser", str)}
         for name in ("cmd", "dir", "user", "ouser"):
-            if spec[name] and "\x00" in spec[name]:  # execve/chdir/getpwnam raise on NUL
+            if spec[name] and protocol.has_nul(spec[name]):  # execve/chdir/getpwnam raise on NUL
                 raise BadRequest(f"--{name} contains a NUL byte")
         batch = _arg(header, "batch", int, 0)
         pid = _arg(header, "pid", int, 0)
@@ -357,7 +357,7 @@ class Api:
         if mtype == "exec":
             registry.log_exec(job, started_at=time.time(), origin=from_peer, origin_user=header.get("ouser"),
                               target=str(header.get("to")), fanout=int(header.get("fanout") or 1),
-                              directory=header.get("dir"), command=str(header.get("cmd")))
+                              directory=protocol.shown(header.get("dir")), command=str(protocol.shown(header.get("cmd"))))
         elif mtype == "exit":
             registry.log_exec(job, rc=header.get("rc"), outcome=header.get("how"),
                               duration_s=header.get("duration"), bytes_out=header.get("bytes") or 0)

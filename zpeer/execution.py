@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 
 from zpeer import leftovers, trace
+from zpeer.protocol import shown
 from zpeer.errors import BadRequest, DirectoryNotFound, ExitLost, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn
@@ -110,7 +111,7 @@ class TargetJobs:
         trace.mark("spawned")
         rj = RunningJob(job, origin, proc, msg.get("timeout"), msg["credit"])
         self.jobs[job] = rj
-        log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, msg["cmd"][:200])
+        log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, shown(msg["cmd"][:200]))
         rj.announce_at = time.monotonic() + STARTED_DELAY_S
         return []
 
@@ -154,7 +155,7 @@ class TargetJobs:
             entry, env = self._own_identity()
         directory = msg.get("dir") or entry.pw_dir
         if not os.path.isdir(directory):
-            raise DirectoryNotFound(f"Directory not found on {self.node_id}: {directory}")
+            raise DirectoryNotFound(f"Directory not found on {self.node_id}: {shown(directory)}")
         env = dict(env, ZPEER_JOB=msg["job"])
         try:
             return spawn(["/bin/bash", "-c", msg["cmd"]], directory, env, bool(msg.get("stdin")), extra)

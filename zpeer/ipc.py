@@ -12,7 +12,7 @@ import msgpack
 import zmq
 
 from zpeer import config, protocol, wire
-from zpeer.errors import FailedToConnect, ZpeerError, from_reply
+from zpeer.errors import BadRequest, FailedToConnect, ZpeerError, from_reply
 
 CONNECT_TIMEOUT_S = 1.0
 DEFAULT_CALL_TIMEOUT_S = 10.0
@@ -46,7 +46,13 @@ class Client:
             self._connect()
         header = {"op": op, "rid": uuid.uuid4().hex[:16], "deadline_s": timeout_s}
         header.update(args)
-        wire.send(self.sock, protocol.encode(header))
+        try:
+            frames = protocol.encode(header)
+        except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 (surrogateescape)
+            bad = exc.object.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise BadRequest(f"Not valid UTF-8: {bad}",
+                             hint="only --shellCmd and --directory of execOnPeer may hold any bytes") from None
+        wire.send(self.sock, frames)
         timeout_ms = int(timeout_s * 1000) + 1
         if timeout_ms != self.timeout_ms:  # a blocking receive with a timeout: no poll() per call
             self.sock.rcvtimeo = self.timeout_ms = timeout_ms

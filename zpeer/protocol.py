@@ -21,6 +21,9 @@ CLI link (CLI REQ <-> daemon ROUTER on d.sock) uses the same frames 0..1 with "o
 
 Every header carries "rid", a request id (str, <= 64 chars); replies echo it.
 
+An exec's "cmd" and "dir" are str, or bytes when they are not valid UTF-8 (a file name in
+Latin-1): the command runs with exactly the bytes it was given (`os_text`).
+
 A target's first message about a job names the command's "pid": its first "out", its "exit", or a
 "started" of its own when the command has said nothing for 20 ms. The origin takes that first pid
 as the job's start.
@@ -38,6 +41,8 @@ INT64 = 1 << 63  # ints leave msgpack up to 2**64-1; SQLite (audit) and the OS t
 
 _STR = (str,)
 _OPT_STR = (str, type(None))
+_OS_TEXT = (str, bytes)  # text for the OS: bytes when it is not UTF-8
+_OPT_OS_TEXT = (str, bytes, type(None))
 _INT = (int,)
 _NUM = (int, float)
 _OPT_NUM = (int, float, type(None))
@@ -55,7 +60,7 @@ PEER_MESSAGES = {
     "bye": {"reason": _STR},
     "rpc": {"op": _STR, "args": _MAP},
     "rpc_reply": {"ok": _BOOL},
-    "exec": {"job": _STR, "to": _STR, "cmd": _STR, "dir": _OPT_STR, "user": _OPT_STR,
+    "exec": {"job": _STR, "to": _STR, "cmd": _OS_TEXT, "dir": _OPT_OS_TEXT, "user": _OPT_STR,
              "timeout": _OPT_NUM, "stdin": _BOOL, "credit": _INT, "ttl": _NUM},
     "started": {"job": _STR, "to": _STR, "pid": _INT},
     "out": {"job": _STR, "to": _STR, "fd": _INT},
@@ -148,11 +153,33 @@ def _check_field(mtype, field, value, types):
         raise ProtocolError(f"{mtype}: bad field {field!r}")
     if isinstance(value, int) and not -INT64 <= value < INT64:
         raise ProtocolError(f"{mtype}: {field} out of range")
-    if isinstance(value, str):
+    if isinstance(value, (str, bytes)):
         if field in ("id", "job", "to", "from") and len(value) > MAX_ID_LEN:
             raise ProtocolError(f"{mtype}: {field} too long")
-        if field in NUL_FREE_FIELDS and "\x00" in value:
+        if field in NUL_FREE_FIELDS and has_nul(value):
             raise ProtocolError(f"{mtype}: NUL in {field}")
+
+
+def has_nul(value):
+    """True if a str or bytes value holds a NUL (execve, chdir and getpwnam raise on one)."""
+    return (b"\x00" if isinstance(value, bytes) else "\x00") in value
+
+
+def os_text(value):
+    """A command or directory as the wire carries it: the str when it is valid UTF-8, else its
+    original bytes (argv reaches Python decoded with surrogateescape), so nothing is lost."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+    return value
+
+
+def shown(value):
+    """A command or directory as text for people, logs and the audit: non-UTF-8 bytes as \\xNN."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def validate(header):

@@ -11,6 +11,7 @@ import signal
 import sys
 
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
+from zpeer.protocol import os_text
 
 POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
@@ -142,7 +143,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
     # the open is also the first poll (`true` costs one round trip), unless stdin must go first
     wait = 0 if forward_stdin else POLL_WAIT_S
     try:
-        reply = client.call("exec_open", targets=peers, cmd=cmd, dir=directory, user=user, timeout=timeout,
+        reply = client.call("exec_open", targets=peers, cmd=os_text(cmd), dir=os_text(directory), user=user, timeout=timeout,
                             batch=batch or 0, stdin=forward_stdin, pid=os.getpid(), ouser=_local_user(),
                             wait_s=wait, raw=True, timeout_s=wait + POLL_GRACE_S)
     except ZpeerError as err:
