@@ -201,6 +201,15 @@ def test_fanout_prefixes_summary_and_max_status(shared_cluster):
     assert out.stderr.decode().endswith("--\nlaptop: rc 3\nvps: ok\ndesktop: ok\n")
 
 
+@pytest.mark.parametrize("peer", ["", " ", ",", " , "])
+def test_an_empty_peer_is_an_error_not_a_silent_success(shared_cluster, tmp_path, peer):
+    for origin in ("vps", "laptop"):  # the leader, and a worker (which may ask the leader for `all`)
+        out = shared_cluster.nodes[origin].d("execOnPeer", "--peer", peer, "--shellCmd", f"touch {tmp_path}/ran",
+                                             check=255)
+        assert (out.stdout, out.stderr) == (b"", b"No peer given: --peer is empty\n")
+    assert not (tmp_path / "ran").exists()
+
+
 def test_fanout_all_with_one_offline(cluster):
     cluster.laptop.kill()
     wait_for(lambda: not cluster.online("laptop"), timeout=5, what="laptop offline")

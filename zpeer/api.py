@@ -275,8 +275,11 @@ class Api:
     def op_exec_open(self, identity, header):
         """execOnPeer: resolve targets and open a session."""
         requested = _arg(header, "targets", list, required=True)
-        if not requested or not all(isinstance(t, str) for t in requested):
+        if not all(isinstance(t, str) for t in requested):
             raise BadRequest("no --peer given")
+        if not any(p.strip() for item in requested for p in item.split(",")):
+            # `--peer "$P"` with P unset must not "succeed" at running nothing
+            raise BadRequest("No peer given: --peer is empty")
         spec = {"cmd": _arg(header, "cmd", (str, bytes), required=True), "dir": _arg(header, "dir", (str, bytes)),
                 "user": _arg(header, "user", str), "timeout": _arg(header, "timeout", (int, float)),
                 "stdin": bool(header.get("stdin")), "ouser": _arg(header, "ouser", str)}
