@@ -140,10 +140,11 @@ def test_pull_brings_the_new_commit_and_propagates_failure(fleet):
 
 def test_build_failure_keeps_the_old_daemon_and_exits_non_zero(fleet):
     laptop = fleet.laptop
-    laptop.d("setPeerConfig", "--build-cmd", "echo compiling; echo broken >&2; exit 3", check=0)
-    out = fleet.vps.d("remoteBd", "--peer", "laptop", check=3)
+    laptop.d("setPeerConfig", "--build-cmd", "echo compiling; cat; echo broken >&2; exit 3", check=0)
+    # a build reads no input: the `cat` in it gets EOF, not what a `while read` loop was reading
+    out = fleet.vps.d("remoteBd", "--peer", "laptop", input=b"the loop's next line\n", check=3)
     assert out.stdout == b"compiling\n"
-    assert out.stderr.endswith(b" && echo compiling; echo broken >&2; exit 3\nbroken\n")
+    assert out.stderr.endswith(b" && echo compiling; cat; echo broken >&2; exit 3\nbroken\n")
     before = status(laptop)
     out = fleet.vps.d("remoteDeployDaemon", "--peer", "laptop", check=3)
     assert b"Fast-forward\n" in out.stdout and out.stdout.endswith(b"compiling\n")

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -102,6 +103,17 @@ def test_stdin_forwarding(shared_cluster):
 def test_no_stdin_means_dev_null(shared_cluster):
     out = shared_cluster.laptop.d("execOnPeer", "--peer", "vps", "--shellCmd", "cat; echo done", check=0)
     assert out.stdout == b"done\n"
+
+
+def test_no_stdin_flag_leaves_a_while_read_loops_input_alone(shared_cluster):
+    d = " ".join(shlex.quote(a) for a in d_command())
+    loop = f'while read -r p; do echo "== $p"; {d} execOnPeer {{}} --peer "$p" --shellCmd "cat; echo ran"; done'
+    # without -n, as with ssh, the first command reads what the loop had left
+    for flag, expected in (("-n", b"== vps\nran\n== laptop\nran\n"), ("--no-stdin", b"== vps\nran\n== laptop\nran\n"),
+                           ("", b"== vps\nlaptop\nran\n")):
+        out = subprocess.run(["bash", "-c", loop.format(flag)], input=b"vps\nlaptop\n", env=shared_cluster.desktop.env,
+                             capture_output=True, timeout=30)
+        assert (out.returncode, out.stdout, out.stderr) == (0, expected, b""), flag
 
 
 def _pid_gone(pid):

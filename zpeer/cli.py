@@ -309,7 +309,9 @@ def db_sanity_check(dry_run):
 @click.option("--user", metavar="NAME", help="Run as this user (the target daemon must run as root).")
 @click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
-def exec_on_peer(peers, directory, shell_cmd, timeout, user, batch, as_json):
+@click.option("-n", "--no-stdin", is_flag=True,
+              help="Do not forward stdin, as ssh -n (a `while read` loop keeps its input).")
+def exec_on_peer(peers, directory, shell_cmd, timeout, user, batch, as_json, no_stdin):
     """Run CMD on peers; remote stdout/stderr stream here byte-exact; exit = remote status.
 
     \b
@@ -317,10 +319,11 @@ def exec_on_peer(peers, directory, shell_cmd, timeout, user, batch, as_json):
       d execOnPeer --peer vps --directory /opt/app --shellCmd 'git pull'
       d execOnPeer --peer all --shellCmd 'uptime'
       tar c . | d execOnPeer --peer laptop --directory /tmp --shellCmd 'tar x'
+      d listPeers --ids | while read p; do d execOnPeer -n --peer "$p" --shellCmd uptime; done
     """
     from zpeer.streaming import run_exec
 
-    sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json))
+    sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json, no_stdin))
 
 
 @cli.command(context_settings=CONTEXT)

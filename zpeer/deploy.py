@@ -54,7 +54,8 @@ def _recipe_step(step, peers, timeout, batch, as_json):
     """Run one recipe step on peers with execOnPeer's contract; exits with its status."""
     from zpeer.streaming import run_exec
 
-    sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json))
+    # a recipe step reads no input: a `while read` loop around it keeps its own
+    sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json, no_stdin=True))
 
 
 @click.command("remotePull", context_settings=CONTEXT)

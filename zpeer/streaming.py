@@ -130,9 +130,10 @@ def _read_stdin(fd, size):
     return os.read(fd, size)
 
 
-def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json):
-    """Run a command on peers through the local daemon; returns the exit status."""
-    stdin_fd = sys.stdin.fileno() if sys.stdin is not None else None
+def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_stdin=False):
+    """Run a command on peers through the local daemon; returns the exit status. Local stdin
+    goes to the command when it is not a terminal, unless `no_stdin` (the command gets EOF)."""
+    stdin_fd = sys.stdin.fileno() if sys.stdin is not None and not no_stdin else None
     forward_stdin = stdin_fd is not None and not os.isatty(stdin_fd)
     interrupted = []
 
