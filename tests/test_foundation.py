@@ -80,6 +80,8 @@ def test_leader_restart_gets_workers_back(cluster):
              what="worker to notice")
     out = cluster.desktop.d("listPeers")
     assert out.returncode == 255 and out.stderr.startswith(b"Not connected to leader\n  hint: ")
+    # what the hint says to check agrees at once (not after the link's grace for running jobs)
+    assert b"connected: no\n" in cluster.desktop.d("getPeerStatus", check=0).stdout
     cluster.vps.start()
     up = time.monotonic()
     wait_for(lambda: cluster.online("desktop") and cluster.online("laptop"), timeout=5,

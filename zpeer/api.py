@@ -103,7 +103,7 @@ class Api:
                           peers_online=sum(map(link.online, link.live)), heartbeat_s=link.beat_s)
         elif d.role == "worker":
             status.update(leader=cfg.get("leader"), leader_key=cfg.get("leader_key"),
-                          source_ip=cfg.get("source_ip"), connected=link.connected(),
+                          source_ip=cfg.get("source_ip"), connected=link.usable(),
                           link=link.status, link_reason=link.reason, heartbeat_s=link.heartbeat_s)
         else:
             status.update(connected=False, link="unconfigured")

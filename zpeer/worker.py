@@ -86,6 +86,13 @@ class WorkerLink:
         return (self.status == "registered" and self.last_rx is not None
                 and now - self.last_rx <= 3 * self.heartbeat_s)
 
+    def usable(self, now=None):
+        """Connected and the link handshaken right now: what new work (and getPeerStatus) needs.
+        connected() alone keeps a dropped link alive for its grace, so running jobs survive a
+        flap; a send while it is down fails at once (IMMEDIATE), so new work must not be told
+        "connected"."""
+        return self.handshake_ok and self.connected(now)
+
     def link_error(self):
         """The error a request gets while the link is not usable."""
         if self.status == "key_mismatch":
