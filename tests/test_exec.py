@@ -116,6 +116,20 @@ def test_no_stdin_flag_leaves_a_while_read_loops_input_alone(shared_cluster):
         assert (out.returncode, out.stdout, out.stderr) == (0, expected, b""), flag
 
 
+def test_output_that_cannot_be_written_is_an_error_and_stops_the_remote_command(shared_cluster, tmp_path):
+    d = " ".join(shlex.quote(a) for a in d_command())
+    cmd = f"echo $$ > {tmp_path}/pid; echo hi; exec sleep 30"
+    for redirect, why in ((">/dev/full", "No space left on device"), (">&-", "stdout is closed")):
+        out = subprocess.run(["bash", "-c", f"{d} execOnPeer --peer laptop --shellCmd {shlex.quote(cmd)} {redirect}"],
+                             env=shared_cluster.desktop.env, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+        assert (out.returncode, out.stderr) == (255, f"Cannot write the output: {why}\n".encode()), redirect
+        pid = int((tmp_path / "pid").read_text())
+        wait_for(lambda: _pid_gone(pid), timeout=5, what="the remote command stopped")
+    out = subprocess.run(["bash", "-c", f"{d} execOnPeer --peer laptop --shellCmd true >&-; {d} listPeers >/dev/full"],
+                         env=shared_cluster.desktop.env, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert (out.returncode, out.stderr) == (255, b"Cannot write the output: No space left on device\n")
+
+
 def _pid_gone(pid):
     try:
         os.kill(pid, 0)

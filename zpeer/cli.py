@@ -2,6 +2,7 @@
 
 Imports stay lean (no peewee, no daemon code) because `d` starts once per command.
 """
+import errno
 import importlib
 import json
 import os
@@ -365,6 +366,10 @@ def main():
         code = 130
     except SystemExit as exc:
         code = exc.code
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        code = _output_failed(exc)
     else:
         code = 0
     if isinstance(code, str):
@@ -376,12 +381,29 @@ def main():
     _fast_exit(code)
 
 
+# what a write to a full disk, a closed descriptor or a failing device raises
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF})
+
+
+def _output_failed(exc):
+    """Say that the output could not be written (like cat's "write error"); returns 255."""
+    try:
+        sys.stderr.write(f"Cannot write the output: {exc.strerror}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 255
+
+
 def _fast_exit(code):
     """Flush and leave without the interpreter's teardown (it cost a short command ~10 ms)."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # `d listPeers --ids | head -1`: quiet, as a tool killed by SIGPIPE
         code = code or 141
+    except (OSError, ValueError, AttributeError) as exc:  # AttributeError: started without stdout
+        if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
+            code = code or _output_failed(exc)
     try:
         sys.stderr.flush()
     except OSError:

@@ -132,6 +132,12 @@ class ExitLost(ZpeerError):
     hint = "the command did run; something in the daemon's process reaped it (see the daemon's log)"
 
 
+class OutputFailed(ZpeerError):
+    """The CLI cannot write what it got: stdout or stderr on a full disk, closed, or failing."""
+
+    code = "output_failed"
+
+
 class Busy(ZpeerError):
     """Another daemon already serves this ZPEER_HOME."""
 
@@ -141,7 +147,7 @@ class Busy(ZpeerError):
 _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
                                       NotConnected, DirectoryNotFound, KeyMismatch, NotAuthorized,
                                       InvalidToken, NotLeader, NotConfigured, BadRequest,
-                                      RequestTimeout, Busy)}
+                                      RequestTimeout, ExitLost, OutputFailed, Busy)}
 
 
 def from_reply(reply):

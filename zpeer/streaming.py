@@ -4,19 +4,46 @@ The REQ lockstep is the flow control: the next poll is sent only after the previ
 written, and the daemon returns credit to the remote command as we consume.
 """
 import base64
+import errno
 import json
 import os
 import select
 import signal
 import sys
 
-from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
+from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, OutputFailed, ZpeerError
 from zpeer.protocol import os_text
 
 POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
 STDIN_CHUNK_BYTES = 256 * 1024
 CANCEL_WAIT_POLLS = 20
+
+
+class _Closed:
+    """Stands for a standard stream the CLI was started without (`>&-`): writing to it fails."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def write(self, data):
+        """Fail as a write to a closed descriptor does."""
+        raise OSError(errno.EBADF, f"{self.name} is closed")
+
+    def flush(self):
+        """Nothing buffered."""
+
+
+def _write(target, data):
+    """Write and flush; a stream that fails (full disk, closed, I/O error) is OutputFailed, except
+    a closed pipe, which ends the CLI as SIGPIPE would."""
+    try:
+        target.write(data)
+        target.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: the file object was closed
+        raise OutputFailed(f"Cannot write the output: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 class Renderer:
@@ -26,12 +53,12 @@ class Renderer:
         self.multi, self.as_json = multi, as_json
         self.partial = {}  # (peer, stream) -> bytes without newline yet
         self.results = {}  # peer -> (status, summary word)
-        self.out, self.err = sys.stdout.buffer, sys.stderr.buffer
+        self.out = sys.stdout.buffer if sys.stdout is not None else _Closed("stdout")
+        self.err = sys.stderr.buffer if sys.stderr is not None else _Closed("stderr")
 
     def _json(self, obj):
         """One JSON Lines record."""
-        self.out.write(json.dumps(obj).encode() + b"\n")
-        self.out.flush()
+        _write(self.out, json.dumps(obj).encode() + b"\n")
 
     def data(self, peer, stream, data):
         """Output bytes from a peer."""
@@ -47,24 +74,21 @@ class Renderer:
             return
         target = self.out if stream == "o" else self.err
         if not self.multi:
-            target.write(data)
-            target.flush()
+            _write(target, data)
             return
         buf = self.partial.get((peer, stream), b"") + data
         lines = buf.split(b"\n")
         self.partial[(peer, stream)] = lines.pop()
         if lines:
             prefix = peer.encode() + b": "
-            target.write(b"".join(prefix + line + b"\n" for line in lines))
-            target.flush()
+            _write(target, b"".join(prefix + line + b"\n" for line in lines))
 
     def flush_peer(self, peer):
         """Terminate a peer's last partial lines (multi-peer mode)."""
         for stream, target in (("o", self.out), ("e", self.err)):
             rest = self.partial.pop((peer, stream), b"")
             if rest:
-                target.write(peer.encode() + b": " + rest + b"\n")
-                target.flush()
+                _write(target, peer.encode() + b": " + rest + b"\n")
 
     def started(self, peer, pid):
         """A remote command started."""
@@ -88,18 +112,14 @@ class Renderer:
             self._json({"event": "error", "peer": peer, "code": code, "message": message, "hint": hint})
             return
         line = f"{peer}: {message}" if self.multi else message
-        self.err.write(line.encode() + b"\n")
-        if hint and not self.multi:
-            self.err.write(f"  hint: {hint}\n".encode())
-        self.err.flush()
+        _write(self.err, line.encode() + b"\n" + (f"  hint: {hint}\n".encode() if hint and not self.multi else b""))
 
     def summary(self, targets):
         """Per-peer outcome on stderr when more than one peer."""
         if not self.multi or self.as_json:
             return
         lines = [f"{peer}: {self.results.get(peer, (255, 'no result'))[1]}" for peer in targets]
-        self.err.write(("--\n" + "\n".join(lines) + "\n").encode())
-        self.err.flush()
+        _write(self.err, ("--\n" + "\n".join(lines) + "\n").encode())
 
     def status(self, targets):
         """The exit status: the largest of the peers' statuses."""
@@ -178,6 +198,9 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     except BrokenPipeError:
         _cancel_quietly(client, sid)
         os._exit(141)  # like a process killed by SIGPIPE
+    except OutputFailed as err:  # the output has nowhere to go: stop the remote side too
+        _cancel_quietly(client, sid)
+        return _report(err)
     except FailedToConnect:
         return _report(FailedToConnect("Failed to connect: the local daemon stopped answering mid-command"))
     except ZpeerError as err:
@@ -186,7 +209,10 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
         _restore(old)
     if interrupted:
         return 130
-    render.summary(targets)
+    try:
+        render.summary(targets)
+    except OutputFailed:
+        pass  # stderr itself fails: the exit status still tells how it went
     return render.status(targets)
 
 
@@ -205,10 +231,12 @@ def _cancel_quietly(client, sid):
 
 
 def _report(err):
-    """Print a zpeer failure and return its exit status."""
-    sys.stderr.write(err.message + "\n")
-    if err.hint:
-        sys.stderr.write(f"  hint: {err.hint}\n")
+    """Print a zpeer failure and return its exit status (a stderr that fails too stays silent)."""
+    try:
+        sys.stderr.write(err.message + "\n" + (f"  hint: {err.hint}\n" if err.hint else ""))
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # AttributeError: started without stderr
+        pass
     return err.exit_code
 
 
