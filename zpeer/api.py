@@ -280,7 +280,8 @@ class Api:
         if not any(p.strip() for item in requested for p in item.split(",")):
             # `--peer "$P"` with P unset must not "succeed" at running nothing
             raise BadRequest("No peer given: --peer is empty")
-        spec = {"cmd": _arg(header, "cmd", (str, bytes), required=True), "dir": _arg(header, "dir", (str, bytes)),
+        spec = {"cmd": _arg(header, "cmd", (str, bytes), required=True),
+                "dir": _arg(header, "dir", (str, bytes)),
                 "user": _arg(header, "user", str), "timeout": _arg(header, "timeout", (int, float)),
                 "stdin": bool(header.get("stdin")), "ouser": _arg(header, "ouser", str)}
         for name in ("cmd", "dir", "user", "ouser"):
@@ -360,7 +361,8 @@ class Api:
         if mtype == "exec":
             registry.log_exec(job, started_at=time.time(), origin=from_peer, origin_user=header.get("ouser"),
                               target=str(header.get("to")), fanout=int(header.get("fanout") or 1),
-                              directory=protocol.shown(header.get("dir")), command=str(protocol.shown(header.get("cmd"))))
+                              directory=protocol.shown(header.get("dir")),
+                              command=str(protocol.shown(header.get("cmd"))))
         elif mtype == "exit":
             registry.log_exec(job, rc=header.get("rc"), outcome=header.get("how"),
                               duration_s=header.get("duration"), bytes_out=header.get("bytes") or 0)

@@ -14,10 +14,10 @@ import time
 from collections import OrderedDict
 
 from zpeer import leftovers, trace
-from zpeer.protocol import shown
 from zpeer.errors import BadRequest, DirectoryNotFound, ExitLost, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn
+from zpeer.protocol import shown
 
 log = logging.getLogger(__name__)
 _LIMITER = RateLimited()  # for logs about peers steering jobs that are not theirs

@@ -164,7 +164,8 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     # the open is also the first poll (`true` costs one round trip), unless stdin must go first
     wait = 0 if forward_stdin else POLL_WAIT_S
     try:
-        reply = client.call("exec_open", targets=peers, cmd=os_text(cmd), dir=os_text(directory), user=user, timeout=timeout,
+        reply = client.call("exec_open", targets=peers, cmd=os_text(cmd), dir=os_text(directory), user=user,
+                            timeout=timeout,
                             batch=batch or 0, stdin=forward_stdin, pid=os.getpid(), ouser=_local_user(),
                             wait_s=wait, raw=True, timeout_s=wait + POLL_GRACE_S)
     except ZpeerError as err:
