@@ -173,3 +173,21 @@ def test_a_frozen_daemon_fails_a_call_at_its_deadline_and_the_next_call_works(tm
         client.close()
         node.proc.send_signal(signal.SIGCONT)
         node.stop()
+
+
+def test_a_zpeer_home_too_deep_for_a_unix_socket_is_a_clear_error(tmp_path):
+    import subprocess
+    from conftest import d_command
+
+    home = tmp_path / ("x" * max(1, 110 - len(str(tmp_path))))
+    sock = f"{home}/d.sock"
+    why = (f"ZPEER_HOME is too deep for the CLI's socket: {sock} has {len(sock)} characters, "
+           f"a Unix socket's path at most 107")
+    env = dict(os.environ, ZPEER_HOME=str(home))
+    daemon = subprocess.run(d_command() + ["daemon"], env=env, capture_output=True, timeout=20,
+                            stdin=subprocess.DEVNULL)
+    assert (daemon.returncode, daemon.stderr.decode().splitlines()[-2:]) == (
+        255, [why, "  hint: use a shorter ZPEER_HOME"])
+    cli = subprocess.run(d_command() + ["listPeers"], env=env, capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert (cli.returncode, cli.stdout, cli.stderr.decode()) == (
+        255, b"", f"Failed to connect\n  hint: {why}: use a shorter ZPEER_HOME\n")

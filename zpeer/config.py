@@ -95,6 +95,18 @@ def socket_path(home=None):
     return path_in_home(SOCKET_FILE, home)
 
 
+SOCKET_PATH_MAX = 107  # a Unix socket's path: sockaddr_un.sun_path (108 bytes) holds it and a NUL
+
+
+def socket_path_too_long(path):
+    """Why the CLI socket cannot live at path (it is too long for a Unix socket), or None."""
+    size = len(os.fsencode(path))
+    if size <= SOCKET_PATH_MAX:
+        return None
+    return (f"ZPEER_HOME is too deep for the CLI's socket: {path} has {size} characters, "
+            f"a Unix socket's path at most {SOCKET_PATH_MAX}")
+
+
 def load(home=None):
     """Read the configuration, filling defaults for missing keys."""
     cfg = dict(DEFAULTS)

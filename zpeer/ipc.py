@@ -30,7 +30,8 @@ class Client:
     def _connect(self):
         """Open the REQ socket; Failed to connect within CONNECT_TIMEOUT_S if nobody listens."""
         if not os.path.exists(self.path):
-            raise FailedToConnect()
+            too_long = config.socket_path_too_long(self.path)
+            raise FailedToConnect(hint=f"{too_long}: use a shorter ZPEER_HOME") if too_long else FailedToConnect()
         sock = self.ctx.socket(zmq.REQ)
         sock.linger = 0
         sock.setsockopt(zmq.IMMEDIATE, 1)  # POLLOUT only once a daemon accepted us
@@ -92,6 +93,9 @@ def reply_frames(identity, rid, payload, data_frames=()):
 def bind_cli_socket(ctx, home, group=None):
     """The daemon's side: a ROUTER on d.sock, inside the 0700 state dir (no one else can reach it)."""
     path = config.socket_path(home)
+    too_long = config.socket_path_too_long(path)
+    if too_long:  # libzmq would refuse with a traceback-worthy ZMQError
+        raise ZpeerError(too_long, hint="use a shorter ZPEER_HOME")
     if os.path.exists(path):
         os.unlink(path)  # stale: the caller holds the daemon lock, so no live daemon owns it
     sock = ctx.socket(zmq.ROUTER)
