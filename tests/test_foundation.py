@@ -114,6 +114,37 @@ def test_error_phrases(tmp_path, cluster):
     assert out.stderr.startswith(b"Not connected to leader\n")
 
 
+def test_a_bind_address_in_use_is_a_clear_error_and_a_live_change_to_it_changes_nothing(cluster, tmp_path):
+    import socket
+    import subprocess
+    from conftest import d_command
+
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = f"127.0.0.1:{held.getsockname()[1]}"
+        why = f"Cannot listen on {taken}: Address already in use"
+        hint = ("  hint: another process may hold the port (`ss -ltnp`), or the address is not one of this "
+                "host's (`ip addr`; WireGuard up?): fix it with `d setPeerConfig --bind HOST:PORT`")
+        # a running leader: refused, and it keeps serving where it was, config.json included
+        before = open(os.path.join(cluster.vps.home, "config.json"), "rb").read()
+        out = cluster.vps.d("setPeerConfig", "--bind", taken, check=255)
+        assert (out.stdout, out.stderr.decode()) == (b"", f"{why} (nothing changed)\n{hint}\n")
+        assert open(os.path.join(cluster.vps.home, "config.json"), "rb").read() == before
+        wait_for(lambda: cluster.online("desktop") and cluster.online("laptop"), timeout=5, what="workers back")
+        out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo still", check=0)
+        assert out.stdout == b"still\n"
+        # a leader starting on it: the same words, exit 255, no traceback
+        node = Node(tmp_path, "solo", "127.0.0.1")
+        node.d("setPeerConfig", "--role", "leader", "--id", "solo", "--bind", taken, check=0)
+        daemon = subprocess.run(d_command() + ["daemon"], env=node.env, capture_output=True, timeout=20,
+                                stdin=subprocess.DEVNULL)
+        assert (daemon.returncode, daemon.stderr.decode().splitlines()[-2:]) == (255, [why, hint])
+    finally:
+        held.close()
+
+
 def test_config_change_applied_by_running_daemon(cluster):
     out = cluster.vps.d("setPeerConfig", "--advertise", "127.0.0.1", check=0)
     assert b"Applied by the running daemon." in out.stdout

@@ -151,7 +151,7 @@ class Api:
 
             def refresh(result, error):
                 if error is None:
-                    self.d.refresh_cache(result["peers"])
+                    self.d.peers_cache.write(result["peers"])
                 done(result, error)
             self.d.link.rpc("peers", args, refresh)
             return None

@@ -168,23 +168,29 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
                "heartbeat_budget": heartbeat_budget, "repo": repo, "pull_cmd": pull_cmd, "build_cmd": build_cmd, "restart_cmd": restart_cmd}
     if all(v is None for v in changes.values()):
         usage_error("Nothing to set: see `d setPeerConfig --help`")
+    before = config.load()
     cfg = config.update(changes)
     shown = ", ".join(f"{k}={cfg[k]}" for k, v in changes.items() if v is not None)
+    try:
+        applied = _reload()
+    except ZpeerError as err:
+        config.save(before)  # the running daemon went back to the previous settings: so does the file
+        err.message += " (nothing changed)"
+        fail(err)
     click.echo(f"Saved: {shown}")
-    click.echo("Applied by the running daemon." if _reload() else
+    click.echo("Applied by the running daemon." if applied else
                "The daemon is not running: it applies this when it starts (`d daemon`).")
 
 
 def _reload():
-    """Ask a running daemon to re-read config.json; False if none runs."""
+    """Ask a running daemon to re-read config.json; False if none runs, ZpeerError if it cannot
+    apply it."""
     c = client()
     try:
         c.call("reload", timeout_s=5)
         return True
     except FailedToConnect:
         return False
-    except ZpeerError as err:
-        fail(err)
     finally:
         c.close()
 

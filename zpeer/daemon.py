@@ -21,7 +21,7 @@ from zpeer.ipc import bind_cli_socket, reply_frames, socket_access
 from zpeer.keys import start_authenticator
 from zpeer.leader import LeaderLink
 from zpeer.logsetup import RateLimited
-from zpeer.peerinfo import write_cache
+from zpeer.peerinfo import PeersCache
 from zpeer.process import prepare_spawning
 from zpeer.registry import Registry
 from zpeer.sessions import OriginSessions
@@ -61,7 +61,7 @@ class Daemon:
         self.sessions = OriginSessions(None, self.heartbeat_s)
         self.local = deque()  # (from_peer, header, data) for messages addressed to ourselves
         self.api = Api(self)
-        self.cache_gen = None
+        self.peers_cache = PeersCache(config.path_in_home(config.PEERS_CACHE_FILE, self.home))
         self.next_beat = time.monotonic()
         self.stopping, self.wake_r, self.auth = False, None, None
         self._poller = self._poller_key = None  # reused while the polled set stays the same
@@ -90,9 +90,23 @@ class Daemon:
             self.heartbeat_s = self.sessions.heartbeat_s = float(cfg["heartbeat_s"])
             self.link.reconfigure(cfg)  # keep the bound socket and every connection
             return
-        if self.link is not None:
+        had_link = self.link is not None
+        if had_link:
             self.link.close()
             self.link = None
+        try:
+            self._build_link(cfg)
+        except ZpeerError as exc:
+            if not had_link:  # at start, or nothing worked before: nothing to go back to
+                raise
+            # a live change that cannot work (its --bind is taken): keep serving as before
+            log.error("cannot apply the new settings (%s): back to the previous ones", exc.message)
+            self.cfg = old
+            self._build_link(old)
+            raise
+
+    def _build_link(self, cfg):
+        """The peer link a configuration asks for (none when it names no role yet)."""
         self.id = cfg.get("id")
         self.heartbeat_s = float(cfg["heartbeat_s"])
         self.targets.node_id = self.sessions.node_id = self.id
@@ -109,7 +123,7 @@ class Daemon:
             log.info("worker %s connecting to %s", self.id, cfg["leader"])
         else:
             log.info("no role configured yet: serving the CLI only")
-        self.cache_gen = None
+        self.peers_cache.forget()
 
     @property
     def role(self):
@@ -358,25 +372,7 @@ class Daemon:
                     self.dispatch(self.sessions.peer_lost(peer, "Peer {peer} disconnected mid-command"))
                     self.targets.fail_origin(peer)
                     self.registry.lost_target(peer)
-            self.refresh_cache()
-
-    def refresh_cache(self, records=None):
-        """Keep peers.cache current: leader from its registry, worker when the leader's set changed."""
-        path = config.path_in_home(config.PEERS_CACHE_FILE, self.home)
-        if records is not None:
-            write_cache(path, [r["id"] for r in records])
-        elif self.role == "leader" and self.cache_gen != self.registry.generation:
-            self.cache_gen = self.registry.generation
-            write_cache(path, [r.id for r in self.registry.peers()])
-        elif self.role == "worker" and self.link.connected() and self.cache_gen != self.link.gen:
-            self.cache_gen = self.link.gen
-
-            def done(result, error):
-                if error is None:
-                    write_cache(path, [r["id"] for r in result["peers"]])
-                else:
-                    self.cache_gen = None
-            self.link.rpc("peers", {}, done)
+            self.peers_cache.refresh(self.role, self.registry, self.link)
 
     def close(self, linger_ms=0):
         """Stop children, close sockets (letting queued messages out for linger_ms), flush, unlock."""

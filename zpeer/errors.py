@@ -132,6 +132,14 @@ class ExitLost(ZpeerError):
     hint = "the command did run; something in the daemon's process reaped it (see the daemon's log)"
 
 
+class BindFailed(ZpeerError):
+    """The leader cannot listen on its --bind address (port taken, address not this host's)."""
+
+    code = "bind_failed"
+    hint = ("another process may hold the port (`ss -ltnp`), or the address is not one of this "
+            "host's (`ip addr`; WireGuard up?): fix it with `d setPeerConfig --bind HOST:PORT`")
+
+
 class OutputFailed(ZpeerError):
     """The CLI cannot write what it got: stdout or stderr on a full disk, closed, or failing."""
 
@@ -147,7 +155,7 @@ class Busy(ZpeerError):
 _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
                                       NotConnected, DirectoryNotFound, KeyMismatch, NotAuthorized,
                                       InvalidToken, NotLeader, NotConfigured, BadRequest,
-                                      RequestTimeout, ExitLost, OutputFailed, Busy)}
+                                      RequestTimeout, ExitLost, BindFailed, OutputFailed, Busy)}
 
 
 def from_reply(reply):

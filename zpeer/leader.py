@@ -17,7 +17,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, keys, protocol, trace, wire
-from zpeer.errors import BadRequest, NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
+from zpeer.errors import BadRequest, BindFailed, NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import describe_last_seen, peer_record
 
@@ -66,7 +66,11 @@ class LeaderLink:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(max(LEADER_ZMTP_PING_S, 10 * self.heartbeat_s) * 3000))
         sock.curve_server = True
         sock.curve_publickey, sock.curve_secretkey = public, secret
-        _bind(sock, cfg["bind"])
+        try:
+            _bind(sock, cfg["bind"])
+        except BindFailed:
+            sock.close(0)
+            raise
         self.sock = sock
         # a closed connection is seen at once (FIN/RST: a killed daemon, a stopped host's kernel)
         self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -378,7 +382,7 @@ def _bind(sock, address):
             return
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
-                raise
+                raise BindFailed(f"Cannot listen on {address}: {zmq.strerror(exc.errno)}") from None
             time.sleep(0.05)
 
 
