@@ -47,3 +47,21 @@ def test_reinstalled_worker_must_be_reaccepted(cluster):
     wait_for(lambda: cluster.online("laptop"), timeout=5, what="laptop back with its new key")
     out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo rekeyed", check=0)
     assert out.stdout == b"rekeyed\n"
+
+
+def test_registering_while_the_leader_is_down_says_so_at_once_and_joins_once_it_is_up(empty_cluster):
+    c = empty_cluster
+    c.leader()
+    key = json.loads(c.vps.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
+    c.vps.stop()
+    node = c.worker("tablet", "127.0.0.6", register=False)
+    out = node.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}", "--leader-key", key,
+                 "--source-ip", "127.0.0.6", check=255)
+    assert out.stderr.decode() == (
+        f"Not connected to leader\n  hint: nothing answers at 127.0.0.1:{c.port} now: this worker keeps trying "
+        "and registers once the leader is up (`d getPeerStatus` shows when)\n")
+    c.vps.start()  # no step on the worker: it asks to join by itself
+    wait_for(lambda: b"tablet" in c.vps.d("listPeers", "--pending", "--ids").stdout, timeout=10,
+             what="tablet pending once the leader is up")
+    c.vps.d("acceptPeer", "tablet", check=0)
+    wait_for(lambda: c.online("tablet"), timeout=10, what="tablet online")

@@ -11,13 +11,14 @@ import time
 import zmq
 
 from zpeer import config, keys, protocol, trace, wire
-from zpeer.errors import BadRequest, NotConfigured, NotLeader, PeerNotFound, ZpeerError
+from zpeer.errors import BadRequest, NotConfigured, NotConnected, NotLeader, PeerNotFound, ZpeerError
 from zpeer.sessions import STDIN_WINDOW_BYTES, resolve_targets
 
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_TTL_S = 30 * 86400
 REGISTER_WAIT_MAX_S = 30.0
+REGISTER_REFUSALS = 2  # failed connection attempts during registerWorker that end its wait early
 
 
 def _valid_audit_copy(header):
@@ -43,7 +44,7 @@ class Api:
 
     def __init__(self, daemon):
         self.d = daemon
-        self.registering = []  # (identity, rid, deadline) waiting for the registration outcome
+        self.registering = []  # (identity, rid, deadline, link retries) waiting for the outcome
         self.restarter = None  # zpeer.restarter.Restarter once a restart was asked for
         self.started_at = time.time()  # tells a restarted daemon from the one before it
 
@@ -245,7 +246,7 @@ class Api:
             # the answer must be the leader's to this attempt (maybe a new token), not an old refusal
             link.status = "connecting"
             link.hello()
-        self.registering.append((identity, header["rid"], time.monotonic() + wait))
+        self.registering.append((identity, header["rid"], time.monotonic() + wait, link.retries))
         self.tick(time.monotonic())
         return None
 
@@ -257,18 +258,23 @@ class Api:
             return
         link = self.d.link if self.d.role == "worker" else None
         keep = []
-        for identity, rid, deadline in self.registering:
+        for identity, rid, deadline, retries in self.registering:
             if link is not None and link.status != "connecting":
                 if link.status in ("registered", "pending"):
                     self.d.reply(identity, rid, {"status": link.status, "reason": link.reason,
                                                  "leader": link.leader_address})
                 else:
                     self.d.reply(identity, rid, link.link_error().to_reply())
+            elif link is not None and not link.handshake_ok and link.retries - retries >= REGISTER_REFUSALS:
+                # nothing accepts the connection (refused at once): say so now, not at the deadline
+                self.d.reply(identity, rid, NotConnected(hint=(
+                    f"nothing answers at {link.leader_address} now: this worker keeps trying and "
+                    "registers once the leader is up (`d getPeerStatus` shows when)")).to_reply())
             elif now >= deadline or link is None:
                 err = link.link_error() if link else NotConfigured("This node is not a worker")
                 self.d.reply(identity, rid, err.to_reply())
             else:
-                keep.append((identity, rid, deadline))
+                keep.append((identity, rid, deadline, retries))
         self.registering = keep
 
     # --- execution ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ BACKOFF_MAX_S = 5.0  # our own back-off after connections that die before the ha
 HWM = 20000
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                   | zmq.EVENT_DISCONNECTED)
+                   | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
 
 
 class WorkerLink:
@@ -62,6 +62,7 @@ class WorkerLink:
         sock.connect(endpoint)
         self.sock, self.endpoint = sock, endpoint
         self.failures = 0  # connections in a row that died before a completed handshake
+        self.retries = 0  # connection attempts that failed (refused, unreachable), ever
         self.reconnect_at = None  # set while the endpoint is down for our back-off
         self.redial_at = 0.0  # a silent link is redialled at most once per silence limit
         self.status = "connecting"  # registered | pending | rejected | key_mismatch | removed
@@ -176,6 +177,8 @@ class WorkerLink:
                 if not self.handshake_ok:
                     self._back_off()
                 self.handshake_ok = False
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                self.retries += 1
 
     def _back_off(self):
         """Take the endpoint down and reconnect later: exponential delay, randomised by half."""
