@@ -50,6 +50,7 @@ def call(op, **args):
 
 # Commands in modules of their own, imported only when used: `d execOnPeer` loads none of them.
 LAZY_COMMANDS = {
+    "setPeerConfig": "zpeer.enrol:set_peer_config",
     "registerWorker": "zpeer.enrol:register_worker",
     "joinToken": "zpeer.enrol:join_token",
     "acceptPeer": "zpeer.enrol:accept_peer",
@@ -122,77 +123,6 @@ def daemon(log_level):
     except ZpeerError as err:
         fail(err)
     node.run()
-
-
-@cli.command("setPeerConfig", context_settings=CONTEXT)
-@click.option("--role", type=click.Choice(config.ROLES), help="leader (binds, holds the registry) or worker.")
-@click.option("--id", "peer_id", metavar="ID", help="This node's peer id.")
-@click.option("--bind", metavar="HOST[:PORT]", help=f"Leader: address to listen on (default {config.DEFAULT_BIND}).")
-@click.option("--advertise", metavar="IP", help="Leader: its IP in the registry when bound to all addresses.")
-@click.option("--leader", metavar="HOST[:PORT]", help="Worker: the leader's address.")
-@click.option("--leader-key", metavar="KEY", help="Worker: the leader's CURVE public key (z85) to pin.")
-@click.option("--source-ip", metavar="IP", help="Worker: local address the leader connection leaves from.")
-@click.option("--group", metavar="NAME", help="Unix group allowed to use the CLI socket (0770).")
-@click.option("--heartbeat", type=click.FloatRange(0.05, 60), metavar="SECONDS",
-              help="Heartbeat interval (default 1.0); peers are offline after 3 missed.")
-@click.option("--heartbeat-budget", type=click.IntRange(1, 1000000), metavar="N",
-              help=f"Leader: heartbeats/s it takes from all peers (default {config.DEFAULT_HEARTBEAT_BUDGET_PER_S}); "
-                   "bigger fleets beat less often.")
-@click.option("--repo", metavar="DIR", help="Deploy recipe: repository directory on this peer.")
-@click.option("--pull-cmd", metavar="CMD", help="Deploy recipe: pull command (default git pull --ff-only).")
-@click.option("--build-cmd", metavar="CMD", help="Deploy recipe: build command.")
-@click.option("--restart-cmd", metavar="CMD", help="Deploy recipe: daemon restart command.")
-def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_ip, group, heartbeat,
-                    heartbeat_budget, repo, pull_cmd, build_cmd, restart_cmd):
-    """Set this node's role and settings; a running daemon applies them at once.
-
-    \b
-    Examples:
-      d setPeerConfig --role leader --id vps --bind 0.0.0.0:3520 --advertise 10.0.0.1
-      d setPeerConfig --role worker --id desktop --leader 10.0.0.1 --leader-key KEY
-    """
-    from zpeer import keys
-
-    if peer_id is not None and not config.valid_peer_id(peer_id):
-        usage_error(f"Invalid peer id: {peer_id!r} (letters, digits, '-', '_', '.'; at most 64; not 'all')")
-    for name, value in (("--bind", bind), ("--leader", leader)):
-        if value is not None:
-            try:
-                config.split_host_port(value)
-            except ValueError as exc:
-                usage_error(f"Invalid {name} {value!r}: {exc}")
-    if leader_key is not None and not keys.valid_z85_key(leader_key):
-        usage_error("Invalid --leader-key: expected the 40-character z85 key `d getPeerStatus` shows on the leader")
-    changes = {"role": role, "id": peer_id, "bind": bind, "advertise": advertise, "leader": leader,
-               "leader_key": leader_key, "source_ip": source_ip, "group": group, "heartbeat_s": heartbeat,
-               "heartbeat_budget": heartbeat_budget, "repo": repo, "pull_cmd": pull_cmd, "build_cmd": build_cmd, "restart_cmd": restart_cmd}
-    if all(v is None for v in changes.values()):
-        usage_error("Nothing to set: see `d setPeerConfig --help`")
-    before = config.load()
-    cfg = config.update(changes)
-    shown = ", ".join(f"{k}={cfg[k]}" for k, v in changes.items() if v is not None)
-    try:
-        applied = _reload()
-    except ZpeerError as err:
-        config.save(before)  # the running daemon went back to the previous settings: so does the file
-        err.message += " (nothing changed)"
-        fail(err)
-    click.echo(f"Saved: {shown}")
-    click.echo("Applied by the running daemon." if applied else
-               "The daemon is not running: it applies this when it starts (`d daemon`).")
-
-
-def _reload():
-    """Ask a running daemon to re-read config.json; False if none runs, ZpeerError if it cannot
-    apply it."""
-    c = client()
-    try:
-        c.call("reload", timeout_s=5)
-        return True
-    except FailedToConnect:
-        return False
-    finally:
-        c.close()
 
 
 @cli.command("getPeerStatus", context_settings=CONTEXT)
