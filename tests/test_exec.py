@@ -318,6 +318,20 @@ def test_user_option_runs_as_that_user(shared_cluster):
     assert out.stderr.startswith(b"No such user on laptop: no-such-user-zp\n")
 
 
+def test_a_user_whose_home_does_not_exist_runs_in_root_with_a_notice(shared_cluster):
+    """As ssh and su do; an explicit --directory that does not exist is still an error."""
+    home = subprocess.run(["getent", "passwd", "nobody"], capture_output=True, text=True).stdout.split(":")[5]
+    if os.path.isdir(home):
+        pytest.skip(f"nobody's home {home} exists here")
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--user", "nobody", "--shellCmd",
+                                   "pwd; echo err >&2; exit 5", check=5)
+    assert out.stdout == b"/\n"
+    assert out.stderr == f"zpeer: cannot use home directory {home} of nobody: running in /\nerr\n".encode()
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--user", "nobody", "--directory", home,
+                                   "--shellCmd", "pwd", check=255)
+    assert out.stderr == f"Directory not found on laptop: {home}\n".encode()
+
+
 def test_line_latency_under_100ms(shared_cluster):
     proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
                                            "for i in 1 2 3 4 5; do date +%s.%N; sleep 0.2; done"],

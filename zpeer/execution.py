@@ -16,7 +16,7 @@ from collections import OrderedDict
 from zpeer import leftovers, trace
 from zpeer.errors import BadRequest, DirectoryNotFound, ExitLost, ZpeerError
 from zpeer.logsetup import RateLimited
-from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn
+from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn, working_directory
 from zpeer.protocol import shown
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,12 @@ class TargetJobs:
             env = child_environment(entry, self.home)
         else:
             entry, env = self._own_identity()
-        directory = msg.get("dir") or entry.pw_dir
+        directory, notice = working_directory(msg.get("dir"), entry)
         if not os.path.isdir(directory):
             raise DirectoryNotFound(f"Directory not found on {self.node_id}: {shown(directory)}")
         env = dict(env, ZPEER_JOB=msg["job"])
         try:
-            return spawn(["/bin/bash", "-c", msg["cmd"]], directory, env, bool(msg.get("stdin")), extra)
+            return spawn(["/bin/bash", "-c", msg["cmd"]], directory, env, bool(msg.get("stdin")), extra, notice)
         except OSError as exc:
             raise ZpeerError(f"Cannot start command on {self.node_id}: {exc}") from None
 
