@@ -135,12 +135,17 @@ def test_an_event_msgpack_cannot_hold_is_skipped_without_breaking_the_journal(tm
     journal.close()
 
 
-def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
-    for job, origin, target in (("a1", "vps", "laptop"), ("a2", "desktop", "laptop"), ("a3", "vps", "laptop"),
-                                ("b1", "vps", "desktop"), ("own", "laptop", "laptop")):
+def _started(reg, runs):
+    """Audit the start of each (job, origin, target) run of `sleep 30`."""
+    for job, origin, target in runs:
         reg.log_exec(job, started_at=1.0, origin=origin, origin_user="root", target=target, fanout=1,
                      directory=None, command="sleep 30")
+
+
+def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    _started(reg, (("a1", "vps", "laptop"), ("a2", "desktop", "laptop"), ("a3", "vps", "laptop"),
+                   ("b1", "vps", "desktop"), ("own", "laptop", "laptop")))
     reg.log_exec("a1", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)  # done before the loss
     reg.lost_target("laptop")
     reg.lost_target("laptop")  # twice (swept, then removed): nothing more to do
@@ -156,10 +161,8 @@ def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_pat
 
 def test_a_restarted_leader_ends_the_execs_its_predecessor_left_running(tmp_path):
     reg = Registry(str(tmp_path / "z.db"))
-    for job, origin, target in (("done", "vps", "w1"), ("open1", "vps", "w1"), ("open2", "w2", "w1"),
-                                ("own", "vps", "vps"), ("self", "w1", "w1")):
-        reg.log_exec(job, started_at=1.0, origin=origin, origin_user="root", target=target, fanout=1,
-                     directory=None, command="sleep 30")
+    _started(reg, (("done", "vps", "w1"), ("open1", "vps", "w1"), ("open2", "w2", "w1"), ("own", "vps", "vps"),
+                   ("self", "w1", "w1")))
     reg.log_exec("done", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)
     reg.log_exec("open2", bytes_out=10)  # output counted, no outcome yet
     reg.flush_audit(force=True)

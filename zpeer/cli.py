@@ -11,7 +11,7 @@ import sys
 import click
 
 from zpeer import config
-from zpeer.errors import EXIT_USAGE, FailedToConnect, ZpeerError
+from zpeer.errors import EXIT_USAGE, FailedToConnect, OutputFailed, ZpeerError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -324,7 +324,7 @@ _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, 
 def _output_failed(exc):
     """Say that the output could not be written (like cat's "write error"); returns 255."""
     try:
-        sys.stderr.write(f"Cannot write the output: {exc.strerror}\n")
+        sys.stderr.write(OutputFailed(exc.strerror).message + "\n")
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass
@@ -337,9 +337,11 @@ def _fast_exit(code):
         sys.stdout.flush()
     except BrokenPipeError:  # `d listPeers --ids | head -1`: quiet, as a tool killed by SIGPIPE
         code = code or 141
-    except (OSError, ValueError, AttributeError) as exc:  # AttributeError: started without stdout
-        if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
             code = code or _output_failed(exc)
+    except (ValueError, AttributeError):  # AttributeError: started without stdout
+        pass
     try:
         sys.stderr.flush()
     except OSError:

@@ -145,6 +145,9 @@ class OutputFailed(ZpeerError):
 
     code = "output_failed"
 
+    def __init__(self, reason):
+        super().__init__(f"Cannot write the output: {reason}")
+
 
 class Busy(ZpeerError):
     """Another daemon already serves this ZPEER_HOME."""

@@ -50,8 +50,7 @@ class Client:
         try:
             frames = protocol.encode(header)
         except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 (surrogateescape)
-            bad = exc.object.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise BadRequest(f"Not valid UTF-8: {bad}",
+            raise BadRequest(f"Not valid UTF-8: {protocol.shown(protocol.os_text(exc.object))}",
                              hint="only --shellCmd and --directory of execOnPeer may hold any bytes") from None
         wire.send(self.sock, frames)
         timeout_ms = int(timeout_s * 1000) + 1

@@ -43,7 +43,7 @@ def _write(target, data):
     except BrokenPipeError:
         raise
     except (OSError, ValueError) as exc:  # ValueError: the file object was closed
-        raise OutputFailed(f"Cannot write the output: {getattr(exc, 'strerror', None) or exc}") from None
+        raise OutputFailed(getattr(exc, "strerror", None) or exc) from None
 
 
 class Renderer:
