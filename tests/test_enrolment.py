@@ -2,6 +2,8 @@
 import json
 import os
 
+import zmq
+
 from conftest import wait_for
 
 
@@ -65,3 +67,47 @@ def test_registering_while_the_leader_is_down_says_so_at_once_and_joins_once_it_
              what="tablet pending once the leader is up")
     c.vps.d("acceptPeer", "tablet", check=0)
     wait_for(lambda: c.online("tablet"), timeout=10, what="tablet online")
+
+
+def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_keeps_working(empty_cluster):
+    from test_security import RawPeer, public_key
+    from zpeer import config, keys, protocol
+    from zpeer.registry import Registry
+
+    c = empty_cluster
+    c.leader()
+    why = ("Invalid peer id: '-x' (letters, digits, '-', '_', '.', starting with a letter or digit; "
+           "at most 64; not 'all')\n")
+    node = c.worker("tablet", "127.0.0.6", register=False)
+    out = node.d("setPeerConfig", "--role", "worker", "--id", "-x", "--leader", "127.0.0.1:1", check=2)
+    assert out.stderr.decode() == why
+    out = node.d("registerWorker", "--id", "-x", "--token", c.token(), check=2)
+    assert out.stderr.decode() == why
+    assert node.d("getPeerStatus", "--json", check=0).stdout.count(b'"-x"') == 0
+
+    key = public_key(c.vps)
+    c.vps.stop()  # '-old' enrolled before the rule: its row stays valid
+    legacy = RawPeer(c.port, key, protocol.route_identity("-old"), "127.0.0.8")
+    reg = Registry(config.path_in_home(config.DB_FILE, c.vps.home))
+    reg.upsert("-old", ip="127.0.0.8", key=legacy.public.decode(), status="accepted", hostname="h",
+               version="v", role="worker")
+    reg.close()
+    c.vps.start()
+    new = RawPeer(c.port, key, protocol.route_identity("-new"), "127.0.0.10")
+    try:
+        for raw, peer_id, token in ((legacy, "-old", None), (new, "-new", keys.parse_token(c.token())["secret"])):
+            raw.wait_event(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            hello = {"t": "hello", "rid": peer_id, "id": peer_id, "hostname": "h", "version": "v",
+                     "role": "worker", "pid": 1}
+            if token:
+                hello["token"] = token
+            raw.send(hello)
+            raw.barrier()
+        assert [(h["t"], h["status"]) for h in legacy.received] == [("welcome", "accepted")]
+        assert [(h["t"], h["status"], h["reason"]) for h in new.received] == [
+            ("welcome", "rejected", "invalid or reserved peer id '-new'")]
+        assert c.vps.d("listPeers", "--ids", check=0).stdout == b"-old\nvps\n"
+    finally:
+        legacy.close()
+        new.close()
+

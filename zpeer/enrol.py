@@ -40,7 +40,7 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
     from zpeer import keys
 
     if peer_id is not None and not config.valid_peer_id(peer_id):
-        usage_error(f"Invalid peer id: {peer_id!r} (letters, digits, '-', '_', '.'; at most 64; not 'all')")
+        usage_error(f"Invalid peer id: {peer_id!r} ({config.PEER_ID_RULE})")
     for name, value in (("--bind", bind), ("--leader", leader)):
         if value is not None:
             try:
@@ -116,7 +116,7 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
                     "or --leader-key KEY (`d getPeerStatus` on the leader shows it)")
     peer_id = peer_id or (cfg["id"] if cfg.get("role") == "worker" and cfg.get("id") else config.default_peer_id())
     if not config.valid_peer_id(peer_id):
-        usage_error(f"Invalid peer id: {peer_id!r}")
+        usage_error(f"Invalid peer id: {peer_id!r} ({config.PEER_ID_RULE})")
     try:
         config.split_host_port(leader)
     except ValueError as exc:

@@ -175,7 +175,8 @@ class LeaderLink:
     def _hello(self, identity, peer_id, key, ip, header, fd=None):
         """Enrolment and (re)registration: bind id <-> key, answer with welcome."""
         rid = header["rid"]
-        if not config.valid_peer_id(peer_id) or header["id"] != peer_id or peer_id == self.id:
+        if (not config.valid_peer_id(peer_id, new=False) or header["id"] != peer_id or peer_id == self.id
+                or not (config.valid_peer_id(peer_id) or self.registry.get(peer_id))):
             self._send_raw(identity, {"t": "welcome", "rid": rid, "status": "rejected",
                                       "leader": self.id, "gen": 0,
                                       "reason": f"invalid or reserved peer id {peer_id[:64]!r}"})
