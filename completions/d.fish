@@ -116,7 +116,7 @@ complete -c d -n '__fish_seen_subcommand_from dbSanityCheck' -s h -l help -d 'Sh
 
 # execOnPeer
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
-complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l directory -x -a '(__fish_complete_directories)' -d 'Working directory on the peer (default: home).'
+complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l directory -x -a '(__fish_complete_directories)' -d 'Working directory on the peer (default: home; `~/x` and relative pa...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l shellCmd -x -d 'Command line run with /bin/bash -c.'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l timeout -x -d 'Kill the remote process group after this long (exit 124).'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l user -x -d 'Run as this user (the target daemon must run as root).'

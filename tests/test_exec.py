@@ -5,6 +5,7 @@ import os
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -42,6 +43,27 @@ def test_missing_directory(shared_cluster):
     out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", "--directory", "/no/such/dir",
                                "--shellCmd", "true", check=255)
     assert out.stderr == b"Directory not found on laptop: /no/such/dir\n"
+
+
+def test_directory_is_resolved_from_the_home_as_cd_in_a_login_shell(shared_cluster):
+    """`~`, `~/x`, `~user` and a relative path are the target user's, never the daemon's own cwd
+    (the tests' daemons run in the checkout, which has tests/chaos)."""
+    home = os.path.expanduser("~")
+    root_home = subprocess.run(["getent", "passwd", "root"], capture_output=True, text=True).stdout.split(":")[5]
+    sub = tempfile.mkdtemp(prefix="zp-dir-", dir=home)
+    name = os.path.basename(sub)
+    try:
+        for asked, where in (("~", home), (f"~/{name}", sub), (name, sub), ("~root", root_home), ("/tmp", "/tmp")):
+            out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", "--directory", asked, "--shellCmd", "pwd",
+                                       check=0)
+            assert out.stdout == f"{where}\n".encode(), asked
+        for asked, shown in (("tests/chaos", f"{home}/tests/chaos"), ("~/no-such-zp", f"{home}/no-such-zp"),
+                             ("~no-such-user-zp/x", f"{home}/~no-such-user-zp/x")):
+            out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", "--directory", asked, "--shellCmd", "pwd",
+                                       check=255)
+            assert out.stderr == f"Directory not found on laptop: {shown}\n".encode(), asked
+    finally:
+        os.rmdir(sub)
 
 
 def test_binary_output_50mb_exact(shared_cluster, tmp_path):

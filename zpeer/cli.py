@@ -239,9 +239,10 @@ def db_sanity_check(dry_run):
 @cli.command("execOnPeer", context_settings=CONTEXT)
 @click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
               help="Target peer; repeat, give a comma list, or `all`.")
-@click.option("--directory", metavar="PATH", help="Working directory on the peer (default: home).")
+@click.option("--directory", metavar="PATH",
+              help="Working directory on the peer (default: home; `~/x` and relative paths start there).")
 @click.option("--shellCmd", "shell_cmd", required=True, metavar="CMD", help="Command line run with /bin/bash -c.")
-@click.option("--timeout", type=click.FloatRange(0.001), metavar="SECONDS",
+@click.option("--timeout", type=Seconds(0.001), metavar="SECONDS",
               help="Kill the remote process group after this long (exit 124).")
 @click.option("--user", metavar="NAME", help="Run as this user (the target daemon must run as root).")
 @click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")

@@ -7,6 +7,7 @@ import array
 import fcntl
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -85,9 +86,30 @@ class Child:
 def working_directory(requested, entry):
     """(directory, notice): the one asked for, else the user's home; a home that does not exist
     (nobody's /nonexistent) gives / and a notice for the command's stderr, as ssh and su do."""
-    if requested or os.path.isdir(entry.pw_dir or ""):
-        return requested or entry.pw_dir, b""
+    if requested:
+        return resolve_directory(requested, entry.pw_dir or "/"), b""
+    if os.path.isdir(entry.pw_dir or ""):
+        return entry.pw_dir, b""
     return "/", f"zpeer: cannot use home directory {entry.pw_dir} of {entry.pw_name}: running in /\n".encode()
+
+
+def resolve_directory(path, home):
+    """path (str or bytes) as `cd` in a login shell of the user whose home is home resolves it:
+    `~` and `~/x` from home, `~name/x` from name's home (a relative path if there is no such
+    user, as in bash), a relative path from home; never from the daemon's own working directory."""
+    slash, tilde = ("/", "~") if isinstance(path, str) else (b"/", b"~")
+    home = home if isinstance(path, str) else os.fsencode(home)
+    if path.startswith(tilde):
+        name, sep, rest = path[1:].partition(slash)
+        if not name:
+            path = home + sep + rest
+        else:
+            try:
+                other = pwd.getpwnam(os.fsdecode(name)).pw_dir
+                path = (other if isinstance(path, str) else os.fsencode(other)) + sep + rest
+            except (KeyError, ValueError):  # ValueError: a NUL in the name
+                pass
+    return os.path.join(home, path)
 
 
 def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
