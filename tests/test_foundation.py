@@ -222,3 +222,63 @@ def test_a_zpeer_home_too_deep_for_a_unix_socket_is_a_clear_error(tmp_path):
     cli = subprocess.run(d_command() + ["listPeers"], env=env, capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
     assert (cli.returncode, cli.stdout, cli.stderr.decode()) == (
         255, b"", f"Failed to connect\n  hint: {why}: use a shorter ZPEER_HOME\n")
+
+
+def test_seconds_that_are_not_finite_are_refused_and_a_bad_config_file_is_a_clear_error(tmp_path):
+    node = Node(tmp_path, "n1")
+    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    path = os.path.join(node.home, "config.json")
+    node.start()
+    try:
+        for flag, value, command in (("--heartbeat", "nan", ["setPeerConfig"]),
+                                     ("--timeout", "inf", ["execOnPeer", "--peer", "vps", "--shellCmd", "true"]),
+                                     ("--timeout", "nan", ["execOnPeer", "--peer", "vps", "--shellCmd", "true"]),
+                                     ("--timeout", "nan", ["remotePull", "--peer", "vps"])):
+            out = node.d(*command, flag, value, check=2)
+            assert out.stderr.decode().splitlines()[-1] == (
+                f"Error: Invalid value for '{flag}': {value!r} is not a number of seconds."), command
+        assert json.load(open(path))["heartbeat_s"] == 1.0
+        assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo alive", check=0).stdout == b"alive\n"
+    finally:
+        node.stop()
+    assert node.proc.returncode == 0
+
+    cfg = json.load(open(path))
+    with open(path, "w") as f:  # a hand edit (json writes NaN, and Python's json reads it back)
+        json.dump(dict(cfg, heartbeat_s=float("nan")), f)
+    why = (f"Bad configuration in {path}: heartbeat_s must be a number of seconds from 0.05 to 60, not nan\n"
+           "  hint: set it again with `d setPeerConfig` (see `d setPeerConfig --help`), or edit the file\n")
+    for args in (("daemon",), ("getPeerStatus",), ("setPeerConfig", "--role", "leader")):
+        out = node.d(*args, check=255)
+        assert out.stderr.decode() == why, args
+    node.d("setPeerConfig", "--heartbeat", "0.5", check=0)  # the setting at fault repairs the file
+    assert json.load(open(path))["heartbeat_s"] == 0.5
+
+    with open(path, "w") as f:
+        f.write("{")
+    out = node.d("getPeerStatus", check=255)
+    assert out.stderr.decode() == (
+        f"Bad configuration in {path}: not JSON: Expecting property name enclosed in double quotes: line 1 "
+        "column 2 (char 1)\n  hint: fix the file, or remove it and set this node up again "
+        "(`d setPeerConfig`, `d registerWorker`)\n")
+    assert node.d("setPeerConfig", "--heartbeat", "0.5", check=255).stderr == out.stderr
+
+
+def test_config_problem_names_each_value_a_hand_edit_can_break():
+    from zpeer import config
+
+    good = dict(config.DEFAULTS, role="worker", id="laptop", leader="127.0.0.1:3520")
+    assert config.config_problem(good) is None
+    for change, problem in (
+            ({"heartbeat_s": True}, "heartbeat_s must be a number of seconds from 0.05 to 60, not True"),
+            ({"heartbeat_s": "1"}, "heartbeat_s must be a number of seconds from 0.05 to 60, not '1'"),
+            ({"heartbeat_s": float("inf")}, "heartbeat_s must be a number of seconds from 0.05 to 60, not inf"),
+            ({"heartbeat_budget": 0}, "heartbeat_budget must be a whole number from 1 to 1000000, not 0"),
+            ({"heartbeat_budget": 2.5}, "heartbeat_budget must be a whole number from 1 to 1000000, not 2.5"),
+            ({"role": "boss"}, "role must be leader or worker, not 'boss'"),
+            ({"id": "a b"}, "invalid peer id 'a b'"),
+            ({"leader": 3520}, "leader 3520: not HOST[:PORT]"),
+            ({"bind": "h:99999"}, "bind 'h:99999': bad port in 'h:99999'"),
+            ({"group": ["wheel"]}, "group must be a string, not ['wheel']")):
+        assert config.config_problem(dict(good, **change)) == problem
+    assert config.config_problem(dict(good, id="-old")) is None  # enrolled before ids had to start with a letter

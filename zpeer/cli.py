@@ -5,6 +5,7 @@ Imports stay lean (no peewee, no daemon code) because `d` starts once per comman
 import errno
 import importlib
 import json
+import math
 import os
 import sys
 
@@ -14,6 +15,17 @@ from zpeer import config
 from zpeer.errors import EXIT_USAGE, FailedToConnect, OutputFailed, ZpeerError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Seconds(click.FloatRange):
+    """A duration option: a FloatRange that also refuses nan (which passes any range) and inf."""
+
+    def convert(self, value, param, ctx):
+        """The number of seconds, or a usage error."""
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return seconds
 
 
 def fail(err):
@@ -301,6 +313,11 @@ def main():
         cli(prog_name="d")
     except KeyboardInterrupt:
         code = 130
+    except ZpeerError as err:  # one boundary for what a command did not turn into its own message
+        try:
+            fail(err)
+        except SystemExit as exc:
+            code = exc.code
     except SystemExit as exc:
         code = exc.code
     except OSError as exc:

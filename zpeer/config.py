@@ -7,12 +7,16 @@ daemon is told to reload it over the IPC socket. This module imports nothing hea
 import json
 import os
 
+from zpeer.errors import BadConfig
+
 DEFAULT_PORT = 3520
 DEFAULT_BIND = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 # Heartbeats per second the leader takes from the whole fleet: a larger fleet is told to beat less
 # often (as Consul stretches its TTLs), so 1,000 idle peers (every 3 s) cost the leader < 3 % of a core.
 DEFAULT_HEARTBEAT_BUDGET_PER_S = 350
+HEARTBEAT_RANGE_S = (0.05, 60)
+HEARTBEAT_BUDGET_RANGE = (1, 1000000)
 CONFIG_FILE = "config.json"
 SOCKET_FILE = "d.sock"
 DB_FILE = "zpeer.db"
@@ -107,19 +111,57 @@ def socket_path_too_long(path):
             f"a Unix socket's path at most {SOCKET_PATH_MAX}")
 
 
-def load(home=None):
-    """Read the configuration, filling defaults for missing keys."""
+def load(home=None, check=True):
+    """Read the configuration, filling defaults for missing keys. BadConfig if the file is not a
+    JSON object or (check) holds a value zpeer cannot use."""
     cfg = dict(DEFAULTS)
+    path = path_in_home(CONFIG_FILE, home)
     try:
-        with open(path_in_home(CONFIG_FILE, home), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             stored = json.load(f)
     except FileNotFoundError:
         return cfg
     except (OSError, ValueError) as exc:
-        raise ValueError(f"unreadable config {path_in_home(CONFIG_FILE, home)}: {exc}") from exc
-    if isinstance(stored, dict):
-        cfg.update({k: v for k, v in stored.items() if k in DEFAULTS})
+        reason = f"not JSON: {exc}" if isinstance(exc, ValueError) else exc.strerror
+        raise BadConfig(path, reason, "fix the file, or remove it and set this node up again "
+                                      "(`d setPeerConfig`, `d registerWorker`)") from None
+    if not isinstance(stored, dict):
+        raise BadConfig(path, "not a JSON object", "fix the file, or remove it and set this node up again "
+                                                   "(`d setPeerConfig`, `d registerWorker`)")
+    cfg.update({k: v for k, v in stored.items() if k in DEFAULTS})
+    problem = check and config_problem(cfg)
+    if problem:
+        raise BadConfig(path, problem)
     return cfg
+
+
+def config_problem(cfg):
+    """What in cfg zpeer cannot use (a hand edit of config.json), or None."""
+    low, high = HEARTBEAT_RANGE_S
+    beat = cfg["heartbeat_s"]
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not low <= beat <= high:
+        return f"heartbeat_s must be a number of seconds from {low} to {high}, not {beat!r}"
+    low, high = HEARTBEAT_BUDGET_RANGE
+    budget = cfg["heartbeat_budget"]
+    if isinstance(budget, bool) or not isinstance(budget, int) or not low <= budget <= high:
+        return f"heartbeat_budget must be a whole number from {low} to {high}, not {budget!r}"
+    if cfg["role"] not in (None,) + ROLES:
+        return f"role must be leader or worker, not {cfg['role']!r}"
+    if cfg["id"] is not None and not valid_peer_id(cfg["id"], new=False):
+        return f"invalid peer id {cfg['id']!r}"
+    for name in ("bind", "leader"):
+        if cfg[name] is not None:
+            try:
+                if not isinstance(cfg[name], str):
+                    raise ValueError("not HOST[:PORT]")
+                split_host_port(cfg[name])
+            except ValueError as exc:
+                return f"{name} {cfg[name]!r}: {exc}"
+    for name in ("advertise", "leader_key", "source_ip", "group", "repo", "pull_cmd", "build_cmd",
+                 "restart_cmd", "token"):
+        if cfg[name] is not None and not isinstance(cfg[name], str):
+            return f"{name} must be a string, not {cfg[name]!r}"
+    return None
 
 
 def save(cfg, home=None):
@@ -135,9 +177,13 @@ def save(cfg, home=None):
 
 
 def update(changes, home=None):
-    """Apply `changes` (None values are ignored) to the stored configuration and return it."""
-    cfg = load(home)
+    """Apply `changes` (None values are ignored) to the stored configuration and return it; a
+    value that a hand edit broke can be set again this way (BadConfig if one is still bad)."""
+    cfg = load(home, check=False)
     cfg.update({k: v for k, v in changes.items() if v is not None})
+    problem = config_problem(cfg)
+    if problem:
+        raise BadConfig(path_in_home(CONFIG_FILE, home), problem)
     save(cfg, home)
     return cfg
 

@@ -8,15 +8,14 @@ import time
 
 import click
 
+from zpeer.cli import CONTEXT, Seconds, client, fail
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.recipes import STEPS, step_command
 
-# as zpeer.cli's (not imported from it: cli imports this module while it loads)
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PEER_HELP = "Target peer; repeat, give a comma list, or `all`."
 peer_option = click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
                            help=PEER_HELP)
-timeout_option = click.option("--timeout", type=click.FloatRange(0.001), metavar="SECONDS",
+timeout_option = click.option("--timeout", type=Seconds(0.001), metavar="SECONDS",
                               help="Kill the step's remote process group after this long (exit 124).")
 
 
@@ -29,20 +28,6 @@ def recipe_step_options(func):
                          help="JSON Lines events (start/stdout/stderr/exit/error).")]):
         func = option(func)
     return func
-
-
-def client():
-    """A connection to this node's daemon."""
-    from zpeer.ipc import Client
-
-    return Client()
-
-
-def fail(err):
-    """Print a ZpeerError as SPEC says and exit with its code."""
-    from zpeer.cli import fail as cli_fail
-
-    cli_fail(err)
 
 
 def _multi(peers):
@@ -101,7 +86,7 @@ def _rollout(peers, steps, batch, keep_going, wait, timeout):
     sys.exit(roll.run(batches))
 
 
-wait_option = click.option("--wait", type=click.FloatRange(1), default=120, show_default=True, metavar="SECONDS",
+wait_option = click.option("--wait", type=Seconds(1), default=120, show_default=True, metavar="SECONDS",
                            help="How long a restarted peer may take to come back.")
 
 

@@ -6,7 +6,7 @@ Loaded by `zpeer.cli` only when one of them runs (see LAZY_COMMANDS there).
 import click
 
 from zpeer import config
-from zpeer.cli import CONTEXT, call, client, fail, usage_error
+from zpeer.cli import CONTEXT, Seconds, call, client, fail, usage_error
 from zpeer.errors import FailedToConnect, ZpeerError
 
 
@@ -19,9 +19,9 @@ from zpeer.errors import FailedToConnect, ZpeerError
 @click.option("--leader-key", metavar="KEY", help="Worker: the leader's CURVE public key (z85) to pin.")
 @click.option("--source-ip", metavar="IP", help="Worker: local address the leader connection leaves from.")
 @click.option("--group", metavar="NAME", help="Unix group allowed to use the CLI socket (0770).")
-@click.option("--heartbeat", type=click.FloatRange(0.05, 60), metavar="SECONDS",
+@click.option("--heartbeat", type=Seconds(*config.HEARTBEAT_RANGE_S), metavar="SECONDS",
               help="Heartbeat interval (default 1.0); peers are offline after 3 missed.")
-@click.option("--heartbeat-budget", type=click.IntRange(1, 1000000), metavar="N",
+@click.option("--heartbeat-budget", type=click.IntRange(*config.HEARTBEAT_BUDGET_RANGE), metavar="N",
               help=f"Leader: heartbeats/s it takes from all peers (default {config.DEFAULT_HEARTBEAT_BUDGET_PER_S}); "
                    "bigger fleets beat less often.")
 @click.option("--repo", metavar="DIR", help="Deploy recipe: repository directory on this peer.")
@@ -54,7 +54,7 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
                "heartbeat_budget": heartbeat_budget, "repo": repo, "pull_cmd": pull_cmd, "build_cmd": build_cmd, "restart_cmd": restart_cmd}
     if all(v is None for v in changes.values()):
         usage_error("Nothing to set: see `d setPeerConfig --help`")
-    before = config.load()
+    before = config.load(check=False)  # (a value broken by a hand edit can be set again)
     cfg = config.update(changes)
     shown = ", ".join(f"{k}={cfg[k]}" for k, v in changes.items() if v is not None)
     try:

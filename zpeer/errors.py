@@ -149,6 +149,16 @@ class OutputFailed(ZpeerError):
         super().__init__(f"Cannot write the output: {reason}")
 
 
+class BadConfig(ZpeerError):
+    """config.json is not JSON, or holds a value zpeer cannot use (a hand edit)."""
+
+    code = "bad_config"
+    hint = "set it again with `d setPeerConfig` (see `d setPeerConfig --help`), or edit the file"
+
+    def __init__(self, path, reason, hint=None):
+        super().__init__(f"Bad configuration in {path}: {reason}", hint)
+
+
 class Busy(ZpeerError):
     """Another daemon already serves this ZPEER_HOME."""
 
@@ -158,7 +168,8 @@ class Busy(ZpeerError):
 _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
                                       NotConnected, DirectoryNotFound, KeyMismatch, NotAuthorized,
                                       InvalidToken, NotLeader, NotConfigured, BadRequest,
-                                      RequestTimeout, ExitLost, BindFailed, OutputFailed, Busy)}
+                                      RequestTimeout, ExitLost, BindFailed, OutputFailed, BadConfig,
+                                      Busy)}
 
 
 def from_reply(reply):
