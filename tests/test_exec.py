@@ -365,6 +365,31 @@ def test_line_latency_under_100ms(shared_cluster):
     assert sorted(delays)[2] < 0.1, delays  # median: a loaded CI machine may delay one line
 
 
+def test_stdin_that_comes_slowly_is_forwarded_at_once(shared_cluster):
+    """`tail -f log | d execOnPeer ... grep`: a line typed into stdin reaches the command at once,
+    not when the CLI's long poll for output next ends; so does the end of stdin."""
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "cat"],
+                            env=shared_cluster.desktop.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        delays = []
+        for i in range(5):
+            time.sleep(0.2)  # the producer is slow: the CLI is waiting in a poll when the line comes
+            start = time.monotonic()
+            proc.stdin.write(b"line %d\n" % i)
+            proc.stdin.flush()
+            assert proc.stdout.readline() == b"line %d\n" % i
+            delays.append(time.monotonic() - start)
+        time.sleep(0.2)
+        start = time.monotonic()
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+        delays.append(time.monotonic() - start)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(delays)[3] < 0.1, delays  # median of 6: a loaded CI machine may delay one
+
+
 def test_daemon_stopped_mid_command_reports_interrupted(cluster):
     remote = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "echo ready; sleep 60"],
                               env=cluster.desktop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

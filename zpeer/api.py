@@ -350,6 +350,11 @@ class Api:
                                              bool(header.get("need_room")), bool(header.get("raw"))))
         return None
 
+    def op_exec_wake(self, identity, header):
+        """The CLI's stdin has bytes while its poll waits for output: end that poll now."""
+        self.d.dispatch(self.d.sessions.wake(_arg(header, "sid", str, required=True)))
+        return {"ok": True}
+
     def op_exec_cancel(self, identity, header):
         """Ctrl-C: kill the session's remote jobs."""
         self.d.dispatch(self.d.sessions.cancel(_arg(header, "sid", str, required=True)))

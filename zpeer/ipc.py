@@ -6,6 +6,7 @@ request, one reply, which also paces output streaming (it asks for the next outp
 writing the previous one). Frames: see zpeer.protocol. Only zmq and msgpack are imported here.
 """
 import os
+import time
 import uuid
 
 import msgpack
@@ -22,6 +23,7 @@ class Client:
     """A CLI's connection to its local daemon."""
 
     def __init__(self, home=None, ctx=None):
+        self.home = home
         self.path = config.socket_path(home)
         self.ctx = ctx or zmq.Context.instance()
         self.sock = None
@@ -41,8 +43,11 @@ class Client:
             raise FailedToConnect()
         self.sock = sock
 
-    def call(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, **args):
-        """Send one request and return the reply map; raises the daemon's ZpeerError."""
+    def call(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, wake_fd=None, on_wake=None, **args):
+        """Send one request and return the reply map; raises the daemon's ZpeerError.
+
+        While the reply is awaited, `on_wake()` runs once if `wake_fd` becomes readable first (a
+        long poll for output that stdin should cut short)."""
         if self.sock is None:
             self._connect()
         header = {"op": op, "rid": uuid.uuid4().hex[:16], "deadline_s": timeout_s}
@@ -54,6 +59,8 @@ class Client:
                              hint="only --shellCmd and --directory of execOnPeer may hold any bytes") from None
         wire.send(self.sock, frames)
         timeout_ms = int(timeout_s * 1000) + 1
+        if wake_fd is not None:
+            timeout_ms = self._wait_or_wake(timeout_ms, wake_fd, on_wake)
         if timeout_ms != self.timeout_ms:  # a blocking receive with a timeout: no poll() per call
             self.sock.rcvtimeo = self.timeout_ms = timeout_ms
         try:
@@ -72,6 +79,21 @@ class Client:
         if len(frames) > 2:  # raw output (exec polls with raw=True): buffers, not copies
             reply["frames"] = [frame.buffer for frame in frames[2:]]
         return reply
+
+    def twin(self):
+        """Another connection to the same daemon (a REQ socket holds one request at a time)."""
+        return Client(self.home, self.ctx)
+
+    def _wait_or_wake(self, timeout_ms, wake_fd, on_wake):
+        """Wait for the reply or wake_fd (then call on_wake, once); returns the time left in ms."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(wake_fd, zmq.POLLIN)
+        deadline = time.monotonic() + timeout_ms / 1000
+        ready = dict(poller.poll(timeout_ms))
+        if self.sock not in ready and wake_fd in ready:
+            on_wake()
+        return max(1, int((deadline - time.monotonic()) * 1000) + 1)
 
     def close(self):
         """Close the socket."""

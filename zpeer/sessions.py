@@ -286,6 +286,12 @@ class OriginSessions:
         actions.append(("reply", identity, rid, reply, frames))
         return actions
 
+    def wake(self, sid):
+        """The CLI has stdin for the session: answer its held poll now (the reply carries whatever
+        output there is), so that its next poll can bring the bytes; returns actions."""
+        session = self.sessions.get(sid)
+        return [] if session is None else self._wake(session, force=True)
+
     def cancel(self, sid):
         """Ctrl-C in the CLI: kill every remote job of the session; returns actions."""
         session = self.sessions.get(sid)

@@ -143,11 +143,20 @@ def deliver(sink, events, frames=()):
 
 
 def _read_stdin(fd, size):
-    """Whatever stdin has now, up to size (b'' at EOF, None if nothing ready)."""
-    ready, _, _ = select.select([fd], [], [], 0)
-    if not ready:
+    """Whatever stdin has now, up to size (b'' at EOF, None if nothing ready). A pipe gives at
+    most 64 KiB a read: reading on while more is there sends fewer, bigger chunks."""
+    parts, got = [], 0
+    while got < size and select.select([fd], [], [], 0)[0]:
+        part = os.read(fd, size - got)
+        if not part:
+            if not parts:
+                return b""
+            break  # the end of stdin: the next call says so
+        parts.append(part)
+        got += len(part)
+    if not parts:
         return None
-    return os.read(fd, size)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_stdin=False):
@@ -176,6 +185,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     stdin_eof = not forward_stdin
     room = reply.get("room", STDIN_CHUNK_BYTES)
     cancel_polls = 0
+    waker = _Waker(client, sid)
     try:
         deliver(render, reply["events"], reply.get("frames", ()))
         while not reply["done"]:
@@ -192,8 +202,11 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
                     stdin_eof = eof = True
             # more stdin to send: do not wait for output; otherwise wait for output or room
             wait = 0 if (chunk and not stdin_eof) else POLL_WAIT_S
+            # stdin that comes while the poll waits for output must not wait for its end
+            wake_fd = stdin_fd if wait and not stdin_eof and room > 0 and not interrupted else None
             reply = client.call("exec_poll", sid=sid, stdin=chunk or None, eof=eof, wait_s=wait,
-                                need_room=not stdin_eof and room <= 0, raw=True, timeout_s=wait + POLL_GRACE_S)
+                                need_room=not stdin_eof and room <= 0, raw=True, timeout_s=wait + POLL_GRACE_S,
+                                wake_fd=wake_fd, on_wake=waker.wake)
             room = reply.get("room", 0)
             deliver(render, reply["events"], reply.get("frames", ()))
     except BrokenPipeError:
@@ -207,6 +220,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     except ZpeerError as err:
         return _report(err)
     finally:
+        waker.close()
         _restore(old)
     if interrupted:
         return 130
@@ -215,6 +229,28 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     except OutputFailed:
         pass  # stderr itself fails: the exit status still tells how it went
     return render.status(targets)
+
+
+class _Waker:
+    """A second connection to the daemon, opened on first use: while the REQ lockstep waits for
+    output, it asks the daemon to answer that poll at once, so that stdin can go out."""
+
+    def __init__(self, client, sid):
+        self.client, self.sid, self.conn = client, sid, None
+
+    def wake(self):
+        """Cut the session's held poll short (if it fails, the poll ends at its own deadline)."""
+        if self.conn is None:
+            self.conn = self.client.twin()
+        try:
+            self.conn.call("exec_wake", sid=self.sid, timeout_s=POLL_GRACE_S)
+        except ZpeerError:
+            pass
+
+    def close(self):
+        """Close the connection if one was opened."""
+        if self.conn is not None:
+            self.conn.close()
 
 
 def _restore(handlers):
