@@ -1,7 +1,8 @@
 """Origin side of remote execution: one session per CLI call, one job per target peer.
 
 The CLI opens a session (`exec_open`), then long-polls it (`exec_poll`): the daemon answers
-when output is ready or a short deadline passes. Output bytes handed to the CLI are returned to
+when output is ready or a short deadline passes (or at once when the CLI, on a second connection,
+says stdin has bytes: `exec_wake`). Output bytes handed to the CLI are returned to
 the target as credit, so a slow reader slows the remote command instead of growing buffers.
 Handlers return actions, never touch sockets:
     ("peer", header, data)          a message for another peer (routed by header["to"])
