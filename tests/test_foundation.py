@@ -282,3 +282,34 @@ def test_config_problem_names_each_value_a_hand_edit_can_break():
             ({"group": ["wheel"]}, "group must be a string, not ['wheel']")):
         assert config.config_problem(dict(good, **change)) == problem
     assert config.config_problem(dict(good, id="-old")) is None  # enrolled before ids had to start with a letter
+
+
+def test_a_damaged_database_stops_a_leader_with_a_clear_error_and_a_worker_starts_afresh(tmp_path):
+    leader = Node(tmp_path, "lead")
+    leader.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    db = os.path.join(leader.home, "zpeer.db")
+    with open(db, "wb") as f:
+        f.write(b"not sqlite at all" * 100)
+    why = (f"Bad database {db}: file is not a database\n"
+           f"  hint: restore it from a backup, or move it away (`mv {db} {db}.bad`) to start with an "
+           "empty registry: every worker must then enrol again (`d joinToken`)\n")
+    out = leader.d("daemon", check=255)
+    assert out.stderr.decode().endswith(why)
+    out = leader.d("dbSanityCheck", check=1)
+    assert (out.stdout.decode(), out.stderr.decode()) == ("integrity: FAILED: file is not a database\n",
+                                                          why[why.index("  hint"):])
+
+    worker = Node(tmp_path, "work")  # a worker's database holds nothing it needs: no manual step
+    worker.d("setPeerConfig", "--role", "worker", "--id", "w1", "--leader", "127.0.0.1:1", check=0)
+    db = os.path.join(worker.home, "zpeer.db")
+    with open(db, "wb") as f:
+        f.write(b"not sqlite at all" * 100)
+    worker.start()
+    try:
+        aside = [n for n in os.listdir(worker.home) if n.startswith("zpeer.db.bad-")]
+        moved = os.path.join(worker.home, aside[0])
+        assert len(aside) == 1 and open(moved, "rb").read() == b"not sqlite at all" * 100
+        assert f"Bad database {db}: file is not a database: moved to {moved}" in worker.log()
+        assert worker.d("dbSanityCheck", check=0).stdout.decode().startswith("integrity: ok\n")
+    finally:
+        worker.stop()

@@ -12,7 +12,7 @@ import sys
 import click
 
 from zpeer import config
-from zpeer.errors import EXIT_USAGE, FailedToConnect, OutputFailed, ZpeerError
+from zpeer.errors import EXIT_USAGE, BadDatabase, FailedToConnect, OutputFailed, ZpeerError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -236,7 +236,12 @@ def db_sanity_check(dry_run):
         from zpeer.registry import Registry
 
         # a dry run writes nothing, not even the audit rows a killed daemon left in its journal
-        registry = Registry(config.path_in_home(config.DB_FILE, config.ensure_home()), replay=not dry_run)
+        try:
+            registry = Registry(config.path_in_home(config.DB_FILE, config.ensure_home()), replay=not dry_run)
+        except BadDatabase as err:
+            click.echo(f"integrity: FAILED: {err.reason}")
+            click.echo(f"  hint: {err.hint}", err=True)
+            sys.exit(1)
         ok, lines = registry.sanity_check(worker=config.load()["role"] == "worker", dry_run=dry_run)
         registry.close()
         result = {"ok": ok, "lines": lines + ["(daemon not running: checked the file directly)"]}

@@ -23,7 +23,7 @@ from zpeer.leader import LeaderLink
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import PeersCache
 from zpeer.process import prepare_spawning
-from zpeer.registry import Registry
+from zpeer.registry import open_registry
 from zpeer.sessions import OriginSessions
 from zpeer.version import full_version
 from zpeer.worker import WorkerLink
@@ -51,7 +51,8 @@ class Daemon:
         self.cfg = config.load(self.home)
         self.version = full_version()
         self.public, self.secret = keys.load_or_create_keypair(self.home)
-        self.registry = Registry(config.path_in_home(config.DB_FILE, self.home))
+        self.registry = open_registry(config.path_in_home(config.DB_FILE, self.home),
+                                      disposable=self.cfg.get("role") == "worker")
         if self.cfg.get("role") == "leader":
             self.registry.end_interrupted_execs(self.cfg.get("id"))  # before this process audits any
         self.heartbeat_s = float(self.cfg["heartbeat_s"])

@@ -159,6 +159,18 @@ class BadConfig(ZpeerError):
         super().__init__(f"Bad configuration in {path}: {reason}", hint)
 
 
+class BadDatabase(ZpeerError):
+    """The node's SQLite file is damaged or is not a database."""
+
+    code = "bad_database"
+
+    def __init__(self, path, reason, hint=None):
+        self.reason = str(reason)
+        super().__init__(f"Bad database {path}: {reason}", hint or (
+            f"restore it from a backup, or move it away (`mv {path} {path}.bad`) to start with an "
+            "empty registry: every worker must then enrol again (`d joinToken`)"))
+
+
 class Busy(ZpeerError):
     """Another daemon already serves this ZPEER_HOME."""
 
@@ -169,7 +181,7 @@ _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, Fai
                                       NotConnected, DirectoryNotFound, KeyMismatch, NotAuthorized,
                                       InvalidToken, NotLeader, NotConfigured, BadRequest,
                                       RequestTimeout, ExitLost, BindFailed, OutputFailed, BadConfig,
-                                      Busy)}
+                                      BadDatabase, Busy)}
 
 
 def from_reply(reply):

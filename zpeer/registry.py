@@ -3,9 +3,9 @@
 Tables: meta (schema version), peer (id, ip as observed on the connection, hostname, role,
 version, CURVE key, status accepted/pending/removed, first/last seen), join_token (hash of the
 one-time secret, expiry, use) and exec_log (audit of every exec routed by this leader).
-Workers keep the same schema but only meta; `sanity_check(worker=True)` deletes the rest.
-last_seen is kept in memory and flushed in batches (`flush()`), never one write per heartbeat;
-audit rows go to a journal at once and to SQLite in batches (`zpeer.audit`).
+Workers keep the same schema but only meta (`sanity_check(worker=True)` deletes the rest), so a
+damaged worker file is replaced (`open_registry`). last_seen is flushed in batches (`flush()`),
+never one write per heartbeat; audit rows go to a journal at once, to SQLite in batches.
 """
 import logging
 import os
@@ -15,13 +15,13 @@ import time
 import peewee
 
 from zpeer.audit import FLUSH_S, Journal
+from zpeer.errors import BadDatabase
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 AUDIT_RETRY_S = 1.0  # after a failed audit write
 OPEN_EXECS_MAX = 100_000  # execs without an outcome tracked for lost_target (about 20 MB at most)
-LEADER_ONLY_TABLES = ("peer", "join_token", "exec_log")
 
 
 def _make_models(db):
@@ -119,6 +119,21 @@ def _audit_statements(model, batch):
         yield sql, rows
 
 
+def open_registry(path, disposable):
+    """The node's Registry. A damaged file is BadDatabase, unless disposable (a worker's holds
+    nothing it needs): then it is moved aside, with a log line, and a new one is started."""
+    try:
+        return Registry(path)
+    except BadDatabase as err:
+        if not disposable:
+            raise
+        aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}"
+        for suffix in [s for s in ("-wal", "-shm", "") if os.path.exists(path + s)]:
+            os.replace(path + suffix, aside + suffix)
+        log.warning("%s: moved to %s; this worker starts a new one", err.message, aside)
+        return Registry(path)
+
+
 class Registry:
     """Peers, tokens and the exec audit of one node's SQLite file."""
 
@@ -136,8 +151,15 @@ class Registry:
         self._journal = Journal(os.path.dirname(os.path.abspath(path)))
         self.last_error = None
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
-        self.db.connect()
-        self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog])
+        try:
+            self.db.connect()
+            self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog])
+        except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:  # not a database, malformed
+            self.db.close()
+            self._journal.close()
+            if isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)):
+                raise  # locked, cannot open: not a damaged file
+            raise BadDatabase(path, exc) from None
         for suffix in ("", "-wal", "-shm"):  # keys and the audit are nobody else's business
             if os.path.exists(path + suffix):
                 os.chmod(path + suffix, 0o600)
