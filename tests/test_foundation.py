@@ -313,3 +313,37 @@ def test_a_damaged_database_stops_a_leader_with_a_clear_error_and_a_worker_start
         assert worker.d("dbSanityCheck", check=0).stdout.decode().startswith("integrity: ok\n")
     finally:
         worker.stop()
+
+
+def test_a_home_that_is_a_file_or_a_damaged_key_is_a_clear_error_and_a_stale_public_key_is_rewritten(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    node = Node(tmp_path, "afile")
+    why = (f"Cannot use ZPEER_HOME {afile}: Not a directory\n"
+           "  hint: ZPEER_HOME names the node's state directory: point it at a directory (or at none)\n")
+    for args in (("daemon",), ("getPeerStatus",), ("setPeerConfig", "--role", "leader", "--id", "vps"),
+                 ("dbSanityCheck",)):
+        out = node.d(*args, check=255)
+        assert out.stderr.decode().endswith(why), args
+
+    node = Node(tmp_path, "n1")
+    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    node.start()
+    node.stop()
+    public = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
+    key_path = os.path.join(node.home, "curve.key")
+    secret = open(key_path, "rb").read()
+    with open(key_path, "wb") as f:
+        f.write(b"garbage\n")
+    out = node.d("daemon", check=255)
+    assert out.stderr.decode().endswith(
+        f"Bad key file {key_path}: secret key must be a 40 byte z85 encoded string\n"
+        f"  hint: restore it from a backup, or remove it and curve.pub to make a new key pair: a new "
+        "key is a new identity (a worker enrols again; a leader's workers all do)\n")
+    with open(key_path, "wb") as f:
+        f.write(secret)
+    with open(os.path.join(node.home, "curve.pub"), "w") as f:
+        f.write("x" * 40 + "\n")  # a stale or hand-edited copy: getPeerStatus would show a wrong key
+    node.start()
+    node.stop()
+    assert json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"] == public

@@ -4,10 +4,11 @@ The configuration is a small JSON file (`config.json` in ZPEER_HOME) written ato
 CLI (`d setPeerConfig`, `d registerWorker`), so it works whether or not the daemon runs; a running
 daemon is told to reload it over the IPC socket. This module imports nothing heavy: the CLI uses it.
 """
+import errno
 import json
 import os
 
-from zpeer.errors import BadConfig
+from zpeer.errors import BadConfig, BadHome
 
 DEFAULT_PORT = 3520
 DEFAULT_BIND = f"0.0.0.0:{DEFAULT_PORT}"
@@ -64,7 +65,12 @@ def ensure_home(path=None):
     Group bits are left alone: `--group` gives a group traverse access (0710) to reach d.sock.
     """
     path = path or home_dir()
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:  # a file, or a link to one
+        raise BadHome(path, os.strerror(errno.ENOTDIR)) from None
+    except OSError as exc:
+        raise BadHome(path, exc.strerror) from None
     mode = os.stat(path).st_mode & 0o777
     if mode & 0o007 and os.stat(path).st_uid == os.geteuid():
         os.chmod(path, mode & 0o770)
@@ -121,6 +127,8 @@ def load(home=None, check=True):
             stored = json.load(f)
     except FileNotFoundError:
         return cfg
+    except NotADirectoryError as exc:
+        raise BadHome(home or home_dir(), exc.strerror) from None
     except (OSError, ValueError) as exc:
         reason = f"not JSON: {exc}" if isinstance(exc, ValueError) else exc.strerror
         raise BadConfig(path, reason, "fix the file, or remove it and set this node up again "

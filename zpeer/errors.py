@@ -171,6 +171,27 @@ class BadDatabase(ZpeerError):
             "empty registry: every worker must then enrol again (`d joinToken`)"))
 
 
+class BadHome(ZpeerError):
+    """ZPEER_HOME cannot be the node's state directory (a file, not creatable)."""
+
+    code = "bad_home"
+    hint = "ZPEER_HOME names the node's state directory: point it at a directory (or at none)"
+
+    def __init__(self, path, reason, hint=None):
+        super().__init__(f"Cannot use ZPEER_HOME {path}: {reason}", hint)
+
+
+class BadKey(ZpeerError):
+    """The node's CURVE secret key file is damaged."""
+
+    code = "bad_key"
+    hint = ("restore it from a backup, or remove it and curve.pub to make a new key pair: a new key is "
+            "a new identity (a worker enrols again; a leader's workers all do)")
+
+    def __init__(self, path, reason, hint=None):
+        super().__init__(f"Bad key file {path}: {reason}", hint)
+
+
 class Busy(ZpeerError):
     """Another daemon already serves this ZPEER_HOME."""
 
@@ -181,7 +202,7 @@ _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, Fai
                                       NotConnected, DirectoryNotFound, KeyMismatch, NotAuthorized,
                                       InvalidToken, NotLeader, NotConfigured, BadRequest,
                                       RequestTimeout, ExitLost, BindFailed, OutputFailed, BadConfig,
-                                      BadDatabase, Busy)}
+                                      BadDatabase, BadHome, BadKey, Busy)}
 
 
 def from_reply(reply):

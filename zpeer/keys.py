@@ -12,6 +12,7 @@ import os
 import secrets
 
 from zpeer import config
+from zpeer.errors import BadKey
 
 SECRET_FILE = "curve.key"
 PUBLIC_FILE = "curve.pub"
@@ -30,15 +31,25 @@ def load_or_create_keypair(home=None):
         public = zmq.curve_public(secret)
     except FileNotFoundError:
         public, secret = zmq.curve_keypair()
-        fd = os.open(secret_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret + b"\n")
-        os.replace(secret_path + ".tmp", secret_path)
-    if not os.path.exists(public_path):
-        fd = os.open(public_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(public + b"\n")
+        _write_key(secret_path, secret)
+    except ValueError as exc:  # not a z85 secret: making a new one would change the node's identity
+        raise BadKey(secret_path, exc) from None
+    try:
+        with open(public_path, "rb") as f:
+            stale = f.read().strip() != public  # getPeerStatus shows this copy: keep it true
+    except FileNotFoundError:
+        stale = True
+    if stale:
+        _write_key(public_path, public)
     return public, secret
+
+
+def _write_key(path, key):
+    """Write a key file atomically, mode 0600."""
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key + b"\n")
+    os.replace(path + ".tmp", path)
 
 
 def read_public_key(home=None):
