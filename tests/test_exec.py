@@ -258,6 +258,20 @@ def test_an_empty_peer_is_an_error_not_a_silent_success(shared_cluster, tmp_path
     assert not (tmp_path / "ran").exists()
 
 
+def test_fanout_cuts_a_line_longer_than_a_mebibyte_so_memory_stays_bounded(shared_cluster):
+    """A peer that prints a blob with no newline in a fan-out: its `ID: ` lines are cut every
+    1 MiB (pdsh-style prefixes need whole lines; an unbounded one would be held in memory)."""
+    size = 2 * 1048576 + 123
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop,desktop", "--shellCmd",
+                               f"head -c {size} /dev/zero | tr '\\0' a; printf 'b\\nc'", check=0)
+    for peer in ("desktop", "laptop"):
+        prefix = f"{peer}: ".encode()
+        lines = [line[len(prefix):] for line in out.stdout.split(b"\n") if line.startswith(prefix)]
+        assert [len(line) for line in lines] == [1048576, 1048576, 124, 1], peer
+        assert lines[:2] == [b"a" * 1048576] * 2 and lines[2:] == [b"a" * 123 + b"b", b"c"]
+    assert len(out.stdout) == sum(size + 2 + 4 * (len(peer) + 2 + 1) for peer in ("desktop", "laptop"))
+
+
 def test_fanout_all_with_one_offline(cluster):
     cluster.laptop.kill()
     wait_for(lambda: not cluster.online("laptop"), timeout=5, what="laptop offline")

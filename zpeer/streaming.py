@@ -17,6 +17,7 @@ from zpeer.protocol import os_text
 POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
 STDIN_CHUNK_BYTES = 256 * 1024
+LINE_MAX_BYTES = 1 << 20  # a longer line of a fan-out (a blob with no newline) is cut there
 CANCEL_WAIT_POLLS = 20
 
 
@@ -76,9 +77,23 @@ class Renderer:
         if not self.multi:
             _write(target, data)
             return
-        buf = self.partial.get((peer, stream), b"") + data
-        lines = buf.split(b"\n")
-        self.partial[(peer, stream)] = lines.pop()
+        key = (peer, stream)
+        buf = self.partial.get(key)  # a line that has no newline yet
+        if buf is not None:
+            held = len(buf)
+            buf += data  # amortized: a blob that trickles in costs linear time
+            if buf.find(b"\n", held) < 0 and len(buf) < LINE_MAX_BYTES:
+                return
+            del self.partial[key]
+        whole = bytes(data) if buf is None else bytes(buf)
+        lines = whole.split(b"\n")
+        rest = lines.pop()
+        if len(whole) >= LINE_MAX_BYTES and (len(rest) >= LINE_MAX_BYTES or max(map(len, lines), default=0)
+                                             > LINE_MAX_BYTES):
+            lines = [piece for line in lines + [rest] for piece in _cut(line)]
+            rest = lines.pop() if len(lines[-1]) < LINE_MAX_BYTES else b""  # memory stays bounded
+        if rest:
+            self.partial[key] = bytearray(rest)
         if lines:
             prefix = peer.encode() + b": "
             _write(target, b"".join(prefix + line + b"\n" for line in lines))
@@ -88,7 +103,7 @@ class Renderer:
         for stream, target in (("o", self.out), ("e", self.err)):
             rest = self.partial.pop((peer, stream), b"")
             if rest:
-                _write(target, peer.encode() + b": " + rest + b"\n")
+                _write(target, peer.encode() + b": " + bytes(rest) + b"\n")
 
     def started(self, peer, pid):
         """A remote command started."""
@@ -124,6 +139,11 @@ class Renderer:
     def status(self, targets):
         """The exit status: the largest of the peers' statuses."""
         return max((self.results.get(p, (EXIT_ZPEER_FAILURE, ""))[0] for p in targets), default=0)
+
+
+def _cut(line):
+    """A line in pieces of at most LINE_MAX_BYTES (an empty line stays one)."""
+    return [line[i:i + LINE_MAX_BYTES] for i in range(0, len(line), LINE_MAX_BYTES)] or [b""]
 
 
 def deliver(sink, events, frames=()):
