@@ -115,7 +115,7 @@ complete -c d -n '__fish_seen_subcommand_from dbSanityCheck' -l dry-run -d 'Repo
 complete -c d -n '__fish_seen_subcommand_from dbSanityCheck' -s h -l help -d 'Show this message and exit.'
 
 # execOnPeer
-complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
+complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l directory -x -a '(__fish_complete_directories)' -d 'Working directory on the peer (default: home; `~/x` and relative pa...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l shellCmd -x -d 'Command line run with /bin/bash -c.'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l timeout -x -d 'Kill the remote process group after this long (exit 124).'
@@ -144,21 +144,21 @@ complete -c d -n '__fish_seen_subcommand_from install-completion' -l shell -x -a
 complete -c d -n '__fish_seen_subcommand_from install-completion' -s h -l help -d 'Show this message and exit.'
 
 # remotePull
-complete -c d -n '__fish_seen_subcommand_from remotePull' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remotePull' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l batch -x -d 'Run on at most N peers at a time.'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -s h -l help -d 'Show this message and exit.'
 
 # remoteBd
-complete -c d -n '__fish_seen_subcommand_from remoteBd' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l batch -x -d 'Run on at most N peers at a time.'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -s h -l help -d 'Show this message and exit.'
 
 # remoteDeployDaemon
-complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a comma list, or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l batch -x -d 'Deploy N peers at a time (the leader always last, alone).'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l keep-going -d 'Go on with the other peers after a failure.'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l wait -x -d 'How long a restarted peer may take to come back.'

@@ -249,7 +249,25 @@ def test_fanout_prefixes_summary_and_max_status(shared_cluster):
     assert out.stderr.decode().endswith("--\nlaptop: rc 3\nvps: ok\ndesktop: ok\n")
 
 
-@pytest.mark.parametrize("peer", ["", " ", ",", " , "])
+@pytest.mark.parametrize("given", ["laptop desktop", "laptop\ndesktop\n", "laptop, desktop"])
+def test_peer_lists_may_be_separated_by_blanks_or_newlines_as_listpeers_ids_prints_them(shared_cluster, given):
+    """`--peer "$(d listPeers --ids --online)"`: peer ids hold no blanks, so a blank is a separator."""
+    for origin, dash in (("vps", []), ("laptop", ["-n"])):
+        out = shared_cluster.nodes[origin].d("execOnPeer", *dash, "--peer", given, "--shellCmd", "echo hi", check=0)
+        assert (sorted(out.stdout.splitlines()), out.stderr) == (
+            [b"desktop: hi", b"laptop: hi"], b"--\nlaptop: ok\ndesktop: ok\n")
+
+
+def test_peer_names_and_when_lines_get_prefixes():
+    """The one parser behind execOnPeer, remotePull, remoteBd and remoteDeployDaemon."""
+    from zpeer.config import many_peers, peer_names
+
+    assert peer_names(["a,b", " c\nd ", "", "e,", ",all"]) == ["a", "b", "c", "d", "e", "all"]
+    assert [many_peers(given) for given in (["a"], [" a\n"], ["a,"], ["a b"], ["a", "b"], ["all"])] == [
+        False, False, True, True, True, True]
+
+
+@pytest.mark.parametrize("peer", ["", " ", ",", " , ", "\n"])
 def test_an_empty_peer_is_an_error_not_a_silent_success(shared_cluster, tmp_path, peer):
     for origin in ("vps", "laptop"):  # the leader, and a worker (which may ask the leader for `all`)
         out = shared_cluster.nodes[origin].d("execOnPeer", "--peer", peer, "--shellCmd", f"touch {tmp_path}/ran",

@@ -283,7 +283,7 @@ class Api:
         requested = _arg(header, "targets", list, required=True)
         if not all(isinstance(t, str) for t in requested):
             raise BadRequest("no --peer given")
-        if not any(p.strip() for item in requested for p in item.split(",")):
+        if not config.peer_names(requested):
             # `--peer "$P"` with P unset must not "succeed" at running nothing
             raise BadRequest("No peer given: --peer is empty")
         spec = {"cmd": _arg(header, "cmd", (str, bytes), required=True),
@@ -299,7 +299,7 @@ class Api:
         reply = (identity, header["rid"], wait_s, bool(header.get("raw")))
         if self.d.id is None:
             raise NotConfigured("This node has no id yet")
-        wants_all = any(p.strip() == "all" for item in requested for p in item.split(","))
+        wants_all = "all" in config.peer_names(requested)
         if wants_all and self.d.role == "worker":
             def expand(result, error):
                 if error is not None:

@@ -15,6 +15,7 @@ from zpeer import config
 from zpeer.errors import EXIT_USAGE, BadDatabase, FailedToConnect, OutputFailed, ZpeerError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+PEER_HELP = "Target peer; repeat, give a list (commas or blanks), or `all`."
 
 
 class Seconds(click.FloatRange):
@@ -254,8 +255,7 @@ def db_sanity_check(dry_run):
 
 
 @cli.command("execOnPeer", context_settings=CONTEXT)
-@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
-              help="Target peer; repeat, give a comma list, or `all`.")
+@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all", help=PEER_HELP)
 @click.option("--directory", metavar="PATH",
               help="Working directory on the peer (default: home; `~/x` and relative paths start there).")
 @click.option("--shellCmd", "shell_cmd", required=True, metavar="CMD", help="Command line run with /bin/bash -c.")

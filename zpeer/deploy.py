@@ -8,11 +8,11 @@ import time
 
 import click
 
-from zpeer.cli import CONTEXT, Seconds, client, fail
+from zpeer import config
+from zpeer.cli import CONTEXT, PEER_HELP, Seconds, client, fail
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.recipes import STEPS, step_command
 
-PEER_HELP = "Target peer; repeat, give a comma list, or `all`."
 peer_option = click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
                            help=PEER_HELP)
 timeout_option = click.option("--timeout", type=Seconds(0.001), metavar="SECONDS",
@@ -28,11 +28,6 @@ def recipe_step_options(func):
                          help="JSON Lines events (start/stdout/stderr/exit/error).")]):
         func = option(func)
     return func
-
-
-def _multi(peers):
-    """True when the peers given name more than one target (output lines get `ID: `)."""
-    return len(peers) > 1 or any("," in p or p.strip() == "all" for p in peers)
 
 
 def _recipe_step(step, peers, timeout, batch, as_json):
@@ -82,7 +77,7 @@ def _rollout(peers, steps, batch, keep_going, wait, timeout):
         c.close()
     if not batches:
         fail(ZpeerError("No peers to deploy to", hint="`d listPeers` shows the registered peers"))
-    roll = Rollout(steps, keep_going=keep_going, wait_s=wait, timeout=timeout, multi=_multi(peers))
+    roll = Rollout(steps, keep_going=keep_going, wait_s=wait, timeout=timeout, multi=config.many_peers(peers))
     sys.exit(roll.run(batches))
 
 

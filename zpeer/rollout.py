@@ -79,7 +79,7 @@ def exec_step(client, targets, cmd, sink, timeout=None, grace_s=POLL_GRACE_S):
 
 
 def plan_batches(client, requested, size):
-    """Resolve `all`/comma lists against the leader's peers into batches of `size`, the leader
+    """Resolve `all` and lists against the leader's peers into batches of `size`, the leader
     last and alone (its restart briefly cuts every worker's link)."""
     from zpeer.sessions import resolve_targets
 

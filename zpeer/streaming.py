@@ -11,6 +11,7 @@ import select
 import signal
 import sys
 
+from zpeer import config
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, OutputFailed, ZpeerError
 from zpeer.protocol import os_text
 
@@ -201,7 +202,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
         _restore(old)
         return _report(err)
     sid, targets = reply["sid"], reply["targets"]
-    render = Renderer(len(targets) > 1 or any("," in p or p == "all" for p in peers), as_json)
+    render = Renderer(len(targets) > 1 or config.many_peers(peers), as_json)
     stdin_eof = not forward_stdin
     room = reply.get("room", STDIN_CHUNK_BYTES)
     cancel_polls = 0
