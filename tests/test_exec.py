@@ -185,6 +185,29 @@ def test_ctrl_c_kills_remote_group(shared_cluster, tmp_path):
     wait_for(lambda: _pid_gone(pid), timeout=5, what="remote child killed")
 
 
+def test_a_second_ctrl_c_leaves_at_once_even_if_the_daemon_does_not_answer(cluster):
+    """As ssh's `~.`: the first Ctrl-C asks for the remote command's end and waits for it; a second
+    one leaves now (here the origin's daemon is frozen: no answer would come for 10 s)."""
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "echo ready; sleep 60"],
+                            env=cluster.desktop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        cluster.desktop.stop(sig=signal.SIGSTOP)
+        deadline = time.monotonic() + 5.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGINT)  # again and again: two at once would make one signal
+            try:
+                proc.wait(0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        assert (proc.returncode, proc.stderr.read()) == (130, b"")
+    finally:
+        cluster.desktop.proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+
+
 def test_cli_sigkill_kills_remote_job(shared_cluster, tmp_path):
     pidfile = tmp_path / "child.pid"
     proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",

@@ -189,6 +189,8 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
 
     def on_signal(signum, _frame):
         interrupted.append(signum)
+        if len(interrupted) > 1:  # a second Ctrl-C leaves now, as ssh's `~.` (the first asked for an end)
+            raise _LeaveNow
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     # the open is also the first poll (`true` costs one round trip), unless stdin must go first
@@ -201,6 +203,9 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     except ZpeerError as err:
         _restore(old)
         return _report(err)
+    except _LeaveNow:
+        _restore(old)
+        return 130
     sid, targets = reply["sid"], reply["targets"]
     render = Renderer(len(targets) > 1 or config.many_peers(peers), as_json)
     stdin_eof = not forward_stdin
@@ -240,6 +245,8 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
         return _report(FailedToConnect("Failed to connect: the local daemon stopped answering mid-command"))
     except ZpeerError as err:
         return _report(err)
+    except _LeaveNow:
+        return 130
     finally:
         waker.close()
         _restore(old)
@@ -250,6 +257,10 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     except OutputFailed:
         pass  # stderr itself fails: the exit status still tells how it went
     return render.status(targets)
+
+
+class _LeaveNow(Exception):
+    """A second Ctrl-C (or SIGTERM, SIGHUP): stop waiting for the remote side."""
 
 
 class _Waker:
