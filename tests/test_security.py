@@ -409,3 +409,29 @@ def test_connection_claiming_another_peers_id(shared_cluster, tmp_path):
     assert [(p["id"], p["ip"], p["online"]) for p in peers] == [
         ("desktop", "127.0.0.2", True), ("laptop", "127.0.0.4", True), ("vps", "127.0.0.1", True)]
     assert c.laptop.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo after", check=0).stdout == b"after\n"
+
+
+def test_control_characters_from_peers_and_commands_are_shown_escaped_never_sent_to_the_terminal(shared_cluster):
+    """A member's free-text version, or a command line, may hold escape sequences (an OSC that
+    retitles the admin's terminal, a newline that forges a table row): tables show them escaped."""
+    c = shared_cluster
+    member = RawPeer(c.port, public_key(c.vps), protocol.route_identity("inky"), "127.0.0.82")
+    hello = {"t": "hello", "rid": "j", "id": "inky", "hostname": "i", "version": "1.0\x1b]0;pwned\x07\nfake 1",
+             "role": "worker", "pid": 1, "token": keys.parse_token(c.token())["secret"]}
+    try:
+        member.send(hello)
+        assert member.barrier() and member.received[-1]["status"] == "accepted"
+        table = c.vps.d("listPeers", check=0).stdout
+        assert b"\x1b" not in table and b"\x07" not in table
+        assert [line.split()[-4:] for line in table.splitlines() if line.startswith(b"inky ")] == [
+            [b"now", b"1.0\\x1b]0;pwned\\x07\\nfake", b"1", b"*"]]  # (*: not the leader's version)
+    finally:
+        member.close()
+        c.vps.d("removePeer", "inky", check=0)
+    cmd = "echo a\necho b\t\x1b[31mred"
+    c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", cmd, check=0)
+    table = c.vps.d("history", "--peer", "desktop", "--limit", "1", check=0).stdout.decode()
+    assert table.splitlines()[1].endswith("  echo a\\necho b\\t\\x1b[31mred")
+    assert len(table.splitlines()) == 2
+    assert json.loads(c.vps.d("history", "--json", "--peer", "desktop", "--limit", "1", check=0).stdout)[0][
+        "command"] == cmd

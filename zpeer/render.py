@@ -4,11 +4,22 @@ import time
 from zpeer.peerinfo import ago
 
 
+# C0, DEL and C1 controls: what a peer's free text or a command line may hold that a terminal
+# would act on (an OSC retitles it, a newline forges a row); JSON output keeps them as they are
+_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+
+
+def printable(value):
+    """str(value) with control characters written as escapes (\\n, \\t, \\x1b)."""
+    return str(value).translate(_ESCAPES)
+
+
 def _table(headers, rows):
-    """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [headers] + rows]
-    return "\n".join(lines)
+    """Left-aligned columns separated by two spaces; cells are printable()."""
+    rows = [[printable(v) for v in row] for row in [headers] + rows]
+    widths = [max(len(x) for x in col) for col in zip(*rows)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def _parse_iso(text):
@@ -52,11 +63,11 @@ def status_lines(status):
             value = status[key]
             if key == "connected":
                 value = "yes" if value else "no"
-            lines.append(f"{key}: {value}")
+            lines.append(f"{key}: {printable(value)}")
     defaults = status.get("recipe_defaults") or ()
     for key, value in sorted((status.get("recipes") or {}).items()):
         if value:
-            lines.append(f"{key}: {value}" + (" (default)" if key in defaults else ""))
+            lines.append(f"{key}: {printable(value)}" + (" (default)" if key in defaults else ""))
     return lines
 
 
@@ -68,5 +79,5 @@ def history_table(rows):
         rc = "-" if r["rc"] is None else str(r["rc"])
         duration = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
         body.append([when, r["origin"] + (f"({r['user']})" if r["user"] else ""), r["target"], rc, duration,
-                     (r["command"] or "")[:60]])
+                     printable(r["command"] or "")[:60]])
     return _table(["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"], body)

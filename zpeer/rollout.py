@@ -12,6 +12,7 @@ import time
 
 from zpeer.errors import EXIT_ZPEER_FAILURE, ZpeerError
 from zpeer.recipes import step_command
+from zpeer.render import printable
 from zpeer.streaming import POLL_GRACE_S, POLL_WAIT_S, Renderer, _local_user, deliver
 
 PROBE_INTERVAL_S = 0.2
@@ -168,7 +169,7 @@ class Rollout:
         except (ValueError, IndexError):
             self._fail(peer, "restart", EXIT_ZPEER_FAILURE, f"unexpected answer {text[:200]!r}")
             return None
-        _say(f"{peer}: restarting ({info.get('how')}), was {info.get('version')}", err=True)
+        _say(f"{peer}: restarting ({info.get('how')}), was {printable(info.get('version'))}", err=True)
         return info
 
     def _wait_back(self, before, started):
@@ -200,7 +201,7 @@ class Rollout:
                 for peer, info in pending.items():
                     state = "not listed online by the leader" if peer in back else "not back online"
                     self._fail(peer, "verify", EXIT_ZPEER_FAILURE,
-                               f"{state} within {self.wait_s:g}s; it ran {info.get('version')}")
+                               f"{state} within {self.wait_s:g}s; it ran {printable(info.get('version'))}")
                 return
             if pending:
                 time.sleep(PROBE_INTERVAL_S)  # pacing between probes, not waiting on a known event
@@ -221,7 +222,7 @@ class Rollout:
     def _report(self, peer, info, now, started):
         """Print a peer's outcome once it is back."""
         took = time.monotonic() - started
-        old, new = info.get("version"), now.get("version")
+        old, new = printable(info.get("version")), printable(now.get("version"))  # a peer's free text
         if not self.deploying:
             _say(f"{peer}: restarted {new} in {took:.1f}s")
         elif new == old and info.get("changed"):
