@@ -25,7 +25,7 @@ RUN = os.urandom(3).hex()  # job ids unique to this run (targets remember job id
 JOB_IDS = [f"fz{RUN}.{i}" for i in range(6)]
 SAFE_COMMANDS = ["true", "echo fuzz", "exit 7", "cat", "printf '\\0\\377'", "echo err >&2"]
 PEER_IDS = ["desktop", "laptop", "vps", "fuzzer", "ghost", "", "all", "x" * 65, "dé", "a/b", "nul\x00"]
-SAFE_IPC_OPS = ["ping", "status", "peers", "peer_by_ip", "history", "exec_poll", "exec_cancel",
+SAFE_IPC_OPS = ["ping", "status", "peers", "peer_by_ip", "history", "exec_poll", "exec_wake", "exec_cancel",
                 "join_token", "nope", "", "op_ping", "__class__"]
 # IPC ops with effects a fuzz run must not have (remove peers, run commands, restart, ...)
 UNSAFE_IPC_OPS = {n[3:] for n in dir(Api) if n.startswith("op_")} - set(SAFE_IPC_OPS)
