@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -17,7 +18,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import baselines  # noqa: E402
-from bench.cluster import Cluster, rss_kb  # noqa: E402
+from bench.cluster import Cluster, d_command, rss_kb  # noqa: E402
 from bench.measure import (MB, Row, Terminal, cli, cpu_ms_per_call, idle_cpu_percent, median,  # noqa: E402
                            repeat, run_timed, timed_api_exec)
 
@@ -103,6 +104,7 @@ class Bench:
                    runs, warmup=1)
         self.add(Row("fanout_3", median(t), "s", runs, note="leader + 2 worker daemons"))
         self.stream(lead, w1)
+        self.stdin_stream(lead)
         self.stream_13mb(lead)
         lead_kib, w_kib = self.idle_rss
         self.add(Row("daemon_rss", mb(w_kib), "MB", 1, "worker <= 40 MB", check(mb(w_kib), 40.0),
@@ -166,6 +168,20 @@ class Bench:
         self.add(Row("stream_mb_s", median(rates), "MB/s", len(results), ">= 300 MB/s, every process < 100 MB RSS",
                      ok, f"{median(rates) / curve:.2f}x curve_mb_s; {self.cfg['stream_mb']} MB in {secs:.2f}s; peak RSS MB " +
                      ", ".join(f"{k} {v}" for k, v in peaks.items()), {"peak_rss_mb": peaks}))
+
+    def stdin_stream(self, lead):
+        """stdin_mb_s: a quarter of the stream size piped into a CLI on the leader, to `wc -c` on
+        w1 (#7 sets no target: it shows what `tar c . | d execOnPeer ... 'tar x'` gets)."""
+        size = max(1, self.cfg["stream_mb"] // 4) * MB
+        d = " ".join(shlex.quote(a) for a in d_command())
+        local = repeat(lambda: run_timed(["/bin/bash", "-c", f"head -c {size} /dev/zero | wc -c"])[0],
+                       self.cfg["stream_runs"], warmup=1)
+        remote = repeat(lambda: run_timed(["/bin/bash", "-c", f"head -c {size} /dev/zero | {d} execOnPeer "
+                                           "--peer w1 --shellCmd 'wc -c'"], env=lead.env)[0],
+                        self.cfg["stream_runs"], warmup=1)
+        rate, pipe = size / MB / median(remote), size / MB / median(local)
+        self.add(Row("stdin_mb_s", rate, "MB/s", len(remote), note=f"{size // MB} MB piped into `d execOnPeer "
+                     f"--peer w1 --shellCmd 'wc -c'`; a local pipe to wc: {pipe:.0f} MB/s"))
 
     def stream_13mb(self, lead):
         """stream_13mb: base64 of 10 MB of random bytes, remote vs a local pipe of the same command."""

@@ -5,10 +5,12 @@ written, and the daemon returns credit to the remote command as we consume.
 """
 import base64
 import errno
+import fcntl
 import json
 import os
 import select
 import signal
+import stat
 import sys
 
 from zpeer import config
@@ -18,6 +20,7 @@ from zpeer.protocol import os_text
 POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
 STDIN_CHUNK_BYTES = 256 * 1024
+STDIN_PIPE_BYTES = 1 << 20  # the default /proc/sys/fs/pipe-max-size
 LINE_MAX_BYTES = 1 << 20  # a longer line of a fan-out (a blob with no newline) is cut there
 CANCEL_WAIT_POLLS = 20
 
@@ -180,11 +183,24 @@ def _read_stdin(fd, size):
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _widen_pipe(fd):
+    """Let a pipe on stdin hold 1 MiB, not 64 KiB: its writer fills it while a chunk travels, so
+    each poll carries more (200 MB through `wc -c`: 1.5 s -> 0.75 s). Best effort: a pipe-size
+    limit or another kind of stdin leaves it as it is."""
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STDIN_PIPE_BYTES)
+    except (OSError, AttributeError):  # AttributeError: no F_SETPIPE_SZ (not Linux)
+        pass
+
+
 def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_stdin=False):
     """Run a command on peers through the local daemon; returns the exit status. Local stdin
     goes to the command when it is not a terminal, unless `no_stdin` (the command gets EOF)."""
     stdin_fd = sys.stdin.fileno() if sys.stdin is not None and not no_stdin else None
     forward_stdin = stdin_fd is not None and not os.isatty(stdin_fd)
+    if forward_stdin:
+        _widen_pipe(stdin_fd)
     interrupted = []
 
     def on_signal(signum, _frame):
