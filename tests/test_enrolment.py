@@ -111,3 +111,27 @@ def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_ke
         legacy.close()
         new.close()
 
+
+
+def test_a_source_ip_or_advertised_address_that_is_not_an_ip_is_refused_before_anything_is_saved(empty_cluster):
+    c = empty_cluster
+    c.leader()
+    node = c.worker("tablet", "127.0.0.6", register=False)
+    for args in (("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip", "abc"),
+                 ("setPeerConfig", "--role", "worker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}",
+                  "--source-ip", "127.0.0.256"),
+                 ("setPeerConfig", "--role", "leader", "--id", "x", "--advertise", "my-vps")):
+        out = node.d(*args, check=2)
+        value = args[-1]
+        assert out.stderr.decode() == f"Invalid {args[-2]} {value!r}: not an IP address\n", args
+    assert json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["role"] is None
+    out = node.d("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip", "127.0.0.6", check=0)
+    assert out.stdout.startswith(b"Registered: tablet")
+    with open(os.path.join(node.home, "config.json")) as f:
+        cfg = json.load(f)
+    node.stop()
+    with open(os.path.join(node.home, "config.json"), "w") as f:  # a hand edit
+        json.dump(dict(cfg, source_ip="eth0 "), f)
+    out = node.d("getPeerStatus", check=255)
+    assert out.stderr.decode().startswith(f"Bad configuration in {node.home}/config.json: source_ip 'eth0 ': "
+                                          "not an IP address\n")

@@ -169,7 +169,21 @@ def config_problem(cfg):
                  "restart_cmd", "token"):
         if cfg[name] is not None and not isinstance(cfg[name], str):
             return f"{name} must be a string, not {cfg[name]!r}"
+    for name in ("advertise", "source_ip"):
+        if cfg[name] is not None and not valid_ip(cfg[name]):
+            return f"{name} {cfg[name]!r}: not an IP address"
     return None
+
+
+def valid_ip(text):
+    """True for an IPv4 or IPv6 address (what --source-ip and --advertise take)."""
+    import ipaddress  # here, not at the top: only a config that names one pays for it
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def save(cfg, home=None):

@@ -47,6 +47,7 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
                 config.split_host_port(value)
             except ValueError as exc:
                 usage_error(f"Invalid {name} {value!r}: {exc}")
+    _check_ips(advertise=advertise, source_ip=source_ip)
     if leader_key is not None and not keys.valid_z85_key(leader_key):
         usage_error("Invalid --leader-key: expected the 40-character z85 key `d getPeerStatus` shows on the leader")
     changes = {"role": role, "id": peer_id, "bind": bind, "advertise": advertise, "leader": leader,
@@ -66,6 +67,13 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
     click.echo(f"Saved: {shown}")
     click.echo("Applied by the running daemon." if applied else
                "The daemon is not running: it applies this when it starts (`d daemon`).")
+
+
+def _check_ips(**values):
+    """Exit 2 if an --advertise or --source-ip given is not an IP address (before anything is saved)."""
+    for name, value in values.items():
+        if value is not None and not config.valid_ip(value):
+            usage_error(f"Invalid --{name.replace('_', '-')} {value!r}: not an IP address")
 
 
 def _reload():
@@ -121,6 +129,7 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
         config.split_host_port(leader)
     except ValueError as exc:
         usage_error(f"Invalid --leader {leader!r}: {exc}")
+    _check_ips(source_ip=source_ip)
     config.update({"role": "worker", "id": peer_id, "leader": leader, "leader_key": leader_key,
                    "source_ip": source_ip, "token": secret})
     call("reload", timeout_s=5)
