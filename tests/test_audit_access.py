@@ -88,3 +88,43 @@ def test_group_access_to_cli_socket():
     finally:
         node.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+NOBODY_PYTHONPATH = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+                                    + [p for p in __import__("sys").path if p.endswith("site-packages")])
+
+
+def _d_as_nobody(home, *args, groups=()):
+    """`d ARGS` run as user nobody (the system python3 with this checkout and its venv's packages)."""
+    env = {"PATH": "/usr/bin:/bin", "ZPEER_HOME": home, "PYTHONPATH": NOBODY_PYTHONPATH}
+    return subprocess.run(["/usr/bin/python3", "-m", "zpeer", *args], user=65534, group=65534,
+                          extra_groups=list(groups), env=env, cwd="/", capture_output=True, text=True,
+                          timeout=20, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to act as another user) and a system python3")
+def test_a_user_outside_the_group_is_told_it_is_a_permission_not_a_missing_daemon():
+    base = tempfile.mkdtemp(prefix="zpeer-perm-")
+    os.chmod(base, 0o711)
+    node = Node(base, "p1")
+    try:
+        probe = _d_as_nobody(base, "--version")
+        if probe.returncode != 0:
+            pytest.skip(f"the system python3 cannot run this checkout as nobody: {probe.stderr[-300:]}")
+        node.d("setPeerConfig", "--role", "leader", "--id", "p1", "--bind", f"127.0.0.1:{free_port()}", check=0)
+        node.start()
+        gid = grp.getgrnam("users").gr_gid
+        why = ("Failed to connect\n  hint: permission denied: {} is open to its owner and the daemon's --group "
+               "only (as root: `d setPeerConfig --group GROUP`, then join that group)\n")
+        for groups, path in (((), node.home), ((gid,), node.home)):
+            out = _d_as_nobody(node.home, "listPeers", groups=groups)
+            assert (out.returncode, out.stderr) == (255, why.format(path)), groups
+        node.d("setPeerConfig", "--group", "users", check=0)  # dir 0710, socket 0770 for users
+        out = _d_as_nobody(node.home, "listPeers", groups=[])
+        assert (out.returncode, out.stderr) == (255, why.format(node.home)), "not in the group"
+        out = _d_as_nobody(node.home, "listPeers", "--ids", groups=[gid])
+        assert (out.returncode, out.stdout, out.stderr) == (0, "p1\n", "")
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -31,9 +31,18 @@ class Client:
 
     def _connect(self):
         """Open the REQ socket; Failed to connect within CONNECT_TIMEOUT_S if nobody listens."""
-        if not os.path.exists(self.path):
+        try:
+            os.stat(self.path)
+            allowed = os.access(self.path, os.W_OK)  # connect() to a Unix socket needs write access
+        except PermissionError:  # a directory on the way is closed to us
+            allowed = False
+        except OSError:
             too_long = config.socket_path_too_long(self.path)
             raise FailedToConnect(hint=f"{too_long}: use a shorter ZPEER_HOME") if too_long else FailedToConnect()
+        if not allowed:
+            raise FailedToConnect(hint=f"permission denied: {os.path.dirname(self.path)} is open to its owner and "
+                                       "the daemon's --group only (as root: `d setPeerConfig --group GROUP`, then "
+                                       "join that group)")
         sock = self.ctx.socket(zmq.REQ)
         sock.linger = 0
         sock.setsockopt(zmq.IMMEDIATE, 1)  # POLLOUT only once a daemon accepted us
