@@ -125,6 +125,10 @@ def test_a_user_outside_the_group_is_told_it_is_a_permission_not_a_missing_daemo
         assert (out.returncode, out.stderr) == (255, why.format(node.home)), "not in the group"
         out = _d_as_nobody(node.home, "listPeers", "--ids", groups=[gid])
         assert (out.returncode, out.stdout, out.stderr) == (0, "p1\n", "")
+        out = _d_as_nobody(node.home, "setPeerConfig", "--heartbeat", "2", groups=[gid])  # settings are root's
+        assert (out.returncode, out.stderr) == (255, (
+            f"Cannot use ZPEER_HOME {node.home}: config.json: Permission denied\n  hint: this node's settings are "
+            "its owner's: run the command as that user (e.g. `sudo d ...`)\n"))
     finally:
         node.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -129,6 +129,9 @@ def load(home=None, check=True):
         return cfg
     except NotADirectoryError as exc:
         raise BadHome(home or home_dir(), exc.strerror) from None
+    except PermissionError as exc:  # a --group member: the socket is open to them, the settings are not
+        raise BadHome(home or home_dir(), f"{CONFIG_FILE}: {exc.strerror}", "this node's settings are its "
+                      "owner's: run the command as that user (e.g. `sudo d ...`)") from None
     except (OSError, ValueError) as exc:
         reason = f"not JSON: {exc}" if isinstance(exc, ValueError) else exc.strerror
         raise BadConfig(path, reason, "fix the file, or remove it and set this node up again "
