@@ -17,8 +17,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from conftest import d_command
 from zpeer import completion as comp
 from zpeer.cli import cli as real_cli
+from zpeer.completion_install import install_completion
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETIONS = ROOT / "completions"
@@ -51,7 +53,7 @@ def spec_cli():
                                                                                   type=click.Path()))
     add("secretThing", hidden=True)
     cli.add_command(comp.completion)
-    cli.add_command(comp.install_completion)
+    cli.add_command(install_completion)
     return cli
 
 
@@ -372,6 +374,18 @@ def test_install_completion(shell, where, tmp_path):
     other = "fish" if shell != "fish" else "bash"
     out = CliRunner(env=dict(env, SHELL="/bin/sh")).invoke(cli, ["install-completion", "--shell", other])
     assert out.exit_code == 0 and "Installed " + other in out.output
+
+
+def test_install_completion_where_the_home_cannot_hold_it_says_so(tmp_path):
+    """nobody's HOME is /nonexistent; here HOME is a file: the real `d`, exit 255, no traceback."""
+    home = tmp_path / "afile"
+    home.write_text("")
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "SHELL": "/bin/bash"}
+    out = subprocess.run(d_command() + ["install-completion"], env=env, capture_output=True, text=True,
+                         timeout=20, stdin=subprocess.DEVNULL)
+    assert (out.returncode, out.stdout, out.stderr) == (255, "", (
+        f"Cannot install the completion in {home}/.local/share/bash-completion/completions/d: Not a directory\n"
+        "  hint: `d completion bash` prints it: save it where your shell reads it\n"))
 
 
 def test_install_completion_unknown_shell(tmp_path):

@@ -69,7 +69,7 @@ LAZY_COMMANDS = {
     "acceptPeer": "zpeer.enrol:accept_peer",
     "removePeer": "zpeer.enrol:remove_peer",
     "completion": "zpeer.completion:completion",
-    "install-completion": "zpeer.completion:install_completion",
+    "install-completion": "zpeer.completion_install:install_completion",
     "remotePull": "zpeer.deploy:remote_pull",
     "remoteBd": "zpeer.deploy:remote_bd",
     "remoteDeployDaemon": "zpeer.deploy:remote_deploy_daemon",
