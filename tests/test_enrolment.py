@@ -135,3 +135,17 @@ def test_a_source_ip_or_advertised_address_that_is_not_an_ip_is_refused_before_a
     out = node.d("getPeerStatus", check=255)
     assert out.stderr.decode().startswith(f"Bad configuration in {node.home}/config.json: source_ip 'eth0 ': "
                                           "not an IP address\n")
+
+
+def test_registering_while_the_local_daemon_is_down_says_it_registers_when_it_starts(empty_cluster):
+    """SPEC: registerWorker needs the daemon (`Failed to connect`); the settings are saved, so the
+    hint says what happens next instead of suggesting that nothing was done."""
+    c = empty_cluster
+    c.leader()
+    node = c.worker("tablet", "127.0.0.6", start=False)
+    out = node.d("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip", "127.0.0.6", check=255)
+    assert out.stderr.decode() == (
+        f"Failed to connect\n  hint: the daemon of this node is not running; the settings are saved, and it "
+        f"registers with 127.0.0.1:{c.port} when it starts (`d daemon`, `systemctl start zpeer`)\n")
+    node.start()
+    wait_for(lambda: c.online("tablet"), timeout=10, what="tablet registered once its daemon started")

@@ -132,7 +132,9 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
     _check_ips(source_ip=source_ip)
     config.update({"role": "worker", "id": peer_id, "leader": leader, "leader_key": leader_key,
                    "source_ip": source_ip, "token": secret})
-    call("reload", timeout_s=5)
+    if not _reload():
+        fail(FailedToConnect(hint=f"the daemon of this node is not running; the settings are saved, and it "
+                                  f"registers with {leader} when it starts (`d daemon`, `systemctl start zpeer`)"))
     result = call("register", wait_s=10.0, timeout_s=15)
     stored = config.load()
     stored["token"] = None  # one-time secret: never kept once the leader answered
