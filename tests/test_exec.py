@@ -299,6 +299,16 @@ def test_an_empty_peer_is_an_error_not_a_silent_success(shared_cluster, tmp_path
     assert not (tmp_path / "ran").exists()
 
 
+@pytest.mark.parametrize("flag,what", [("--directory", "directory"), ("--user", "user")])
+def test_an_empty_directory_or_user_is_an_error_not_home_or_the_daemons_user(shared_cluster, tmp_path, flag, what):
+    """`--directory "$BUILD_DIR" --shellCmd 'rm -rf ./*'` with BUILD_DIR unset must not run in the
+    home directory; `--user "$U"` with U unset must not run as the daemon's user (root)."""
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", flag, "", "--shellCmd", f"touch {tmp_path}/ran",
+                               check=255)
+    assert (out.stdout, out.stderr) == (b"", f"No {what} given: {flag} is empty\n".encode())
+    assert not (tmp_path / "ran").exists()
+
+
 def test_fanout_cuts_a_line_longer_than_a_mebibyte_so_memory_stays_bounded(shared_cluster):
     """A peer that prints a blob with no newline in a fan-out: its `ID: ` lines are cut every
     1 MiB (pdsh-style prefixes need whole lines; an unbounded one would be held in memory)."""

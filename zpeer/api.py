@@ -293,6 +293,9 @@ class Api:
         for name in ("cmd", "dir", "user", "ouser"):
             if spec[name] and protocol.has_nul(spec[name]):  # execve/chdir/getpwnam raise on NUL
                 raise BadRequest(f"--{name} contains a NUL byte")
+        for name, flag in (("dir", "directory"), ("user", "user")):
+            if spec[name] is not None and not spec[name]:  # `--directory "$D"` with D unset: not home
+                raise BadRequest(f"No {flag} given: --{flag} is empty")
         batch = _arg(header, "batch", int, 0)
         pid = _arg(header, "pid", int, 0)
         wait_s = _arg(header, "wait_s", (int, float))  # given: also the first poll (one round trip)
