@@ -299,12 +299,13 @@ def test_an_empty_peer_is_an_error_not_a_silent_success(shared_cluster, tmp_path
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.parametrize("flag,what", [("--directory", "directory"), ("--user", "user")])
-def test_an_empty_directory_or_user_is_an_error_not_home_or_the_daemons_user(shared_cluster, tmp_path, flag, what):
+@pytest.mark.parametrize("flag,what", [("--directory", "directory"), ("--user", "user"), ("--shellCmd", "command")])
+def test_an_empty_directory_user_or_command_is_an_error(shared_cluster, tmp_path, flag, what):
     """`--directory "$BUILD_DIR" --shellCmd 'rm -rf ./*'` with BUILD_DIR unset must not run in the
-    home directory; `--user "$U"` with U unset must not run as the daemon's user (root)."""
-    out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", flag, "", "--shellCmd", f"touch {tmp_path}/ran",
-                               check=255)
+    home directory; `--user "$U"` with U unset must not run as the daemon's user (root); an unset
+    `--shellCmd "$CMD"` must not "succeed" at running nothing."""
+    args = {"--shellCmd": f"touch {tmp_path}/ran", flag: ""}
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", *[x for kv in args.items() for x in kv], check=255)
     assert (out.stdout, out.stderr) == (b"", f"No {what} given: {flag} is empty\n".encode())
     assert not (tmp_path / "ran").exists()
 

@@ -293,9 +293,10 @@ class Api:
         for name in ("cmd", "dir", "user", "ouser"):
             if spec[name] and protocol.has_nul(spec[name]):  # execve/chdir/getpwnam raise on NUL
                 raise BadRequest(f"--{name} contains a NUL byte")
-        for name, flag in (("dir", "directory"), ("user", "user")):
+        for name, what, flag in (("cmd", "command", "shellCmd"), ("dir", "directory", "directory"),
+                                 ("user", "user", "user")):
             if spec[name] is not None and not spec[name]:  # `--directory "$D"` with D unset: not home
-                raise BadRequest(f"No {flag} given: --{flag} is empty")
+                raise BadRequest(f"No {what} given: --{flag} is empty")
         batch = _arg(header, "batch", int, 0)
         pid = _arg(header, "pid", int, 0)
         wait_s = _arg(header, "wait_s", (int, float))  # given: also the first poll (one round trip)
