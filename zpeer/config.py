@@ -117,6 +117,10 @@ def socket_path_too_long(path):
             f"a Unix socket's path at most {SOCKET_PATH_MAX}")
 
 
+UNREADABLE_CONFIG_HINT = ("fix the file, or remove it and set this node up again "
+                          "(`d setPeerConfig`, `d registerWorker`)")
+
+
 def load(home=None, check=True):
     """Read the configuration, filling defaults for missing keys. BadConfig if the file is not a
     JSON object or (check) holds a value zpeer cannot use."""
@@ -134,11 +138,9 @@ def load(home=None, check=True):
                       "owner's: run the command as that user (e.g. `sudo d ...`)") from None
     except (OSError, ValueError) as exc:
         reason = f"not JSON: {exc}" if isinstance(exc, ValueError) else exc.strerror
-        raise BadConfig(path, reason, "fix the file, or remove it and set this node up again "
-                                      "(`d setPeerConfig`, `d registerWorker`)") from None
+        raise BadConfig(path, reason, UNREADABLE_CONFIG_HINT) from None
     if not isinstance(stored, dict):
-        raise BadConfig(path, "not a JSON object", "fix the file, or remove it and set this node up again "
-                                                   "(`d setPeerConfig`, `d registerWorker`)")
+        raise BadConfig(path, "not a JSON object", UNREADABLE_CONFIG_HINT)
     cfg.update({k: v for k, v in stored.items() if k in DEFAULTS})
     problem = check and config_problem(cfg)
     if problem:

@@ -149,47 +149,51 @@ class OutputFailed(ZpeerError):
         super().__init__(f"Cannot write the output: {reason}")
 
 
-class BadConfig(ZpeerError):
+class _AtPath(ZpeerError):
+    """A file or directory of this node that zpeer cannot use: `form` says which, with why."""
+
+    form = "{path}: {reason}"
+
+    def __init__(self, path, reason, hint=None):
+        self.path, self.reason = path, str(reason)
+        super().__init__(self.form.format(path=path, reason=reason), hint)
+
+
+class BadConfig(_AtPath):
     """config.json is not JSON, or holds a value zpeer cannot use (a hand edit)."""
 
     code = "bad_config"
+    form = "Bad configuration in {path}: {reason}"
     hint = "set it again with `d setPeerConfig` (see `d setPeerConfig --help`), or edit the file"
 
-    def __init__(self, path, reason, hint=None):
-        super().__init__(f"Bad configuration in {path}: {reason}", hint)
 
-
-class BadDatabase(ZpeerError):
+class BadDatabase(_AtPath):
     """The node's SQLite file is damaged or is not a database."""
 
     code = "bad_database"
+    form = "Bad database {path}: {reason}"
 
     def __init__(self, path, reason, hint=None):
-        self.reason = str(reason)
-        super().__init__(f"Bad database {path}: {reason}", hint or (
+        super().__init__(path, reason, hint or (
             f"restore it from a backup, or move it away (`mv {path} {path}.bad`) to start with an "
             "empty registry: every worker must then enrol again (`d joinToken`)"))
 
 
-class BadHome(ZpeerError):
+class BadHome(_AtPath):
     """ZPEER_HOME cannot be the node's state directory (a file, not creatable)."""
 
     code = "bad_home"
+    form = "Cannot use ZPEER_HOME {path}: {reason}"
     hint = "ZPEER_HOME names the node's state directory: point it at a directory (or at none)"
 
-    def __init__(self, path, reason, hint=None):
-        super().__init__(f"Cannot use ZPEER_HOME {path}: {reason}", hint)
 
-
-class BadKey(ZpeerError):
+class BadKey(_AtPath):
     """The node's CURVE secret key file is damaged."""
 
     code = "bad_key"
+    form = "Bad key file {path}: {reason}"
     hint = ("restore it from a backup, or remove it and curve.pub to make a new key pair: a new key is "
             "a new identity (a worker enrols again; a leader's workers all do)")
-
-    def __init__(self, path, reason, hint=None):
-        super().__init__(f"Bad key file {path}: {reason}", hint)
 
 
 class Busy(ZpeerError):
