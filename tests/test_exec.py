@@ -239,6 +239,22 @@ def test_background_child_does_not_hold_the_call(shared_cluster):
     assert time.monotonic() - start < 5
 
 
+def test_background_child_output_follows_while_it_keeps_coming(shared_cluster):
+    # gaps of 0.1 s, under the 0.3 s idle grace: every tick arrives, after bash's exit
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd",
+                                   "(for i in 1 2 3; do sleep 0.1; echo tick$i; done) & echo started", check=0)
+    assert out.stdout == b"started\ntick1\ntick2\ntick3\n"
+
+
+def test_background_child_that_writes_after_the_call_ended_gets_sigpipe(shared_cluster, tmp_path):
+    mark = tmp_path / "status"
+    out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd",
+                                   f"( (sleep 1.5; echo late); echo $? > {mark} ) & echo started", check=0)
+    assert out.stdout == b"started\n"
+    wait_for(lambda: mark.exists() and mark.read_text(), timeout=10)
+    assert mark.read_text() == "141\n"  # 128 + SIGPIPE: the pipe was closed when the call ended
+
+
 def test_nested_d_call(shared_cluster):
     out = shared_cluster.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd",
                                "d listPeers --ids && d execOnPeer --peer laptop --shellCmd 'echo deep; exit 4'",
