@@ -69,6 +69,7 @@ complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l source-ip -x -d 
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l group -x -d 'Unix group allowed to use the CLI socket (0770).'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l heartbeat -x -d 'Heartbeat interval (default 1.0); peers are offline after 3 missed.'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l heartbeat-budget -x -d 'Leader: heartbeats/s it takes from all peers (default 350); bigger ...'
+complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l history-rows -x -d 'Leader: audit rows `d history` keeps, the newest (default 100000; 0...'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l repo -x -a '(__fish_complete_directories)' -d 'Deploy recipe: repository directory on this peer.'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l pull-cmd -x -d 'Deploy recipe: pull command (default git pull --ff-only).'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l build-cmd -x -d 'Deploy recipe: build command.'

@@ -49,6 +49,26 @@ def test_worker_keeps_no_audit(cluster):
     assert "leader-only exec_log: 0 rows" in out and "leader-only peer: 0 rows" in out
 
 
+def test_history_rows_keeps_the_newest_and_applies_at_once(empty_cluster):
+    vps = empty_cluster.leader()
+    status = vps.d("getPeerStatus", check=0).stdout.decode().splitlines()
+    assert "history_rows: 100000" in status  # the default, shown
+    for i in range(5):
+        vps.d("execOnPeer", "--peer", "vps", "--shellCmd", f"echo {i}", check=0)
+    assert [r["command"] for r in history(vps)] == [f"echo {i}" for i in (4, 3, 2, 1, 0)]
+    out = vps.d("setPeerConfig", "--history-rows", "2", check=0)
+    assert out.stdout == b"Saved: history_rows=2\nApplied by the running daemon.\n"
+    wait_for(lambda: len(history(vps)) == 2, timeout=5, what="the oldest rows pruned")
+    assert [r["command"] for r in history(vps)] == ["echo 4", "echo 3"]
+    assert "history_rows: 2" in vps.d("getPeerStatus", check=0).stdout.decode().splitlines()
+    out = vps.d("setPeerConfig", "--history-rows", "-1", check=2)
+    assert b"Invalid value for '--history-rows': -1 is not in the range 0<=x<=1000000000." in out.stderr
+    vps.d("setPeerConfig", "--history-rows", "0", check=0)  # 0 keeps everything from now on
+    for i in range(5, 8):
+        vps.d("execOnPeer", "--peer", "vps", "--shellCmd", f"echo {i}", check=0)
+    assert [r["command"] for r in history(vps)] == ["echo 7", "echo 6", "echo 5", "echo 4", "echo 3"]
+
+
 def test_file_modes(cluster):
     for node in (cluster.vps, cluster.desktop):
         assert stat.S_IMODE(os.stat(node.home).st_mode) == 0o700

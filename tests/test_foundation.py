@@ -275,6 +275,8 @@ def test_config_problem_names_each_value_a_hand_edit_can_break():
             ({"heartbeat_s": float("inf")}, "heartbeat_s must be a number of seconds from 0.05 to 60, not inf"),
             ({"heartbeat_budget": 0}, "heartbeat_budget must be a whole number from 1 to 1000000, not 0"),
             ({"heartbeat_budget": 2.5}, "heartbeat_budget must be a whole number from 1 to 1000000, not 2.5"),
+            ({"history_rows": -5}, "history_rows must be a whole number from 0 to 1000000000, not -5"),
+            ({"history_rows": None}, "history_rows must be a whole number from 0 to 1000000000, not None"),
             ({"role": "boss"}, "role must be leader or worker, not 'boss'"),
             ({"id": "a b"}, "invalid peer id 'a b'"),
             ({"leader": 3520}, "leader 3520: not HOST[:PORT]"),

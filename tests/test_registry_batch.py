@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from zpeer.audit import FLUSH_S, JOURNAL_FILE, Journal
+from zpeer.audit import FLUSH_S, JOURNAL_FILE, PRUNE_BATCH_ROWS, PRUNE_EVERY_ROWS, Journal
 from zpeer.registry import Registry
 
 
@@ -174,4 +174,58 @@ def test_a_restarted_leader_ends_the_execs_its_predecessor_left_running(tmp_path
         "done": (0, "exit"), "open1": (255, "leader_restarted"), "open2": (255, "leader_restarted"),
         "own": (255, "leader_restarted"),  # it ran in the leader that died
         "self": (None, None)}  # w1's exec on itself never crossed the leader: it runs on
+    reg.close()
+
+
+def _log(reg, first, count):
+    for i in range(first, first + count):
+        reg.log_exec(f"j{i:06d}", started_at=float(i), origin="vps", origin_user="root", target="w1", fanout=1,
+                     directory=None, command=f"echo {i}")
+
+
+def _kept(reg):
+    return [j for (j,) in reg.db.execute_sql("SELECT job FROM exec_log ORDER BY rowid").fetchall()]
+
+
+def _prune_while_due(reg):
+    """Run the loop's flush_audit() at each prune deadline, as the daemon's timer does; the turns taken."""
+    turns = 0
+    while reg.audit_due() is not None:
+        time.sleep(max(0.0, reg.audit_due() - time.monotonic()))
+        reg.flush_audit()
+        turns += 1
+    return turns
+
+
+def test_history_keeps_the_newest_rows_and_prunes_every_batch_of_writes(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    reg.keep_history(1500)
+    _prune_while_due(reg)  # an empty table: nothing to delete
+    _log(reg, 0, 2000)
+    reg.flush_audit(force=True)
+    assert reg.audit_due() is not None  # the prune is due on the next turn, not inside this flush
+    assert len(_kept(reg)) == 2000
+    _prune_while_due(reg)
+    assert _kept(reg) == [f"j{i:06d}" for i in range(500, 2000)]
+    _log(reg, 2000, PRUNE_EVERY_ROWS - 1)
+    reg.flush_audit(force=True)
+    assert reg.audit_due() is None  # fewer than PRUNE_EVERY_ROWS written since: no prune yet
+    _log(reg, 2999, 1)
+    reg.flush_audit(force=True)
+    _prune_while_due(reg)
+    assert _kept(reg) == [f"j{i:06d}" for i in range(1500, 3000)]
+    assert [r.job for r in reg.history(limit=2)] == ["j002999", "j002998"]
+    reg.close()
+
+
+def test_history_backlog_goes_in_batches_and_zero_keeps_all(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    _log(reg, 0, 2 * PRUNE_BATCH_ROWS + 10)
+    reg.flush_audit(force=True)
+    reg.keep_history(0)
+    assert reg.audit_due() is None  # 0: keep everything, nothing to do
+    assert len(_kept(reg)) == 2 * PRUNE_BATCH_ROWS + 10
+    reg.keep_history(7)  # as a lowered --history-rows applies at once
+    assert _prune_while_due(reg) == 3  # 5,000 + 5,000 + 3 rows, a loop turn each, PRUNE_PAUSE_S apart
+    assert _kept(reg) == [f"j{i:06d}" for i in range(2 * PRUNE_BATCH_ROWS + 3, 2 * PRUNE_BATCH_ROWS + 10)]
     reg.close()

@@ -101,7 +101,8 @@ class Api:
         if d.role == "leader":
             status.update(bind=cfg["bind"], advertise=cfg.get("advertise"), leader=d.id,
                           leader_address=link.address, connected=True, link="serving",
-                          peers_online=sum(map(link.online, link.live)), heartbeat_s=link.beat_s)
+                          peers_online=sum(map(link.online, link.live)), heartbeat_s=link.beat_s,
+                          history_rows=cfg["history_rows"])
         elif d.role == "worker":
             status.update(leader=cfg.get("leader"), leader_key=cfg.get("leader_key"),
                           source_ip=cfg.get("source_ip"), connected=link.usable(),

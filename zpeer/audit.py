@@ -8,6 +8,9 @@ registry writes the queued rows to `exec_log` in one transaction per `FLUSH_S` (
 `d history` and at stop), then empties the journal. A daemon that is SIGKILLed loses nothing:
 the next one on that home replays the journal first. A record cut short by the kill (a write is
 not atomic on a full disk) ends the replay: everything before it is kept.
+
+Also here: the SQL of those batches (`statements`) and of the retention (`PRUNE_SQL`: a leader
+keeps the newest `history_rows` rows, see Registry.keep_history).
 """
 import logging
 import os
@@ -19,6 +22,9 @@ log = logging.getLogger(__name__)
 JOURNAL_FILE = "audit.journal"
 FLUSH_S = 1.0  # queued audit rows reach SQLite within this long
 MAX_REPLAY_BYTES = 256 << 20  # a journal bigger than this is not read whole into memory
+PRUNE_EVERY_ROWS = 1000  # audit rows written between two prunes (the table holds up to this many extra)
+PRUNE_BATCH_ROWS = 5000  # audit rows one prune deletes at most (about 20 ms): a backlog takes several
+PRUNE_PAUSE_S = 0.05  # between those prunes, so the loop keeps serving
 
 
 class Journal:
@@ -89,3 +95,44 @@ class Journal:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def statements(model, batch):
+    """Consecutive audit rows of one shape as (sql, parameter rows), for executemany.
+
+    Rows with "command" are inserts (replacing a row with that job id; missing fields take the
+    model's defaults, as peewee's insert would), the others update the row of their job. Values
+    go through each field's db_value, the conversion peewee applies.
+    """
+    fields = model._meta.fields
+    groups = []
+    for job, values in batch:
+        insert = "command" in values
+        if insert:
+            values = dict(values)
+            for name, field in fields.items():
+                if name not in values and name != "job" and field.default is not None:
+                    values[name] = field.default() if callable(field.default) else field.default
+        names = tuple(values)
+        params = [fields[n].db_value(values[n]) for n in names]
+        if not groups or groups[-1][0] != (insert, names):
+            groups.append(((insert, names), []))
+        groups[-1][1].append([job] + params if insert else params + [job])
+    table = model._meta.table_name
+    for (insert, names), rows in groups:
+        columns = [fields[n].column_name for n in names]
+        if insert:
+            sql = (f"INSERT OR REPLACE INTO {table} (job, {', '.join(columns)}) "
+                   f"VALUES ({', '.join('?' * (len(columns) + 1))})")
+        else:
+            sql = f"UPDATE {table} SET {', '.join(c + ' = ?' for c in columns)} WHERE job = ?"
+        yield sql, rows
+
+
+# The audit rows beyond the newest N (parameters: N - 1, then the most rows to delete at once),
+# oldest first. Rows are appended, so rowid order is the order they came in: walking N rows of
+# the rowid b-tree costs a few ms at 100,000, where counting or sorting by time would scan all.
+PRUNE_SQL = """DELETE FROM exec_log WHERE rowid IN (
+    SELECT rowid FROM exec_log
+    WHERE rowid < (SELECT rowid FROM exec_log ORDER BY rowid DESC LIMIT 1 OFFSET ?)
+    ORDER BY rowid LIMIT ?)"""

@@ -75,6 +75,7 @@ class Daemon:
         """Start, stop or rebuild the peer link to match the configuration."""
         old = self.cfg
         self.cfg = cfg
+        self.registry.keep_history(cfg["history_rows"])
         key = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip", "heartbeat_s",
                "heartbeat_budget")
         if old.get("group") != cfg.get("group"):

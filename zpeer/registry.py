@@ -5,7 +5,8 @@ version, CURVE key, status accepted/pending/removed, first/last seen), join_toke
 one-time secret, expiry, use) and exec_log (audit of every exec routed by this leader).
 Workers keep the same schema but only meta (`sanity_check(worker=True)` deletes the rest), so a
 damaged worker file is replaced (`open_registry`). last_seen is flushed in batches (`flush()`),
-never one write per heartbeat; audit rows go to a journal at once, to SQLite in batches.
+never one write per heartbeat; audit rows go to a journal at once, to SQLite in batches, and
+the oldest go once there are more than keep_history() says.
 """
 import logging
 import os
@@ -14,7 +15,7 @@ import time
 
 import peewee
 
-from zpeer.audit import FLUSH_S, Journal
+from zpeer.audit import FLUSH_S, PRUNE_BATCH_ROWS, PRUNE_EVERY_ROWS, PRUNE_PAUSE_S, PRUNE_SQL, Journal, statements
 from zpeer.errors import BadDatabase
 
 log = logging.getLogger(__name__)
@@ -87,38 +88,6 @@ def _make_models(db):
     return Meta, Peer, JoinToken, ExecLog
 
 
-def _audit_statements(model, batch):
-    """Consecutive audit rows of one shape as (sql, parameter rows), for executemany.
-
-    Rows with "command" are inserts (replacing a row with that job id; missing fields take the
-    model's defaults, as peewee's insert would), the others update the row of their job. Values
-    go through each field's db_value, the conversion peewee applies.
-    """
-    fields = model._meta.fields
-    groups = []
-    for job, values in batch:
-        insert = "command" in values
-        if insert:
-            values = dict(values)
-            for name, field in fields.items():
-                if name not in values and name != "job" and field.default is not None:
-                    values[name] = field.default() if callable(field.default) else field.default
-        names = tuple(values)
-        params = [fields[n].db_value(values[n]) for n in names]
-        if not groups or groups[-1][0] != (insert, names):
-            groups.append(((insert, names), []))
-        groups[-1][1].append([job] + params if insert else params + [job])
-    table = model._meta.table_name
-    for (insert, names), rows in groups:
-        columns = [fields[n].column_name for n in names]
-        if insert:
-            sql = (f"INSERT OR REPLACE INTO {table} (job, {', '.join(columns)}) "
-                   f"VALUES ({', '.join('?' * (len(columns) + 1))})")
-        else:
-            sql = f"UPDATE {table} SET {', '.join(c + ' = ?' for c in columns)} WHERE job = ?"
-        yield sql, rows
-
-
 def open_registry(path, disposable):
     """The node's Registry. A damaged file is BadDatabase, unless disposable (a worker's holds
     nothing it needs): then it is moved aside, with a log line, and a new one is started."""
@@ -146,6 +115,9 @@ class Registry:
         self._audit = []  # (job, fields): pending audit writes
         self._audit_inserts = {}  # job -> fields of its queued insert (later updates merge into it)
         self._audit_due = 0.0  # monotonic time the queued rows are written at
+        self._keep_rows = 0  # audit rows kept (keep_history); 0: all
+        self._prune_due = None  # monotonic time of the next prune, if one is due
+        self._since_prune = 0  # audit events written since the last prune
         self._open_target = {}  # job -> target, for execs with no outcome yet
         self._open_by_target = {}  # target -> set of those jobs
         self._journal = Journal(os.path.dirname(os.path.abspath(path)))
@@ -341,11 +313,36 @@ class Registry:
 
     def audit_due(self):
         """When flush_audit() has work (the loop's poll ends then), or None."""
-        return self._audit_due if self._audit else None
+        return min((t for t in (self._audit_due if self._audit else None, self._prune_due) if t is not None),
+                   default=None)
+
+    def keep_history(self, rows):
+        """Keep only the newest `rows` audit rows (0: all of them); the surplus goes at once."""
+        self._keep_rows = rows
+        self._prune_due = time.monotonic() if rows else None
+
+    def _prune_history(self):
+        """Delete the oldest audit rows beyond the kept number, PRUNE_BATCH_ROWS at most; with
+        more left, the next prune is PRUNE_PAUSE_S away. Database trouble is logged, never fatal."""
+        self._prune_due, self._since_prune = None, 0
+        try:
+            with self.db.atomic():
+                deleted = self.db.execute_sql(PRUNE_SQL, (self._keep_rows - 1, PRUNE_BATCH_ROWS)).rowcount
+        except (peewee.PeeweeException, sqlite3.Error) as exc:
+            self._prune_due = time.monotonic() + AUDIT_RETRY_S
+            self._note_error(exc)
+            return
+        if deleted:
+            log.debug("audit: %d rows beyond the newest %d deleted", deleted, self._keep_rows)
+        if deleted >= PRUNE_BATCH_ROWS:
+            self._prune_due = time.monotonic() + PRUNE_PAUSE_S
 
     def flush_audit(self, force=False):
         """Write queued audit rows in one transaction once due (FLUSH_S after the first, or at
-        once with `force`), then empty the journal; database trouble is logged, never fatal."""
+        once with `force`), then empty the journal, and prune the oldest rows when due; database
+        trouble is logged, never fatal."""
+        if self._prune_due is not None and time.monotonic() >= self._prune_due:
+            self._prune_history()
         if not self._audit or (not force and time.monotonic() < self._audit_due):
             return
         batch, self._audit = self._audit, []
@@ -353,11 +350,14 @@ class Registry:
         try:
             with self.db.atomic():  # prepared statements: a peewee query per row cost ~1 ms per exec
                 connection = self.db.connection()
-                for sql, rows in _audit_statements(self.ExecLog, batch):
+                for sql, rows in statements(self.ExecLog, batch):
                     connection.executemany(sql, rows)
             self.last_error = None
             self._audit_due = 0.0
             self._journal.clear()
+            self._since_prune += len(batch)
+            if self._keep_rows and self._since_prune >= PRUNE_EVERY_ROWS and self._prune_due is None:
+                self._prune_due = time.monotonic()  # the next loop turn (not in `d history`'s wait)
         except (peewee.PeeweeException, sqlite3.Error) as exc:
             self._audit[:0] = batch[-10000:]
             # a locked or read-only file: each attempt blocks busy_timeout, so not every turn

@@ -55,7 +55,7 @@ def peer_table(peers, leader_version=None):
 def status_lines(status):
     """getPeerStatus as `key: value` lines."""
     order = ["id", "role", "daemon", "version", "leader", "leader_address", "bind", "advertise", "source_ip",
-             "connected", "link", "link_reason", "peers_online", "heartbeat_s", "public_key", "leader_key",
+             "connected", "link", "link_reason", "peers_online", "heartbeat_s", "history_rows", "public_key", "leader_key",
              "home", "db_error"]
     lines = []
     for key in order:
