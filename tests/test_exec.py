@@ -152,6 +152,17 @@ def test_output_that_cannot_be_written_is_an_error_and_stops_the_remote_command(
     assert (out.returncode, out.stderr) == (255, b"Cannot write the output: No space left on device\n")
 
 
+def test_closed_stderr_is_not_an_error_of_its_own(shared_cluster):
+    # `2>&-`: the exit status is still the command's (every command exited 1 at its last flush)
+    d = " ".join(shlex.quote(a) for a in d_command())
+    script = (f"{d} execOnPeer --peer laptop --shellCmd 'echo out; exit 3' 2>&-; echo rc=$?; "
+              f"{d} listPeers --ids 2>&-; echo rc=$?; "
+              f"{d} execOnPeer --peer nobody-here --shellCmd true 2>&-; echo rc=$?")
+    out = subprocess.run(["bash", "-c", script], env=shared_cluster.desktop.env, capture_output=True,
+                         stdin=subprocess.DEVNULL, timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (0, b"out\nrc=3\ndesktop\nlaptop\nvps\nrc=0\nrc=255\n", b"")
+
+
 def _pid_gone(pid):
     try:
         os.kill(pid, 0)

@@ -367,7 +367,7 @@ def _fast_exit(code):
         pass
     try:
         sys.stderr.flush()
-    except OSError:
+    except (OSError, ValueError, AttributeError):  # AttributeError: started without stderr (`2>&-`)
         pass
     os._exit(code)
 
