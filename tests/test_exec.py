@@ -447,6 +447,22 @@ def test_a_user_whose_home_does_not_exist_runs_in_root_with_a_notice(shared_clus
     assert out.stderr == f"Directory not found on laptop: {home}\n".encode()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="--user needs a root daemon")
+def test_a_user_who_cannot_enter_the_directory_is_refused_before_anything_runs(shared_cluster):
+    # the switch of user comes after the chdir: checked as the user, or the command ran in it
+    private = tempfile.mkdtemp(prefix="zpeer-private-")  # mode 0700, root's
+    try:
+        out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--user", "nobody", "--directory", private,
+                                       "--shellCmd", "pwd", check=255)
+        assert (out.stdout, out.stderr) == (b"", f"Permission denied on laptop: nobody cannot enter {private}\n".encode())
+        os.chmod(private, 0o711)  # searchable now: the same command runs there
+        out = shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--user", "nobody", "--directory", private,
+                                       "--shellCmd", "pwd", check=0)
+        assert out.stdout == f"{private}\n".encode()
+    finally:
+        os.rmdir(private)
+
+
 def test_line_latency_under_100ms(shared_cluster):
     proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
                                            "for i in 1 2 3 4 5; do date +%s.%N; sleep 0.2; done"],

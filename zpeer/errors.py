@@ -76,6 +76,12 @@ class DirectoryNotFound(ZpeerError):
     code = "dir_not_found"
 
 
+class DirectoryDenied(ZpeerError):
+    """The --user of an exec cannot enter its --directory on the target."""
+
+    code = "dir_denied"
+
+
 class KeyMismatch(ZpeerError):
     """The leader presented another key than the pinned one."""
 
@@ -203,7 +209,7 @@ class Busy(ZpeerError):
 
 
 _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
-                                      NotConnected, DirectoryNotFound, KeyMismatch, NotAuthorized,
+                                      NotConnected, DirectoryNotFound, DirectoryDenied, KeyMismatch, NotAuthorized,
                                       InvalidToken, NotLeader, NotConfigured, BadRequest,
                                       RequestTimeout, ExitLost, BindFailed, OutputFailed, BadConfig,
                                       BadDatabase, BadHome, BadKey, Busy)}

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 
 from zpeer import leftovers, trace
-from zpeer.errors import BadRequest, DirectoryNotFound, ExitLost, ZpeerError
+from zpeer.errors import BadRequest, ExitLost, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn, working_directory
 from zpeer.protocol import shown
@@ -153,9 +153,7 @@ class TargetJobs:
             env = child_environment(entry, self.home)
         else:
             entry, env = self._own_identity()
-        directory, notice = working_directory(msg.get("dir"), entry)
-        if not os.path.isdir(directory):
-            raise DirectoryNotFound(f"Directory not found on {self.node_id}: {shown(directory)}")
+        directory, notice = working_directory(msg.get("dir"), entry, self.node_id, extra)
         env = dict(env, ZPEER_JOB=msg["job"])
         try:
             return spawn(["/bin/bash", "-c", msg["cmd"]], directory, env, bool(msg.get("stdin")), extra, notice)

@@ -14,11 +14,15 @@ import sys
 import termios
 import time
 
+from zpeer.errors import DirectoryDenied, DirectoryNotFound
+from zpeer.protocol import shown
+
 PIPE_SIZE_BYTES = 1 << 20
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RC_TIMEOUT = 124
 RC_CANCELLED = 130
+ENTER_CHECK_TIMEOUT_S = 5.0  # a --user's check of its directory (a hung network mount)
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +87,33 @@ class Child:
         return self.returncode
 
 
-def working_directory(requested, entry):
+def working_directory(requested, entry, node_id, creds=None):
     """(directory, notice): the one asked for, else the user's home; a home that does not exist
-    (nobody's /nonexistent) gives / and a notice for the command's stderr, as ssh and su do."""
+    (nobody's /nonexistent) or that the user cannot enter gives / and a notice for the command's
+    stderr, as ssh and su do. A directory asked for that does not exist is DirectoryNotFound, one
+    the user of `creds` (--user) cannot enter DirectoryDenied: the command would start in it all
+    the same, since the switch of user comes after the chdir."""
     if requested:
-        return resolve_directory(requested, entry.pw_dir or "/"), b""
-    if os.path.isdir(entry.pw_dir or ""):
+        directory = resolve_directory(requested, entry.pw_dir or "/")
+        if not os.path.isdir(directory):
+            raise DirectoryNotFound(f"Directory not found on {node_id}: {shown(directory)}")
+        if creds and not _enters(directory, creds):
+            raise DirectoryDenied(f"Permission denied on {node_id}: {entry.pw_name} cannot enter {shown(directory)}")
+        return directory, b""
+    if os.path.isdir(entry.pw_dir or "") and (not creds or _enters(entry.pw_dir, creds)):
         return entry.pw_dir, b""
     return "/", f"zpeer: cannot use home directory {entry.pw_dir} of {entry.pw_name}: running in /\n".encode()
+
+
+def _enters(directory, creds):
+    """Whether `cd directory` works for the user of creds (as that user: only the kernel knows
+    every rule, ACLs included). A process: --user commands start through subprocess anyway."""
+    try:
+        return subprocess.run(["/bin/sh", "-c", 'cd -- "$1"', "sh", directory], env={}, cwd="/",
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=ENTER_CHECK_TIMEOUT_S, **creds).returncode == 0
+    except (OSError, subprocess.SubprocessError):  # cannot tell: the command's own cd error will
+        return True
 
 
 def resolve_directory(path, home):
