@@ -1,6 +1,7 @@
 """Foundation: config, registration, listPeers, liveness, restarts, errors, dbSanityCheck."""
 import json
 import os
+import re
 import signal
 import stat
 import time
@@ -81,7 +82,11 @@ def test_leader_restart_gets_workers_back(cluster):
     out = cluster.desktop.d("listPeers")
     assert out.returncode == 255 and out.stderr.startswith(b"Not connected to leader\n  hint: ")
     # what the hint says to check agrees at once (not after the link's grace for running jobs)
-    assert b"connected: no\n" in cluster.desktop.d("getPeerStatus", check=0).stdout
+    status = cluster.desktop.d("getPeerStatus", check=0).stdout.decode().splitlines()
+    assert "connected: no" in status and "link: registered" in status
+    # not the enrolment's stale word ("enrolled with a join token"): since when the leader is silent
+    assert re.fullmatch(r"link_reason: no answer from the leader for \d+ s",
+                        next(line for line in status if line.startswith("link_reason: "))), status
     cluster.vps.start()
     up = time.monotonic()
     wait_for(lambda: cluster.online("desktop") and cluster.online("laptop"), timeout=5,

@@ -106,7 +106,7 @@ class Api:
         elif d.role == "worker":
             status.update(leader=cfg.get("leader"), leader_key=cfg.get("leader_key"),
                           source_ip=cfg.get("source_ip"), connected=link.usable(),
-                          link=link.status, link_reason=link.reason, heartbeat_s=link.heartbeat_s)
+                          link=link.status, link_reason=link.shown_reason(), heartbeat_s=link.heartbeat_s)
         else:
             status.update(connected=False, link="unconfigured")
         return status

@@ -94,6 +94,16 @@ class WorkerLink:
         "connected"."""
         return self.handshake_ok and self.connected(now)
 
+    def shown_reason(self, now=None):
+        """getPeerStatus's link_reason: the leader's word on this peer, or, for a registered
+        link that is not usable now, how long the leader has been silent."""
+        now = now or time.monotonic()
+        if self.status != "registered" or self.usable(now):
+            return self.reason
+        if self.last_rx is None:
+            return "no answer from the leader yet"
+        return f"no answer from the leader for {now - self.last_rx:.0f} s"
+
     def link_error(self):
         """The error a request gets while the link is not usable."""
         if self.status == "key_mismatch":
