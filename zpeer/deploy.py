@@ -150,11 +150,13 @@ def _restart_local(wait):
     name = before.get("id") or "this node"
     click.echo(f"{name}: restarting ({plan['how']}), was {plan['version']}", err=True)
     deadline = start + wait
+    patience_s = 0.25  # the first probes may reach the old daemon just before it goes: short ones
     while time.monotonic() < deadline:
-        now = _status()
+        now = _status(timeout_s=patience_s)
         if now is not None and now.get("started_at") != before.get("started_at"):
             click.echo(f"{name}: restarted {now['version']} in {time.monotonic() - start:.1f}s")
             return 0
+        patience_s = min(2.0, patience_s * 2)  # then longer, for a new daemon that is slow to start
         time.sleep(0.1)  # pacing between probes of a daemon that is starting
     err = FailedToConnect(f"{name}: the daemon did not come back within {wait:g}s")
     click.echo(err.message, err=True)
