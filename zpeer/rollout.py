@@ -184,14 +184,14 @@ class Rollout:
                 with _client() as client:
                     if probe:
                         exec_step(client, probe, step_command("status"), cap, timeout=10, grace_s=PROBE_GRACE_S)
-                    if back:
+                    for peer in probe:
+                        now = self._probe(peer, cap, pending[peer])
+                        if now is not None:
+                            back[peer] = now
+                    if back:  # at once: a peer back is usually listed online already
                         records = {r["id"]: r for r in client.call("peers", timeout_s=PROBE_GRACE_S)["peers"]}
             except ZpeerError:
                 pass  # our own daemon, or its leader, is restarting: ask again
-            for peer in probe:
-                now = self._probe(peer, cap, pending[peer])
-                if now is not None:
-                    back[peer] = now
             for peer, now in list(back.items()):
                 record = records.get(peer) or {}
                 if peer in pending and record.get("online") and record.get("version") == now.get("version"):
