@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from zpeer import execution
 from zpeer.execution import SEEN_JOBS_MAX, TargetJobs
 
 
@@ -106,7 +107,10 @@ def _wait_readable(fd, limit_s=5):
     assert poller.poll(limit_s * 1000), f"fd {fd} never became readable"
 
 
-def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jobs):
+@pytest.mark.parametrize("linger_s", [None, 0.0])  # 0: a loaded loop that gets there after the deadline
+def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jobs, linger_s, monkeypatch):
+    if linger_s is not None:
+        monkeypatch.setattr(execution, "EXIT_LINGER_S", linger_s)
     # the kernel closes stdout, then stderr, then reports the exit: the loop may wake on stdout
     # alone, and must not need a turn for each of the other two
     jobs.handle("vps", _exec("short", "echo hi; exit 3"), None)

@@ -209,15 +209,16 @@ class TargetJobs:
             poller = select.poll()  # not select(): a busy daemon's fds pass FD_SETSIZE (1024)
             for fd in [fd for fd in rj.pipes.values() if rj.credit > 0] + [rj.pidfd]:
                 poller.register(fd, select.POLLIN)
-            left_ms = (deadline - time.monotonic()) * 1000
-            ready = {fd for fd, _ in poller.poll(math.ceil(left_ms))} if left_ms > 0 else ()
-            if not ready:
-                break
+            # one look even past the deadline: a loaded loop gets here late, the fds ready
+            left_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            ready = {fd for fd, _ in poller.poll(left_ms)}
             for num, fd in list(rj.pipes.items()):
                 if fd in ready and rj.credit > 0:
                     out.extend(self._read(rj, num))
             if rj.pidfd in ready:
                 rj.reap()
+            if not ready or not left_ms:
+                break
         return out
 
     def _read(self, rj, num):
