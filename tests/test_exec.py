@@ -5,12 +5,13 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 
-from conftest import d_command, wait_for
+from conftest import ROOT, d_command, wait_for
 
 ROUTES = [("vps", "desktop"), ("desktop", "vps"), ("desktop", "laptop"), ("laptop", "laptop"),
           ("vps", "vps")]
@@ -570,3 +571,34 @@ def test_raw_polls_carry_output_as_frames_after_the_map(shared_cluster):
             assert kinds == ({int} if raw else {bytes})
     finally:
         client.close()
+
+
+def test_a_big_fanout_summary_counts_the_peers_that_ended_well(empty_cluster):
+    """Beyond SUMMARY_OK_PEERS_MAX the ok peers are one count; the others keep their own line."""
+    vps = empty_cluster.leader()
+    tokens = [vps.d("joinToken", check=0).stdout.decode().strip() for _ in range(12)]
+    swarm = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "swarm.py"), "--first-ip", "127.0.2.1",
+                              "--prefix", "s", "--heartbeat", "0.3", "--ready-timeout", "20"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=vps.env)
+    try:
+        swarm.stdin.write(("\n".join(tokens) + "\n\n").encode())
+        swarm.stdin.flush()
+        assert json.loads(swarm.stdout.readline())["ok"]
+        wait_for(lambda: len(vps.d("listPeers", "--ids", "--online", check=0).stdout.split()) == 13, timeout=10,
+                 what="12 swarm peers online")
+        out = vps.d("execOnPeer", "--peer", "all", "--shellCmd", "case $ZPEER_HOME in */vps) exit 3;; esac",
+                    check=3)
+        assert out.stderr == b"--\nvps: rc 3\n12 peers: ok\n"
+        out = vps.d("execOnPeer", "--peer", "all", "--shellCmd", "true", check=0)
+        assert out.stderr == b"--\n13 peers: ok\n"
+        out = vps.d("execOnPeer", "--peer", "vps,s0001", "--shellCmd", "true", check=0)
+        assert out.stderr == b"--\nvps: ok\ns0001: ok\n"  # a few: each by name, as before
+    finally:
+        swarm.stdin.close()  # EOF: the swarm stops its workers and exits
+        try:
+            swarm.wait(20)
+        finally:
+            if swarm.poll() is None:
+                swarm.kill()
+                swarm.wait()
+            swarm.stdout.close()

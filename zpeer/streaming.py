@@ -22,6 +22,7 @@ POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is g
 STDIN_CHUNK_BYTES = 256 * 1024
 STDIN_PIPE_BYTES = 1 << 20  # the default /proc/sys/fs/pipe-max-size
 LINE_MAX_BYTES = 1 << 20  # a longer line of a fan-out (a blob with no newline) is cut there
+SUMMARY_OK_PEERS_MAX = 10  # a fan-out summary names this many peers that ended well; beyond, it counts them
 CANCEL_WAIT_POLLS = 20
 
 
@@ -137,7 +138,11 @@ class Renderer:
         """Per-peer outcome on stderr when more than one peer."""
         if not self.multi or self.as_json:
             return
-        lines = [f"{peer}: {self.results.get(peer, (255, 'no result'))[1]}" for peer in targets]
+        outcomes = [(peer, self.results.get(peer, (255, "no result"))[1]) for peer in targets]
+        ok = [peer for peer, word in outcomes if word == "ok"]
+        lines = [f"{peer}: {word}" for peer, word in outcomes if word != "ok" or len(ok) <= SUMMARY_OK_PEERS_MAX]
+        if len(ok) > SUMMARY_OK_PEERS_MAX:  # hundreds of "ID: ok" lines would bury the ones that matter
+            lines.append(f"{len(ok)} peers: ok")
         _write(self.err, ("--\n" + "\n".join(lines) + "\n").encode())
 
     def status(self, targets):
