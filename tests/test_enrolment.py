@@ -26,8 +26,12 @@ def test_pending_then_accepted_without_token(empty_cluster):
     out = c.vps.d("acceptPeer", "tablet", "--key", wrong, check=255)
     assert out.stderr.startswith(f"The key waiting for tablet is {tablet_key}, not {wrong}".encode())
     assert not c.online("tablet")
+    c.vps.d("setPeerConfig", "--heartbeat", "5", check=0)  # a pending peer says hello every 5 s now
+    wait_for(lambda: b"heartbeat_s: 5.0" in node.d("getPeerStatus", check=0).stdout, timeout=5,
+             what="the tablet told the new interval")
     c.vps.d("acceptPeer", "tablet", "--key", tablet_key[:8], check=0)
-    wait_for(lambda: c.online("tablet"), timeout=5, what="tablet accepted and online")
+    # the leader calls it back at once: well before its next hello
+    wait_for(lambda: c.online("tablet"), timeout=2.5, what="tablet accepted and online")
     assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
 
 

@@ -7,7 +7,6 @@ only acts as the peer id bound to its key, pending or unknown keys can only say 
 leader sends a peer's messages only to the identity its verified hello came from.
 """
 import logging
-import math
 import socket
 import sqlite3
 import time
@@ -31,13 +30,6 @@ SNDHWM = 20000
 RCVHWM = 20000
 # the registry cannot be written (locked by another process, read-only, disk full)
 DB_ERRORS = (peewee.PeeweeException, sqlite3.Error)
-
-
-def beat_interval_s(base_s, peers, budget_per_s):
-    """The heartbeat interval announced to workers: `base_s`, stretched (in 0.5 s steps) so that
-    `peers` workers send at most `budget_per_s` heartbeats a second in all."""
-    need_s = peers / max(1.0, float(budget_per_s))
-    return base_s if need_s <= base_s else math.ceil(need_s * 2) / 2
 
 
 class LeaderLink:
@@ -77,6 +69,7 @@ class LeaderLink:
         self.fds = {}  # socket fd -> (peer id, route) of the connection a verified hello came over
         self.live = {}  # peer id -> {"key", "ip", "rx", "route", "fd", "gone"} for verified peers
         self.rekey = {}  # peer id -> {"key", "ip", "since"}: a known id asking to bind a new key
+        self.waiting = {}  # peer id -> route of its last pending hello: acceptPeer calls it back
         self.limiter = RateLimited()
         self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
         self.beat_s = self.heartbeat_s  # the interval workers are told (stretched for big fleets)
@@ -209,6 +202,7 @@ class LeaderLink:
                   "role": "worker"}
         if status == "accepted":
             self.rekey.pop(peer_id, None)
+            self.waiting.pop(peer_id, None)
             if row is None or row.key != key:
                 self.policy.revoked.discard(key)
             try:
@@ -241,6 +235,8 @@ class LeaderLink:
             self.registry.upsert(peer_id, ip=ip, key=key, status="pending", **fields)
         elif status == "rejected":
             log.warning("peer %s from %s refused: %s", peer_id, ip, reason)
+        if status == "pending":  # bounded: MAX_PENDING new ids, or ids of the registry
+            self.waiting[peer_id] = identity
         return self._welcome(identity, rid, status, reason)
 
     def _db_trouble(self, exc):
@@ -273,7 +269,7 @@ class LeaderLink:
 
     def _retune(self, now):
         """Follow the fleet's size with the announced interval (workers learn it from each reply)."""
-        beat_s = beat_interval_s(self.heartbeat_s, len(self.live), self.cfg.get("heartbeat_budget")
+        beat_s = config.beat_interval_s(self.heartbeat_s, len(self.live), self.cfg.get("heartbeat_budget")
                                  or config.DEFAULT_HEARTBEAT_BUDGET_PER_S)
         if beat_s < self.beat_s:
             # workers still beat at the old interval until their next reply tells them the new one
@@ -356,6 +352,8 @@ class LeaderLink:
             row = self.registry.upsert(peer_id, key=request["key"], ip=request["ip"])
         self.policy.revoked.discard(row.key)
         self.registry.set_status(peer_id, "accepted")
+        if peer_id in self.waiting:  # it says hello again now, not at its next heartbeat
+            self._send_raw(self.waiting.pop(peer_id), {"t": "rehello", "rid": "accepted"})
         return {"id": peer_id, "status": "accepted"}
 
     def remove(self, peer_id):
