@@ -2,10 +2,11 @@
 disposition and none blocked, a session and process group of its own, its directory."""
 import os
 import signal
+import subprocess
 
 import pytest
 
-from conftest import Node, free_port, run_python
+from conftest import Node, d_command, free_port, run_python
 
 
 def _launcher_state(inherited_fd):
@@ -123,3 +124,26 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
     assert (out.returncode, out.stderr) == (0, "")
     assert out.stdout.splitlines() == ["False True True True",
                                        "True SIG_DFL SIG_IGN SIG_IGN SIG_IGN"]
+
+
+def test_a_hangup_stops_the_daemon_cleanly_unless_it_was_started_under_nohup(careless, tmp_path):
+    # its terminal closed: the jobs are reported interrupted (SIGHUP killed it on the spot before)
+    node, _ = careless
+    node.proc.send_signal(signal.SIGHUP)  # nohup'd (the careless launcher ignores SIGHUP): shrugged off
+    assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo still here", check=0).stdout == b"still here\n"
+    assert node.proc.poll() is None
+    node.stop()
+    plain = Node(tmp_path, "plain", "127.0.0.1")
+    plain.d("setPeerConfig", "--role", "leader", "--id", "plain", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    plain.start()
+    try:
+        cli = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "plain", "--shellCmd", "echo started; sleep 30"],
+                               env=plain.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert cli.stdout.readline() == b"started\n"
+        plain.proc.send_signal(signal.SIGHUP)
+        assert plain.proc.wait(10) == 0
+        _, err = cli.communicate(timeout=10)
+        assert (cli.returncode, err.splitlines()[0]) == (255, b"Interrupted: the daemon on plain stopped while the command ran")
+        assert "daemon stopping" in plain.log()
+    finally:
+        plain.stop()

@@ -234,14 +234,15 @@ class Daemon:
 
     # --- loop ---------------------------------------------------------------------------
     def run(self):
-        """Serve until SIGTERM/SIGINT."""
+        """Serve until SIGTERM/SIGINT, or SIGHUP (its terminal closed) unless started under nohup."""
         def stop(signum, _frame):
             self.stopping = True
 
-        prepare_spawning()
+        prepare_spawning()  # (after it, a SIGHUP that nohup ignored has a do-nothing handler)
         memory.tune()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, stop)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if signum != signal.SIGHUP or signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, stop)
         # a signal writes a byte here, so poll() returns at once instead of at its timeout
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
