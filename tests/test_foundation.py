@@ -4,9 +4,10 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import time
 
-from conftest import Node, TEST_HEARTBEAT_S, free_port, wait_for
+from conftest import Node, TEST_HEARTBEAT_S, d_command, free_port, wait_for
 
 OFFLINE_WITHIN_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 intervals + slack for process scheduling
 
@@ -354,3 +355,37 @@ def test_a_home_that_is_a_file_or_a_damaged_key_is_a_clear_error_and_a_stale_pub
     node.start()
     node.stop()
     assert json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"] == public
+
+
+def test_demo_cleans_up_when_its_terminal_closes(tmp_path):
+    # its daemons run in sessions of their own: a demo killed by SIGHUP left all three running
+    base = None
+    demo = subprocess.Popen(d_command() + ["demo"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    try:
+        first = demo.stdout.readline().decode()
+        base = first.rsplit(" state in ", 1)[1].strip()
+        for line in iter(demo.stdout.readline, b""):
+            if line.startswith(b"[vps]$ d listPeers"):  # all three daemons serve by now
+                break
+        demo.send_signal(signal.SIGHUP)
+        assert demo.wait(30) == 130
+        assert b"\ninterrupted: stopping the demo daemons\n" in demo.stderr.read()
+        assert not os.path.exists(base)
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _has_home_under(pid, base)]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        demo.stdout.close()
+        demo.stderr.close()
+        for pid in [p for p in os.listdir("/proc") if p.isdigit() and base and _has_home_under(p, base)]:
+            os.kill(int(pid), signal.SIGKILL)  # only if the demo failed to: its daemons, by their home
+
+
+def _has_home_under(pid, base):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"ZPEER_HOME={base}/".encode() in f.read()
+    except OSError:  # gone, or not ours to read
+        return False

@@ -99,7 +99,10 @@ class Demo:
 def run_demo(keep=False):
     """Run the demo; returns an exit status."""
     demo = Demo(keep)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # a closed terminal (SIGHUP) or SIGTERM cleans up as Ctrl-C does: the daemons run in sessions
+    # of their own, so nothing else would stop them (a SIGHUP that nohup ignored stays ignored)
+    stops = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL else [])
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in stops}
     try:
         rc = demo.run()
         if keep:
@@ -112,6 +115,7 @@ def run_demo(keep=False):
         print("\ninterrupted: stopping the demo daemons", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if not keep:
             demo.stop()
