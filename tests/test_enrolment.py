@@ -80,11 +80,14 @@ def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_ke
 
     c = empty_cluster
     c.leader()
-    why = ("Invalid peer id: '-x' (letters, digits, '-', '_', '.', starting with a letter or digit; "
+    why = ("Invalid peer id: '-x' (ASCII letters, digits, '-', '_', '.', starting with a letter or digit; "
            "at most 64; not 'all')\n")
     node = c.worker("tablet", "127.0.0.6", register=False)
     out = node.d("setPeerConfig", "--role", "worker", "--id", "-x", "--leader", "127.0.0.1:1", check=2)
     assert out.stderr.decode() == why
+    # a look-alike of the leader's id, with a Cyrillic letter: refused as a new id
+    out = node.d("registerWorker", "--id", "v\u0440s", "--token", c.token(), check=2)
+    assert out.stderr.decode() == why.replace("'-x'", "'v\u0440s'")
     out = node.d("registerWorker", "--id", "-x", "--token", c.token(), check=2)
     assert out.stderr.decode() == why
     assert node.d("getPeerStatus", "--json", check=0).stdout.count(b'"-x"') == 0

@@ -278,13 +278,15 @@ def default_peer_id():
     return socket.gethostname().split(".")[0] or "peer"
 
 
-PEER_ID_RULE = "letters, digits, '-', '_', '.', starting with a letter or digit; at most 64; not 'all'"
+PEER_ID_RULE = "ASCII letters, digits, '-', '_', '.', starting with a letter or digit; at most 64; not 'all'"
 
 
 def valid_peer_id(peer_id, new=True):
     """Peer ids are short printable words (no spaces, commas or colons: they appear in prefixes).
 
     A new id starts with a letter or digit, as a hostname does, so that `d acceptPeer ID` or
-    `ssh`-style scripts never read it as an option; ids enrolled before that rule keep working."""
+    `ssh`-style scripts never read it as an option, and is ASCII, as a hostname is, so that no
+    id can pass for another one (a Cyrillic 'р' in 'vрs'); ids enrolled before keep working."""
     return (isinstance(peer_id, str) and 0 < len(peer_id) <= 64 and peer_id != "all"
-            and all(c.isalnum() or c in "-_." for c in peer_id) and (not new or peer_id[0].isalnum()))
+            and all(c.isalnum() or c in "-_." for c in peer_id)
+            and (not new or (peer_id[0].isalnum() and peer_id.isascii())))
