@@ -338,6 +338,17 @@ def test_an_empty_directory_user_or_command_is_an_error(shared_cluster, tmp_path
     assert not (tmp_path / "ran").exists()
 
 
+def test_an_unquoted_command_is_refused_with_the_quoted_form(shared_cluster, tmp_path):
+    # `--shellCmd touch X Y` would run `touch` with no operand: say how to quote it, run nothing
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "laptop", "--shellCmd", "touch", f"{tmp_path}/ran", "it's",
+                               check=2)
+    assert out.stdout == b""
+    assert out.stderr.endswith(
+        f"Error: Got unexpected extra arguments ({tmp_path}/ran it's): --shellCmd takes the whole command line as "
+        f"one argument; quote it: --shellCmd 'touch {tmp_path}/ran it'\"'\"'s'\n".encode())
+    assert not (tmp_path / "ran").exists()
+
+
 def test_fanout_cuts_a_line_longer_than_a_mebibyte_so_memory_stays_bounded(shared_cluster):
     """A peer that prints a blob with no newline in a fan-out: its `ID: ` lines are cut every
     1 MiB (pdsh-style prefixes need whole lines; an unbounded one would be held in memory)."""

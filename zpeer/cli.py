@@ -254,7 +254,7 @@ def db_sanity_check(dry_run):
     sys.exit(0 if result["ok"] else 1)
 
 
-@cli.command("execOnPeer", context_settings=CONTEXT)
+@cli.command("execOnPeer", context_settings=dict(CONTEXT, allow_extra_args=True))  # (to say: quote CMD)
 @click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all", help=PEER_HELP)
 @click.option("--directory", metavar="PATH",
               help="Working directory on the peer (default: home; `~/x` and relative paths start there).")
@@ -266,7 +266,8 @@ def db_sanity_check(dry_run):
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
 @click.option("-n", "--no-stdin", is_flag=True,
               help="Do not forward stdin, as ssh -n (a `while read` loop keeps its input).")
-def exec_on_peer(peers, directory, shell_cmd, timeout, user, batch, as_json, no_stdin):
+@click.pass_context
+def exec_on_peer(ctx, peers, directory, shell_cmd, timeout, user, batch, as_json, no_stdin):
     """Run CMD on peers; remote stdout/stderr stream here byte-exact; exit = remote status.
 
     \b
@@ -276,6 +277,12 @@ def exec_on_peer(peers, directory, shell_cmd, timeout, user, batch, as_json, no_
       tar c . | d execOnPeer --peer laptop --directory /tmp --shellCmd 'tar x'
       d listPeers --ids | while read p; do d execOnPeer -n --peer "$p" --shellCmd uptime; done
     """
+    if ctx.args:  # `--shellCmd echo hi`: ssh would have joined the words, bash -c would run `echo`
+        import shlex
+
+        ctx.fail(f"Got unexpected extra argument{'s' if len(ctx.args) > 1 else ''} ({' '.join(ctx.args)}): "
+                 f"--shellCmd takes the whole command line as one argument; quote it: "
+                 f"--shellCmd {shlex.quote(' '.join([shell_cmd, *ctx.args]))}")
     from zpeer.streaming import run_exec
 
     sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json, no_stdin))
