@@ -117,6 +117,7 @@ complete -c d -n '__fish_seen_subcommand_from dbSanityCheck' -s h -l help -d 'Sh
 
 # execOnPeer
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l directory -x -a '(__fish_complete_directories)' -d 'Working directory on the peer (default: home; `~/x` and relative pa...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l shellCmd -x -d 'Command line run with /bin/bash -c.'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l timeout -x -d 'Kill the remote process group after this long (exit 124).'
@@ -146,6 +147,7 @@ complete -c d -n '__fish_seen_subcommand_from install-completion' -s h -l help -
 
 # remotePull
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remotePull' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l batch -x -d 'Run on at most N peers at a time.'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
@@ -153,6 +155,7 @@ complete -c d -n '__fish_seen_subcommand_from remotePull' -s h -l help -d 'Show 
 
 # remoteBd
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l batch -x -d 'Run on at most N peers at a time.'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
@@ -160,6 +163,7 @@ complete -c d -n '__fish_seen_subcommand_from remoteBd' -s h -l help -d 'Show th
 
 # remoteDeployDaemon
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l batch -x -d 'Deploy N peers at a time (the leader always last, alone).'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l keep-going -d 'Go on with the other peers after a failure.'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l wait -x -d 'How long a restarted peer may take to come back.'
@@ -168,6 +172,7 @@ complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -s h -l help -
 
 # restartDaemon
 complete -c d -n '__fish_seen_subcommand_from restartDaemon' -l peer -x -a '(__d_peers)' -d 'Peer(s) whose daemon to restart (default: this node\'s).'
+complete -c d -n '__fish_seen_subcommand_from restartDaemon' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from restartDaemon' -l batch -x -d 'Restart N peers at a time (the leader always last, alone).'
 complete -c d -n '__fish_seen_subcommand_from restartDaemon' -l wait -x -d 'How long a restarted peer may take to come back.'
 complete -c d -n '__fish_seen_subcommand_from restartDaemon' -s h -l help -d 'Show this message and exit.'

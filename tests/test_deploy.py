@@ -205,6 +205,20 @@ def test_rolling_deploy_stops_at_the_first_failure_leader_last(fleet):
                                 "laptop": (True, "1.0-test")}
 
 
+def test_exclude_leaves_peers_out_of_pulls_and_rollouts(fleet):
+    out = fleet.vps.d("remotePull", "--peer", "all", "--exclude", "vps", check=0)
+    assert out.stderr.endswith(b"--\ndesktop: ok\nlaptop: ok\n")
+    assert (fleet.head("desktop"), fleet.head("laptop"), fleet.head("vps")) == (fleet.second, fleet.second, fleet.first)
+    out = fleet.vps.d("remoteDeployDaemon", "--peer", "all", "--exclude", "vps,laptop", check=0)
+    assert [DEPLOYED.match(line).group(1) for line in out.stdout.splitlines(keepends=True)
+            if DEPLOYED.match(line)] == [b"desktop"]
+    assert fleet.versions() == {"vps": (True, "1.0-test"), "desktop": (True, "2.0-test"), "laptop": (True, "1.0-test")}
+    out = fleet.vps.d("restartDaemon", "--peer", "all", "--exclude", "lpatop", check=255)
+    assert out.stderr.startswith(b"Peer not found: lpatop\n")  # a typo restarts nothing
+    assert fleet.vps.d("restartDaemon", "--exclude", "vps", check=2).stderr == (
+        b"--exclude leaves peers out of --peer: give --peer too\n")
+
+
 @pytest.mark.timeout(90)
 def test_rolling_deploy_keep_going_deploys_the_leader_last(fleet):
     fleet.laptop.d("setPeerConfig", "--build-cmd", "exit 7", check=0)

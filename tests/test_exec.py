@@ -613,3 +613,56 @@ def test_a_big_fanout_summary_counts_the_peers_that_ended_well(empty_cluster):
                 swarm.kill()
                 swarm.wait()
             swarm.stdout.close()
+
+
+def test_exclude_leaves_peers_out_and_a_typo_runs_nothing(shared_cluster, tmp_path):
+    for origin in ("vps", "desktop"):  # the leader, and a worker (which asks the leader for `all`)
+        node = shared_cluster.nodes[origin]
+        out = node.d("execOnPeer", "--peer", "all", "--exclude", "vps", "--shellCmd", "echo hi", check=0)
+        assert sorted(out.stdout.splitlines()) == [b"desktop: hi", b"laptop: hi"]
+        out = node.d("execOnPeer", "--peer", "all", "--exclude", "vsp", "--shellCmd", f"touch {tmp_path}/ran",
+                     check=255)
+        assert (out.stdout, out.stderr) == (b"", b"Peer not found: vsp\n  hint: --exclude names a peer that --peer "
+                                                 b"does not select (`d listPeers`)\n")
+        out = node.d("execOnPeer", "--peer", "laptop,vps", "--exclude", "vps", "--exclude", "laptop",
+                     "--shellCmd", f"touch {tmp_path}/ran", check=255)
+        assert out.stderr == b"No peer left: --exclude removes every peer --peer selects\n"
+    assert not (tmp_path / "ran").exists()
+
+
+def test_exclude_is_refused_by_a_daemon_from_before_it(tmp_path):
+    """A daemon still running the previous release ignores a field it does not know: it would
+    run on the excluded peers. This one answers as such a daemon does (a ping without
+    "features"), on the real socket path; the CLI must refuse before it asks for any exec."""
+    import zmq
+
+    from zpeer import protocol
+    from zpeer.ipc import reply_frames
+
+    home = tmp_path / "old"
+    home.mkdir(mode=0o700)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(f"ipc://{home}/d.sock")
+    asked = []
+    cli = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "all", "--exclude", "db1", "--shellCmd", "reboot"],
+                           env=dict(os.environ, ZPEER_HOME=str(home)), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while cli.poll() is None:
+            if sock.poll(100):
+                identity, _, *request = sock.recv_multipart()
+                header = protocol.decode_request(request)
+                asked.append(header["op"])
+                answer = {"pong": True, "version": "0.0.9"} if header["op"] == "ping" else {"sid": "s", "targets": []}
+                sock.send_multipart(reply_frames(identity, header["rid"], answer))
+        out, err = cli.communicate(timeout=10)
+        assert (cli.returncode, out, asked) == (255, b"", ["ping"])
+        assert err == (b"The local daemon is too old for --exclude: nothing was run\n"
+                       b"  hint: restart it to run the installed zpeer (`d restartDaemon`)\n")
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.communicate()
+        sock.close(0)
+        ctx.term()

@@ -5,7 +5,7 @@ import msgpack
 import pytest
 
 from zpeer import config, keys, protocol
-from zpeer.errors import PeerOffline, from_reply
+from zpeer.errors import BadRequest, PeerNotFound, PeerOffline, from_reply
 from zpeer.sessions import SILENCE_SCAN_S, OriginSessions, resolve_targets
 
 
@@ -96,6 +96,19 @@ def test_error_round_trip():
 
 def test_resolve_targets():
     assert resolve_targets(["b,a", "all", "a"], ["a", "b", "c"]) == ["b", "a", "c"]
+
+
+def test_resolve_targets_less_the_excluded_ones():
+    assert resolve_targets(["all"], ["a", "b", "c"], ["b"]) == ["a", "c"]
+    assert resolve_targets(["a,b,c"], [], ["a c"]) == ["b"]
+    with pytest.raises(PeerNotFound) as err:  # a typo must not leave in the peer it meant
+        resolve_targets(["all"], ["db1", "web1"], ["bd1"])
+    assert err.value.message == "Peer not found: bd1" and "--exclude" in err.value.hint
+    with pytest.raises(BadRequest) as err:
+        resolve_targets(["a"], [], ["a"])
+    assert err.value.message == "No peer left: --exclude removes every peer --peer selects"
+    with pytest.raises(BadRequest):
+        resolve_targets(["a"], [], [3])
 
 
 def test_session_flow_credit_and_finish():

@@ -85,7 +85,7 @@ class Api:
     # --- local state ----------------------------------------------------------------------
     def op_ping(self, identity, header):
         """Liveness probe."""
-        return {"pong": True, "version": self.d.version}
+        return {"pong": True, "version": self.d.version, "features": ["exclude"]}  # what an older one lacks
 
     def op_status(self, identity, header):
         """getPeerStatus."""
@@ -304,23 +304,23 @@ class Api:
         reply = (identity, header["rid"], wait_s, bool(header.get("raw")))
         if self.d.id is None:
             raise NotConfigured("This node has no id yet")
-        wants_all = "all" in config.peer_names(requested)
+        wants_all, exclude = "all" in config.peer_names(requested), _arg(header, "exclude", list, [])
         if wants_all and self.d.role == "worker":
             def expand(result, error):
-                if error is not None:
-                    self.d.reply(identity, header["rid"], error.to_reply())
-                    return
-                known = [r["id"] for r in result["peers"]]
-                opened = self._open(spec, resolve_targets(requested, known), batch, pid, reply)
+                try:
+                    if error is not None:
+                        raise error
+                    targets = resolve_targets(requested, [r["id"] for r in result["peers"]], exclude)
+                    opened = self._open(spec, targets, batch, pid, reply)
+                except ZpeerError as exc:
+                    opened = exc.to_reply()
                 if opened is not None:
                     self.d.reply(identity, header["rid"], opened)
             self.d.link.rpc("peers", {}, expand)
             return None
-        if not wants_all:
-            known = []  # named targets need no registry read (it was one SQLite query per exec)
-        else:
-            known = [r.id for r in self.d.registry.peers()] if self.d.role == "leader" else [self.d.id]
-        return self._open(spec, resolve_targets(requested, known), batch, pid, reply)
+        # named targets need no registry read (it was one SQLite query per exec)
+        known = [] if not wants_all else [r.id for r in self.d.registry.peers()] if self.d.role == "leader" else [self.d.id]
+        return self._open(spec, resolve_targets(requested, known, exclude), batch, pid, reply)
 
     def _open(self, spec, targets, batch, pid, reply):
         """Open the session; on the leader, refuse unknown/offline targets at once. With a

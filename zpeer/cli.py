@@ -16,6 +16,7 @@ from zpeer.errors import EXIT_USAGE, BadDatabase, FailedToConnect, OutputFailed,
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PEER_HELP = "Target peer; repeat, give a list (commas or blanks), or `all`."
+EXCLUDE_HELP = "Leave these peers out of the ones --peer selects (as pdsh -x): `--peer all --exclude vps`."
 
 
 class Seconds(click.FloatRange):
@@ -256,6 +257,7 @@ def db_sanity_check(dry_run):
 
 @cli.command("execOnPeer", context_settings=dict(CONTEXT, allow_extra_args=True))  # (to say: quote CMD)
 @click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all", help=PEER_HELP)
+@click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
 @click.option("--directory", metavar="PATH",
               help="Working directory on the peer (default: home; `~/x` and relative paths start there).")
 @click.option("--shellCmd", "shell_cmd", required=True, metavar="CMD", help="Command line run with /bin/bash -c.")
@@ -267,7 +269,7 @@ def db_sanity_check(dry_run):
 @click.option("-n", "--no-stdin", is_flag=True,
               help="Do not forward stdin, as ssh -n (a `while read` loop keeps its input).")
 @click.pass_context
-def exec_on_peer(ctx, peers, directory, shell_cmd, timeout, user, batch, as_json, no_stdin):
+def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch, as_json, no_stdin):
     """Run CMD on peers; remote stdout/stderr stream here byte-exact; exit = remote status.
 
     \b
@@ -285,7 +287,7 @@ def exec_on_peer(ctx, peers, directory, shell_cmd, timeout, user, batch, as_json
                  f"--shellCmd {shlex.quote(' '.join([shell_cmd, *ctx.args]))}")
     from zpeer.streaming import run_exec
 
-    sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json, no_stdin))
+    sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json, no_stdin, exclude))
 
 
 @cli.command(context_settings=CONTEXT)

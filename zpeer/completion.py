@@ -14,7 +14,7 @@ def _kind(param):
     if isinstance(param, click.Option):
         if param.is_flag or param.count:
             return "flag"
-        if "--peer" in param.opts:  # a list (comma-separated or repeated) where the option takes several
+        if "--peer" in param.opts or "--exclude" in param.opts:  # a list (comma-separated or repeated) where the option takes several
             listed = param.multiple or any(m in (param.metavar or "") for m in (",", "all"))
             return "peers" if listed else "peer"
     elif param.name in ("id", "peer", "peer_id"):  # e.g. acceptPeer ID: one id, no list, no `all`

@@ -9,12 +9,13 @@ import time
 import click
 
 from zpeer import config
-from zpeer.cli import CONTEXT, PEER_HELP, Seconds, client, fail
+from zpeer.cli import CONTEXT, EXCLUDE_HELP, PEER_HELP, Seconds, client, fail, usage_error
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.recipes import STEPS, step_command
 
 peer_option = click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
                            help=PEER_HELP)
+exclude_option = click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
 timeout_option = click.option("--timeout", type=Seconds(0.001), metavar="SECONDS",
                               help="Kill the step's remote process group after this long (exit 124).")
 
@@ -22,7 +23,7 @@ timeout_option = click.option("--timeout", type=Seconds(0.001), metavar="SECONDS
 def recipe_step_options(func):
     """The flags remotePull and remoteBd share with execOnPeer's fan-out."""
     for option in reversed([
-            peer_option, timeout_option,
+            peer_option, exclude_option, timeout_option,
             click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time."),
             click.option("--json", "as_json", is_flag=True,
                          help="JSON Lines events (start/stdout/stderr/exit/error).")]):
@@ -30,17 +31,18 @@ def recipe_step_options(func):
     return func
 
 
-def _recipe_step(step, peers, timeout, batch, as_json):
+def _recipe_step(step, peers, exclude, timeout, batch, as_json):
     """Run one recipe step on peers with execOnPeer's contract; exits with its status."""
     from zpeer.streaming import run_exec
 
     # a recipe step reads no input: a `while read` loop around it keeps its own
-    sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json, no_stdin=True))
+    sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json, no_stdin=True,
+                      exclude=exclude))
 
 
 @click.command("remotePull", context_settings=CONTEXT)
 @recipe_step_options
-def remote_pull(peers, timeout, batch, as_json):
+def remote_pull(peers, exclude, timeout, batch, as_json):
     """Run each peer's own pull recipe (default `git pull --ff-only` in its repo); exit = its status.
 
     \b
@@ -48,12 +50,12 @@ def remote_pull(peers, timeout, batch, as_json):
       d remotePull --peer desktop
       d remotePull --peer all
     """
-    _recipe_step("pull", peers, timeout, batch, as_json)
+    _recipe_step("pull", peers, exclude, timeout, batch, as_json)
 
 
 @click.command("remoteBd", context_settings=CONTEXT)
 @recipe_step_options
-def remote_bd(peers, timeout, batch, as_json):
+def remote_bd(peers, exclude, timeout, batch, as_json):
     """Run each peer's own build recipe in its repo (default: reinstall zpeer); exit = its status.
 
     \b
@@ -61,16 +63,16 @@ def remote_bd(peers, timeout, batch, as_json):
       d remoteBd --peer laptop
       d remoteBd --peer desktop,laptop
     """
-    _recipe_step("build", peers, timeout, batch, as_json)
+    _recipe_step("build", peers, exclude, timeout, batch, as_json)
 
 
-def _rollout(peers, steps, batch, keep_going, wait, timeout):
+def _rollout(peers, exclude, steps, batch, keep_going, wait, timeout):
     """Deploy or restart peers batch by batch, the leader last; exits with the worst status."""
     from zpeer.rollout import Rollout, plan_batches
 
     c = client()
     try:
-        batches = plan_batches(c, list(peers), batch)
+        batches = plan_batches(c, list(peers), batch, exclude)
     except ZpeerError as err:
         fail(err)
     finally:
@@ -87,12 +89,13 @@ wait_option = click.option("--wait", type=Seconds(1), default=120, show_default=
 
 @click.command("remoteDeployDaemon", context_settings=CONTEXT)
 @peer_option
+@exclude_option
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, metavar="N",
               help="Deploy N peers at a time (the leader always last, alone).")
 @click.option("--keep-going", is_flag=True, help="Go on with the other peers after a failure.")
 @wait_option
 @timeout_option
-def remote_deploy_daemon(peers, batch, keep_going, wait, timeout):
+def remote_deploy_daemon(peers, exclude, batch, keep_going, wait, timeout):
     """Pull, build, restart each peer's daemon, and wait until it runs the new version.
 
     Prints `ID: deployed VERSION (was OLD) in N.Ns`, or which step failed (a failed pull or
@@ -103,16 +106,17 @@ def remote_deploy_daemon(peers, batch, keep_going, wait, timeout):
       d remoteDeployDaemon --peer desktop
       d remoteDeployDaemon --peer all --batch 5
     """
-    _rollout(peers, ("pull", "build", "restart"), batch, keep_going, wait, timeout)
+    _rollout(peers, exclude, ("pull", "build", "restart"), batch, keep_going, wait, timeout)
 
 
 @click.command("restartDaemon", context_settings=CONTEXT)
 @click.option("--peer", "peers", multiple=True, metavar="ID[,ID...]|all",
               help="Peer(s) whose daemon to restart (default: this node's).")
+@exclude_option
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, metavar="N",
               help="Restart N peers at a time (the leader always last, alone).")
 @wait_option
-def restart_daemon(peers, batch, wait):
+def restart_daemon(peers, exclude, batch, wait):
     """Restart a daemon in place (re-exec, or its restart recipe); running jobs are reported interrupted.
 
     \b
@@ -121,7 +125,9 @@ def restart_daemon(peers, batch, wait):
       d restartDaemon --peer laptop
     """
     if peers:
-        _rollout(peers, ("restart",), batch, False, wait, None)
+        _rollout(peers, exclude, ("restart",), batch, False, wait, None)
+    if exclude:
+        usage_error("--exclude leaves peers out of --peer: give --peer too")
     sys.exit(_restart_local(wait))
 
 

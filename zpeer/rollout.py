@@ -79,13 +79,13 @@ def exec_step(client, targets, cmd, sink, timeout=None, grace_s=POLL_GRACE_S):
     return {t: sink.results.get(t, (EXIT_ZPEER_FAILURE, ""))[0] for t in opened["targets"]}
 
 
-def plan_batches(client, requested, size):
-    """Resolve `all` and lists against the leader's peers into batches of `size`, the leader
-    last and alone (its restart briefly cuts every worker's link)."""
+def plan_batches(client, requested, size, exclude=()):
+    """Resolve `all` and lists (less `exclude`) against the leader's peers into batches of
+    `size`, the leader last and alone (its restart briefly cuts every worker's link)."""
     from zpeer.sessions import resolve_targets
 
     records = {p["id"]: p for p in client.call("peers")["peers"]}
-    targets = resolve_targets(requested, list(records))
+    targets = resolve_targets(requested, list(records), list(exclude))
     leaders = [t for t in targets if records.get(t, {}).get("role") == "leader"]
     workers = [t for t in targets if t not in leaders]
     return [workers[i:i + size] for i in range(0, len(workers), size)] + [[t] for t in leaders]

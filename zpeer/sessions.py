@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 
 from zpeer import config
-from zpeer.errors import PeerNotFound
+from zpeer.errors import BadRequest, PeerNotFound
 
 log = logging.getLogger(__name__)
 
@@ -380,16 +380,20 @@ class OriginSessions:
         return min(times) if times else None
 
 
-def resolve_targets(requested, known):
+def resolve_targets(requested, known, exclude=()):
     """Expand `all` and lists (config.peer_names) against known peer ids (order kept, duplicates
-    dropped)."""
+    dropped), less the --exclude ones. Each of those must be a peer selected (a typo must not let
+    the peer it meant run the command), and a peer must be left."""
     targets = {}  # a dict keeps the order and answers "seen?" at once (1,000 peers: 0.5M list scans)
     for name in config.peer_names(requested):
         for peer in known if name == "all" else [name]:
             targets.setdefault(peer, None)
+    if not all(isinstance(name, str) for name in exclude):
+        raise BadRequest("bad or missing field 'exclude'")
+    for name in config.peer_names(exclude):
+        if name not in targets:
+            raise PeerNotFound(name, hint="--exclude names a peer that --peer does not select (`d listPeers`)")
+        del targets[name]
+    if exclude and not targets:
+        raise BadRequest("No peer left: --exclude removes every peer --peer selects")
     return list(targets)
-
-
-def unknown_failures(targets, known):
-    """(peer, PeerNotFound) for each target the registry does not know."""
-    return [(t, PeerNotFound(t)) for t in targets if t not in known]

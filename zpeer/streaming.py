@@ -199,7 +199,7 @@ def _widen_pipe(fd):
         pass
 
 
-def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_stdin=False):
+def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_stdin=False, exclude=()):
     """Run a command on peers through the local daemon; returns the exit status. Local stdin
     goes to the command when it is not a terminal, unless `no_stdin` (the command gets EOF)."""
     stdin_fd = sys.stdin.fileno() if sys.stdin is not None and not no_stdin else None
@@ -217,8 +217,12 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     # the open is also the first poll (`true` costs one round trip), unless stdin must go first
     wait = 0 if forward_stdin else POLL_WAIT_S
     try:
+        if exclude and "exclude" not in client.call("ping").get("features", ()):
+            # a daemon from before --exclude would ignore it and run on the peers it names
+            raise ZpeerError("The local daemon is too old for --exclude: nothing was run",
+                             hint="restart it to run the installed zpeer (`d restartDaemon`)")
         reply = client.call("exec_open", targets=peers, cmd=os_text(cmd), dir=os_text(directory), user=user,
-                            timeout=timeout,
+                            timeout=timeout, exclude=list(exclude),
                             batch=batch or 0, stdin=forward_stdin, pid=os.getpid(), ouser=_local_user(),
                             wait_s=wait, raw=True, timeout_s=wait + POLL_GRACE_S)
     except ZpeerError as err:
