@@ -17,6 +17,10 @@ def test_pending_then_accepted_without_token(empty_cluster):
     assert out.stdout == b"Pending: tablet waits for `d acceptPeer tablet` on the leader 127.0.0.1:%d\n" % c.port
     pending = json.loads(c.vps.d("listPeers", "--pending", "--json", check=0).stdout)
     assert [p["id"] for p in pending] == ["tablet"]
+    # the plain list says someone waits; the lists for scripts do not
+    lines = c.vps.d("listPeers", check=0).stdout.decode().splitlines()
+    assert lines[-1] == "1 peer waits for `d acceptPeer`: `d listPeers --pending`", lines
+    assert c.vps.d("listPeers", "--ids", check=0).stdout == b"vps\n"
     table = c.vps.d("listPeers", "--pending", check=0).stdout.decode()
     tablet_key = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
     assert table.splitlines()[0].split()[-1] == "KEY" and tablet_key in table
@@ -32,6 +36,7 @@ def test_pending_then_accepted_without_token(empty_cluster):
     c.vps.d("acceptPeer", "tablet", "--key", tablet_key[:8], check=0)
     # the leader calls it back at once: well before its next hello
     wait_for(lambda: c.online("tablet"), timeout=2.5, what="tablet accepted and online")
+    assert "acceptPeer" not in c.vps.d("listPeers", check=0).stdout.decode()
     assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
 
 

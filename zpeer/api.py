@@ -170,8 +170,8 @@ class Api:
 
     def q_peers(self, args):
         """Peer records (accepted, or pending ones)."""
-        return {"peers": self.d.link.records(pending=bool(args.get("pending"))),
-                "leader_version": self.d.version}
+        return {"peers": self.d.link.records(pending=bool(args.get("pending"))), "leader_version": self.d.version,
+                "waiting": len(self.d.registry.peers("pending")) + len(self.d.link.rekey)}  # (for a footnote)
 
     def q_peer_by_ip(self, args):
         """Ids of the peers seen at an IP."""

@@ -196,7 +196,7 @@ def list_peers(ids, online, as_json, pending):
         keys_ = ("id", "ip", "role", "online", "last_seen", "version")
         click.echo(json.dumps([{k: p[k] for k in keys_} for p in peers], indent=2))
     else:
-        click.echo(peer_table(peers, result.get("leader_version")))
+        click.echo(peer_table(peers, result.get("leader_version"), 0 if pending else result.get("waiting", 0)))
 
 
 @cli.command("getPeerIdByIp", context_settings=CONTEXT)

@@ -31,8 +31,9 @@ def _parse_iso(text):
     return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
 
 
-def peer_table(peers, leader_version=None):
-    """The listPeers table: PEER, IP, ROLE, STATUS, LAST SEEN, VERSION (skew marked with *)."""
+def peer_table(peers, leader_version=None, waiting=0):
+    """The listPeers table: PEER, IP, ROLE, STATUS, LAST SEEN, VERSION (skew marked with *), and
+    a word on the peers that wait for `d acceptPeer`."""
     rows = []
     for p in peers:
         seen = "now" if p["online"] else ago(_parse_iso(p["last_seen"]))
@@ -49,6 +50,8 @@ def peer_table(peers, leader_version=None):
     text = _table(headers, rows)
     if any(p.get("version_differs") for p in peers):
         text += f"\n* version differs from the leader's ({leader_version})"
+    if waiting:
+        text += f"\n{waiting} peer{'s wait' if waiting > 1 else ' waits'} for `d acceptPeer`: `d listPeers --pending`"
     return text
 
 
