@@ -116,7 +116,7 @@ complete -c d -n '__fish_seen_subcommand_from dbSanityCheck' -l dry-run -d 'Repo
 complete -c d -n '__fish_seen_subcommand_from dbSanityCheck' -s h -l help -d 'Show this message and exit.'
 
 # execOnPeer
-complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), a range (web[1...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l directory -x -a '(__fish_complete_directories)' -d 'Working directory on the peer (default: home; `~/x` and relative pa...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l shellCmd -x -d 'Command line run with /bin/bash -c.'
@@ -146,7 +146,7 @@ complete -c d -n '__fish_seen_subcommand_from install-completion' -l shell -x -a
 complete -c d -n '__fish_seen_subcommand_from install-completion' -s h -l help -d 'Show this message and exit.'
 
 # remotePull
-complete -c d -n '__fish_seen_subcommand_from remotePull' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remotePull' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), a range (web[1...'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
 complete -c d -n '__fish_seen_subcommand_from remotePull' -l batch -x -d 'Run on at most N peers at a time.'
@@ -154,7 +154,7 @@ complete -c d -n '__fish_seen_subcommand_from remotePull' -l json -d 'JSON Lines
 complete -c d -n '__fish_seen_subcommand_from remotePull' -s h -l help -d 'Show this message and exit.'
 
 # remoteBd
-complete -c d -n '__fish_seen_subcommand_from remoteBd' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteBd' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), a range (web[1...'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l timeout -x -d 'Kill the step\'s remote process group after this long (exit 124).'
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -l batch -x -d 'Run on at most N peers at a time.'
@@ -162,7 +162,7 @@ complete -c d -n '__fish_seen_subcommand_from remoteBd' -l json -d 'JSON Lines e
 complete -c d -n '__fish_seen_subcommand_from remoteBd' -s h -l help -d 'Show this message and exit.'
 
 # remoteDeployDaemon
-complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), or `all`.'
+complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), a range (web[1...'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l batch -x -d 'Deploy N peers at a time (the leader always last, alone).'
 complete -c d -n '__fish_seen_subcommand_from remoteDeployDaemon' -l keep-going -d 'Go on with the other peers after a failure.'

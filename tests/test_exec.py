@@ -311,7 +311,7 @@ def test_peer_lists_may_be_separated_by_blanks_or_newlines_as_listpeers_ids_prin
 
 def test_peer_names_and_when_lines_get_prefixes():
     """The one parser behind execOnPeer, remotePull, remoteBd and remoteDeployDaemon."""
-    from zpeer.config import many_peers, peer_names
+    from zpeer.targets import many_peers, peer_names
 
     assert peer_names(["a,b", " c\nd ", "", "e,", ",all"]) == ["a", "b", "c", "d", "e", "all"]
     assert [many_peers(given) for given in (["a"], [" a\n"], ["a,"], ["a b"], ["a", "b"], ["all"])] == [
@@ -604,6 +604,11 @@ def test_a_big_fanout_summary_counts_the_peers_that_ended_well(empty_cluster):
         assert out.stderr == b"--\n13 peers: ok\n"
         out = vps.d("execOnPeer", "--peer", "vps,s0001", "--shellCmd", "true", check=0)
         assert out.stderr == b"--\nvps: ok\ns0001: ok\n"  # a few: each by name, as before
+        # ranges and patterns, as pdsh and clush take them
+        out = vps.d("execOnPeer", "--peer", "s[0000-0002,0011]", "--shellCmd", "true", check=0)
+        assert out.stderr == b"--\ns0000: ok\ns0001: ok\ns0002: ok\ns0011: ok\n"
+        out = vps.d("execOnPeer", "--peer", "s*", "--exclude", "s000?", "--shellCmd", "true", check=0)
+        assert out.stderr == b"--\ns0010: ok\ns0011: ok\n"
     finally:
         swarm.stdin.close()  # EOF: the swarm stops its workers and exits
         try:
@@ -627,6 +632,16 @@ def test_exclude_leaves_peers_out_and_a_typo_runs_nothing(shared_cluster, tmp_pa
         out = node.d("execOnPeer", "--peer", "laptop,vps", "--exclude", "vps", "--exclude", "laptop",
                      "--shellCmd", f"touch {tmp_path}/ran", check=255)
         assert out.stderr == b"No peer left: --exclude removes every peer --peer selects\n"
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_pattern_selects_the_peers_it_matches_and_one_that_matches_none_runs_nothing(shared_cluster, tmp_path):
+    for origin in ("vps", "desktop"):  # a worker asks the leader for the ids, as for `all`
+        out = shared_cluster.nodes[origin].d("execOnPeer", "--peer", "*top", "--shellCmd", "echo hi", check=0)
+        assert sorted(out.stdout.splitlines()) == [b"desktop: hi", b"laptop: hi"]
+        out = shared_cluster.nodes[origin].d("execOnPeer", "--peer", "lpa*", "--shellCmd", f"touch {tmp_path}/ran",
+                                             check=255)
+        assert out.stderr == b"Peer not found: lpa*\n  hint: no peer id matches this pattern (`d listPeers`)\n"
     assert not (tmp_path / "ran").exists()
 
 

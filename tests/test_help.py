@@ -81,4 +81,4 @@ def test_the_exec_path_imports_nothing_it_does_not_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["uuid", "zpeer.cli", "zpeer.config", "zpeer.errors", "zpeer.ipc", "zpeer.protocol",
-                                  "zpeer.streaming", "zpeer.wire"]
+                                  "zpeer.streaming", "zpeer.targets", "zpeer.wire"]

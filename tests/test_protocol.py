@@ -6,7 +6,8 @@ import pytest
 
 from zpeer import config, keys, protocol
 from zpeer.errors import BadRequest, PeerNotFound, PeerOffline, from_reply
-from zpeer.sessions import SILENCE_SCAN_S, OriginSessions, resolve_targets
+from zpeer.sessions import SILENCE_SCAN_S, OriginSessions
+from zpeer.targets import resolve_targets
 
 
 def frames_of(header, data=None):

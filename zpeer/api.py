@@ -12,7 +12,8 @@ import zmq
 
 from zpeer import config, keys, protocol, trace, wire
 from zpeer.errors import BadRequest, NotConfigured, NotConnected, NotLeader, PeerNotFound, ZpeerError
-from zpeer.sessions import STDIN_WINDOW_BYTES, resolve_targets
+from zpeer.sessions import STDIN_WINDOW_BYTES
+from zpeer.targets import needs_known, peer_names, resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ class Api:
         requested = _arg(header, "targets", list, required=True)
         if not all(isinstance(t, str) for t in requested):
             raise BadRequest("no --peer given")
-        if not config.peer_names(requested):
+        if not peer_names(requested):
             # `--peer "$P"` with P unset must not "succeed" at running nothing
             raise BadRequest("No peer given: --peer is empty")
         spec = {"cmd": _arg(header, "cmd", (str, bytes), required=True),
@@ -304,7 +305,7 @@ class Api:
         reply = (identity, header["rid"], wait_s, bool(header.get("raw")))
         if self.d.id is None:
             raise NotConfigured("This node has no id yet")
-        wants_all, exclude = "all" in config.peer_names(requested), _arg(header, "exclude", list, [])
+        wants_all, exclude = needs_known(peer_names(requested)), _arg(header, "exclude", list, [])
         if wants_all and self.d.role == "worker":
             def expand(result, error):
                 try:

@@ -15,7 +15,7 @@ from zpeer import config
 from zpeer.errors import EXIT_USAGE, BadDatabase, FailedToConnect, OutputFailed, ZpeerError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-PEER_HELP = "Target peer; repeat, give a list (commas or blanks), or `all`."
+PEER_HELP = "Target peer; repeat, give a list (commas or blanks), a range (web[1-3]), a pattern ('web*'), or `all`."
 EXCLUDE_HELP = "Leave these peers out of the ones --peer selects (as pdsh -x): `--peer all --exclude vps`."
 
 

@@ -259,18 +259,6 @@ def tcp_endpoint(host, port):
     return f"tcp://{join_host_port(host, port)}"
 
 
-def peer_names(requested):
-    """The names in --peer values: each a comma list, or ids separated by blanks or newlines
-    (`--peer "$(d listPeers --ids --online)"`: ids hold no blanks, so nothing is ambiguous)."""
-    return [name for item in requested for name in item.replace(",", " ").split()]
-
-
-def many_peers(requested):
-    """True when --peer names a list (more than one name, `all`, or a comma): lines get `ID: `."""
-    names = peer_names(requested)
-    return len(names) > 1 or "all" in names or any("," in item for item in requested)
-
-
 def default_peer_id():
     """The hostname's first label: the default peer id."""
     import socket  # here, not at the top: the CLI imports this module on every command

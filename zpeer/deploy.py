@@ -8,10 +8,10 @@ import time
 
 import click
 
-from zpeer import config
 from zpeer.cli import CONTEXT, EXCLUDE_HELP, PEER_HELP, Seconds, client, fail, usage_error
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.recipes import STEPS, step_command
+from zpeer.targets import many_peers
 
 peer_option = click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
                            help=PEER_HELP)
@@ -79,7 +79,7 @@ def _rollout(peers, exclude, steps, batch, keep_going, wait, timeout):
         c.close()
     if not batches:
         fail(ZpeerError("No peers to deploy to", hint="`d listPeers` shows the registered peers"))
-    roll = Rollout(steps, keep_going=keep_going, wait_s=wait, timeout=timeout, multi=config.many_peers(peers))
+    roll = Rollout(steps, keep_going=keep_going, wait_s=wait, timeout=timeout, multi=many_peers(peers))
     sys.exit(roll.run(batches))
 
 

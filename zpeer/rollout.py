@@ -82,7 +82,7 @@ def exec_step(client, targets, cmd, sink, timeout=None, grace_s=POLL_GRACE_S):
 def plan_batches(client, requested, size, exclude=()):
     """Resolve `all` and lists (less `exclude`) against the leader's peers into batches of
     `size`, the leader last and alone (its restart briefly cuts every worker's link)."""
-    from zpeer.sessions import resolve_targets
+    from zpeer.targets import resolve_targets
 
     records = {p["id"]: p for p in client.call("peers")["peers"]}
     targets = resolve_targets(requested, list(records), list(exclude))

@@ -14,9 +14,6 @@ import time
 import uuid
 from collections import deque
 
-from zpeer import config
-from zpeer.errors import BadRequest, PeerNotFound
-
 log = logging.getLogger(__name__)
 
 SINGLE_WINDOW_BYTES = 4 << 20     # output in flight per job when one target
@@ -378,22 +375,3 @@ class OriginSessions:
         """Earliest held-poll deadline."""
         times = [s.waiter[2] for s in self.sessions.values() if s.waiter]
         return min(times) if times else None
-
-
-def resolve_targets(requested, known, exclude=()):
-    """Expand `all` and lists (config.peer_names) against known peer ids (order kept, duplicates
-    dropped), less the --exclude ones. Each of those must be a peer selected (a typo must not let
-    the peer it meant run the command), and a peer must be left."""
-    targets = {}  # a dict keeps the order and answers "seen?" at once (1,000 peers: 0.5M list scans)
-    for name in config.peer_names(requested):
-        for peer in known if name == "all" else [name]:
-            targets.setdefault(peer, None)
-    if not all(isinstance(name, str) for name in exclude):
-        raise BadRequest("bad or missing field 'exclude'")
-    for name in config.peer_names(exclude):
-        if name not in targets:
-            raise PeerNotFound(name, hint="--exclude names a peer that --peer does not select (`d listPeers`)")
-        del targets[name]
-    if exclude and not targets:
-        raise BadRequest("No peer left: --exclude removes every peer --peer selects")
-    return list(targets)

@@ -13,9 +13,9 @@ import signal
 import stat
 import sys
 
-from zpeer import config
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, OutputFailed, ZpeerError
 from zpeer.protocol import os_text
+from zpeer.targets import many_peers
 
 POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
@@ -232,7 +232,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
         _restore(old)
         return 130
     sid, targets = reply["sid"], reply["targets"]
-    render = Renderer(len(targets) > 1 or config.many_peers(peers), as_json)
+    render = Renderer(len(targets) > 1 or many_peers(peers), as_json)
     stdin_eof = not forward_stdin
     room = reply.get("room", STDIN_CHUNK_BYTES)
     cancel_polls = 0
