@@ -305,8 +305,8 @@ class Api:
         reply = (identity, header["rid"], wait_s, bool(header.get("raw")))
         if self.d.id is None:
             raise NotConfigured("This node has no id yet")
-        wants_all, exclude = needs_known(peer_names(requested)), _arg(header, "exclude", list, [])
-        if wants_all and self.d.role == "worker":
+        wants_known, exclude = needs_known(peer_names(requested)), _arg(header, "exclude", list, [])
+        if wants_known and self.d.role == "worker":  # `all` or a pattern: the leader has the ids
             def expand(result, error):
                 try:
                     if error is not None:
@@ -319,8 +319,8 @@ class Api:
                     self.d.reply(identity, header["rid"], opened)
             self.d.link.rpc("peers", {}, expand)
             return None
-        # named targets need no registry read (it was one SQLite query per exec)
-        known = [] if not wants_all else [r.id for r in self.d.registry.peers()] if self.d.role == "leader" else [self.d.id]
+        leader = self.d.role == "leader"  # named targets need no registry read (one SQLite query per exec)
+        known = ([r.id for r in self.d.registry.peers()] if leader else [self.d.id]) if wants_known else []
         return self._open(spec, resolve_targets(requested, known, exclude), batch, pid, reply)
 
     def _open(self, spec, targets, batch, pid, reply):
