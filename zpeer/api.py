@@ -285,8 +285,8 @@ class Api:
         requested = _arg(header, "targets", list, required=True)
         if not all(isinstance(t, str) for t in requested):
             raise BadRequest("no --peer given")
-        if not peer_names(requested):
-            # `--peer "$P"` with P unset must not "succeed" at running nothing
+        names = peer_names(requested)
+        if not names:  # `--peer "$P"` with P unset must not "succeed" at running nothing
             raise BadRequest("No peer given: --peer is empty")
         spec = {"cmd": _arg(header, "cmd", (str, bytes), required=True),
                 "dir": _arg(header, "dir", (str, bytes)),
@@ -305,7 +305,7 @@ class Api:
         reply = (identity, header["rid"], wait_s, bool(header.get("raw")))
         if self.d.id is None:
             raise NotConfigured("This node has no id yet")
-        wants_known, exclude = needs_known(peer_names(requested)), _arg(header, "exclude", list, [])
+        wants_known, exclude = needs_known(names), _arg(header, "exclude", list, [])
         if wants_known and self.d.role == "worker":  # `all` or a pattern: the leader has the ids
             def expand(result, error):
                 try:

@@ -313,8 +313,8 @@ class Registry:
 
     def audit_due(self):
         """When flush_audit() has work (the loop's poll ends then), or None."""
-        return min((t for t in (self._audit_due if self._audit else None, self._prune_due) if t is not None),
-                   default=None)
+        due = self._audit_due if self._audit else None  # (every loop turn asks: no generator here)
+        return due if self._prune_due is None else self._prune_due if due is None else min(due, self._prune_due)
 
     def keep_history(self, rows):
         """Keep only the newest `rows` audit rows (0: all of them); the surplus goes at once."""

@@ -24,6 +24,9 @@ def peer_names(requested):
     `--peer "$(d listPeers --ids --online)"`: ids hold no blanks, so blanks separate too."""
     names = []
     for item in requested:
+        if "[" not in item and "]" not in item:  # the common case, on every exec: no range to parse
+            names.extend(item.replace(",", " ").split())
+            continue
         for word in _words(item):
             names.extend(_expand(word))
             if len(names) > MAX_NAMES:
