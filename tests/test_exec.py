@@ -632,6 +632,9 @@ def test_exclude_leaves_peers_out_and_a_typo_runs_nothing(shared_cluster, tmp_pa
         out = node.d("execOnPeer", "--peer", "laptop,vps", "--exclude", "vps", "--exclude", "laptop",
                      "--shellCmd", f"touch {tmp_path}/ran", check=255)
         assert out.stderr == b"No peer left: --exclude removes every peer --peer selects\n"
+        out = node.d("execOnPeer", "--peer", "all", "--exclude", "", "--shellCmd", f"touch {tmp_path}/ran",
+                     check=255)  # `--exclude "$PROD"` with PROD unset
+        assert out.stderr == b"No peer given: --exclude is empty\n"
     assert not (tmp_path / "ran").exists()
 
 

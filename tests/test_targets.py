@@ -41,6 +41,12 @@ def test_patterns_match_known_ids_and_must_match_one():
     assert err.value.message == "Peer not found: dbb*" and "--exclude" in err.value.hint
 
 
+def test_an_empty_exclude_is_an_error_not_nothing_left_out():
+    with pytest.raises(BadRequest) as err:
+        resolve_targets(["all"], ["web1", "db1"], [" ", ""])
+    assert err.value.message == "No peer given: --exclude is empty"
+
+
 def test_prefixes_for_anything_that_may_name_several():
     assert [many_peers(v) for v in (["web[1-2]"], ["web*"], ["web[1]"], ["a"], ["all"])] == [
         True, True, False, False, True]

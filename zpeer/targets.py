@@ -62,8 +62,11 @@ def resolve_targets(requested, known, exclude=()):
             targets.setdefault(peer, None)
     if not all(isinstance(name, str) for name in exclude):
         raise BadRequest("bad or missing field 'exclude'")
+    excluded = peer_names(exclude)
+    if exclude and not excluded:  # `--exclude "$PROD"` with PROD unset must not run on it
+        raise BadRequest("No peer given: --exclude is empty")
     hint = "--exclude names a peer that --peer does not select (`d listPeers`)"
-    for name in peer_names(exclude):
+    for name in excluded:
         if not is_pattern(name) and name != "all" and name not in targets:
             raise PeerNotFound(name, hint=hint)
         for peer in _matches(name, list(targets), hint):
