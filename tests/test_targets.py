@@ -14,7 +14,8 @@ def test_lists_and_ranges_as_pdsh_writes_them():
     assert peer_names(["a[0]"]) == ["a0"]
 
 
-@pytest.mark.parametrize("value", ["web[3-1]", "web[a-b]", "web[1-3", "web]", "web[1-]", "w[²]", "w[[1]]", "w[]"])
+@pytest.mark.parametrize("value", ["web[3-1]", "web[a-b]", "web[1-3", "web]", "web[1-]", "w[²]", "w[[1]]", "w[]",
+                                   "w" + "[1]" * 2000])
 def test_a_bracket_that_is_not_a_range_is_refused(value):
     with pytest.raises(BadRequest) as err:
         peer_names([value])

@@ -15,6 +15,7 @@ import fnmatch
 from zpeer.errors import BadRequest, PeerNotFound
 
 MAX_NAMES = 10_000  # a range that names more peers than this is a typo, not a fleet
+MAX_BRACKETS = 8  # ranges in one name (rack[1-4]-node[01-40] has two)
 RANGE_HINT = "a range is NAME[1-3,7] (digits; [01-10] keeps the zero padding)"
 
 
@@ -28,6 +29,8 @@ def peer_names(requested):
             names.extend(item.replace(",", " ").split())
             continue
         for word in _words(item):
+            if word.count("[") > MAX_BRACKETS:  # (each is a level of _expand's recursion)
+                raise _bad_range(word)
             names.extend(_expand(word))
             if len(names) > MAX_NAMES:
                 raise BadRequest(f"Too many peers named: more than {MAX_NAMES}", hint=RANGE_HINT)
