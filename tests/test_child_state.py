@@ -132,6 +132,10 @@ def test_a_hangup_stops_the_daemon_cleanly_unless_it_was_started_under_nohup(car
     node.proc.send_signal(signal.SIGHUP)  # nohup'd (the careless launcher ignores SIGHUP): shrugged off
     assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo still here", check=0).stdout == b"still here\n"
     assert node.proc.poll() is None
+    node.d("restartDaemon", check=0)  # re-executed in place: still as its launcher started it
+    node.proc.send_signal(signal.SIGHUP)
+    assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo still here", check=0).stdout == b"still here\n"
+    assert node.proc.poll() is None
     node.stop()
     plain = Node(tmp_path, "plain", "127.0.0.1")
     plain.d("setPeerConfig", "--role", "leader", "--id", "plain", "--bind", f"127.0.0.1:{free_port()}", check=0)

@@ -240,6 +240,18 @@ def _unignore_signals():
             pass
 
 
+def reignore_signals():
+    """Before the daemon re-executes itself: the launcher's ignored signals (handled by _ignore
+    since the start, which exec would reset to their defaults) are ignored again, so the new
+    image starts as the first one did (a daemon started under nohup keeps shrugging off SIGHUP)."""
+    for signum in signal.valid_signals():
+        try:
+            if signal.getsignal(signum) is _ignore:
+                signal.signal(signum, signal.SIG_IGN)
+        except (OSError, ValueError):
+            pass
+
+
 def pending_bytes(fd):
     """Bytes waiting in a pipe (FIONREAD)."""
     buf = array.array("i", [0])

@@ -15,6 +15,7 @@ import sys
 import time
 
 from zpeer.errors import Busy
+from zpeer.process import reignore_signals
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class Restarter:
         d.close()  # kills our children, closes the database, waits for the sockets' linger
         for handler in logging.getLogger().handlers:
             handler.flush()
+        reignore_signals()
         try:
             os.execv(argv[0], argv)
         except OSError:
