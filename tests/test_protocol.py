@@ -232,3 +232,16 @@ def test_a_silent_target_is_found_by_the_next_scan():
     cancels = [a[1] for a in sessions.on_timer(later) if a[0] == "peer"]
     assert [(c["t"], c["to"]) for c in cancels] == [("cancel", "w2")]
     assert sessions.sessions[sid].count == {"queued": 0, "sent": 1, "running": 0, "done": 1}
+
+
+def test_a_lost_leader_says_whether_the_command_was_known_to_start():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1", "w2"], 0, 0)
+    jobs = {a[1]["to"]: a[1]["job"] for a in actions}
+    sessions.on_message("w1", {"t": "started", "job": jobs["w1"], "pid": 5}, None)  # w2's never came back
+    sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}")
+    reply = sessions.poll(sid, b"ident", "r1")[-1][3]
+    failed = {e[0]: e[3] for e in reply["events"] if e[1] == "f"}
+    assert failed == {"w1": "Lost the leader: w1 unreachable mid-command",
+                      "w2": "Lost the leader: w2 unreachable before the command was known to start "
+                            "(it may or may not have run)"}

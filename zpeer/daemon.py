@@ -363,7 +363,7 @@ class Daemon:
         if self.role == "worker":
             change = self.link.tick(now)
             if change == "lost":
-                self.dispatch(self.sessions.peer_lost(None, "Lost the leader: {peer} unreachable mid-command",
+                self.dispatch(self.sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}",
                                                       exclude=self.id))
                 self.targets.fail_others(self.id)
         if now >= self.next_beat:

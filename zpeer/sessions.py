@@ -25,6 +25,8 @@ EXEC_TTL_S = 60.0                 # an exec older than this on arrival is droppe
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
 CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
 SESSION_ORPHAN_S = 60.0
+# (a job "sent" and not heard of: its exec may have reached the peer, its "started" not come back)
+LOST_WHEN = {"running": "mid-command", "sent": "before the command was known to start (it may or may not have run)"}
 SILENCE_SCAN_S = 0.1  # how often jobs are checked for silent targets (the limit is seconds): a
                       # scan of every job on every loop turn made a 1,000-peer fan-out quadratic
 
@@ -322,14 +324,16 @@ class OriginSessions:
         return []
 
     def peer_lost(self, peer, message, exclude=None):
-        """A target (or, with peer None, our leader link) is gone: fail its running jobs at once."""
+        """A target (or, with peer None, our leader link) is gone: fail its running jobs at once.
+        `message` may say {peer} and {when}: mid-command, or before the job was known to start."""
         actions = []
         for session in list(self.sessions.values()):
             for job in session.jobs.values():
                 if job.target == exclude:
                     continue
                 if job.state in ("sent", "running") and (peer is None or job.target == peer):
-                    self._fail(session, job, "peer_lost", message.format(peer=job.target))
+                    when = LOST_WHEN.get(job.state, "mid-command")
+                    self._fail(session, job, "peer_lost", message.format(peer=job.target, when=when))
                     actions.extend(self._launch(session))
             actions.extend(self._wake(session))
         return actions
