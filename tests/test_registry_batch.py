@@ -207,14 +207,22 @@ def test_history_keeps_the_newest_rows_and_prunes_every_batch_of_writes(tmp_path
     assert len(_kept(reg)) == 2000
     _prune_while_due(reg)
     assert _kept(reg) == [f"j{i:06d}" for i in range(500, 2000)]
-    _log(reg, 2000, PRUNE_EVERY_ROWS - 1)
+    _log(reg, 2000, 14)
     reg.flush_audit(force=True)
-    assert reg.audit_due() is None  # fewer than PRUNE_EVERY_ROWS written since: no prune yet
-    _log(reg, 2999, 1)
+    assert reg.audit_due() is None  # fewer than 1 % of 1,500 written since: no prune yet
+    _log(reg, 2014, 1)
     reg.flush_audit(force=True)
     _prune_while_due(reg)
-    assert _kept(reg) == [f"j{i:06d}" for i in range(1500, 3000)]
-    assert [r.job for r in reg.history(limit=2)] == ["j002999", "j002998"]
+    assert _kept(reg) == [f"j{i:06d}" for i in range(515, 2015)]
+    assert [r.job for r in reg.history(limit=2)] == ["j002014", "j002013"]
+    reg.keep_history(200_000)  # a big limit: pruned every PRUNE_EVERY_ROWS writes
+    _prune_while_due(reg)
+    _log(reg, 2015, PRUNE_EVERY_ROWS - 1)
+    reg.flush_audit(force=True)
+    assert reg.audit_due() is None
+    _log(reg, 2015 + PRUNE_EVERY_ROWS - 1, 1)
+    reg.flush_audit(force=True)
+    assert reg.audit_due() is not None
     reg.close()
 
 
@@ -228,4 +236,16 @@ def test_history_backlog_goes_in_batches_and_zero_keeps_all(tmp_path):
     reg.keep_history(7)  # as a lowered --history-rows applies at once
     assert _prune_while_due(reg) == 3  # 5,000 + 5,000 + 3 rows, a loop turn each, PRUNE_PAUSE_S apart
     assert _kept(reg) == [f"j{i:06d}" for i in range(2 * PRUNE_BATCH_ROWS + 3, 2 * PRUNE_BATCH_ROWS + 10)]
+    reg.close()
+
+
+def test_a_small_history_limit_is_kept_closely_and_history_never_shows_more(tmp_path):
+    reg = Registry(str(tmp_path / "z.db"))
+    reg.keep_history(5)
+    _prune_while_due(reg)
+    _log(reg, 0, 3)
+    reg.flush_audit(force=True)
+    _log(reg, 3, 4)  # queued: history() writes them, then prunes before it reads
+    assert [r.job for r in reg.history(limit=100)] == [f"j{i:06d}" for i in (6, 5, 4, 3, 2)]
+    assert len(_kept(reg)) == 5
     reg.close()

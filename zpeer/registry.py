@@ -115,9 +115,8 @@ class Registry:
         self._audit = []  # (job, fields): pending audit writes
         self._audit_inserts = {}  # job -> fields of its queued insert (later updates merge into it)
         self._audit_due = 0.0  # monotonic time the queued rows are written at
-        self._keep_rows = 0  # audit rows kept (keep_history); 0: all
-        self._prune_due = None  # monotonic time of the next prune, if one is due
-        self._since_prune = 0  # audit events written since the last prune
+        # audit rows kept (keep_history; 0: all), when the next prune is due, events written since the last
+        self._keep_rows, self._prune_due, self._since_prune = 0, None, 0
         self._open_target = {}  # job -> target, for execs with no outcome yet
         self._open_by_target = {}  # target -> set of those jobs
         self._journal = Journal(os.path.dirname(os.path.abspath(path)))
@@ -332,8 +331,6 @@ class Registry:
             self._prune_due = time.monotonic() + AUDIT_RETRY_S
             self._note_error(exc)
             return
-        if deleted:
-            log.debug("audit: %d rows beyond the newest %d deleted", deleted, self._keep_rows)
         if deleted >= PRUNE_BATCH_ROWS:
             self._prune_due = time.monotonic() + PRUNE_PAUSE_S
 
@@ -356,8 +353,9 @@ class Registry:
             self._audit_due = 0.0
             self._journal.clear()
             self._since_prune += len(batch)
-            if self._keep_rows and self._since_prune >= PRUNE_EVERY_ROWS and self._prune_due is None:
-                self._prune_due = time.monotonic()  # the next loop turn (not in `d history`'s wait)
+            every = min(PRUNE_EVERY_ROWS, max(1, self._keep_rows // 100))  # a small limit: <= 1 % over
+            if self._keep_rows and self._since_prune >= every and self._prune_due is None:
+                self._prune_due = time.monotonic()  # the next loop turn, or history() below
         except (peewee.PeeweeException, sqlite3.Error) as exc:
             self._audit[:0] = batch[-10000:]
             # a locked or read-only file: each attempt blocks busy_timeout, so not every turn
@@ -365,8 +363,10 @@ class Registry:
             self._note_error(exc)
 
     def history(self, peer=None, limit=20):
-        """Newest audit rows first, optionally for one target."""
+        """Newest audit rows first, optionally for one target (a prune that is due runs first)."""
         self.flush_audit(force=True)
+        if self._prune_due is not None:
+            self._prune_history()
         query = self.ExecLog.select().order_by(self.ExecLog.started_at.desc()).limit(limit)
         if peer:
             query = query.where((self.ExecLog.target == peer) | (self.ExecLog.origin == peer))
