@@ -205,15 +205,19 @@ def valid_ip(text):
 
 
 def save(cfg, home=None):
-    """Write the configuration atomically (temp file + rename), mode 0600."""
-    home = ensure_home(home)
-    final = path_in_home(CONFIG_FILE, home)
-    tmp = f"{final}.{os.getpid()}.tmp"
+    """Write the configuration atomically, mode 0600."""
+    text = json.dumps({k: cfg.get(k) for k in DEFAULTS}, indent=1, sort_keys=True) + "\n"
+    write_private(path_in_home(CONFIG_FILE, ensure_home(home)), text.encode())
+
+
+def write_private(path, data):
+    """Write a file of this node's state atomically (temp file + rename: a crash leaves the old
+    or the new one), mode 0600 from its creation."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({k: cfg.get(k) for k in DEFAULTS}, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, final)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def update(changes, home=None):

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 
 from zpeer import config
@@ -31,7 +30,7 @@ def load_or_create_keypair(home=None):
         public = zmq.curve_public(secret)
     except FileNotFoundError:
         public, secret = zmq.curve_keypair()
-        _write_key(secret_path, secret)
+        config.write_private(secret_path, secret + b"\n")
     except ValueError as exc:  # not a z85 secret: making a new one would change the node's identity
         raise BadKey(secret_path, exc) from None
     try:
@@ -40,16 +39,8 @@ def load_or_create_keypair(home=None):
     except FileNotFoundError:
         stale = True
     if stale:
-        _write_key(public_path, public)
+        config.write_private(public_path, public + b"\n")
     return public, secret
-
-
-def _write_key(path, key):
-    """Write a key file atomically, mode 0600."""
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key + b"\n")
-    os.replace(path + ".tmp", path)
 
 
 def read_public_key(home=None):
