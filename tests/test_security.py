@@ -152,6 +152,9 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
     assert c.desktop.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
     out = c.desktop.d("execOnPeer", "--peer", "tablet", "--shellCmd", f"touch {marker}", check=255)
     assert out.stderr.startswith(b"Peer not found: tablet\n")
+    # the silent leader makes the worker redial, and ZAP refuses its key: the leader's words stay
+    wait_for(lambda: "refused our key at the handshake" in tablet.log(), timeout=10,
+             what="the removed worker's redial to be refused")
     out = tablet.d("execOnPeer", "--peer", "desktop", "--shellCmd", f"touch {marker}", check=255)
     assert out.stderr.startswith(b"Refused by the leader: removed by the leader\n  hint: removal revokes")
     assert not marker.exists()

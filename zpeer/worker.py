@@ -182,7 +182,9 @@ class WorkerLink:
                 self.reason = self.link_error().message  # getPeerStatus shows it as link_reason
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.handshake_ok = False
-                self.status, self.reason = "removed", "this peer's key was revoked on the leader"
+                log.debug("leader %s refused our key at the handshake", self.leader_address)
+                if self.status != "removed":  # keep the leader's own words when its bye came first
+                    self.status, self.reason = "removed", "this peer's key was revoked on the leader"
             elif event == zmq.EVENT_DISCONNECTED:
                 if not self.handshake_ok:
                     self._back_off()
