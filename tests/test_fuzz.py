@@ -12,7 +12,7 @@ import time
 import msgpack
 import pytest
 import zmq
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import wait_for
@@ -310,6 +310,17 @@ def fuzzed(shared_cluster):
     c.vps.d("removePeer", "fuzzer")  # (the leader may be dead if a test failed)
 
 
+def _exec(job, to):
+    """A well-formed exec of `true` from the member."""
+    return {"t": "exec", "rid": "r1", "job": job, "to": to, "cmd": "true", "dir": None, "user": None,
+            "timeout": None, "stdin": False, "credit": 4, "ttl": 30}
+
+
+# run first, so each kind of reply the test looks for comes whatever the generator draws
+EXPLICIT_MEMBER_BATCH = [protocol.encode(h) for h in (
+    {"t": "rpc", "rid": "r1", "op": "peers", "args": {}}, _exec(JOB_IDS[0], "desktop"), _exec(JOB_IDS[1], "ghost"))]
+
+
 @pytest.mark.timeout(180)
 def test_leader_and_workers_survive_generated_peer_messages(fuzzed):
     c = fuzzed
@@ -319,6 +330,7 @@ def test_leader_and_workers_survive_generated_peer_messages(fuzzed):
 
     @settings(max_examples=75, **FUZZ)
     @given(peer_batches(), st.booleans())
+    @example(EXPLICIT_MEMBER_BATCH, True)
     def throw(batch, as_member):
         sender = c.member if as_member else stranger
         if as_member:  # silent while the stranger spoke, it may have been swept offline since
@@ -348,7 +360,7 @@ def test_leader_and_workers_survive_generated_peer_messages(fuzzed):
     wait_for(lambda: c.member.barrier() and any(h.get("t") == "exit" for h in c.member.received),
              timeout=10, what="a generated exec to report its exit")
     kinds = {h.get("t") for h in c.member.received}
-    assert {"rpc_reply", "error", "hb", "exit"} <= kinds, kinds  # execs ran on targets too (above)
+    assert {"rpc_reply", "error", "hb", "exit"} <= kinds, kinds  # the explicit batch makes sure of these
     started = sum(full_log(node).count("from fuzzer: pid") for node in (c.vps, c.desktop, c.laptop))
     print(f"{sum(counts.values())} messages; the targets started {started} generated commands")
     _healthy(c, extra_ids=b"fuzzer\n")
