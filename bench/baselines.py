@@ -119,12 +119,13 @@ class CurveEcho:
     def __init__(self):
         import zmq
 
-        server_public, server_secret = zmq.curve_keypair()
-        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, server_public, server_secret],
+        self.server_public, server_secret = zmq.curve_keypair()
+        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, self.server_public, server_secret],
                                      stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.ctx = zmq.Context()
-        self.dealer = _curve_dealer(self.ctx, server_public)
-        self.dealer.connect(f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}")
+        self.dealer = _curve_dealer(self.ctx, self.server_public)
+        self.endpoint = f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}"
+        self.dealer.connect(self.endpoint)
         repeat(self.rtt, 0, warmup=20)
 
     def rtt(self):
@@ -147,6 +148,48 @@ class CurveEcho:
         finally:
             self.ctx.destroy(0)
             self.proc.stdout.close()
+
+
+def heartbeat_floor_percent(peers, beat_s, windows):
+    """CPU % of one core that the CurveZMQ echo process (libzmq, CURVE and a Python recv/send loop,
+    no zpeer) spends answering `peers` DEALERs here that each send a heartbeat-sized message every
+    `beat_s`: one figure per (seconds, tick_s) window. The messages due go out together every
+    tick_s (0: each at its own time, as independent hosts send them); fewer wake-ups cost less."""
+    from bench.cluster import cpu_seconds
+    from bench.swarm import _raise_fd_limit
+
+    _raise_fd_limit(2 * peers + 256)  # (the echo process inherits it too)
+    echo, dealers, out = CurveEcho(), [], []
+    try:
+        echo.ctx.max_sockets = peers + 64
+        beat = [b"ZP\x01", b"\x82\xa1t\xa2hb\xa3rid\xb0" + b"0" * 16]  # a worker's hb: signature, header
+        for _ in range(peers):
+            dealers.append(_curve_dealer(echo.ctx, echo.server_public))
+            dealers[-1].connect(echo.endpoint)
+            dealers[-1].send_multipart(beat)
+        for dealer in dealers:  # every handshake done and answered before a window opens
+            if not dealer.poll(30000):
+                raise RuntimeError("the CurveZMQ echo did not answer a heartbeat")
+            dealer.recv_multipart()
+        for seconds, tick_s in windows:
+            step_s, sent = tick_s or beat_s / peers, 0
+            start, before = time.monotonic(), cpu_seconds(echo.proc.pid)
+            while time.monotonic() < start + seconds:
+                due = int((time.monotonic() - start) * peers / beat_s) + 1
+                for dealer in (dealers[i % peers] for i in range(sent, due)):
+                    while dealer.poll(0):  # its previous answer
+                        dealer.recv_multipart()
+                    dealer.send_multipart(beat)
+                sent = max(sent, due)
+                # pacing, not a wait for state: the heartbeats are spread over the interval
+                elapsed = time.monotonic() - start
+                time.sleep(max(0.0, (elapsed // step_s + 1) * step_s - elapsed))
+            out.append(100.0 * (cpu_seconds(echo.proc.pid) - before) / (time.monotonic() - start))
+        return out
+    finally:
+        for dealer in dealers:
+            dealer.close(0)
+        echo.close()
 
 
 _BARE_CHAIN = """

@@ -209,8 +209,8 @@ class Cluster:
         """How many peers (besides the leader) the leader holds online."""
         return self.leader.call("status")["peers_online"]
 
-    def stop(self):
-        """Stop every swarm and daemon started here, then remove the temp tree."""
+    def stop_swarms(self):
+        """Stop every swarm process started here (its workers leave the leader's fleet)."""
         for proc in self.swarms:
             if proc.poll() is None:
                 proc.stdin.close()  # EOF: the swarm stops its workers and exits
@@ -220,6 +220,11 @@ class Cluster:
                     proc.kill()
                     proc.wait(5)
             proc.stdout.close()
+        self.swarms = []
+
+    def stop(self):
+        """Stop every swarm and daemon started here, then remove the temp tree."""
+        self.stop_swarms()
         for node in self.nodes.values():
             node.stop()
         if self.own_base:

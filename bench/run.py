@@ -19,6 +19,7 @@ if ROOT not in sys.path:
 
 from bench import baselines  # noqa: E402
 from bench.cluster import Cluster, d_command, rss_kb  # noqa: E402
+from bench.swarm import TIMER_STEP_S as SWARM_TIMER_STEP_S  # noqa: E402
 from bench.measure import (MB, Row, Terminal, cli, cpu_ms_per_call, idle_cpu_percent, median,  # noqa: E402
                            repeat, run_timed, timed_api_exec)
 
@@ -240,11 +241,20 @@ class Bench:
         self.settle()
         cpu = idle_cpu_percent(lead.pid, c["idle_s"])
         beat_s = lead.call("status")["heartbeat_s"]  # as stretched for this many peers (--heartbeat-budget)
+        rss = mb(rss_kb(lead.pid)[0])
+        cl.stop_swarms()  # the floor's own heartbeats must not share the cores with theirs
+        # the swarms send the heartbeats due at each timer sweep; hosts of a real fleet, each at its own time
+        floor, spread = baselines.heartbeat_floor_percent(
+            peers, beat_s, [(c["idle_s"], SWARM_TIMER_STEP_S / len(phases)), (c["idle_s"] / 2, 0)])
+        self.add(Row(f"heartbeat_floor_{peers}", floor, "%", 1,
+                     note=f"baseline: CPU of a CurveZMQ ROUTER echo (Python, no zpeer) answering {peers} DEALERs' "
+                          f"heartbeats every {beat_s}s, sent in bursts as the swarms send them; "
+                          f"{spread:.2f} % when each comes at its own time (independent hosts)"))
         big = peers == 1000
         self.add(Row(f"leader_idle_cpu_{peers}", cpu, "%", 1, "<= 3 %" if big else None,
                      check(cpu, 3.0) if big else None,
-                     f"{c['idle_s']:.0f}s window, heartbeat every {beat_s}s, leader RSS "
-                     f"{mb(rss_kb(lead.pid)[0])} MB"))
+                     f"{c['idle_s']:.0f}s window, heartbeat every {beat_s}s, leader RSS {rss} MB"
+                     + (f"; {cpu / floor:.2f}x heartbeat_floor_{peers}" if floor else "")))
 
     def settle(self):
         """Let the leader finish the fan-out's leftovers (audit flushes, alive traffic)."""
