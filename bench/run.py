@@ -249,7 +249,8 @@ class Bench:
         self.add(Row(f"heartbeat_floor_{peers}", floor, "%", 1,
                      note=f"baseline: CPU of a CurveZMQ ROUTER echo (Python, no zpeer) answering {peers} DEALERs' "
                           f"heartbeats every {beat_s}s, sent in bursts as the swarms send them; "
-                          f"{spread:.2f} % when each comes at its own time (independent hosts)"))
+                          f"{spread:.2f} % when each comes at its own time (independent hosts)",
+                     extra={"spread_pct": round(spread, 3)}))
         big = peers == 1000
         self.add(Row(f"leader_idle_cpu_{peers}", cpu, "%", 1, "<= 3 %" if big else None,
                      check(cpu, 3.0) if big else None,

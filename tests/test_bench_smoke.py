@@ -35,6 +35,7 @@ def test_bench_runs_in_a_tiny_configuration(tmp_path):
     assert set(rows["stream_mb_s"]["peak_rss_mb"]) == {"leader", "worker", "cli"}
     assert set(rows["api_exec_true"]["cpu_ms"]) == {"leader", "worker", "client"}
     assert rows["api_exec_true"]["bare_ms"] == round(rows["bare_exec_true"]["median"], 3)
+    assert rows["heartbeat_floor_13"]["spread_pct"] >= 0
     table = proc.stdout.decode()
     for name in ROWS:
         assert name in table
