@@ -125,6 +125,7 @@ complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l user -x -d 'Run as 
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l batch -x -d 'Run on at most N peers at a time.'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s n -l no-stdin -d 'Do not forward stdin, as ssh -n (a `while read` loop keeps its input).'
+complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s b -l gather -d 'Print each distinct stdout once, under the peers that printed it, a...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s h -l help -d 'Show this message and exit.'
 
 # history

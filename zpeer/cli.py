@@ -268,8 +268,10 @@ def db_sanity_check(dry_run):
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
 @click.option("-n", "--no-stdin", is_flag=True,
               help="Do not forward stdin, as ssh -n (a `while read` loop keeps its input).")
+@click.option("-b", "--gather", is_flag=True,
+              help="Print each distinct stdout once, under the peers that printed it, at the end (as clush -b).")
 @click.pass_context
-def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch, as_json, no_stdin):
+def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch, as_json, no_stdin, gather):
     """Run CMD on peers; remote stdout/stderr stream here byte-exact; exit = remote status.
 
     \b
@@ -285,9 +287,12 @@ def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch
         ctx.fail(f"Got unexpected extra argument{'s' if len(ctx.args) > 1 else ''} ({' '.join(ctx.args)}): "
                  f"--shellCmd takes the whole command line as one argument; quote it: "
                  f"--shellCmd {shlex.quote(' '.join([shell_cmd, *ctx.args]))}")
+    if gather and as_json:
+        ctx.fail("--gather and --json do not mix: --json already keeps each peer's output apart")
     from zpeer.streaming import run_exec
 
-    sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json, no_stdin, exclude))
+    sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json, no_stdin, exclude,
+                      gather))
 
 
 @cli.command(context_settings=CONTEXT)

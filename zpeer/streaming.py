@@ -145,6 +145,9 @@ class Renderer:
             lines.append(f"{len(ok)} peers: ok")
         _write(self.err, ("--\n" + "\n".join(lines) + "\n").encode())
 
+    def release(self):
+        """Print what is held back until the end (nothing here; see gather.Gatherer)."""
+
     def status(self, targets):
         """The exit status: the largest of the peers' statuses."""
         return max((self.results.get(p, (EXIT_ZPEER_FAILURE, ""))[0] for p in targets), default=0)
@@ -199,9 +202,11 @@ def _widen_pipe(fd):
         pass
 
 
-def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_stdin=False, exclude=()):
+def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_stdin=False, exclude=(),
+             gather=False):
     """Run a command on peers through the local daemon; returns the exit status. Local stdin
-    goes to the command when it is not a terminal, unless `no_stdin` (the command gets EOF)."""
+    goes to the command when it is not a terminal, unless `no_stdin` (the command gets EOF);
+    `gather` prints identical stdouts once, at the end (gather.py)."""
     stdin_fd = sys.stdin.fileno() if sys.stdin is not None and not no_stdin else None
     forward_stdin = stdin_fd is not None and not os.isatty(stdin_fd)
     if forward_stdin:
@@ -232,7 +237,12 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
         _restore(old)
         return 130
     sid, targets = reply["sid"], reply["targets"]
-    render = Renderer(len(targets) > 1 or many_peers(peers), as_json)
+    if gather:
+        from zpeer.gather import Gatherer
+
+        render = Gatherer()
+    else:
+        render = Renderer(len(targets) > 1 or many_peers(peers), as_json)
     stdin_eof = not forward_stdin
     room = reply.get("room", STDIN_CHUNK_BYTES)
     cancel_polls = 0
@@ -275,6 +285,10 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
     finally:
         waker.close()
         _restore(old)
+        try:
+            render.release()  # (gathered output is printed even when the run ends early)
+        except (OutputFailed, BrokenPipeError):
+            pass
     if interrupted:
         return 130
     try:

@@ -8,9 +8,11 @@ against the registry's ids as `all` is. Peer ids hold none of `[`, `]`, `*`, `?`
 know is, to it, an unknown peer: it runs nothing.
 
 No sockets and no I/O: the origin daemon resolves targets (api, rollout); the CLI only asks
-many_peers whether output lines get `ID: ` prefixes.
+many_peers whether output lines get `ID: ` prefixes, and `fold` writes a set of ids the short
+way back (`--gather`'s headers).
 """
 import fnmatch
+import re
 
 from zpeer.errors import BadRequest, PeerNotFound
 
@@ -77,6 +79,42 @@ def resolve_targets(requested, known, exclude=()):
     if exclude and not targets:
         raise BadRequest("No peer left: --exclude removes every peer --peer selects")
     return list(targets)
+
+
+def fold(ids):
+    """Ids written as names and ranges, as clush does (web1 web2 web3 db1: `db1,web[1-3]`): the
+    inverse of peer_names. Only a trailing number is folded; `node[01-10]` keeps its padding."""
+    numbered, names = {}, []
+    for peer in sorted(set(ids)):
+        match = _TRAILING_NUMBER.match(peer)
+        if match is None:
+            names.append((peer, peer))
+        else:
+            numbered.setdefault(match.group(1), []).append(match.group(2))
+    for prefix, numbers in numbered.items():
+        widths = {len(n) for n in numbers if n.startswith("0") and len(n) > 1}  # zero-padded groups
+        groups = {}
+        for n in numbers:
+            groups.setdefault(len(n) if len(n) in widths else 0, []).append(n)
+        for width, group in groups.items():
+            values = sorted(int(n) for n in group)
+            first = prefix + str(values[0]).zfill(width)
+            names.append((first, first if len(values) == 1 else f"{prefix}[{_runs(values, width)}]"))
+    return ",".join(text for _, text in sorted(names))
+
+
+_TRAILING_NUMBER = re.compile(r"(.*?[^0-9])([0-9]+)$")  # a prefix that is not all digits, then digits
+
+
+def _runs(values, width):
+    """Sorted numbers as `1-3,7`, each zero-padded to width."""
+    parts, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[i - 1] + 1:
+            low, high = str(values[start]).zfill(width), str(values[i - 1]).zfill(width)
+            parts.append(low if start == i - 1 else f"{low}-{high}")
+            start = i
+    return ",".join(parts)
 
 
 def _matches(name, known, hint):
