@@ -4,7 +4,7 @@ Each peer's stdout is held until the command has ended everywhere; then every di
 printed once under a header naming the peers that printed it (ids folded into ranges, sorted):
 
     ---------------
-    web[1-3],db1 (4)
+    db1,web[1-3] (4)
     ---------------
     5.15.0-91-generic
 
