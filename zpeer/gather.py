@@ -49,16 +49,15 @@ class Gatherer(Renderer):
         self.total += len(data)
 
     def groups(self):
-        """(peers, output) for each distinct non-empty held stdout, in the order of their headers."""
+        """(header, output) for each distinct non-empty held stdout, sorted by header."""
         by_output = {}
         for peer, buf in self.held.items():
             if buf:
                 by_output.setdefault(bytes(buf), []).append(peer)
-        return sorted(((peers, out) for out, peers in by_output.items()), key=lambda g: fold(g[0]))
+        return sorted((f"{fold(peers)} ({len(peers)})", out) for out, peers in by_output.items())
 
     def release(self):
         """Print the gathered outputs (once): at the end, and also after Ctrl-C or a lost daemon."""
         groups, self.held, self.total = self.groups(), {}, 0
-        for peers, out in groups:
-            header = f"{fold(peers)} ({len(peers)})\n".encode()
-            _write(self.out, RULE + header + RULE + out + (b"" if out.endswith(b"\n") else b"\n"))
+        for header, out in groups:
+            _write(self.out, RULE + header.encode() + b"\n" + RULE + out + (b"" if out.endswith(b"\n") else b"\n"))
