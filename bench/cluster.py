@@ -1,7 +1,7 @@
 """Real zpeer daemons for the benchmarks: temp ZPEER_HOMEs, loopback ports, enrolment by token.
 
 Each node is a `d daemon` subprocess stopped by its own handle. Readiness and tokens go through
-the same IPC client the CLI uses (`zpeer.ipc.Client`), so waiting costs no extra processes.
+the same IPC client the CLI uses (`zpeer.wire.ipc.Client`), so waiting costs no extra processes.
 """
 import json
 import os
@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from zpeer.errors import ZpeerError
-from zpeer.ipc import Client
+from zpeer.wire.ipc import Client
 
 HEARTBEAT_S = 1.0  # the default a real fleet runs with: idle CPU is measured at it
 SWARM_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "swarm.py")

@@ -19,9 +19,19 @@ if ROOT not in sys.path:
 
 from bench import baselines  # noqa: E402
 from bench.cluster import Cluster, d_command, rss_kb  # noqa: E402
+from bench.measure import (  # noqa: E402
+    MB,
+    Row,
+    Terminal,
+    cli,
+    cpu_ms_per_call,
+    idle_cpu_percent,
+    median,
+    repeat,
+    run_timed,
+    timed_api_exec,
+)
 from bench.swarm import TIMER_STEP_S as SWARM_TIMER_STEP_S  # noqa: E402
-from bench.measure import (MB, Row, Terminal, cli, cpu_ms_per_call, idle_cpu_percent, median,  # noqa: E402
-                           repeat, run_timed, timed_api_exec)
 
 PROFILES = {  # runs of the quick rows, stream size, idle window, swarm sizes
     "full": {"runs": 10, "api_runs": 200, "fan_runs": 5, "big_runs": 3, "stream_mb": 1024,

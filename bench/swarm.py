@@ -1,14 +1,14 @@
 """Many real zpeer workers in one process, so a 2-core machine can hold 1,000 peers.
 
-Each swarm worker is the daemon's own worker code: a `zpeer.worker.WorkerLink` (its own CURVE
+Each swarm worker is the daemon's own worker code: a `zpeer.daemon.worker.WorkerLink` (its own CURVE
 DEALER socket, peer id, key pair and source address in 127.0.0.0/8) plus a
-`zpeer.execution.TargetJobs` that really spawns `/bin/bash -c CMD`. Workers enrol with one join
+`zpeer.daemon.target.TargetJobs` that really spawns `/bin/bash -c CMD`. Workers enrol with one join
 token each, through the protocol (hello + token), like `d registerWorker --token`.
 
 One event loop serves them all: it reads every ready socket at once (so heartbeats are never
 late), handles routed messages from per-worker backlogs within a time budget per turn (a burst
 of 1,000 spawns must not stall the heartbeats of the other 999), and sweeps all timers in one pass. The routing in `SwarmWorker.on_message` mirrors the
-target side of `zpeer.daemon.Daemon.handle_peer` (exec/credit/stdin/cancel/alive).
+target side of `zpeer.daemon.node.Daemon.handle_peer` (exec/credit/stdin/cancel/alive).
 
 As a program: `python bench/swarm.py --first-ip 127.0.1.1 --prefix s` reads one join token per
 line on stdin (each names the leader's address and key, as for `d registerWorker --token`), prints `{"ready": N}` once every worker is registered, and
@@ -30,10 +30,10 @@ from collections import deque
 
 import zmq
 
-from zpeer import keys
-from zpeer.execution import TargetJobs
+from zpeer.daemon.target import TargetJobs
+from zpeer.daemon.worker import WorkerLink
 from zpeer.version import full_version
-from zpeer.worker import WorkerLink
+from zpeer.wire import keys
 
 log = logging.getLogger("zpeer.bench.swarm")
 

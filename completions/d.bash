@@ -1,4 +1,4 @@
-# bash completion for d (zpeer). Made by `python -m zpeer.completion --write`; do not edit.
+# bash completion for d (zpeer). Made by `python -m zpeer.cli.completion --write`; do not edit.
 
 # Tables from the click tree: the options of each command (@: before the command), and what the
 # value of an option (CMD:--opt) or of a positional argument (CMD:#N, CMD:#* for all) completes to.

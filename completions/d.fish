@@ -1,4 +1,4 @@
-# fish completion for d (zpeer). Made by `python -m zpeer.completion --write`; do not edit.
+# fish completion for d (zpeer). Made by `python -m zpeer.cli.completion --write`; do not edit.
 
 # Peer ids come from the cache the daemon keeps, so TAB starts no Python and touches no network.
 function __d_peer_ids

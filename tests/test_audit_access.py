@@ -8,7 +8,6 @@ import subprocess
 import tempfile
 
 import pytest
-
 from conftest import Node, free_port, wait_for
 
 

@@ -5,7 +5,6 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import Node, d_command, free_port, run_python
 
 
@@ -103,7 +102,7 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
     # in a child process of its own: it changes the process it runs in
     code = f"""if True:
         import os, signal
-        from zpeer import process
+        from zpeer.daemon import process
         signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
         for signum in (signal.SIGHUP, signal.SIGCHLD, signal.SIGTTOU, signal.SIGSEGV):
             signal.signal(signum, signal.SIG_IGN)

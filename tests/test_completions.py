@@ -16,11 +16,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-
 from conftest import d_command
-from zpeer import completion as comp
-from zpeer.cli import cli as real_cli
-from zpeer.completion_install import install_completion
+
+from zpeer.cli import completion as comp
+from zpeer.cli.app import cli as real_cli
+from zpeer.cli.completion_install import install_completion
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETIONS = ROOT / "completions"
@@ -306,7 +306,7 @@ def test_committed_files_match_the_cli():
     cli = real_cli
     for shell, name in comp.FILES.items():
         assert (COMPLETIONS / name).read_text() == comp.render(shell, cli), \
-            f"completions/{name} is stale: run `python -m zpeer.completion --write`"
+            f"completions/{name} is stale: run `python -m zpeer.cli.completion --write`"
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
@@ -398,7 +398,7 @@ def test_write_regenerates_the_files(tmp_path):
     real_cli
     shutil.copytree(ROOT / "zpeer", tmp_path / "zpeer", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "completions").mkdir()
-    out = subprocess.run([sys.executable, "-m", "zpeer.completion", "--write"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "zpeer.cli.completion", "--write"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for name in comp.FILES.values():
@@ -406,7 +406,7 @@ def test_write_regenerates_the_files(tmp_path):
 
 
 def test_import_is_cheap():
-    out = subprocess.run([sys.executable, "-c", "import sys, zpeer.completion; "
+    out = subprocess.run([sys.executable, "-c", "import sys, zpeer.cli.completion; "
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zmq', 'peewee', 'msgpack')))"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

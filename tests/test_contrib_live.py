@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, d_command, wait_for
 
 HELPERS = os.path.join(ROOT, "contrib", "zpeer.sh")

@@ -11,7 +11,6 @@ import re
 import subprocess
 
 import pytest
-
 from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node, wait_for
 
 GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c", "init.defaultBranch=main"]

@@ -18,8 +18,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node
+
 from zpeer import recipes
 
 GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c", "init.defaultBranch=main"]

@@ -15,9 +15,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TEST_HEARTBEAT_S, Cluster, Node, d_command, pid_alive, wait_for
-from zpeer.restarter import restart_for, service_unit, spawn_argv
+
+from zpeer.daemon.restarter import restart_for, service_unit, spawn_argv
 
 SUPERVISED_IP = "127.0.0.8"
 

@@ -3,7 +3,6 @@ import json
 import os
 
 import zmq
-
 from conftest import wait_for
 
 
@@ -80,8 +79,10 @@ def test_registering_while_the_leader_is_down_says_so_at_once_and_joins_once_it_
 
 def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_keeps_working(empty_cluster):
     from test_security import RawPeer, public_key
-    from zpeer import config, keys, protocol
-    from zpeer.registry import Registry
+
+    from zpeer import config
+    from zpeer.daemon.registry import Registry
+    from zpeer.wire import keys, protocol
 
     c = empty_cluster
     c.leader()

@@ -10,7 +10,6 @@ import tempfile
 import time
 
 import pytest
-
 from conftest import ROOT, d_command, wait_for
 
 ROUTES = [("vps", "desktop"), ("desktop", "vps"), ("desktop", "laptop"), ("laptop", "laptop"),
@@ -531,7 +530,7 @@ def test_daemon_stopped_mid_command_reports_interrupted(cluster):
 
 def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
     """The CLI's one-round-trip exec: a short command's whole result comes with the open."""
-    from zpeer.ipc import Client
+    from zpeer.wire.ipc import Client
 
     client = Client(shared_cluster.desktop.home)
     try:
@@ -558,7 +557,7 @@ def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
 def test_raw_polls_carry_output_as_frames_after_the_map(shared_cluster):
     """With raw=True the output bytes travel as frames after the reply map (no copies into
     msgpack); without it they are inline. Both give the exact bytes."""
-    from zpeer.ipc import Client
+    from zpeer.wire.ipc import Client
 
     cmd = "head -c 300000 /dev/zero | tr '\\0' '\\377'; printf 'tail\\n' >&2"
     expected = {"o": b"\xff" * 300000, "e": b"tail\n"}
@@ -654,8 +653,8 @@ def test_exclude_is_refused_by_a_daemon_from_before_it(tmp_path):
     "features"), on the real socket path; the CLI must refuse before it asks for any exec."""
     import zmq
 
-    from zpeer import protocol
-    from zpeer.ipc import reply_frames
+    from zpeer.wire import protocol
+    from zpeer.wire.ipc import reply_frames
 
     home = tmp_path / "old"
     home.mkdir(mode=0o700)

@@ -7,7 +7,7 @@ import stat
 import subprocess
 import time
 
-from conftest import Node, TEST_HEARTBEAT_S, d_command, free_port, wait_for
+from conftest import TEST_HEARTBEAT_S, Node, d_command, free_port, wait_for
 
 OFFLINE_WITHIN_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 intervals + slack for process scheduling
 
@@ -123,6 +123,7 @@ def test_error_phrases(tmp_path, cluster):
 def test_a_bind_address_in_use_is_a_clear_error_and_a_live_change_to_it_changes_nothing(cluster, tmp_path):
     import socket
     import subprocess
+
     from conftest import d_command
 
     held = socket.socket()
@@ -178,6 +179,7 @@ def test_db_sanity_check_on_worker_that_was_leader(empty_cluster):
 def test_second_daemon_refuses(cluster):
     proc = cluster.vps
     import subprocess
+
     from conftest import d_command
 
     second = subprocess.run(d_command() + ["daemon"], env=proc.env, capture_output=True, timeout=10)
@@ -188,7 +190,7 @@ def test_second_daemon_refuses(cluster):
 
 def test_a_frozen_daemon_fails_a_call_at_its_deadline_and_the_next_call_works(tmp_path):
     from zpeer.errors import FailedToConnect
-    from zpeer.ipc import Client
+    from zpeer.wire.ipc import Client
 
     node = Node(tmp_path, "n1")
     node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
@@ -214,6 +216,7 @@ def test_a_frozen_daemon_fails_a_call_at_its_deadline_and_the_next_call_works(tm
 
 def test_a_zpeer_home_too_deep_for_a_unix_socket_is_a_clear_error(tmp_path):
     import subprocess
+
     from conftest import d_command
 
     home = tmp_path / ("x" * max(1, 110 - len(str(tmp_path))))

@@ -12,13 +12,13 @@ import time
 import msgpack
 import pytest
 import zmq
+from conftest import wait_for
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-
-from conftest import wait_for
 from test_security import RawPeer, public_key
-from zpeer import keys, protocol
-from zpeer.api import Api
+
+from zpeer.daemon.api import Api
+from zpeer.wire import keys, protocol
 
 MIN_MESSAGES = 10_000
 RUN = os.urandom(3).hex()  # job ids unique to this run (targets remember job ids)

@@ -5,10 +5,10 @@ import signal
 import subprocess
 
 import pytest
+from conftest import d_command, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import d_command, wait_for
 from zpeer.targets import fold, peer_names
 
 RULE = b"-" * 15 + b"\n"

@@ -6,9 +6,9 @@ import sys
 
 import click
 import pytest
-
 from conftest import d_command
-from zpeer.cli import all_commands
+
+from zpeer.cli.app import all_commands
 
 COMMANDS = [name for name, cmd in all_commands().items() if not cmd.hidden]
 
@@ -75,10 +75,11 @@ def test_listing_shows_each_summary():
 def test_the_exec_path_imports_nothing_it_does_not_use():
     """`d execOnPeer` runs once per command: what it imports beyond zmq, msgpack and click is
     startup time. No registry, daemon or deploy code, and no stdlib heavyweights it never uses."""
-    code = ("import sys, zpeer.cli, zpeer.streaming, zpeer.ipc; "
+    code = ("import sys, zpeer.cli.app, zpeer.cli.streaming, zpeer.wire.ipc; "
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('peewee', 'sqlite3', 'logging', 'subprocess', 'secrets', 'socket', 'uuid') or m.startswith('zpeer.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["uuid", "zpeer.cli", "zpeer.config", "zpeer.errors", "zpeer.ipc", "zpeer.protocol",
-                                  "zpeer.streaming", "zpeer.targets", "zpeer.wire"]
+    assert out.stdout.split() == ["uuid", "zpeer.cli", "zpeer.cli.app", "zpeer.cli.streaming", "zpeer.config",
+                                  "zpeer.errors", "zpeer.targets", "zpeer.wire", "zpeer.wire.ipc",
+                                  "zpeer.wire.multipart", "zpeer.wire.protocol"]

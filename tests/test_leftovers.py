@@ -3,9 +3,9 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import pid_alive, wait_for
-from zpeer import leftovers
+
+from zpeer.daemon import leftovers
 
 
 @pytest.fixture

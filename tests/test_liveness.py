@@ -4,8 +4,8 @@ import json
 import time
 
 import pytest
-
 from conftest import TEST_HEARTBEAT_S, wait_for
+
 from zpeer.config import beat_interval_s
 
 

@@ -1,9 +1,10 @@
-"""The daemon's heap settings and the trim after a busy spell (zpeer.memory)."""
+"""The daemon's heap settings and the trim after a busy spell (zpeer.daemon.memory)."""
 import subprocess
 
-from bench.cluster import rss_kb
 from conftest import d_command, run_python, wait_for
-from zpeer import memory
+
+from bench.cluster import rss_kb
+from zpeer.daemon import memory
 
 
 def test_trimmer_trims_once_after_a_busy_spell_has_been_idle_long_enough():
@@ -30,7 +31,7 @@ def test_trimmer_trims_once_after_a_busy_spell_has_been_idle_long_enough():
 def test_tune_and_trim_in_a_process_of_their_own():
     # a 1 MiB bytes object then comes from the heap (brk), not from an mmap of its own
     code = """if True:
-        from zpeer import memory
+        from zpeer.daemon import memory
         print(memory.tune())
         chunks = [bytes(1 << 20) for _ in range(16)]
         del chunks

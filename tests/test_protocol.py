@@ -4,10 +4,11 @@ import time
 import msgpack
 import pytest
 
-from zpeer import config, keys, protocol
+from zpeer import config
+from zpeer.daemon.origin import SILENCE_SCAN_S, OriginSessions
 from zpeer.errors import BadRequest, PeerNotFound, PeerOffline, from_reply
-from zpeer.sessions import SILENCE_SCAN_S, OriginSessions
 from zpeer.targets import resolve_targets
+from zpeer.wire import keys, protocol
 
 
 def frames_of(header, data=None):

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import readme_doc as doc
 from conftest import ROOT, TEST_HEARTBEAT_S, Node, d_command, wait_for
 
@@ -31,7 +30,7 @@ def blocks():
 
 def cli_commands():
     """Names of the visible `d` subcommands."""
-    from zpeer.cli import all_commands
+    from zpeer.cli.app import all_commands
 
     return {name for name, cmd in all_commands().items() if not cmd.hidden}
 
@@ -218,7 +217,7 @@ def test_troubleshooting_covers_every_error_phrase():
     for phrase in ("Peer not found: ID", "Failed to connect", "Not connected to leader",
                    "Peer offline: ID (last seen …)", "Leader key mismatch", "Directory not found on ID: PATH"):
         assert phrase in headings, phrase
-    sources = "".join(p.read_text() for p in (Path(ROOT) / "zpeer").glob("*.py"))
+    sources = "".join(p.read_text() for p in (Path(ROOT) / "zpeer").rglob("*.py"))
     for phrase in headings:  # the code still says it (up to the first placeholder)
         fixed = re.split(r"\b(?:ID|PATH)\b|…", phrase)[0]
         assert fixed in sources, f"README troubleshoots {phrase!r} but zpeer never says {fixed!r}"

@@ -5,8 +5,14 @@ import subprocess
 import sys
 import time
 
-from zpeer.audit import FLUSH_S, JOURNAL_FILE, PRUNE_BATCH_ROWS, PRUNE_EVERY_ROWS, Journal
-from zpeer.registry import Registry
+from zpeer.daemon.audit import (
+    FLUSH_S,
+    JOURNAL_FILE,
+    PRUNE_BATCH_ROWS,
+    PRUNE_EVERY_ROWS,
+    Journal,
+)
+from zpeer.daemon.registry import Registry
 
 
 def test_audit_insert_then_update_in_one_flush(tmp_path):
@@ -79,7 +85,7 @@ def test_rows_reach_sqlite_once_due_and_the_journal_empties_then(tmp_path):
 
 KILLED_MID_FLUSH_WINDOW = """
 import os, sys
-from zpeer.registry import Registry
+from zpeer.daemon.registry import Registry
 reg = Registry(sys.argv[1])
 reg.log_exec("old", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1, directory=None,
              command="echo written")

@@ -15,10 +15,10 @@ import time
 
 import msgpack
 import zmq
+from conftest import d_command, wait_for
 from zmq.utils.monitor import recv_monitor_message
 
-from conftest import d_command, wait_for
-from zpeer import keys, protocol
+from zpeer.wire import keys, protocol
 
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)

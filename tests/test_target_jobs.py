@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from zpeer import execution
-from zpeer.execution import SEEN_JOBS_MAX, TargetJobs
+from zpeer.daemon import target
+from zpeer.daemon.target import SEEN_JOBS_MAX, TargetJobs
 
 
 def _exec(job, cmd="true"):
@@ -41,7 +41,7 @@ def test_an_exec_runs_once_even_when_it_arrives_twice(jobs):
 
 
 def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(jobs, tmp_path):
-    from zpeer.execution import STARTED_DELAY_S
+    from zpeer.daemon.target import STARTED_DELAY_S
 
     journal = tmp_path / "jobs.journal"
     jobs.handle("vps", _exec("quick", "true"), None)
@@ -110,7 +110,7 @@ def _wait_readable(fd, limit_s=5):
 @pytest.mark.parametrize("linger_s", [None, 0.0])  # 0: a loaded loop that gets there after the deadline
 def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jobs, linger_s, monkeypatch):
     if linger_s is not None:
-        monkeypatch.setattr(execution, "EXIT_LINGER_S", linger_s)
+        monkeypatch.setattr(target, "EXIT_LINGER_S", linger_s)
     # the kernel closes stdout, then stderr, then reports the exit: the loop may wake on stdout
     # alone, and must not need a turn for each of the other two
     jobs.handle("vps", _exec("short", "echo hi; exit 3"), None)
@@ -176,7 +176,7 @@ def test_an_exit_status_reaped_elsewhere_is_reported_as_lost_not_made_up(jobs):
 def test_a_user_commands_status_comes_from_waitpid_not_popen_poll(reaped_elsewhere):
     """subprocess's Popen.poll() turns a status lost to ECHILD into exit 0: a --user command
     (started through subprocess) is reaped by the daemon itself, and Popen is told the outcome."""
-    from zpeer.process import spawn
+    from zpeer.daemon.process import spawn
 
     child = spawn(["/bin/bash", "-c", "exit 7"], "/", {"PATH": "/usr/bin:/bin"}, False, {"user": os.geteuid()})
     try:

@@ -1,4 +1,4 @@
 """`python -m zpeer` is the same CLI as `d`."""
-from zpeer.cli import main
+from zpeer.cli.app import main
 
 main()

@@ -146,7 +146,7 @@ def _die(message):
 def _daemon_call(op, **args):
     """One request to this peer's daemon (the one that runs this step)."""
     from zpeer.errors import ZpeerError
-    from zpeer.ipc import Client
+    from zpeer.wire.ipc import Client
 
     client = Client()
     try:

@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import TEST_HEARTBEAT_S, Node, d_command, pid_alive, wait_for  # noqa: F401 (pid_alive: for the chaos tests)
 from proxy import ChaosProxy
 

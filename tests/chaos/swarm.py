@@ -1,7 +1,7 @@
 """Many zpeer WorkerLinks in one process, for reconnect-storm tests (50 daemons would cost too much).
 
 Usage: python swarm.py LEADER_ADDR LEADER_KEY COUNT HEARTBEAT_S SOURCE_IP
-Each link is the real zpeer.worker.WorkerLink (same socket options, same back-off). It prints
+Each link is the real zpeer.daemon.worker.WorkerLink (same socket options, same back-off). It prints
 `up N` whenever the number of links with a completed CURVE handshake changes, and exits when
 its stdin closes.
 """
@@ -12,7 +12,7 @@ import time
 
 import zmq
 
-from zpeer.worker import WorkerLink
+from zpeer.daemon.worker import WorkerLink
 
 
 def main():

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import wait_for
 from fleet import report, status
 

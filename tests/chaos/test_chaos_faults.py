@@ -6,8 +6,15 @@ import subprocess
 import time
 
 from conftest import d_command, wait_for
-from fleet import DETECT_LIMIT_S, Stream, kill_group, open_fds, pid_alive, report, status
-
+from fleet import (
+    DETECT_LIMIT_S,
+    Stream,
+    kill_group,
+    open_fds,
+    pid_alive,
+    report,
+    status,
+)
 
 # the leader's sweep or the origin's own silence limit, whichever notices first
 CLEAR = {p: (f"Peer {p} disconnected mid-command", f"Peer {p} was lost mid-command") for p in ("laptop", "desktop")}

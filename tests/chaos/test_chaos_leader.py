@@ -7,9 +7,16 @@ import os
 import time
 
 import pytest
-
 from conftest import wait_for
-from fleet import DETECT_LIMIT_S, Stream, add_workers, kill_group, online_ids, pid_alive, report
+from fleet import (
+    DETECT_LIMIT_S,
+    Stream,
+    add_workers,
+    kill_group,
+    online_ids,
+    pid_alive,
+    report,
+)
 
 TARGETS = [f"w{i:02d}" for i in range(1, 21)]
 FAST = set(TARGETS[:10])  # these finish before the fault; the others are still running

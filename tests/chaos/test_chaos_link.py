@@ -8,10 +8,17 @@ import sys
 import time
 
 import pytest
-
 from conftest import wait_for
-from fleet import (DETECT_LIMIT_S, Stream, add_workers, chaos_proxy, kill_group, pid_alive,  # noqa: F401
-                   report, status)
+from fleet import (  # noqa: F401
+    DETECT_LIMIT_S,
+    Stream,
+    add_workers,
+    chaos_proxy,
+    kill_group,
+    pid_alive,
+    report,
+    status,
+)
 
 SWARM = [sys.executable, __file__.rsplit("/", 1)[0] + "/swarm.py"]
 LINES = 400

@@ -7,7 +7,6 @@ sequential + 500 concurrent) is marked slow and runs only when asked:
 import time
 
 import pytest
-
 from conftest import wait_for
 from fleet import open_fds, report, rss_kb, run_parallel, status
 

@@ -1,7 +1,7 @@
 """One command's child process on the target: how it is started, its environment, process
 group, pipes and output credit, and how it is stopped (SIGTERM to the group, SIGKILL after a grace).
 
-`zpeer.execution.TargetJobs` spawns these and drives them from the daemon loop.
+`zpeer.daemon.target.TargetJobs` spawns these and drives them from the daemon loop.
 """
 import array
 import fcntl
@@ -15,7 +15,7 @@ import termios
 import time
 
 from zpeer.errors import DirectoryDenied, DirectoryNotFound
-from zpeer.protocol import shown
+from zpeer.wire.protocol import shown
 
 PIPE_SIZE_BYTES = 1 << 20
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
@@ -293,7 +293,7 @@ class RunningJob:
         self.seq = 0  # out messages sent: lets the origin prove it got every chunk, in order
         self.last_origin_word = self.started
         self.announce_at = None  # when the target must say "started" at the latest (TargetJobs)
-        self.recorded = False  # its process group is in $ZPEER_HOME/jobs (zpeer.leftovers)
+        self.recorded = False  # its process group is in $ZPEER_HOME/jobs (zpeer.daemon.leftovers)
 
     def kill_group(self, sig):
         """Signal the whole process group (children and grandchildren)."""

@@ -14,8 +14,8 @@ import stat
 import sys
 
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, OutputFailed, ZpeerError
-from zpeer.protocol import os_text
 from zpeer.targets import many_peers
+from zpeer.wire.protocol import os_text
 
 POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
@@ -238,7 +238,7 @@ def run_exec(client, peers, cmd, directory, timeout, user, batch, as_json, no_st
         return 130
     sid, targets = reply["sid"], reply["targets"]
     if gather:
-        from zpeer.gather import Gatherer
+        from zpeer.cli.gather import Gatherer
 
         render = Gatherer()
     else:

@@ -15,10 +15,18 @@ import peewee
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zpeer import config, keys, protocol, trace, wire
-from zpeer.errors import BadRequest, BindFailed, NotAuthorized, PeerNotFound, PeerOffline, ZpeerError
+from zpeer import config, trace
+from zpeer.errors import (
+    BadRequest,
+    BindFailed,
+    NotAuthorized,
+    PeerNotFound,
+    PeerOffline,
+    ZpeerError,
+)
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import describe_last_seen, peer_record
+from zpeer.wire import keys, multipart, protocol
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +113,7 @@ class LeaderLink:
         try:
             frames = protocol.envelope(entry["route"], protocol.encode(header, data))
             trace.mark("lead.send", header["t"])  # before: the receiver may run before send() returns
-            wire.send(self.sock, frames, zmq.NOBLOCK)
+            multipart.send(self.sock, frames, zmq.NOBLOCK)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (HWM): the peer is not keeping up
             if self.limiter.allow(("send", peer_id)):
@@ -115,7 +123,7 @@ class LeaderLink:
     def _send_raw(self, identity, header):
         """Answer a connection that is not (yet) a verified peer (hello replies)."""
         try:
-            wire.send(self.sock, protocol.envelope(identity, protocol.encode(header)), zmq.NOBLOCK)
+            multipart.send(self.sock, protocol.envelope(identity, protocol.encode(header)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
@@ -123,7 +131,7 @@ class LeaderLink:
     def receive(self):
         """Read one message; returns (peer_id, header, data) for the daemon, or None."""
         # [identity, signature (a zmq.Frame: its User-Id is the sender's key), header, data]
-        frames = wire.recv(self.sock, zmq.NOBLOCK, data_from=3, meta_at=1, max_frames=4)
+        frames = multipart.recv(self.sock, zmq.NOBLOCK, data_from=3, meta_at=1, max_frames=4)
         identity = frames[0]
         peer_id = protocol.peer_of_route(identity)  # claimed; the key and route decide below
         try:

@@ -15,7 +15,15 @@ import time
 
 import peewee
 
-from zpeer.audit import FLUSH_S, PRUNE_BATCH_ROWS, PRUNE_EVERY_ROWS, PRUNE_PAUSE_S, PRUNE_SQL, Journal, statements
+from zpeer.daemon.audit import (
+    FLUSH_S,
+    PRUNE_BATCH_ROWS,
+    PRUNE_EVERY_ROWS,
+    PRUNE_PAUSE_S,
+    PRUNE_SQL,
+    Journal,
+    statements,
+)
 from zpeer.errors import BadDatabase
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,19 @@ import signal
 import time
 from collections import OrderedDict
 
-from zpeer import leftovers, trace
+from zpeer import trace
+from zpeer.daemon import leftovers
+from zpeer.daemon.process import (
+    RC_CANCELLED,
+    RunningJob,
+    child_environment,
+    pending_bytes,
+    spawn,
+    working_directory,
+)
 from zpeer.errors import BadRequest, ExitLost, ZpeerError
 from zpeer.logsetup import RateLimited
-from zpeer.process import RC_CANCELLED, RunningJob, child_environment, pending_bytes, spawn, working_directory
-from zpeer.protocol import shown
+from zpeer.wire.protocol import shown
 
 log = logging.getLogger(__name__)
 _LIMITER = RateLimited()  # for logs about peers steering jobs that are not theirs
@@ -117,7 +125,7 @@ class TargetJobs:
 
     def _announce(self, rj):
         """True once, for the job's first message (which then names its pid). Its process group
-        goes on disk for zpeer.leftovers then, before the origin hears of the job: not at spawn,
+        goes on disk for zpeer.daemon.leftovers then, before the origin hears of the job: not at spawn,
         where reading the start time of a process still in execve waits for it, and a command
         that ends within STARTED_DELAY_S without output needs no record."""
         if rj.announce_at is None:

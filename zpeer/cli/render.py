@@ -3,7 +3,6 @@ import time
 
 from zpeer.peerinfo import ago
 
-
 # C0, DEL and C1 controls: what a peer's free text or a command line may hold that a terminal
 # would act on (an OSC retitles it, a newline forges a row); JSON output keeps them as they are
 _ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
+from zpeer.daemon.process import reignore_signals
 from zpeer.errors import Busy
-from zpeer.process import reignore_signals
 
 log = logging.getLogger(__name__)
 

@@ -13,20 +13,22 @@ from collections import deque
 
 import zmq
 
-from zpeer import config, keys, leftovers, memory, protocol, trace, wire
-from zpeer.api import Api
+from zpeer import config, trace
+from zpeer.daemon import leftovers, memory
+from zpeer.daemon.api import Api
+from zpeer.daemon.leader import LeaderLink
+from zpeer.daemon.origin import OriginSessions
+from zpeer.daemon.process import prepare_spawning
+from zpeer.daemon.registry import open_registry
+from zpeer.daemon.target import TargetJobs
+from zpeer.daemon.worker import WorkerLink
 from zpeer.errors import NotConfigured, NotConnected, ZpeerError
-from zpeer.execution import TargetJobs
-from zpeer.ipc import bind_cli_socket, reply_frames, socket_access
-from zpeer.keys import start_authenticator
-from zpeer.leader import LeaderLink
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import PeersCache
-from zpeer.process import prepare_spawning
-from zpeer.registry import open_registry
-from zpeer.sessions import OriginSessions
 from zpeer.version import full_version
-from zpeer.worker import WorkerLink
+from zpeer.wire import keys, multipart, protocol
+from zpeer.wire.ipc import bind_cli_socket, reply_frames, socket_access
+from zpeer.wire.keys import start_authenticator
 
 log = logging.getLogger(__name__)
 _LIMITER = RateLimited()  # for logs about hostile peer input
@@ -228,7 +230,7 @@ class Daemon:
         try:
             frames = reply_frames(identity, rid, payload, data_frames)
             trace.mark("reply")
-            wire.send(self.ipc, frames, zmq.NOBLOCK)
+            multipart.send(self.ipc, frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the CLI went away
 
@@ -259,7 +261,7 @@ class Daemon:
         """SIGTERM: report running jobs as interrupted and let local CLIs read that, briefly."""
         if not self.targets.jobs and not self.sessions.sessions:
             return
-        from zpeer.restarter import interrupt_all
+        from zpeer.daemon.restarter import interrupt_all
 
         log.info("stopping: reporting %d running jobs as interrupted", len(self.targets.jobs))
         interrupt_all(self, "stopped")

@@ -3,7 +3,7 @@
 The daemon binds a ROUTER on ipc://$ZPEER_HOME/d.sock, so it can hold many CLI requests at
 once (long polls for job output) and answer each when it is ready. The CLI talks REQ: one
 request, one reply, which also paces output streaming (it asks for the next output only after
-writing the previous one). Frames: see zpeer.protocol. Only zmq and msgpack are imported here.
+writing the previous one). Frames: see zpeer.wire.protocol. Only zmq and msgpack are imported here.
 """
 import os
 import time
@@ -12,8 +12,9 @@ import uuid
 import msgpack
 import zmq
 
-from zpeer import config, protocol, wire
+from zpeer import config
 from zpeer.errors import BadRequest, FailedToConnect, ZpeerError, from_reply
+from zpeer.wire import multipart, protocol
 
 CONNECT_TIMEOUT_S = 1.0
 DEFAULT_CALL_TIMEOUT_S = 10.0
@@ -66,14 +67,14 @@ class Client:
         except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 (surrogateescape)
             raise BadRequest(f"Not valid UTF-8: {protocol.shown(protocol.os_text(exc.object))}",
                              hint="only --shellCmd and --directory of execOnPeer may hold any bytes") from None
-        wire.send(self.sock, frames)
+        multipart.send(self.sock, frames)
         timeout_ms = int(timeout_s * 1000) + 1
         if wake_fd is not None:
             timeout_ms = self._wait_or_wake(timeout_ms, wake_fd, on_wake)
         if timeout_ms != self.timeout_ms:  # a blocking receive with a timeout: no poll() per call
             self.sock.rcvtimeo = self.timeout_ms = timeout_ms
         try:
-            frames = wire.recv(self.sock, data_from=2)  # [signature, map, raw output...]
+            frames = multipart.recv(self.sock, data_from=2)  # [signature, map, raw output...]
         except zmq.Again:
             self.close()  # a REQ without its reply is unusable
             raise FailedToConnect("Failed to connect",

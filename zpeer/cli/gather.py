@@ -14,7 +14,7 @@ grows past GATHER_PEER_MAX_BYTES (or takes the total past GATHER_TOTAL_MAX_BYTES
 gathering: what it held and what follows are printed as a fan-out prints them, so memory stays
 bounded and nothing is lost.
 """
-from zpeer.streaming import Renderer, _write
+from zpeer.cli.streaming import Renderer, _write
 from zpeer.targets import fold
 
 GATHER_PEER_MAX_BYTES = 1 << 20  # gathering is for short outputs (versions, hashes, counts)

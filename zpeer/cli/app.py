@@ -12,7 +12,13 @@ import sys
 import click
 
 from zpeer import config
-from zpeer.errors import EXIT_USAGE, BadDatabase, FailedToConnect, OutputFailed, ZpeerError
+from zpeer.errors import (
+    EXIT_USAGE,
+    BadDatabase,
+    FailedToConnect,
+    OutputFailed,
+    ZpeerError,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PEER_HELP = "Target peer; repeat, give a list (commas or blanks), a range (web[1-3]), a pattern ('web*'), or `all`."
@@ -46,7 +52,7 @@ def usage_error(message):
 
 def client():
     """A connection to this node's daemon."""
-    from zpeer.ipc import Client
+    from zpeer.wire.ipc import Client
 
     return Client()
 
@@ -64,18 +70,18 @@ def call(op, **args):
 
 # Commands in modules of their own, imported only when used: `d execOnPeer` loads none of them.
 LAZY_COMMANDS = {
-    "setPeerConfig": "zpeer.enrol:set_peer_config",
-    "registerWorker": "zpeer.enrol:register_worker",
-    "joinToken": "zpeer.enrol:join_token",
-    "acceptPeer": "zpeer.enrol:accept_peer",
-    "removePeer": "zpeer.enrol:remove_peer",
-    "completion": "zpeer.completion:completion",
-    "install-completion": "zpeer.completion_install:install_completion",
-    "remotePull": "zpeer.deploy:remote_pull",
-    "remoteBd": "zpeer.deploy:remote_bd",
-    "remoteDeployDaemon": "zpeer.deploy:remote_deploy_daemon",
-    "restartDaemon": "zpeer.deploy:restart_daemon",
-    "deployStep": "zpeer.deploy:deploy_step",
+    "setPeerConfig": "zpeer.cli.enrol:set_peer_config",
+    "registerWorker": "zpeer.cli.enrol:register_worker",
+    "joinToken": "zpeer.cli.enrol:join_token",
+    "acceptPeer": "zpeer.cli.enrol:accept_peer",
+    "removePeer": "zpeer.cli.enrol:remove_peer",
+    "completion": "zpeer.cli.completion:completion",
+    "install-completion": "zpeer.cli.completion_install:install_completion",
+    "remotePull": "zpeer.cli.deploy:remote_pull",
+    "remoteBd": "zpeer.cli.deploy:remote_bd",
+    "remoteDeployDaemon": "zpeer.cli.deploy:remote_deploy_daemon",
+    "restartDaemon": "zpeer.cli.deploy:restart_daemon",
+    "deployStep": "zpeer.cli.deploy:deploy_step",
 }
 
 
@@ -129,7 +135,7 @@ def daemon(log_level):
       ZPEER_HOME=/var/lib/zpeer d daemon
     """
     from zpeer import logsetup
-    from zpeer.daemon import Daemon
+    from zpeer.daemon.node import Daemon
 
     logsetup.configure(log_level)
     try:
@@ -148,8 +154,8 @@ def get_peer_status(as_json):
     Example:
       d getPeerStatus --json
     """
-    from zpeer import keys
-    from zpeer.render import status_lines
+    from zpeer.cli.render import status_lines
+    from zpeer.wire import keys
 
     try:
         c = client()
@@ -185,7 +191,7 @@ def list_peers(ids, online, as_json, pending):
       d listPeers
       for p in $(d listPeers --ids --online); do d execOnPeer --peer "$p" --shellCmd uptime; done
     """
-    from zpeer.render import peer_table
+    from zpeer.cli.render import peer_table
 
     result = call("peers", pending=pending)
     peers = [p for p in result["peers"] if p["online"] or not online]
@@ -235,7 +241,7 @@ def db_sanity_check(dry_run):
     try:
         result = c.call("db_check", dry_run=dry_run, timeout_s=60)
     except FailedToConnect:
-        from zpeer.registry import Registry
+        from zpeer.daemon.registry import Registry
 
         # a dry run writes nothing, not even the audit rows a killed daemon left in its journal
         try:
@@ -289,7 +295,7 @@ def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch
                  f"--shellCmd {shlex.quote(' '.join([shell_cmd, *ctx.args]))}")
     if gather and as_json:
         ctx.fail("--gather and --json do not mix: --json already keeps each peer's output apart")
-    from zpeer.streaming import run_exec
+    from zpeer.cli.streaming import run_exec
 
     sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json, no_stdin, exclude,
                       gather))
@@ -306,7 +312,7 @@ def history(peer, limit, as_json):
     Example:
       d history --peer laptop --limit 5
     """
-    from zpeer.render import history_table
+    from zpeer.cli.render import history_table
 
     rows = call("history", peer=peer, limit=limit)["rows"]
     click.echo(json.dumps(rows, indent=2) if as_json else history_table(rows))
@@ -321,7 +327,7 @@ def demo(keep):
     Example:
       d demo
     """
-    from zpeer.demo import run_demo
+    from zpeer.cli.demo import run_demo
 
     sys.exit(run_demo(keep=keep))
 

@@ -1,12 +1,12 @@
 """`d` commands that set a node up: setPeerConfig, and enrolment (registerWorker, joinToken,
 acceptPeer, removePeer).
 
-Loaded by `zpeer.cli` only when one of them runs (see LAZY_COMMANDS there).
+Loaded by `zpeer.cli.app` only when one of them runs (see LAZY_COMMANDS there).
 """
 import click
 
 from zpeer import config
-from zpeer.cli import CONTEXT, Seconds, call, client, fail, usage_error
+from zpeer.cli.app import CONTEXT, Seconds, call, client, fail, usage_error
 from zpeer.errors import FailedToConnect, ZpeerError
 
 
@@ -40,7 +40,7 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
       d setPeerConfig --role leader --id vps --bind 0.0.0.0:3520 --advertise 10.0.0.1
       d setPeerConfig --role worker --id desktop --leader 10.0.0.1 --leader-key KEY
     """
-    from zpeer import keys
+    from zpeer.wire import keys
 
     if peer_id is not None and not config.valid_peer_id(peer_id):
         usage_error(f"Invalid peer id: {peer_id!r} ({config.PEER_ID_RULE})")
@@ -107,7 +107,7 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
       d registerWorker --token zpeer1.eyJhIjoi...
       d registerWorker --id laptop --leader 10.0.0.1 --leader-key KEY   # then acceptPeer on the leader
     """
-    from zpeer import keys
+    from zpeer.wire import keys
 
     cfg = config.load()
     secret = None

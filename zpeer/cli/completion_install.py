@@ -1,10 +1,10 @@
-"""`d install-completion`: put the completion script (zpeer.completion) where the user's shell
+"""`d install-completion`: put the completion script (zpeer.cli.completion) where the user's shell
 finds it without root, and say what, if anything, to add to the shell's startup file."""
 import os
 
 import click
 
-from zpeer.completion import SHELLS, render
+from zpeer.cli.completion import SHELLS, render
 from zpeer.errors import ZpeerError
 
 

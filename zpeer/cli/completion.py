@@ -5,7 +5,7 @@ import sys
 import click
 
 SHELLS = ("bash", "zsh", "fish")
-HEADER = "# {shell} completion for d (zpeer). Made by `python -m zpeer.completion --write`; do not edit.\n"
+HEADER = "# {shell} completion for d (zpeer). Made by `python -m zpeer.cli.completion --write`; do not edit.\n"
 FILES = {"bash": "d.bash", "zsh": "_d", "fish": "d.fish"}
 
 
@@ -324,7 +324,9 @@ def render(shell, group=None):
     if group is None and click.get_current_context(silent=True) is not None:
         group = click.get_current_context().find_root().command  # `d completion`: the running tree
     if group is None:
-        from zpeer.cli import cli as group  # late: zpeer.cli imports this module
+        from zpeer.cli.app import (
+            cli as group,  # late: zpeer.cli.app imports this module
+        )
     return {"bash": render_bash, "zsh": render_zsh, "fish": render_fish}[shell](*model(group))
 
 
@@ -342,11 +344,11 @@ def completion(shell):
 
 
 def main(argv=None):
-    """`python -m zpeer.completion --write`: regenerate the committed scripts in completions/."""
+    """`python -m zpeer.cli.completion --write`: regenerate the committed scripts in completions/."""
     if (sys.argv[1:] if argv is None else argv) != ["--write"]:
-        sys.stderr.write("usage: python -m zpeer.completion --write\n")
+        sys.stderr.write("usage: python -m zpeer.cli.completion --write\n")
         return 2
-    outdir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "completions")
+    outdir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "completions")
     for shell, name in FILES.items():
         with open(os.path.join(outdir, name), "w") as f:
             f.write(render(shell))

@@ -10,10 +10,18 @@ import time
 
 import zmq
 
-from zpeer import config, keys, protocol, trace, wire
-from zpeer.errors import BadRequest, NotConfigured, NotConnected, NotLeader, PeerNotFound, ZpeerError
-from zpeer.sessions import STDIN_WINDOW_BYTES
+from zpeer import config, trace
+from zpeer.daemon.origin import STDIN_WINDOW_BYTES
+from zpeer.errors import (
+    BadRequest,
+    NotConfigured,
+    NotConnected,
+    NotLeader,
+    PeerNotFound,
+    ZpeerError,
+)
 from zpeer.targets import needs_known, peer_names, resolve_targets
+from zpeer.wire import keys, multipart, protocol
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +54,14 @@ class Api:
     def __init__(self, daemon):
         self.d = daemon
         self.registering = []  # (identity, rid, deadline, link retries) waiting for the outcome
-        self.restarter = None  # zpeer.restarter.Restarter once a restart was asked for
+        self.restarter = None  # zpeer.daemon.restarter.Restarter once a restart was asked for
         self.started_at = time.time()  # tells a restarted daemon from the one before it
 
     # --- boundary -----------------------------------------------------------------------
     def on_frames(self, sock):
         """Read and serve one CLI request."""
         # [identity, empty, signature, header]: all small, all copied; a longer one is cut to 5
-        frames = wire.recv(sock, zmq.NOBLOCK, data_from=5, max_frames=4)
+        frames = multipart.recv(sock, zmq.NOBLOCK, data_from=5, max_frames=4)
         trace.mark("request")
         identity = frames[0]
         if len(frames) < 3 or frames[1] != b"":
@@ -119,7 +127,7 @@ class Api:
 
     def op_restart(self, identity, header):
         """restartDaemon and deploy's restart step: restart once the asking job is reported."""
-        from zpeer.restarter import Restarter
+        from zpeer.daemon.restarter import Restarter
 
         if self.restarter is None:
             self.restarter = Restarter(self.d)
@@ -391,7 +399,7 @@ class Api:
 def _recipes(cfg):
     """The deploy recipe in effect here (defaults included) and which parts are defaults."""
     from zpeer import recipes
-    from zpeer.restarter import default_restart
+    from zpeer.daemon.restarter import default_restart
 
     effective = recipes.resolve(cfg)
     if not effective["restart_cmd"]:

@@ -10,10 +10,16 @@ import os
 import sys
 import time
 
+from zpeer.cli.render import printable
+from zpeer.cli.streaming import (
+    POLL_GRACE_S,
+    POLL_WAIT_S,
+    Renderer,
+    _local_user,
+    deliver,
+)
 from zpeer.errors import EXIT_ZPEER_FAILURE, ZpeerError
 from zpeer.recipes import step_command
-from zpeer.render import printable
-from zpeer.streaming import POLL_GRACE_S, POLL_WAIT_S, Renderer, _local_user, deliver
 
 PROBE_INTERVAL_S = 0.2
 PROBE_GRACE_S = 2.0  # a probe unanswered this long went to a daemon that was going away: ask again
@@ -23,7 +29,7 @@ EXIT_OLD_VERSION = 1
 @contextlib.contextmanager
 def _client():
     """A fresh connection to the local daemon (which may itself be restarting), closed after use."""
-    from zpeer.ipc import Client
+    from zpeer.wire.ipc import Client
 
     client = Client()
     try:

@@ -1,14 +1,22 @@
 """`d remotePull`, `d remoteBd`, `d remoteDeployDaemon`, `d restartDaemon`: deploy across the fleet.
 
 Each target runs its own recipe (zpeer.recipes); the CLI side only chooses steps and peers
-(zpeer.rollout). Imports stay lean: no zmq or peewee until a command runs.
+(zpeer.cli.rollout). Imports stay lean: no zmq or peewee until a command runs.
 """
 import sys
 import time
 
 import click
 
-from zpeer.cli import CONTEXT, EXCLUDE_HELP, PEER_HELP, Seconds, client, fail, usage_error
+from zpeer.cli.app import (
+    CONTEXT,
+    EXCLUDE_HELP,
+    PEER_HELP,
+    Seconds,
+    client,
+    fail,
+    usage_error,
+)
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.recipes import STEPS, step_command
 from zpeer.targets import many_peers
@@ -33,7 +41,7 @@ def recipe_step_options(func):
 
 def _recipe_step(step, peers, exclude, timeout, batch, as_json):
     """Run one recipe step on peers with execOnPeer's contract; exits with its status."""
-    from zpeer.streaming import run_exec
+    from zpeer.cli.streaming import run_exec
 
     # a recipe step reads no input: a `while read` loop around it keeps its own
     sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json, no_stdin=True,
@@ -68,7 +76,7 @@ def remote_bd(peers, exclude, timeout, batch, as_json):
 
 def _rollout(peers, exclude, steps, batch, keep_going, wait, timeout):
     """Deploy or restart peers batch by batch, the leader last; exits with the worst status."""
-    from zpeer.rollout import Rollout, plan_batches
+    from zpeer.cli.rollout import Rollout, plan_batches
 
     c = client()
     try:

@@ -18,8 +18,15 @@ import uuid
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zpeer import config, protocol, trace, wire
-from zpeer.errors import KeyMismatch, NotAuthorized, NotConnected, RequestTimeout, from_reply
+from zpeer import config, trace
+from zpeer.errors import (
+    KeyMismatch,
+    NotAuthorized,
+    NotConnected,
+    RequestTimeout,
+    from_reply,
+)
+from zpeer.wire import multipart, protocol
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +138,7 @@ class WorkerLink:
         try:
             frames = protocol.encode(header, data)
             trace.mark("work.send", header["t"])
-            wire.send(self.sock, frames, zmq.NOBLOCK)
+            multipart.send(self.sock, frames, zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
@@ -205,7 +212,7 @@ class WorkerLink:
 
     def receive(self):
         """Read one message; returns (from_peer, header, data) for routed ones, else None."""
-        frames = wire.recv(self.sock, zmq.NOBLOCK, data_from=2, max_frames=3)
+        frames = multipart.recv(self.sock, zmq.NOBLOCK, data_from=2, max_frames=3)
         try:
             header, data = protocol.decode(frames)
         except protocol.ProtocolError as exc:
