@@ -71,7 +71,7 @@ def cli(node, args, tty, stdout=subprocess.DEVNULL):
 
 
 def api_exec(client, peer, cmd="true"):
-    """One exec through a persistent IPC client, as zpeer.cli.streaming.run_exec drives it (output as
+    """One exec through a persistent IPC client, as zpeer.cli.exec_client.ExecClient drives it (output as
     raw frames, dropped); returns rc."""
     reply = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None, batch=0,
                         stdin=False, pid=os.getpid(), ouser="bench", wait_s=0.5, raw=True, timeout_s=10.5)

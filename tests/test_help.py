@@ -75,11 +75,13 @@ def test_listing_shows_each_summary():
 def test_the_exec_path_imports_nothing_it_does_not_use():
     """`d execOnPeer` runs once per command: what it imports beyond zmq, msgpack and click is
     startup time. No registry, daemon or deploy code, and no stdlib heavyweights it never uses."""
-    code = ("import sys, zpeer.cli.app, zpeer.cli.streaming, zpeer.wire.ipc; "
+    code = ("import sys, zpeer.cli.app, zpeer.cli.execute, zpeer.wire.ipc; "
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('peewee', 'sqlite3', 'logging', 'subprocess', 'secrets', 'socket', 'uuid') or m.startswith('zpeer.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["uuid", "zpeer.cli", "zpeer.cli.app", "zpeer.cli.streaming", "zpeer.config",
-                                  "zpeer.errors", "zpeer.targets", "zpeer.wire", "zpeer.wire.ipc",
-                                  "zpeer.wire.multipart", "zpeer.wire.protocol"]
+    assert out.stdout.split() == [
+        "uuid", "zpeer.cli", "zpeer.cli.app", "zpeer.cli.common", "zpeer.cli.exec_client",
+        "zpeer.cli.execute", "zpeer.cli.renderer", "zpeer.cli.sink", "zpeer.cli.stdio", "zpeer.config",
+        "zpeer.errors", "zpeer.targets", "zpeer.wire", "zpeer.wire.ipc", "zpeer.wire.multipart",
+        "zpeer.wire.protocol"]

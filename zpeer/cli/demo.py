@@ -13,6 +13,10 @@ import sys
 import tempfile
 import time
 
+import click
+
+from zpeer.cli.common import CONTEXT
+
 NODES = (("vps", "127.0.0.1"), ("desktop", "127.0.0.2"), ("laptop", "127.0.0.4"))
 START_TIMEOUT_S = 15.0
 
@@ -119,3 +123,15 @@ def run_demo(keep=False):
             signal.signal(signum, handler)
         if not keep:
             demo.stop()
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--keep", is_flag=True, help="Leave the demo cluster running (prints how to stop it).")
+def demo(keep):
+    """Start a leader and two workers on loopback, show them working, then stop them.
+
+    \b
+    Example:
+      d demo
+    """
+    sys.exit(run_demo(keep=keep))

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from zpeer.cli.app import (
+from zpeer.cli.common import (
     CONTEXT,
     EXCLUDE_HELP,
     PEER_HELP,
@@ -18,7 +18,7 @@ from zpeer.cli.app import (
     usage_error,
 )
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
-from zpeer.recipes import STEPS, step_command
+from zpeer.recipes import step_command
 from zpeer.targets import many_peers
 
 peer_option = click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
@@ -41,7 +41,7 @@ def recipe_step_options(func):
 
 def _recipe_step(step, peers, exclude, timeout, batch, as_json):
     """Run one recipe step on peers with execOnPeer's contract; exits with its status."""
-    from zpeer.cli.streaming import run_exec
+    from zpeer.cli.execute import run_exec
 
     # a recipe step reads no input: a `while read` loop around it keeps its own
     sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json, no_stdin=True,
@@ -176,15 +176,3 @@ def _restart_local(wait):
     click.echo(err.message, err=True)
     click.echo(f"  hint: {err.hint}", err=True)
     return EXIT_ZPEER_FAILURE
-
-
-@click.command("deployStep", hidden=True, context_settings=CONTEXT)
-@click.argument("step", type=click.Choice(STEPS))
-def deploy_step(step):
-    """Run one step of THIS peer's recipe (what remotePull & co. run on the target)."""
-    from zpeer.recipes import run_step
-
-    run_step(step)
-
-
-COMMANDS = (remote_pull, remote_bd, remote_deploy_daemon, restart_daemon, deploy_step)

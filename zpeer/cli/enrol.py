@@ -1,12 +1,12 @@
 """`d` commands that set a node up: setPeerConfig, and enrolment (registerWorker, joinToken,
 acceptPeer, removePeer).
 
-Loaded by `zpeer.cli.app` only when one of them runs (see LAZY_COMMANDS there).
+Loaded by `zpeer.cli.app` only when one of them runs (see COMMANDS there).
 """
 import click
 
 from zpeer import config
-from zpeer.cli.app import CONTEXT, Seconds, call, client, fail, usage_error
+from zpeer.cli.common import CONTEXT, Seconds, call, client, fail, usage_error
 from zpeer.errors import FailedToConnect, ZpeerError
 
 

@@ -14,7 +14,8 @@ grows past GATHER_PEER_MAX_BYTES (or takes the total past GATHER_TOTAL_MAX_BYTES
 gathering: what it held and what follows are printed as a fan-out prints them, so memory stays
 bounded and nothing is lost.
 """
-from zpeer.cli.streaming import Renderer, _write
+from zpeer.cli.renderer import Renderer
+from zpeer.cli.stdio import write_all
 from zpeer.targets import fold
 
 GATHER_PEER_MAX_BYTES = 1 << 20  # gathering is for short outputs (versions, hashes, counts)
@@ -60,4 +61,4 @@ class Gatherer(Renderer):
         """Print the gathered outputs (once): at the end, and also after Ctrl-C or a lost daemon."""
         groups, self.held, self.total = self.groups(), {}, 0
         for header, out in groups:
-            _write(self.out, RULE + header.encode() + b"\n" + RULE + out + (b"" if out.endswith(b"\n") else b"\n"))
+            write_all(self.out, RULE + header.encode() + b"\n" + RULE + out + (b"" if out.endswith(b"\n") else b"\n"))

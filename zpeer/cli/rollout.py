@@ -1,23 +1,18 @@
 """Origin side of deploys and restarts: recipe steps through exec, restart, wait for the peer's return.
 
-Steps run through the local daemon's exec sessions (`exec_open`/`exec_poll`, as execOnPeer), with
-streaming.Renderer showing their output. A fleet goes in batches, the leader last; a peer is done
+Steps run through the CLI's exec client (zpeer.cli.exec_client, as execOnPeer does), a Renderer
+showing their output. A fleet goes in batches, the leader last; a peer is done
 when it answers again from a daemon started after the restart (its `started_at` changed).
 """
 import contextlib
 import json
-import os
 import sys
 import time
 
-from zpeer.cli.render import printable
-from zpeer.cli.streaming import (
-    POLL_GRACE_S,
-    POLL_WAIT_S,
-    Renderer,
-    _local_user,
-    deliver,
-)
+from zpeer.cli.exec_client import POLL_GRACE_S, ExecClient
+from zpeer.cli.renderer import Renderer
+from zpeer.cli.sink import Capture
+from zpeer.cli.tables import printable
 from zpeer.errors import EXIT_ZPEER_FAILURE, ZpeerError
 from zpeer.recipes import step_command
 
@@ -38,51 +33,12 @@ def _client():
         client.close()
 
 
-class Capture:
-    """A Renderer stand-in that keeps output instead of printing it."""
-
-    def __init__(self):
-        self.out, self.err, self.results = {}, {}, {}
-
-    def data(self, peer, stream, data):
-        """Output bytes from a peer."""
-        store = self.out if stream == "o" else self.err
-        store[peer] = store.get(peer, b"") + bytes(data)
-
-    def started(self, peer, pid):
-        """A remote command started."""
-
-    def exited(self, peer, rc, how):
-        """A remote command ended."""
-        self.results[peer] = (rc, how)
-
-    def failed(self, peer, code, message, hint):
-        """zpeer could not run the command there."""
-        self.results[peer] = (EXIT_ZPEER_FAILURE, code)
-        self.err[peer] = self.err.get(peer, b"") + message.encode() + b"\n"
-
-
 def exec_step(client, targets, cmd, sink, timeout=None, grace_s=POLL_GRACE_S):
     """Run cmd on targets through the local daemon, events to sink; returns {peer: status}.
 
     grace_s bounds how long the daemon may leave a request unanswered (short for probes of a
     daemon that may be going away under us)."""
-    opened = client.call("exec_open", targets=list(targets), cmd=cmd, dir=None, user=None, timeout=timeout,
-                         batch=0, stdin=False, pid=os.getpid(), ouser=_local_user(), timeout_s=grace_s)
-    sid = opened["sid"]
-    try:
-        while True:
-            reply = client.call("exec_poll", sid=sid, wait_s=POLL_WAIT_S, timeout_s=POLL_WAIT_S + grace_s)
-            deliver(sink, reply["events"])
-            if reply["done"]:
-                break
-    except KeyboardInterrupt:
-        try:
-            client.call("exec_cancel", sid=sid, timeout_s=2)
-        except ZpeerError:
-            pass
-        raise
-    return {t: sink.results.get(t, (EXIT_ZPEER_FAILURE, ""))[0] for t in opened["targets"]}
+    return ExecClient(client, grace_s=grace_s).run(targets, cmd, sink, timeout=timeout)
 
 
 def plan_batches(client, requested, size, exclude=()):

@@ -1,4 +1,4 @@
-"""Text rendering for the CLI: tables and status lines. No I/O, no heavy imports."""
+"""Text tables and status lines for the CLI (listPeers, history, getPeerStatus). No I/O."""
 import time
 
 from zpeer.peerinfo import ago

@@ -1,0 +1,120 @@
+"""The CLI's one exec client: it opens an exec session on the local daemon, long-polls its
+events into an OutputSink, feeds it stdin and cancels it.
+
+execOnPeer, the deploy steps, and whatever else runs remote work from the CLI go through
+ExecClient. The REQ lockstep is the flow control: the next poll leaves only after the previous
+output was written, and the daemon returns credit to the remote command as the CLI consumes.
+While a poll waits for output, stdin that arrives cuts it short through a second connection
+(`_Waker`), so that input never waits for output.
+"""
+import os
+
+from zpeer.cli.sink import deliver
+from zpeer.cli.stdio import local_user, read_available
+from zpeer.errors import EXIT_ZPEER_FAILURE, ZpeerError
+from zpeer.wire.protocol import os_text
+
+POLL_WAIT_S = 0.5
+POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
+STDIN_CHUNK_BYTES = 256 * 1024
+CANCEL_WAIT_POLLS = 20  # after a cancel, polls for the remote ends before the CLI leaves anyway
+
+
+class ExecClient:
+    """One exec session of this CLI process: open, follow to the end, cancel."""
+
+    def __init__(self, client, grace_s=POLL_GRACE_S, interrupted=None):
+        self.client, self.grace_s = client, grace_s
+        # signals the caller caught: the first one cancels the session (see follow)
+        self.interrupted = interrupted if interrupted is not None else []
+        self.sid, self.targets = None, []
+        self.stdin_fd = None
+        self._first = None  # the open's reply: also the session's first poll
+        self._waker = None
+
+    def open(self, peers, cmd, directory=None, timeout=None, user=None, batch=0, exclude=(),
+             stdin_fd=None):
+        """Open the session; returns the target peer ids. Stdin goes to the command when a
+        stdin_fd is given. The open is also the first poll (a short command costs one round
+        trip), unless stdin must go first."""
+        self.stdin_fd = stdin_fd
+        wait = 0 if stdin_fd is not None else POLL_WAIT_S
+        if exclude and "exclude" not in self.client.call("ping").get("features", ()):
+            # a daemon from before --exclude would ignore it and run on the peers it names
+            raise ZpeerError("The local daemon is too old for --exclude: nothing was run",
+                             hint="restart it to run the installed zpeer (`d restartDaemon`)")
+        reply = self.client.call(
+            "exec_open", targets=list(peers), cmd=os_text(cmd), dir=os_text(directory),
+            user=user, timeout=timeout, exclude=list(exclude), batch=batch or 0,
+            stdin=stdin_fd is not None, pid=os.getpid(), ouser=local_user(), wait_s=wait,
+            raw=True, timeout_s=wait + self.grace_s)
+        self.sid, self.targets, self._first = reply["sid"], reply["targets"], reply
+        return self.targets
+
+    def follow(self, sink):
+        """Deliver the session's events to an OutputSink until it is done. After an interruption
+        the session is cancelled; if the remote ends do not come within CANCEL_WAIT_POLLS
+        polls, False (the CLI leaves without them)."""
+        reply, self._first = self._first, None
+        stdin_eof = self.stdin_fd is None
+        room = reply.get("room", STDIN_CHUNK_BYTES)
+        cancel_polls = 0
+        deliver(sink, reply["events"], reply.get("frames", ()))
+        while not reply["done"]:
+            chunk, eof = None, False
+            if self.interrupted and cancel_polls == 0:
+                self.client.call("exec_cancel", sid=self.sid, timeout_s=self.grace_s)
+            if self.interrupted:
+                cancel_polls += 1
+                if cancel_polls > CANCEL_WAIT_POLLS:
+                    return False
+            if not stdin_eof and room > 0:
+                chunk = read_available(self.stdin_fd, min(room, STDIN_CHUNK_BYTES))
+                if chunk == b"":
+                    stdin_eof = eof = True
+            # more stdin to send: do not wait for output; otherwise wait for output or room
+            wait = 0 if (chunk and not stdin_eof) else POLL_WAIT_S
+            # stdin that comes while the poll waits for output must not wait for its end
+            wake = wait and not stdin_eof and room > 0 and not self.interrupted
+            reply = self.client.call(
+                "exec_poll", sid=self.sid, stdin=chunk or None, eof=eof, wait_s=wait,
+                need_room=not stdin_eof and room <= 0, raw=True, timeout_s=wait + self.grace_s,
+                wake_fd=self.stdin_fd if wake else None, on_wake=self._wake)
+            room = reply.get("room", 0)
+            deliver(sink, reply["events"], reply.get("frames", ()))
+        return True
+
+    def run(self, peers, cmd, sink, timeout=None):
+        """Open and follow a session with no stdin, events to sink; {target: exit status}.
+        Ctrl-C (KeyboardInterrupt) cancels the remote jobs on its way out."""
+        self.open(peers, cmd, timeout=timeout)
+        try:
+            self.follow(sink)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        finally:
+            self.close()
+        return {t: sink.results.get(t, (EXIT_ZPEER_FAILURE, ""))[0] for t in self.targets}
+
+    def cancel(self):
+        """Best-effort cancel when the CLI cannot go on (Ctrl-C, stdout closed)."""
+        try:
+            self.client.call("exec_cancel", sid=self.sid, timeout_s=2)
+        except ZpeerError:
+            pass
+
+    def close(self):
+        """Close the second connection if one was opened."""
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+
+    def _wake(self):
+        """Cut the session's held poll short (if it fails, the poll ends at its own deadline)."""
+        if self._waker is None:
+            self._waker = self.client.twin()  # a REQ socket holds one request at a time
+        try:
+            self._waker.call("exec_wake", sid=self.sid, timeout_s=self.grace_s)
+        except ZpeerError:
+            pass
