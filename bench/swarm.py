@@ -78,7 +78,6 @@ class SwarmWorker:
     def send(self, messages):
         """Route messages from TargetJobs to their origin through the leader (Daemon.dispatch)."""
         for header, data in messages:
-            header.setdefault("rid", header.get("job", "x")[:64])
             self.link.send(header, data)
             self.sent = True
 
@@ -107,7 +106,7 @@ class SwarmWorker:
     def tick(self, now):
         """Heartbeats, job timers and target-side keepalives (Daemon.timers for a worker)."""
         beat = self.link.next_beat
-        if self.link.tick(now) == "lost":
+        if self.link.tick(now):  # its leader was lost
             self.targets.fail_others(self.id)
         self.sent = self.sent or beat != self.link.next_beat  # the link sent a heartbeat
         if self.targets.jobs or self.backlog:

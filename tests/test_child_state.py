@@ -102,7 +102,7 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
     # in a child process of its own: it changes the process it runs in
     code = f"""if True:
         import os, signal
-        from zpeer.daemon import process
+        from zpeer.daemon import inherited, process
         signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
         for signum in (signal.SIGHUP, signal.SIGCHLD, signal.SIGTTOU, signal.SIGSEGV):
             signal.signal(signum, signal.SIG_IGN)
@@ -111,12 +111,12 @@ def test_prepare_spawning_marks_inherited_fds_with_or_without_proc(proc_mounted)
         if not {proc_mounted}:
             real = os.listdir
             os.listdir = lambda path: (_ for _ in ()).throw(FileNotFoundError(path)) if path.startswith("/proc") else real(path)
-        process.prepare_spawning()
+        inherited.prepare_spawning()
         print(os.get_inheritable(w), os.get_inheritable(1), process._cwd_fd is not None,
               signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set())
         # ignored -> a do-nothing handler (exec resets it); SIGCHLD -> default; Python's own, the
         # terminal stops and the faults stay ignored
-        print(signal.getsignal(signal.SIGHUP) is process._ignore, *[signal.getsignal(s).name for s in
+        print(signal.getsignal(signal.SIGHUP) is inherited._ignore, *[signal.getsignal(s).name for s in
               (signal.SIGCHLD, signal.SIGTTOU, signal.SIGPIPE, signal.SIGSEGV)])
     """
     out = run_python(code)

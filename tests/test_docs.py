@@ -15,9 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import doc_walk as doc
+import pytest
 from conftest import ROOT, TEST_HEARTBEAT_S, Node, d_command, wait_for
 
 REPO = Path(ROOT)

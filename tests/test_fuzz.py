@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from test_security import RawPeer, public_key
 
-from zpeer.daemon.api import Api
+from zpeer.daemon.requests import op_names
 from zpeer.wire import keys, protocol
 
 MIN_MESSAGES = 10_000
@@ -28,7 +28,7 @@ PEER_IDS = ["desktop", "laptop", "vps", "fuzzer", "ghost", "", "all", "x" * 65, 
 SAFE_IPC_OPS = ["ping", "status", "peers", "peer_by_ip", "history", "exec_poll", "exec_wake", "exec_cancel",
                 "join_token", "nope", "", "op_ping", "__class__"]
 # IPC ops with effects a fuzz run must not have (remove peers, run commands, restart, ...)
-UNSAFE_IPC_OPS = {n[3:] for n in dir(Api) if n.startswith("op_")} - set(SAFE_IPC_OPS)
+UNSAFE_IPC_OPS = set(op_names()) - set(SAFE_IPC_OPS)
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
           HealthCheck.function_scoped_fixture]
 # No shrinking: a batch is 150 messages and the daemons keep state between examples; a failure

@@ -6,7 +6,7 @@ import time
 import pytest
 from conftest import TEST_HEARTBEAT_S, wait_for
 
-from zpeer.config import beat_interval_s
+from zpeer.daemon.peer_table import beat_interval_s
 
 
 @pytest.mark.parametrize("base_s, peers, budget, expected", [

@@ -1,29 +1,35 @@
-"""The registry's batched writes (audit rows and last_seen) with prepared statements, and the
-audit journal that keeps queued rows across a SIGKILL."""
+"""Batched writes with prepared statements (the audit log's rows, the registry's last_seen), and
+the audit journal that keeps queued rows across a SIGKILL."""
 import os
 import subprocess
 import sys
 import time
 
-from zpeer.daemon.audit import (
-    FLUSH_S,
-    JOURNAL_FILE,
-    PRUNE_BATCH_ROWS,
-    PRUNE_EVERY_ROWS,
-    Journal,
-)
+from zpeer.daemon.audit import FLUSH_S, PRUNE_BATCH_ROWS, PRUNE_EVERY_ROWS, AuditLog
+from zpeer.daemon.audit_journal import JOURNAL_FILE, Journal
 from zpeer.daemon.registry import Registry
 
 
+class Audited(AuditLog):
+    """An audit log on a registry of its own, closed with it (as the daemon closes both)."""
+
+    def __init__(self, path, replay=True):
+        super().__init__(Registry(path), replay)
+
+    def close(self):
+        super().close()
+        self.registry.close()
+
+
 def test_audit_insert_then_update_in_one_flush(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     reg.log_exec("j1", started_at=1.0, origin="vps", origin_user="root", target="w1", fanout=1,
                  directory=None, command="true")
     reg.log_exec("j2", started_at=2.0, origin="vps", origin_user=None, target="w2", fanout=2,
                  directory="/tmp", command="echo hi")
     reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=3)
     reg.log_exec("j2", rc=255, outcome="peer_lost")
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     rows = {r.job: r for r in reg.history(limit=10)}
     assert (rows["j1"].rc, rows["j1"].outcome, rows["j1"].bytes_out, rows["j1"].command) == (0, "exit", 3, "true")
     assert (rows["j2"].rc, rows["j2"].outcome, rows["j2"].bytes_out, rows["j2"].directory) == (255, "peer_lost", 0, "/tmp")
@@ -50,46 +56,47 @@ def _rows(reg):
 
 
 def test_exit_queued_with_its_exec_makes_one_row_and_history_flushes_first(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     reg.log_exec("j1", started_at=1.0, origin="vps", origin_user="root", target="w1", fanout=1,
                  directory=None, command="true")
     reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=0)
-    assert len(reg._audit) == 1  # the exit merged into the queued insert: one INSERT, no UPDATE
-    reg.flush_audit(force=True)
+    assert len(reg._queue) == 1  # the exit merged into the queued insert: one INSERT, no UPDATE
+    reg.flush(force=True)
     assert _rows(reg) == [("j1", 0, "exit", "true")]
     # an exit whose exec was already written is an UPDATE of that row
     reg.log_exec("j2", started_at=2.0, origin="vps", origin_user=None, target="w1", fanout=1,
                  directory=None, command="sleep 1")
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     reg.log_exec("j2", rc=7, outcome="exit")
     assert [r.rc for r in reg.history(peer="w1")] == [7, 0]  # history writes what waits first
     reg.close()
 
 
 def test_rows_reach_sqlite_once_due_and_the_journal_empties_then(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     journal = tmp_path / JOURNAL_FILE
-    assert not journal.exists() and reg.audit_due() is None  # nothing audited: no journal, no timer
+    assert not journal.exists() and reg.due() is None  # nothing audited: no journal, no timer
     before = time.monotonic()
     reg.log_exec("j1", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1,
                  directory=None, command="true")
-    assert before + FLUSH_S <= reg.audit_due() <= time.monotonic() + FLUSH_S
-    reg.flush_audit()  # not due yet: one transaction per FLUSH_S, not per event
+    assert before + FLUSH_S <= reg.due() <= time.monotonic() + FLUSH_S
+    reg.flush()  # not due yet: one transaction per FLUSH_S, not per event
     assert _rows(reg) == [] and journal.stat().st_size > 0
-    reg._audit_due = time.monotonic()  # as if FLUSH_S had passed
-    reg.flush_audit()
+    reg._due = time.monotonic()  # as if FLUSH_S had passed
+    reg.flush()
     assert _rows(reg) == [("j1", None, None, "true")] and journal.stat().st_size == 0
-    assert reg.audit_due() is None
+    assert reg.due() is None
     reg.close()
 
 
 KILLED_MID_FLUSH_WINDOW = """
 import os, sys
+from zpeer.daemon.audit import AuditLog
 from zpeer.daemon.registry import Registry
-reg = Registry(sys.argv[1])
+reg = AuditLog(Registry(sys.argv[1]))
 reg.log_exec("old", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1, directory=None,
              command="echo written")
-reg.flush_audit(force=True)
+reg.flush(force=True)
 reg.log_exec("old", rc=3, outcome="exit", duration_s=0.5, bytes_out=8)
 reg.log_exec("new", started_at=2.0, origin="vps", origin_user="me", target="w2", fanout=1, directory="/",
              command="echo only in the journal")
@@ -104,19 +111,19 @@ def test_a_sigkilled_daemons_queued_audit_rows_are_written_by_the_next_one(tmp_p
     with open(tmp_path / JOURNAL_FILE, "ab") as f:
         f.write(b"\x92\xa3cut")  # a record cut short by the kill: the replay stops there
     size = os.path.getsize(tmp_path / JOURNAL_FILE)
-    dry = Registry(db, replay=False)  # `d dbSanityCheck --dry-run` with the daemon down: writes nothing
+    dry = Audited(db, replay=False)  # `d dbSanityCheck --dry-run` with the daemon down: writes nothing
     assert _rows(dry) == [("old", None, None, "echo written")]
     dry.close()
     assert os.path.getsize(tmp_path / JOURNAL_FILE) == size
-    reg = Registry(db)
+    reg = Audited(db)
     assert _rows(reg) == [("new", None, None, "echo only in the journal"), ("old", 3, "exit", "echo written")]
     assert os.path.getsize(tmp_path / JOURNAL_FILE) == 0
     reg.close()
-    assert _rows(Registry(db)) == _rows(reg)  # replayed once, not again
+    assert _rows(Audited(db)) == _rows(reg)  # replayed once, not again
 
 
 def test_after_a_failed_journal_write_rows_still_reach_sqlite_and_the_journal_recovers(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     reg.log_exec("j1", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1,
                  directory=None, command="true")
     os.close(reg._journal.fd)
@@ -125,7 +132,7 @@ def test_after_a_failed_journal_write_rows_still_reach_sqlite_and_the_journal_re
     assert reg._journal.broken
     os.close(reg._journal.fd)
     reg._journal.fd = None  # the disk is back
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     assert _rows(reg) == [("j1", 0, "exit", "true")] and not reg._journal.broken
     reg.log_exec("j2", started_at=3.0, origin="vps", origin_user=None, target="w1", fanout=1,
                  directory=None, command="true")
@@ -149,7 +156,7 @@ def _started(reg, runs):
 
 
 def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     _started(reg, (("a1", "vps", "laptop"), ("a2", "desktop", "laptop"), ("a3", "vps", "laptop"),
                    ("b1", "vps", "desktop"), ("own", "laptop", "laptop")))
     reg.log_exec("a1", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)  # done before the loss
@@ -157,7 +164,7 @@ def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_pat
     reg.lost_target("laptop")  # twice (swept, then removed): nothing more to do
     reg.lost_target("nas")  # nothing ran there
     reg.log_exec("a3", rc=137, outcome="killed", duration_s=9.0, bytes_out=0)  # its exit came after all
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     rows = {r.job: (r.rc, r.outcome) for r in reg.history(limit=10)}
     assert rows == {"a1": (0, "exit"), "a2": (255, "peer_lost"), "a3": (137, "killed"), "b1": (None, None),
                     "own": (None, None)}  # laptop's exec on itself: its origin lost nothing
@@ -166,16 +173,16 @@ def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_pat
 
 
 def test_a_restarted_leader_ends_the_execs_its_predecessor_left_running(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     _started(reg, (("done", "vps", "w1"), ("open1", "vps", "w1"), ("open2", "w2", "w1"), ("own", "vps", "vps"),
                    ("self", "w1", "w1")))
     reg.log_exec("done", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)
     reg.log_exec("open2", bytes_out=10)  # output counted, no outcome yet
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     reg.close()
-    reg = Registry(str(tmp_path / "z.db"))  # the next leader
-    assert reg.end_interrupted_execs("vps") == 3
-    assert reg.end_interrupted_execs("vps") == 0
+    reg = Audited(str(tmp_path / "z.db"))  # the next leader
+    assert reg.end_interrupted("vps") == 3
+    assert reg.end_interrupted("vps") == 0
     assert {r.job: (r.rc, r.outcome) for r in reg.history(limit=10)} == {
         "done": (0, "exit"), "open1": (255, "leader_restarted"), "open2": (255, "leader_restarted"),
         "own": (255, "leader_restarted"),  # it ran in the leader that died
@@ -194,50 +201,50 @@ def _kept(reg):
 
 
 def _prune_while_due(reg):
-    """Run the loop's flush_audit() at each prune deadline, as the daemon's timer does; the turns taken."""
+    """Run the loop's flush() at each prune deadline, as the daemon's timer does; the turns taken."""
     turns = 0
-    while reg.audit_due() is not None:
-        time.sleep(max(0.0, reg.audit_due() - time.monotonic()))
-        reg.flush_audit()
+    while reg.due() is not None:
+        time.sleep(max(0.0, reg.due() - time.monotonic()))
+        reg.flush()
         turns += 1
     return turns
 
 
 def test_history_keeps_the_newest_rows_and_prunes_every_batch_of_writes(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     reg.keep_history(1500)
     _prune_while_due(reg)  # an empty table: nothing to delete
     _log(reg, 0, 2000)
-    reg.flush_audit(force=True)
-    assert reg.audit_due() is not None  # the prune is due on the next turn, not inside this flush
+    reg.flush(force=True)
+    assert reg.due() is not None  # the prune is due on the next turn, not inside this flush
     assert len(_kept(reg)) == 2000
     _prune_while_due(reg)
     assert _kept(reg) == [f"j{i:06d}" for i in range(500, 2000)]
     _log(reg, 2000, 14)
-    reg.flush_audit(force=True)
-    assert reg.audit_due() is None  # fewer than 1 % of 1,500 written since: no prune yet
+    reg.flush(force=True)
+    assert reg.due() is None  # fewer than 1 % of 1,500 written since: no prune yet
     _log(reg, 2014, 1)
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     _prune_while_due(reg)
     assert _kept(reg) == [f"j{i:06d}" for i in range(515, 2015)]
     assert [r.job for r in reg.history(limit=2)] == ["j002014", "j002013"]
     reg.keep_history(200_000)  # a big limit: pruned every PRUNE_EVERY_ROWS writes
     _prune_while_due(reg)
     _log(reg, 2015, PRUNE_EVERY_ROWS - 1)
-    reg.flush_audit(force=True)
-    assert reg.audit_due() is None
+    reg.flush(force=True)
+    assert reg.due() is None
     _log(reg, 2015 + PRUNE_EVERY_ROWS - 1, 1)
-    reg.flush_audit(force=True)
-    assert reg.audit_due() is not None
+    reg.flush(force=True)
+    assert reg.due() is not None
     reg.close()
 
 
 def test_history_backlog_goes_in_batches_and_zero_keeps_all(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     _log(reg, 0, 2 * PRUNE_BATCH_ROWS + 10)
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     reg.keep_history(0)
-    assert reg.audit_due() is None  # 0: keep everything, nothing to do
+    assert reg.due() is None  # 0: keep everything, nothing to do
     assert len(_kept(reg)) == 2 * PRUNE_BATCH_ROWS + 10
     reg.keep_history(7)  # as a lowered --history-rows applies at once
     assert _prune_while_due(reg) == 3  # 5,000 + 5,000 + 3 rows, a loop turn each, PRUNE_PAUSE_S apart
@@ -246,11 +253,11 @@ def test_history_backlog_goes_in_batches_and_zero_keeps_all(tmp_path):
 
 
 def test_a_small_history_limit_is_kept_closely_and_history_never_shows_more(tmp_path):
-    reg = Registry(str(tmp_path / "z.db"))
+    reg = Audited(str(tmp_path / "z.db"))
     reg.keep_history(5)
     _prune_while_due(reg)
     _log(reg, 0, 3)
-    reg.flush_audit(force=True)
+    reg.flush(force=True)
     _log(reg, 3, 4)  # queued: history() writes them, then prunes before it reads
     assert [r.job for r in reg.history(limit=100)] == [f"j{i:06d}" for i in (6, 5, 4, 3, 2)]
     assert len(_kept(reg)) == 5

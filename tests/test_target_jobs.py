@@ -45,7 +45,7 @@ def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(job
 
     journal = tmp_path / "jobs.journal"
     jobs.handle("vps", _exec("quick", "true"), None)
-    pid = jobs.jobs["quick"].proc.pid
+    pid = jobs.jobs["quick"].cmd.pid
     (done,) = _until_done(jobs)  # one message: the exit names the pid a "started" would have
     assert (done["t"], done["job"], done["pid"], done["rc"]) == ("exit", "quick", pid, 0)
     assert not journal.exists()  # ended before it was recorded: no disk touched
@@ -54,10 +54,11 @@ def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(job
     assert [(m["t"], "pid" in m) for m in got] == [("out", True), ("exit", False)]  # its output said "started"
     jobs.handle("vps", _exec("silent", "sleep 5"), None)
     assert jobs.on_timer(time.monotonic(), 60) == []
-    pid = jobs.jobs["silent"].proc.pid
+    pid = jobs.jobs["silent"].cmd.pid
     assert journal.read_text().split("\n")[1].startswith("- ")  # "talks": on disk with its output, off at its end
     later = jobs.on_timer(time.monotonic() + STARTED_DELAY_S + 0.001, 60)
-    assert [m[0] for m in later] == [{"t": "started", "job": "silent", "to": "vps", "pid": pid}]
+    assert [m[0] for m in later] == [{"t": "started", "rid": "silent", "job": "silent", "to": "vps",
+                                      "pid": pid}]
     assert journal.read_text().split("\n")[2].startswith(f"+ {pid} ")  # on disk before "started" left
     assert jobs.on_timer(time.monotonic() + 1, 60) == []  # once
     jobs.cancel("silent", "vps")
@@ -114,7 +115,7 @@ def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jo
     # the kernel closes stdout, then stderr, then reports the exit: the loop may wake on stdout
     # alone, and must not need a turn for each of the other two
     jobs.handle("vps", _exec("short", "echo hi; exit 3"), None)
-    rj = jobs.jobs["short"]
+    rj = jobs.jobs["short"].cmd
     _wait_readable(rj.pidfd)  # exited (not reaped): both pipes are closed by now
     got = jobs.on_ready({rj.pipes[1]})  # its output, its EOF, stderr's and the exit: one turn
     assert [(m["t"], bytes(d or b"")) for m, d in got] == [("out", b"hi\n"), ("exit", b"")]
@@ -124,7 +125,7 @@ def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jo
 
 def test_a_command_that_closes_its_output_and_lives_on_costs_the_loop_no_wait(jobs):
     jobs.handle("vps", _exec("mute", "exec >&- 2>&-; sleep 0.3; exit 4"), None)
-    rj = jobs.jobs["mute"]
+    rj = jobs.jobs["mute"].cmd
     _wait_readable(rj.pipes[1])  # EOF on stdout while the shell sleeps
     start = time.monotonic()
     assert jobs.on_ready({rj.pipes[1]}) == []
@@ -148,7 +149,7 @@ def test_fds_past_fd_setsize_are_fine(jobs):
         while len(held) < 1100:
             held.append(os.dup(base))
         jobs.handle("vps", _exec("high", "echo hi; exit 5"), None)
-        rj = jobs.jobs["high"]
+        rj = jobs.jobs["high"].cmd
         assert min(rj.pipes.values()) > 1024
         _wait_readable(rj.pidfd)
         got = jobs.on_ready({rj.pipes[1]})
@@ -161,10 +162,10 @@ def test_fds_past_fd_setsize_are_fine(jobs):
 
 def test_an_exit_status_reaped_elsewhere_is_reported_as_lost_not_made_up(jobs):
     jobs.handle("vps", _exec("reaped", "exit 7"), None)
-    pid = jobs.jobs["reaped"].proc.pid
+    pid = jobs.jobs["reaped"].cmd.pid
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7  # a stray handler in the daemon reaps it
     (msg,) = _until_done(jobs)
-    assert msg == {"t": "error", "job": "reaped", "to": "vps",
+    assert msg == {"t": "error", "rid": "reaped", "job": "reaped", "to": "vps",
                    "err": {"err": "exit_lost", "msg": "The exit status of the command on w1 was lost",
                            "hint": "the command did run; something in the daemon's process reaped it "
                                    "(see the daemon's log)"}}

@@ -6,7 +6,6 @@ daemon is told to reload it over the IPC socket. This module imports nothing hea
 """
 import errno
 import json
-import math
 import os
 
 from zpeer.errors import BadConfig, BadHome
@@ -50,13 +49,6 @@ DEFAULTS = {
     "restart_cmd": None,
     "token": None,
 }
-
-
-def beat_interval_s(base_s, peers, budget_per_s):
-    """The heartbeat interval announced to workers: `base_s`, stretched (in 0.5 s steps) so that
-    `peers` workers send at most `budget_per_s` heartbeats a second in all."""
-    need_s = peers / max(1.0, float(budget_per_s))
-    return base_s if need_s <= base_s else math.ceil(need_s * 2) / 2
 
 
 def default_home():

@@ -1,4 +1,4 @@
-"""Peer records as users see them (listPeers rows, last-seen phrases). No heavy imports."""
+"""Peer records as users see them (listPeers rows, last-seen phrases). No I/O, no heavy imports."""
 import time
 
 
@@ -40,53 +40,3 @@ def peer_record(row, online, last_seen, leader_version=None):
         "status": row.status,
         "version_differs": bool(leader_version and row.version and row.version != leader_version),
     }
-
-
-def write_cache(path, ids):
-    """Write peers.cache atomically: one id per line, sorted (for completion and scripts)."""
-    import os
-
-    body = "".join(f"{i}\n" for i in sorted(set(ids)))
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == body:
-                return False
-    except OSError:
-        pass
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(body)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return True
-
-
-class PeersCache:
-    """peers.cache (the peer ids completions offer), rewritten only when the peer set moved."""
-
-    def __init__(self, path):
-        self.path, self.gen = path, None
-
-    def forget(self):
-        """Rewrite it at the next refresh (the link was rebuilt)."""
-        self.gen = None
-
-    def write(self, records):
-        """From a peer list just fetched anyway (`listPeers` on a worker)."""
-        write_cache(self.path, [r["id"] for r in records])
-
-    def refresh(self, role, registry, link):
-        """Leader: from its registry when its generation moved; worker: asks the leader when the
-        generation the leader announces moved (an RPC, answered later)."""
-        if role == "leader" and self.gen != registry.generation:
-            self.gen = registry.generation
-            write_cache(self.path, [r.id for r in registry.peers()])
-        elif role == "worker" and link.connected() and self.gen != link.gen:
-            self.gen = link.gen
-
-            def done(result, error):
-                if error is None:
-                    write_cache(self.path, [r["id"] for r in result["peers"]])
-                else:
-                    self.gen = None
-            link.rpc("peers", {}, done)

@@ -77,16 +77,19 @@ def db_sanity_check(dry_run):
     try:
         result = c.call("db_check", dry_run=dry_run, timeout_s=60)
     except FailedToConnect:
+        from zpeer.daemon.audit import AuditLog
         from zpeer.daemon.registry import Registry
 
-        # a dry run writes nothing, not even the audit rows a killed daemon left in its journal
         try:
-            registry = Registry(config.path_in_home(config.DB_FILE, config.ensure_home()), replay=not dry_run)
+            registry = Registry(config.path_in_home(config.DB_FILE, config.ensure_home()))
         except BadDatabase as err:
             click.echo(f"integrity: FAILED: {err.reason}")
             click.echo(f"  hint: {err.hint}", err=True)
             sys.exit(1)
-        ok, lines = registry.sanity_check(worker=config.load()["role"] == "worker", dry_run=dry_run)
+        if not dry_run:  # a dry run writes nothing, not even the audit rows a killed daemon left
+            AuditLog(registry).close()  # in its journal
+        ok, lines = registry.sanity_check(worker=config.load()["role"] == "worker",
+                                          dry_run=dry_run)
         registry.close()
         result = {"ok": ok, "lines": lines + ["(daemon not running: checked the file directly)"]}
     except ZpeerError as err:

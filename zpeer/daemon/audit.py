@@ -1,100 +1,207 @@
-"""The audit journal: exec audit events on disk the moment they happen, SQLite once a second.
+"""The leader's audit log (`d history`): every exec it routes, runs or originates, and how it
+ended.
 
-The leader audits every exec it routes, runs or originates, and how it ended. Writing each event
-to SQLite in its own transaction cost the leader about 0.23 ms of CPU per `true` (two
-transactions: the exec, then its exit), a third of its share of a short command. So each event is
-appended to `audit.journal` next to the registry as one msgpack record in one write(), and the
-registry writes the queued rows to `exec_log` in one transaction per `FLUSH_S` (sooner for
-`d history` and at stop), then empties the journal. A daemon that is SIGKILLed loses nothing:
-the next one on that home replays the journal first. A record cut short by the kill (a write is
-not atomic on a full disk) ends the replay: everything before it is kept.
-
-Also here: the SQL of those batches (`statements`) and of the retention (`PRUNE_SQL`: a leader
-keeps the newest `history_rows` rows, see Registry.keep_history).
+`AuditLog.observe` takes the channel messages the leader sees (exec, exit, error). Each event
+goes to the journal (zpeer.daemon.audit_journal) at once and to the registry's exec_log table in
+one transaction per FLUSH_S (sooner for `d history` and at stop): a transaction per event would
+cost a short command a third of its leader CPU. The newest `history_rows` rows are kept
+(`keep_history`): the surplus is pruned in batches, so the loop keeps serving.
 """
 import logging
 import os
+import time
 
-import msgpack
+from zpeer.daemon.audit_journal import Journal
+from zpeer.daemon.registry import DB_ERRORS
+from zpeer.wire import protocol
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FILE = "audit.journal"
 FLUSH_S = 1.0  # queued audit rows reach SQLite within this long
-MAX_REPLAY_BYTES = 256 << 20  # a journal bigger than this is not read whole into memory
-PRUNE_EVERY_ROWS = 1000  # audit rows written between two prunes (the table holds up to this many extra)
-PRUNE_BATCH_ROWS = 5000  # audit rows one prune deletes at most (about 20 ms): a backlog takes several
+AUDIT_RETRY_S = 1.0  # after a failed audit write
+OPEN_EXECS_MAX = 100_000  # execs without an outcome tracked for lost_target (about 20 MB at most)
+# audit rows written between two prunes (the table holds up to this many extra)
+PRUNE_EVERY_ROWS = 1000
+# audit rows one prune deletes at most (about 20 ms): a backlog takes several
+PRUNE_BATCH_ROWS = 5000
 PRUNE_PAUSE_S = 0.05  # between those prunes, so the loop keeps serving
 
 
-class Journal:
-    """Append-only file of (job, fields) audit events, emptied once SQLite holds them."""
+class AuditLog:
+    """The exec audit of a leader: queued events, their journal, open execs and the retention."""
 
-    def __init__(self, directory):
-        self.path = os.path.join(directory, JOURNAL_FILE)
-        self.fd = None  # opened on the first event: workers, which audit nothing, have no journal
-        self.broken = False
-
-    def append(self, job, fields):
-        """Write one event. A failing disk only loses the journal's safety net (the event stays
-        queued for SQLite): after a failed or short write the journal takes nothing more until
-        clear(), so a torn record stays its last one and the replay keeps all before it."""
-        if self.broken:
-            return
-        try:
-            record = msgpack.packb([job, fields], use_bin_type=True)
-        except (TypeError, ValueError) as exc:  # a value msgpack cannot hold: nothing was written
-            log.warning("audit journal %s: event of job %s not journalled: %s", self.path, job, exc)
-            return
-        try:
-            if self.fd is None:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            if os.write(self.fd, record) != len(record):
-                raise OSError("short write (disk full?)")
-        except OSError as exc:
-            log.warning("audit journal %s: %s (rows still reach the database)", self.path, exc)
-            self.broken = True
-
-    def clear(self):
-        """SQLite holds every event written so far: start the journal afresh."""
-        try:
-            if self.fd is not None:
-                os.ftruncate(self.fd, 0)
-            elif os.path.exists(self.path):  # replayed, nothing appended since
-                os.truncate(self.path, 0)
-            self.broken = False
-        except OSError as exc:
-            log.warning("audit journal %s: cannot empty it: %s", self.path, exc)
-
-    def replay(self):
-        """The events a previous daemon left unwritten, oldest first (the file stays until clear())."""
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read(MAX_REPLAY_BYTES)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            log.warning("audit journal %s: cannot read it: %s", self.path, exc)
-            return []
-        events = []
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=MAX_REPLAY_BYTES)
-        unpacker.feed(raw)
-        try:
-            for item in unpacker:
-                if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
-                        or not isinstance(item[1], dict)):
-                    raise ValueError("not a (job, fields) record")
-                events.append((item[0], item[1]))
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            log.warning("audit journal %s: unreadable after %d records (%s): the rest is dropped",
-                        self.path, len(events), type(exc).__name__)
-        return events
+    def __init__(self, registry, replay=True):
+        self.registry = registry  # its database and exec_log model; its last_error for status
+        self.db, self.model = registry.db, registry.ExecLog
+        self._queue = []  # (job, fields): pending writes
+        self._inserts = {}  # job -> fields of its queued insert (later updates merge into it)
+        self._due = 0.0  # monotonic time the queued rows are written at
+        # rows kept (keep_history; 0: all), when the next prune is due, rows written since the last
+        self._keep_rows, self._prune_due, self._since_prune = 0, None, 0
+        self._open_target = {}  # job -> target, for execs with no outcome yet
+        self._open_by_target = {}  # target -> set of those jobs
+        self._journal = Journal(os.path.dirname(os.path.abspath(registry.path)))
+        left = self._journal.replay() if replay else []  # what a killed daemon had not written yet
+        if left:
+            log.info("audit journal: writing %d events left by the previous daemon", len(left))
+            for job, fields in left:
+                self._enqueue(job, fields)
+            self.flush(force=True)
 
     def close(self):
-        """Close the file (its content stays for the next daemon if SQLite did not take it)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        """Write what is queued; the journal keeps what SQLite did not take."""
+        self.flush(force=True)
+        self._journal.close()
+
+    # --- events --------------------------------------------------------------------------
+    def observe(self, from_peer, header):
+        """Record an exec the leader routes, runs or originates, and how it ended."""
+        mtype, job = header.get("t"), header.get("job")
+        if not isinstance(job, str):
+            return
+        if mtype == "exec":
+            self.log_exec(job, started_at=time.time(), origin=from_peer,
+                          origin_user=header.get("ouser"), target=str(header.get("to")),
+                          fanout=int(header.get("fanout") or 1),
+                          directory=protocol.shown(header.get("dir")),
+                          command=str(protocol.shown(header.get("cmd"))))
+        elif mtype == "exit":
+            self.log_exec(job, rc=header.get("rc"), outcome=header.get("how"),
+                          duration_s=header.get("duration"), bytes_out=header.get("bytes") or 0)
+        elif mtype == "error":
+            err = header.get("err") or {}
+            self.log_exec(job, rc=255, outcome=str(err.get("err")))
+
+    def log_exec(self, job, **fields):
+        """Record an audit insert (with "command") or update: in the journal now, in SQLite by
+        the next flush() that is due."""
+        self._journal.append(job, fields)
+        self._enqueue(job, fields)
+        self._track_open(job, fields)
+
+    def _track_open(self, job, fields):
+        """Remember, by target, the execs whose outcome is not in yet (not a peer's exec on
+        itself: its origin loses nothing when the link to the leader drops)."""
+        if "command" in fields:
+            if len(self._open_target) < OPEN_EXECS_MAX and fields.get("origin") != fields["target"]:
+                self._open_target[job] = fields["target"]
+                self._open_by_target.setdefault(fields["target"], set()).add(job)
+        elif "rc" in fields:
+            target = self._open_target.pop(job, None)
+            if target is not None:
+                jobs = self._open_by_target[target]
+                jobs.discard(job)
+                if not jobs:
+                    del self._open_by_target[target]
+
+    def end_interrupted(self, leader_id):
+        """At a leader's start: the execs the audit still shows running were cut off when the
+        previous leader died (their origins heard "Lost the leader", their peers killed them),
+        so they end with 255 and outcome leader_restarted; a late exit still replaces that.
+        A worker's exec on itself is the exception: it never crossed the leader and runs on.
+        Returns how many; database trouble is logged, never fatal."""
+        model = self.model
+        try:
+            with self.db.atomic():
+                count = model.update(rc=255, outcome="leader_restarted").where(
+                    model.rc.is_null() & model.outcome.is_null()
+                    & ((model.origin != model.target) | (model.target == leader_id))).execute()
+        except DB_ERRORS as exc:
+            log.warning("audit: cannot end the execs the previous leader left open: %s", exc)
+            return 0
+        if count:
+            log.info("audit: %d execs were running when the previous leader stopped: "
+                     "leader_restarted", count)
+        return count
+
+    def lost_target(self, peer):
+        """A peer went offline or was removed: the execs it still ran end in the audit with 255
+        and outcome peer_lost, as they did for their origins (an exit that comes later anyway,
+        from a link that was only slow, replaces that with the real outcome)."""
+        for job in self._open_by_target.pop(peer, ()):
+            del self._open_target[job]
+            self.log_exec(job, rc=255, outcome="peer_lost")
+
+    def _enqueue(self, job, fields):
+        """Queue one audit event for SQLite."""
+        if not self._queue:
+            self._due = max(self._due, time.monotonic() + FLUSH_S)
+        queued = self._inserts.get(job)
+        if queued is not None and "command" not in fields:
+            queued.update(fields)  # the exit of an exec not written yet: one row, one INSERT
+            return
+        if "command" in fields:
+            self._inserts[job] = fields
+        self._queue.append((job, fields))
+
+    # --- writing and retention -----------------------------------------------------------
+    def due(self):
+        """When flush() has work (the loop's poll ends then), or None."""
+        due = self._due if self._queue else None  # (every loop turn asks: no generator here)
+        if self._prune_due is None:
+            return due
+        return self._prune_due if due is None else min(due, self._prune_due)
+
+    def keep_history(self, rows):
+        """Keep only the newest `rows` audit rows (0: all of them); the surplus goes at once."""
+        self._keep_rows = rows
+        self._prune_due = time.monotonic() if rows else None
+
+    def _prune(self):
+        """Delete the oldest audit rows beyond the kept number, PRUNE_BATCH_ROWS at most; with
+        more left, the next prune is PRUNE_PAUSE_S away. Database trouble is logged, never
+        fatal."""
+        self._prune_due, self._since_prune = None, 0
+        try:
+            with self.db.atomic():
+                deleted = self.db.execute_sql(PRUNE_SQL, (self._keep_rows - 1,
+                                                          PRUNE_BATCH_ROWS)).rowcount
+        except DB_ERRORS as exc:
+            self._prune_due = time.monotonic() + AUDIT_RETRY_S
+            self.registry.note_error(exc)
+            return
+        if deleted >= PRUNE_BATCH_ROWS:
+            self._prune_due = time.monotonic() + PRUNE_PAUSE_S
+
+    def flush(self, force=False):
+        """Write queued audit rows in one transaction once due (FLUSH_S after the first, or at
+        once with `force`), then empty the journal, and prune the oldest rows when due; database
+        trouble is logged, never fatal."""
+        if self._prune_due is not None and time.monotonic() >= self._prune_due:
+            self._prune()
+        if not self._queue or (not force and time.monotonic() < self._due):
+            return
+        batch, self._queue = self._queue, []
+        self._inserts = {}
+        try:
+            with self.db.atomic():  # prepared statements: a peewee query per row cost ~1 ms
+                connection = self.db.connection()
+                for sql, rows in statements(self.model, batch):
+                    connection.executemany(sql, rows)
+            self.registry.last_error = None
+            self._due = 0.0
+            self._journal.clear()
+            self._since_prune += len(batch)
+            # a small limit: <= 1 % over it
+            every = min(PRUNE_EVERY_ROWS, max(1, self._keep_rows // 100))
+            if self._keep_rows and self._since_prune >= every and self._prune_due is None:
+                self._prune_due = time.monotonic()  # the next loop turn, or history() below
+        except DB_ERRORS as exc:
+            self._queue[:0] = batch[-10000:]
+            # a locked or read-only file: each attempt blocks busy_timeout, so not every turn
+            self._due = time.monotonic() + AUDIT_RETRY_S
+            self.registry.note_error(exc)
+
+    def history(self, peer=None, limit=20):
+        """Newest audit rows first, optionally for one target (a prune that is due runs
+        first)."""
+        self.flush(force=True)
+        if self._prune_due is not None:
+            self._prune()
+        query = self.model.select().order_by(self.model.started_at.desc()).limit(limit)
+        if peer:
+            query = query.where((self.model.target == peer) | (self.model.origin == peer))
+        return list(query)
 
 
 def statements(model, batch):

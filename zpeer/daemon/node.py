@@ -1,46 +1,54 @@
 """`d daemon`: one event loop serving the CLI socket, the peer link and local child processes.
 
-Timers live in the loop: the poll timeout is the time to the next deadline. Peer messages
-are routed by their "to" field: to this node -> handled here; otherwise the leader sends them
-to the peer by identity and a worker hands them to its leader.
+The Daemon owns the node's state (config, keys, registry, audit, its link by role, the origin
+sessions and target jobs) and is the one place that sends: handlers and cores return actions
+(zpeer.daemon.actions) and `dispatch` carries them out. Timers live in the loop: the poll
+timeout is the time to the next deadline. A message for this node goes to its cores; any other
+goes to the link, which routes it by its "to" field (the leader to the peer, a worker to its
+leader).
 """
 import logging
 import os
 import signal
 import time
-import uuid
 from collections import deque
 
 import zmq
 
 from zpeer import config, trace
 from zpeer.daemon import leftovers, memory
-from zpeer.daemon.api import Api
+from zpeer.daemon.actions import Send
+from zpeer.daemon.audit import AuditLog
+from zpeer.daemon.inherited import prepare_spawning
 from zpeer.daemon.leader import LeaderLink
+from zpeer.daemon.links import NullLink
 from zpeer.daemon.origin import OriginSessions
-from zpeer.daemon.process import prepare_spawning
+from zpeer.daemon.peers_cache import PeersCache
 from zpeer.daemon.registry import open_registry
+from zpeer.daemon.requests import Requests
 from zpeer.daemon.target import TargetJobs
 from zpeer.daemon.worker import WorkerLink
-from zpeer.errors import NotConfigured, NotConnected, ZpeerError
+from zpeer.daemon.zap import start_authenticator
+from zpeer.errors import ZpeerError
 from zpeer.logsetup import RateLimited
-from zpeer.peerinfo import PeersCache
 from zpeer.version import full_version
-from zpeer.wire import keys, multipart, protocol
+from zpeer.wire import keys, messages, multipart
 from zpeer.wire.ipc import bind_cli_socket, reply_frames, socket_access
-from zpeer.wire.keys import start_authenticator
 
 log = logging.getLogger(__name__)
 _LIMITER = RateLimited()  # for logs about hostile peer input
 
 DRAIN_BUDGET = 500  # messages read from one socket per loop turn (fairness between sockets)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enums cost a call each
-AUDIT_TYPES = ("exec", "exit", "error")
 STOP_DRAIN_S = 1.0      # on SIGTERM, local CLIs get this long to read "interrupted"
 STOP_LINGER_MS = 500    # and queued reports to peers this long to leave
-# then the loop serves this much longer: a reply sent just before a ROUTER is closed was lost
-# now and then despite its linger (1 in 8 stops under load; the restarter serves on likewise)
+# then the loop serves this much longer: a reply sent just before a ROUTER is closed can be lost
+# despite its linger (the restarter serves on likewise)
 STOP_FLUSH_S = 0.1
+# settings whose change rebuilds the link, unless the link adopts them in place
+LINK_SETTINGS = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip",
+                 "heartbeat_s", "heartbeat_budget")
+INTERRUPTED_HINT = "the command was killed; run it again once the daemon is back (`d listPeers`)"
 
 
 class Daemon:
@@ -55,54 +63,42 @@ class Daemon:
         self.public, self.secret = keys.load_or_create_keypair(self.home)
         self.registry = open_registry(config.path_in_home(config.DB_FILE, self.home),
                                       disposable=self.cfg.get("role") == "worker")
+        self.audit = AuditLog(self.registry)
         if self.cfg.get("role") == "leader":
-            self.registry.end_interrupted_execs(self.cfg.get("id"))  # before this process audits any
+            self.audit.end_interrupted(self.cfg.get("id"))  # before this process audits any
         self.heartbeat_s = float(self.cfg["heartbeat_s"])
-        self.link = self.id = None
+        self.id = None
+        self.link = NullLink(None)
         leftovers.end_leftovers(self.home)  # commands a SIGKILLed predecessor could not end
         self.targets = TargetJobs(None, self.home)
         self.sessions = OriginSessions(None, self.heartbeat_s)
         self.local = deque()  # (from_peer, header, data) for messages addressed to ourselves
-        self.api = Api(self)
+        self.requests = Requests(self)
         self.peers_cache = PeersCache(config.path_in_home(config.PEERS_CACHE_FILE, self.home))
         self.next_beat = time.monotonic()
         self.stopping, self.wake_r, self.auth = False, None, None
         self._poller = self._poller_key = None  # reused while the polled set stays the same
         self.trimmer = memory.Trimmer()  # the heap back to the OS when idle (memory.tune: run())
         self.ipc = bind_cli_socket(self.ctx, self.home, self.cfg.get("group"))
-        self.apply_config(self.cfg)
+        self._build_link(self.cfg)
+        self.audit.keep_history(self.cfg["history_rows"])
 
     # --- setup --------------------------------------------------------------------------
     def apply_config(self, cfg):
         """Start, stop or rebuild the peer link to match the configuration."""
-        old = self.cfg
-        self.cfg = cfg
-        self.registry.keep_history(cfg["history_rows"])
-        key = ("role", "id", "bind", "advertise", "leader", "leader_key", "source_ip", "heartbeat_s",
-               "heartbeat_budget")
+        old, self.cfg = self.cfg, cfg
+        self.audit.keep_history(cfg["history_rows"])
         if old.get("group") != cfg.get("group"):
             socket_access(self.home, config.socket_path(self.home), cfg.get("group"))
-        changed = {k for k in key if old.get(k) != cfg.get(k)}
-        if self.role != "leader":
-            changed.discard("heartbeat_budget")  # only a leader hands out intervals
-        if self.link is not None and not changed:
-            if cfg.get("token") and cfg.get("token") != old.get("token"):
-                self.link.token = cfg["token"]
-                self.link.hello()
+        changed = {k for k in LINK_SETTINGS if old.get(k) != cfg.get(k)}
+        if self.link.adopt(cfg, changed):
+            self._set_heartbeat(float(cfg["heartbeat_s"]))
             return
-        if self.role == "leader" and changed <= {"advertise", "heartbeat_s", "heartbeat_budget"}:
-            self.heartbeat_s = self.sessions.heartbeat_s = float(cfg["heartbeat_s"])
-            self.link.reconfigure(cfg)  # keep the bound socket and every connection
-            return
-        had_link = self.link is not None
-        if had_link:
-            self.link.close()
-            self.link = None
+        self.link.close()
+        self.link = NullLink(self.id)
         try:
             self._build_link(cfg)
         except ZpeerError as exc:
-            if not had_link:  # at start, or nothing worked before: nothing to go back to
-                raise
             # a live change that cannot work (its --bind is taken): keep serving as before
             log.error("cannot apply the new settings (%s): back to the previous ones", exc.message)
             self.cfg = old
@@ -110,120 +106,57 @@ class Daemon:
             raise
 
     def _build_link(self, cfg):
-        """The peer link a configuration asks for (none when it names no role yet)."""
+        """The link a configuration asks for (a NullLink when it names no role yet)."""
         self.id = cfg.get("id")
-        self.heartbeat_s = float(cfg["heartbeat_s"])
         self.targets.node_id = self.sessions.node_id = self.id
-        self.sessions.heartbeat_s = self.heartbeat_s
+        self._set_heartbeat(float(cfg["heartbeat_s"]))
         role = cfg.get("role")
         if role == "leader" and self.id:
             if self.auth is None:
                 self.auth = start_authenticator(self.ctx)
-            self.link = LeaderLink(self.ctx, self.auth, cfg, self.public, self.secret, self.registry,
-                                   self.version)
+            self.link = LeaderLink(self.ctx, self.auth, cfg, self.public, self.secret,
+                                   self.registry, self.audit, self.version)
             log.info("leader %s listening on %s", self.id, cfg["bind"])
         elif role == "worker" and self.id and cfg.get("leader") and cfg.get("leader_key"):
             self.link = WorkerLink(self.ctx, cfg, self.public, self.secret, self.version)
             log.info("worker %s connecting to %s", self.id, cfg["leader"])
         else:
+            self.link = NullLink(self.id)
             log.info("no role configured yet: serving the CLI only")
         self.peers_cache.forget()
+
+    def _set_heartbeat(self, heartbeat_s):
+        """The node's heartbeat interval: keepalives, and the silence limit of its sessions."""
+        self.heartbeat_s = self.sessions.heartbeat_s = heartbeat_s
 
     @property
     def role(self):
         """'leader', 'worker' or None."""
-        if isinstance(self.link, LeaderLink):
-            return "leader"
-        return "worker" if isinstance(self.link, WorkerLink) else None
+        return self.link.role
 
-    # --- routing ------------------------------------------------------------------------
-    def route(self, header, data=None):
-        """Send a peer message towards header["to"]; False if it cannot go now."""
-        to = header["to"]
-        if self.role == "leader":
-            self.api.observe(self.id, header)
-        if to == self.id:
-            self.local.append((self.id, header, data))
-            if self.role == "worker" and header["t"] in AUDIT_TYPES:
-                self._audit_copy(header)
-            return True
-        if self.role == "leader":
-            header.setdefault("from", self.id)
-            return self.link.send(to, header, data)
-        if self.role == "worker":
-            return self.link.send(header, data)
-        return False
-
-    def _audit_copy(self, header):
-        """Tell the leader about an exec a worker ran on itself (the leader keeps the audit)."""
-        self.link.send({"t": "rpc", "rid": uuid.uuid4().hex[:16], "op": "audit",
-                        "args": {"header": dict(header)}})
-
-    def forward(self, from_peer, header, data):
-        """Leader: a routed message from a worker, to us or on to its destination."""
-        header["from"] = from_peer
-        self.api.observe(from_peer, header)
-        to = header["to"]
-        if to == self.id:
-            self.handle_peer(from_peer, header, data)
-            return
-        # new work only for a connected peer; a running job's messages (credit, stdin, cancel)
-        # are still tried while a peer that dropped its link may come back (its route may be up)
-        usable = self.link.online(to) if header["t"] == "exec" else self.link.may_return(to)
-        if usable and self.link.send(to, header, data):
-            return
-        if header["t"] == "exec":
-            reply = {"t": "error", "job": header["job"], "to": from_peer, "from": to,
-                     "rid": header["rid"], "err": self.refusal(to).to_reply()}
-            self.api.observe(to, reply)
-            self.link.send(from_peer, reply)
-        elif header["t"] == "alive" and header.get("side") == "origin" and not self.link.may_return(to):
-            # the origin still waits on jobs of a peer we saw go offline: tell it now, rather than
-            # let it wait out its own silence limit (an origin on a worker sees no sweep)
-            for job in header["jobs"][:1000]:
-                if isinstance(job, str):
-                    reply = {"t": "error", "job": job, "to": from_peer, "from": to, "rid": job[:64],
-                             "err": {"err": "peer_lost", "msg": f"Peer {to} disconnected mid-command"}}
-                    self.link.send(from_peer, reply)  # not audited: a worker names these job ids
-
-    def refusal(self, to):
-        """Why a message for peer `to` cannot leave this node now."""
-        if self.role == "worker":
-            return self.link.link_error()
-        if self.role is None:
-            return NotConfigured("This node has no role yet")
-        try:
-            self.link.check_target(to)
-        except ZpeerError as exc:
-            return exc
-        return NotConnected(f"Cannot reach peer {to} now (its link is congested or closing)")
-
-    def handle_peer(self, from_peer, header, data):
-        """A routed message addressed to this node."""
-        mtype = header["t"]
-        if mtype in ("started", "out", "exit", "error", "stdin_ack"):
-            self.dispatch(self.sessions.on_message(from_peer, header, data))
-        elif mtype == "alive" and header.get("side") != "origin":
-            self.dispatch(self.sessions.on_alive(from_peer, [j for j in header["jobs"] if isinstance(j, str)]))
-        else:
-            self.dispatch(("peer", h, d) for h, d in self.targets.handle(from_peer, header, data))
-
+    # --- sending: the one place ---------------------------------------------------------
     def dispatch(self, actions):
-        """Carry out handler actions."""
+        """Carry out actions: messages to peers (this node included), replies to CLIs."""
         for action in actions:
-            if action[0] == "peer":
-                header = action[1]
-                header.setdefault("rid", header.get("job", "x")[:64])
-                if not self.route(header, action[2]) and header["t"] == "exec":
+            if type(action) is Send:
+                header = action.header
+                if not self.route(header, action.data) and header["t"] == "exec":
                     self._undeliverable(header)
             else:
-                self.reply(*action[1:])
+                self.reply(*action)
+
+    def route(self, header, data=None):
+        """Send a peer message towards header["to"]; False if it cannot go now."""
+        self.link.witness(header)
+        if header["to"] == self.id:
+            self.local.append((self.id, header, data))
+            return True
+        return self.link.send_toward(header, data)
 
     def _undeliverable(self, header):
         """An exec that cannot leave this node: fail it at once (never run it late)."""
-        self.local.append((header["to"], {"t": "error", "job": header["job"], "to": self.id,
-                                          "rid": header["rid"], "err": self.refusal(header["to"]).to_reply()},
-                           None))
+        err = self.link.refusal(header["to"]).to_reply()
+        self.local.append((header["to"], messages.error(header["job"], self.id, err), None))
 
     def reply(self, identity, rid, payload, data_frames=()):
         """Answer a CLI request (output bytes, if any, as raw frames after the map)."""
@@ -234,9 +167,39 @@ class Daemon:
         except zmq.ZMQError:
             pass  # the CLI went away
 
+    def handle_peer(self, from_peer, header, data):
+        """A channel message addressed to this node: to its origin sessions or its target jobs."""
+        mtype = header["t"]
+        if mtype in ("started", "out", "exit", "error", "stdin_ack"):
+            self.dispatch(self.sessions.on_message(from_peer, header, data))
+        elif mtype == "alive" and header.get("side") != "origin":
+            self.dispatch(self.sessions.on_alive(from_peer, [j for j in header["jobs"]
+                                                             if isinstance(j, str)]))
+        else:
+            self.dispatch(self.targets.handle(from_peer, header, data))
+
+    def interrupt_all(self, verb):
+        """Report every job running here or for a local CLI as interrupted (the daemon `verb`:
+        stopped, restarted)."""
+        message = f"Interrupted: the daemon on {self.id or 'this node'} {verb} while the command ran"
+        self.dispatch(self.targets.interrupt(message, INTERRUPTED_HINT))
+        self.dispatch(self.sessions.interrupt(message, INTERRUPTED_HINT, self.id))
+
+    def lost(self, peer):
+        """A peer's link is gone (None: this worker's link to its leader): fail what waited on
+        it, here and on this node's targets."""
+        if peer is None:
+            self.dispatch(self.sessions.peer_lost(None, "Lost the leader: {peer} unreachable "
+                                                        "{when}", exclude=self.id))
+            self.targets.fail_others(self.id)
+        else:
+            self.dispatch(self.sessions.peer_lost(peer, "Peer {peer} disconnected mid-command"))
+            self.targets.fail_origin(peer)
+
     # --- loop ---------------------------------------------------------------------------
     def run(self):
-        """Serve until SIGTERM/SIGINT, or SIGHUP (its terminal closed) unless started under nohup."""
+        """Serve until SIGTERM/SIGINT, or SIGHUP (its terminal closed) unless started under
+        nohup."""
         def stop(signum, _frame):
             self.stopping = True
 
@@ -261,10 +224,8 @@ class Daemon:
         """SIGTERM: report running jobs as interrupted and let local CLIs read that, briefly."""
         if not self.targets.jobs and not self.sessions.sessions:
             return
-        from zpeer.daemon.restarter import interrupt_all
-
         log.info("stopping: reporting %d running jobs as interrupted", len(self.targets.jobs))
-        interrupt_all(self, "stopped")
+        self.interrupt_all("stopped")
         deadline = time.monotonic() + STOP_DRAIN_S
         while self.sessions.sessions and time.monotonic() < deadline:
             self.turn(max_wait_s=0.05)
@@ -279,7 +240,7 @@ class Daemon:
         poller = self._poller_for(link, items)
         now = time.monotonic()
         deadlines = [self.next_beat, self.targets.next_deadline(), self.sessions.next_deadline(),
-                     link.next_deadline() if self.role == "worker" else None, self.registry.audit_due()]
+                     link.next_deadline(), self.audit.due()]
         wait = min(d for d in deadlines if d is not None) - now
         timeout_ms = 0 if self.local else max(0, min(int(max_wait_s * 1000), int(wait * 1000) + 1))
         try:
@@ -291,8 +252,8 @@ class Daemon:
                 return
             raise
         if self.ipc in ready:
-            self._drain(self.ipc, self.api.on_frames)
-        if link is not None and link is self.link:
+            self._drain(self.ipc, self.requests.on_frames)
+        if link is self.link and link.sock is not None:
             if link.monitor in ready:
                 link.on_monitor()
             if link.sock in ready:
@@ -301,7 +262,7 @@ class Daemon:
             os.read(self.wake_r, 512)
         fds = {k for k in ready if isinstance(k, int)}
         if fds:
-            self.dispatch(("peer", h, d) for h, d in self.targets.on_ready(fds))
+            self.dispatch(self.targets.on_ready(fds))
         while self.local:
             self.handle_peer(*self.local.popleft())
         self.dispatch(self.sessions.wake_pending())
@@ -310,14 +271,14 @@ class Daemon:
     def _poller_for(self, link, items):
         """The poller for this turn, rebuilt only when what must be polled changed."""
         # the socket itself, not its id(): a replaced link's id could be reused by the new one
-        key = (link.sock if link is not None else None, self.wake_r, tuple(items))
+        key = (link.sock, self.wake_r, tuple(items))
         if self._poller is not None and key == self._poller_key:
             return self._poller
         poller = zmq.Poller()
         poller.register(self.ipc, zmq.POLLIN)
         if self.wake_r is not None:
             poller.register(self.wake_r, zmq.POLLIN)
-        for sock in (link.sock, link.monitor) if link is not None else ():
+        for sock in (link.sock, link.monitor) if link.sock is not None else ():
             poller.register(sock, zmq.POLLIN)
         for fd, want_write in items:
             poller.register(fd, zmq.POLLOUT if want_write else zmq.POLLIN)
@@ -336,55 +297,40 @@ class Daemon:
                 return
 
     def _on_link_message(self, _sock):
-        """One message from the peer link."""
-        got = self.link.receive()
-        if got is None:
-            return
-        from_peer, header, data = got
+        """One message from the peer link: the link deals with it, or hands it to this node."""
         try:
-            if self.role == "leader":
-                if header["t"] == "rpc":
-                    self.api.leader_rpc(from_peer, header)
-                elif header["t"] in protocol.ROUTED_TYPES:
-                    self.forward(from_peer, header, data)
-            else:
-                self.handle_peer(from_peer, header, data)
+            got = self.link.receive()
+            if got is not None:
+                self.handle_peer(*got)
+        except zmq.Again:
+            raise
         except Exception:  # one bad message from a peer must never stop the daemon
-            if _LIMITER.allow(("handler", from_peer)):
-                log.exception("dropped %s from %s: handling it failed", header.get("t"), from_peer)
+            if _LIMITER.allow("handler"):
+                log.exception("dropped a message from the peer link: handling it failed")
 
     def timers(self, now):
         """Heartbeats, liveness, timeouts, cache refresh."""
         origin_timeout = 3 * self.heartbeat_s + 1.0
-        self.dispatch(("peer", h, d) for h, d in self.targets.on_timer(now, origin_timeout))
+        self.dispatch(self.targets.on_timer(now, origin_timeout))
         self.dispatch(self.sessions.on_timer(now))
-        self.api.tick(now)
+        self.requests.tick(now)
         self.targets.forget_finished()
-        self.registry.flush_audit()
+        self.audit.flush()
         self.trimmer.tick(now, bool(self.targets.jobs or self.sessions.sessions))
-        if self.role == "worker":
-            change = self.link.tick(now)
-            if change == "lost":
-                self.dispatch(self.sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}",
-                                                      exclude=self.id))
-                self.targets.fail_others(self.id)
+        for peer in self.link.tick(now):
+            self.lost(peer)
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_s
             self.dispatch(self.sessions.keepalives())
-            self.dispatch(("peer", h, d) for h, d in self.targets.keepalives())
-            if self.role == "leader":
-                for peer in self.link.sweep(now):
-                    self.dispatch(self.sessions.peer_lost(peer, "Peer {peer} disconnected mid-command"))
-                    self.targets.fail_origin(peer)
-                    self.registry.lost_target(peer)
-            self.peers_cache.refresh(self.role, self.registry, self.link)
+            self.dispatch(self.targets.keepalives())
+            self.link.refresh_cache(self.peers_cache)
 
     def close(self, linger_ms=0):
-        """Stop children, close sockets (letting queued messages out for linger_ms), flush, unlock."""
+        """Stop children, close sockets (letting queued messages out for linger_ms), flush,
+        unlock."""
         log.info("daemon stopping")
         self.targets.shutdown()
-        if self.link is not None:
-            self.link.close(linger_ms)
+        self.link.close(linger_ms)
         if self.auth is not None:
             self.auth.stop()
         if not self.ipc.closed:
@@ -393,7 +339,7 @@ class Daemon:
             os.unlink(config.socket_path(self.home))
         except OSError:
             pass
+        self.audit.close()
         self.registry.close()
         self.ctx.term()
         os.close(self.lock_fd)
-

@@ -1,18 +1,27 @@
-"""Origin side of remote execution: one session per CLI call, one job per target peer.
+"""Origin side of the channels: one session per CLI call, one channel (job) per target peer.
 
 The CLI opens a session (`exec_open`), then long-polls it (`exec_poll`): the daemon answers
 when output is ready or a short deadline passes (or at once when the CLI, on a second connection,
-says stdin has bytes: `exec_wake`). Output bytes handed to the CLI are returned to
-the target as credit, so a slow reader slows the remote command instead of growing buffers.
-Handlers return actions, never touch sockets:
-    ("peer", header, data)          a message for another peer (routed by header["to"])
-    ("reply", identity, rid, map)   the answer to a held CLI request
+says stdin has bytes: `exec_wake`). Output bytes handed to the CLI are returned to the target as
+credit, so a slow reader slows the remote command instead of growing buffers. The frames and
+states of a channel are described in zpeer.wire.channel.
+
+Every method takes what happened and returns actions (zpeer.daemon.actions); none touches a
+socket. The events a poll reply carries, per job, in order:
+    [peer, "s", pid]                    started
+    [peer, "o" | "e", data]             output (data: bytes, or a frame index when raw)
+    [peer, "x", rc, how]                exited
+    [peer, "f", code, message, hint]    failed (zpeer's own failure: 255 for it)
 """
 import logging
 import os
 import time
 import uuid
 from collections import deque
+
+from zpeer.daemon.actions import Reply, Send
+from zpeer.wire import messages
+from zpeer.wire.channel import STDOUT, Credit, Intake
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +35,12 @@ STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by i
 CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
 SESSION_ORPHAN_S = 60.0
 # (a job "sent" and not heard of: its exec may have reached the peer, its "started" not come back)
-LOST_WHEN = {"running": "mid-command", "sent": "before the command was known to start (it may or may not have run)"}
-SILENCE_SCAN_S = 0.1  # how often jobs are checked for silent targets (the limit is seconds): a
-                      # scan of every job on every loop turn made a 1,000-peer fan-out quadratic
+LOST_WHEN = {"running": "mid-command",
+             "sent": "before the command was known to start (it may or may not have run)"}
+# how often jobs are checked for silent targets (the limit is seconds): every job on every loop
+# turn would make a fan-out's cost quadratic
+SILENCE_SCAN_S = 0.1
+ACTIVE = ("sent", "running")
 
 
 def _pid_alive(pid):
@@ -45,19 +57,17 @@ def _pid_alive(pid):
 
 
 class OriginJob:
-    """One target's part of a session."""
+    """One target's channel of a session."""
 
-    __slots__ = ("job", "target", "state", "sent_at", "last_word", "owed", "bytes", "stdin_out", "seq", "credited")
+    __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "seq")
 
-    def __init__(self, job, target):
+    def __init__(self, job, target, window):
         self.job, self.target = job, target
         self.state = "queued"  # queued -> sent -> running -> done
         self.sent_at = self.last_word = None
-        self.owed = 0
-        self.bytes = 0
-        self.stdin_out = 0
+        self.output = Intake(window)  # streams 1 and 2, as this end receives them
+        self.stdin = Credit(STDIN_WINDOW_BYTES)  # stream 0, as this end sends it
         self.seq = 0  # out messages received, to detect a chunk lost in transit
-        self.credited = 0  # credit granted beyond the first window
 
 
 class Session:
@@ -65,12 +75,12 @@ class Session:
 
     def __init__(self, sid, spec, targets, batch, cli_pid):
         self.sid, self.spec, self.batch, self.cli_pid = sid, spec, batch, cli_pid
-        self.jobs = {t: OriginJob(f"{sid}.{i}", t) for i, t in enumerate(targets)}
+        self.window = (SINGLE_WINDOW_BYTES if len(targets) <= 1 else
+                       max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
+        self.jobs = {t: OriginJob(f"{sid}.{i}", t, self.window) for i, t in enumerate(targets)}
         self.queued = deque(self.jobs.values())  # not sent yet, in order (--batch)
         self.count = {"queued": len(self.jobs), "sent": 0, "running": 0, "done": 0}
         self.stdin_sent = False  # no stdin ever sent: every job has the whole stdin window
-        self.window = (SINGLE_WINDOW_BYTES if len(targets) <= 1 else
-                       max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
         self.events = deque()
         self.buffered = 0
         self.waiter = None  # (identity, rid, deadline)
@@ -90,7 +100,7 @@ class Session:
         """How many stdin bytes the CLI may send now (the slowest running command decides)."""
         if not self.stdin_sent:
             return STDIN_WINDOW_BYTES
-        return STDIN_WINDOW_BYTES - max((j.stdin_out for j in self.active()), default=0)
+        return min((j.stdin.room() for j in self.active()), default=STDIN_WINDOW_BYTES)
 
     def running(self):
         """How many jobs are sent and not done."""
@@ -98,11 +108,23 @@ class Session:
 
     def active(self):
         """Jobs sent and not done."""
-        return [j for j in self.jobs.values() if j.state in ("sent", "running")]
+        return [j for j in self.jobs.values() if j.state in ACTIVE]
 
     def finished(self):
         """All jobs done and every event handed to the CLI."""
         return not self.events and self.count["done"] == len(self.jobs)
+
+    def event(self, event, size=0):
+        """Queue an event for the CLI."""
+        self.events.append(event)
+        self.buffered += size
+
+    def fail(self, job, code, message, hint=""):
+        """A job ended in a zpeer failure (exit 255 for it); nothing once it is done."""
+        if job.state == "done":
+            return
+        self.move(job, "done")
+        self.event([job.target, "f", code, message, hint or ""])
 
 
 class OriginSessions:
@@ -121,16 +143,24 @@ class OriginSessions:
         """No word from a target for this long means it is gone (3 heartbeat intervals)."""
         return 3 * self.heartbeat_s + 0.5
 
-    def open(self, spec, targets, batch, cli_pid, failures=()):
-        """Create a session; `failures` are (peer, error) already known (unknown/offline)."""
+    def open(self, spec, targets, batch, cli_pid, failures=(), first_poll=None):
+        """Create a session; `failures` are (peer, error) already known (unknown, offline).
+        With first_poll = (identity, rid, wait_s, raw, opened), the CLI's open request is held
+        as the session's first poll and answered with its first events, the sid and `opened`
+        merged in. Returns (sid, actions)."""
         sid = uuid.uuid4().hex[:12]
         session = Session(sid, spec, targets, batch, cli_pid)
         self.sessions[sid] = session
         for peer, err in failures:
-            self._fail(session, session.jobs[peer], err.code, err.message, err.hint)
+            session.fail(session.jobs[peer], err.code, err.message, err.hint)
         for job in session.jobs.values():
             self.by_job[job.job] = (session, job)
-        return sid, self._launch(session)
+        actions = self._launch(session)
+        if first_poll is not None:
+            identity, rid, wait_s, raw, opened = first_poll
+            session.opened = dict(opened, sid=sid)
+            actions.extend(self.poll(sid, identity, rid, wait_s=wait_s, raw=raw))
+        return sid, actions
 
     def _launch(self, session):
         """Send queued jobs while the batch limit allows."""
@@ -150,26 +180,13 @@ class OriginSessions:
             job.sent_at = time.monotonic()
             job.last_word = job.sent_at
             running += 1
-            header = {"t": "exec", "job": job.job, "to": job.target, "credit": session.window,
-                      "ttl": EXEC_TTL_S, "ts": time.time()}
-            header.update(session.spec)
-            actions.append(("peer", header, None))
+            actions.append(Send(messages.exec_open(job.job, job.target, session.spec,
+                                                   session.window, EXEC_TTL_S, time.time())))
         return actions
 
-    def _event(self, session, event, size=0):
-        """Queue an event for the CLI."""
-        session.events.append(event)
-        session.buffered += size
-
-    def _fail(self, session, job, code, message, hint=""):
-        """A job ended in a zpeer failure (exit 255 for it)."""
-        if job.state == "done":
-            return
-        session.move(job, "done")
-        self._event(session, [job.target, "f", code, message, hint or ""])
-
     def on_message(self, peer, header, data):
-        """A job message from a target; returns actions."""
+        """A channel message from a target (started, out, exit, error, stdin_ack); returns
+        actions."""
         found = self.by_job.get(header.get("job"))
         if found is None:
             return []
@@ -178,35 +195,42 @@ class OriginSessions:
             return []
         job.last_word = time.monotonic()
         mtype = header["t"]
-        if mtype in ("started", "out", "exit") and job.state == "sent" and header.get("pid") is not None:
+        if mtype in ("started", "out", "exit") and job.state == "sent" \
+                and header.get("pid") is not None:
             # a job's first message names its pid: "started", or its first output or exit
             session.move(job, "running")
-            self._event(session, [job.target, "s", header["pid"]])
-        if mtype in ("out", "exit") and header.get("seq", job.seq + (mtype == "out")) != job.seq + (mtype == "out"):
-            # a chunk went missing (link flap, full queue): never hand the user silently cut output
-            self._fail(session, job, "output_lost", f"Output from {job.target} was lost in transit",
-                       "the link to that peer dropped messages; the command may have completed")
-            return [("peer", {"t": "cancel", "job": job.job, "to": job.target}, None)] + self._wake(session)
-        elif mtype == "out" and data is not None and job.bytes + len(data) > session.window + job.credited:
-            # a target that ignores its credit would grow our memory without bound: stop it
-            self._fail(session, job, "flow_control", f"Peer {job.target} sent more output than allowed")
-            return [("peer", {"t": "cancel", "job": job.job, "to": job.target}, None)] + self._wake(session)
-        elif mtype == "out" and data is not None:
-            job.seq += 1
+            session.event([job.target, "s", header["pid"]])
+        if mtype in ("out", "exit"):
+            expected = job.seq + (mtype == "out")
+            if header.get("seq", expected) != expected:
+                # a chunk went missing (link flap, full queue): never hand the user silently
+                # cut output
+                session.fail(job, "output_lost", f"Output from {job.target} was lost in transit",
+                             "the link to that peer dropped messages; the command may have "
+                             "completed")
+                return [Send(messages.cancel(job.job, job.target))] + self._wake(session)
+        if mtype == "out" and data is not None:
             size = len(data)
-            job.bytes += size
-            self._event(session, [job.target, "o" if header["fd"] == 1 else "e", data], size)
+            if not job.output.fits(size):
+                # a target that ignores its credit would grow our memory without bound: stop it
+                session.fail(job, "flow_control",
+                             f"Peer {job.target} sent more output than allowed")
+                return [Send(messages.cancel(job.job, job.target))] + self._wake(session)
+            job.seq += 1
+            job.output.take(size)
+            session.event([job.target, "o" if header["fd"] == STDOUT else "e", data], size)
         elif mtype == "exit":
             session.move(job, "done")
-            self._event(session, [job.target, "x", header["rc"], header["how"]])
+            session.event([job.target, "x", header["rc"], header["how"]])
         elif mtype == "stdin_ack":
-            job.stdin_out = max(0, job.stdin_out - header["n"])
+            job.stdin.acknowledged(header["n"])
             if session.wants_room and session.stdin_room() > 0:
                 return self._wake(session, force=True)
             return []
         elif mtype == "error":
             err = header["err"]
-            self._fail(session, job, str(err.get("err")), str(err.get("msg")), str(err.get("hint") or ""))
+            session.fail(job, str(err.get("err")), str(err.get("msg")),
+                         str(err.get("hint") or ""))
         actions = []
         if job.state == "done":
             actions.extend(self._launch(session))
@@ -224,26 +248,27 @@ class OriginSessions:
                 actions.extend(self._wake(session))
         return actions
 
-    def poll(self, sid, identity, rid, stdin=None, eof=False, wait_s=POLL_WAIT_MAX_S, need_room=False,
-             raw=False):
+    def poll(self, sid, identity, rid, stdin=None, eof=False, wait_s=POLL_WAIT_MAX_S,
+             need_room=False, raw=False):
         """A CLI asks for the next events (and may bring stdin bytes); returns actions."""
         session = self.sessions.get(sid)
         if session is None:
-            return [("reply", identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
+            return [Reply(identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
         session.raw = raw
         actions = []
         if stdin or eof:
             session.stdin_sent = True
+            size = len(stdin or b"")
             for job in session.active():
-                job.stdin_out += len(stdin or b"")
-                actions.append(("peer", {"t": "stdin", "job": job.job, "to": job.target,
-                                         "eof": bool(eof)}, stdin or b""))
+                job.stdin.sent(size)
+                actions.append(Send(messages.stdin(job.job, job.target, eof), stdin or b""))
         room = session.stdin_room()
         session.wants_room = need_room and room <= 0
         if need_room and room > 0:
             wait_s = 0  # the CLI has stdin waiting for room, and there is some now
         session.last_poll = time.monotonic()
-        session.waiter = (identity, rid, session.last_poll + min(max(wait_s, 0.0), POLL_WAIT_MAX_S))
+        session.waiter = (identity, rid,
+                          session.last_poll + min(max(wait_s, 0.0), POLL_WAIT_MAX_S))
         actions.extend(self._wake(session, force=wait_s <= 0))
         return actions
 
@@ -262,14 +287,11 @@ class OriginSessions:
                 n = len(event[2])
                 size += n
                 session.buffered -= n
-                found = session.jobs.get(event[0])
-                if found and found.state in ("sent", "running"):
-                    found.owed += n
-                    if found.owed >= session.window // 4:
-                        actions.append(("peer", {"t": "credit", "job": found.job, "to": found.target,
-                                                 "n": found.owed}, None))
-                        found.credited += found.owed
-                        found.owed = 0
+                job = session.jobs.get(event[0])
+                if job and job.state in ACTIVE:
+                    grant = job.output.consumed(n)
+                    if grant:
+                        actions.append(Send(messages.credit(job.job, job.target, grant)))
                 if session.raw:  # the received frame's buffer goes out as it is: zero-copy
                     frames.append(event[2])
                     event = [event[0], event[1], len(frames) - 1]
@@ -284,7 +306,7 @@ class OriginSessions:
         if session.opened is not None:  # exec_open held as the first poll: it says what opened
             reply.update(session.opened)
             session.opened = None
-        actions.append(("reply", identity, rid, reply, frames))
+        actions.append(Reply(identity, rid, reply, frames))
         return actions
 
     def wake(self, sid):
@@ -303,10 +325,24 @@ class OriginSessions:
         for job in session.jobs.values():
             if job.state == "queued":
                 session.move(job, "done")
-                self._event(session, [job.target, "x", 130, "cancelled"])
-            elif job.state in ("sent", "running"):
-                actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
+                session.event([job.target, "x", 130, "cancelled"])
+            elif job.state in ACTIVE:
+                actions.append(Send(messages.cancel(job.job, job.target)))
         return actions + self._wake(session)
+
+    def interrupt(self, message, hint, keep_target):
+        """This daemon stops or restarts: launch nothing more, cancel the remote jobs (not the
+        ones on `keep_target`, this node, which end with it), fail the queued ones with
+        `message` and every running one at once; returns actions."""
+        actions = []
+        for session in list(self.sessions.values()):
+            session.cancelled = True
+            for job in session.jobs.values():
+                if job.state in ACTIVE and job.target != keep_target:
+                    actions.append(Send(messages.cancel(job.job, job.target)))
+                elif job.state == "queued":
+                    session.fail(job, "interrupted", message, hint)
+        return actions + self.peer_lost(None, message)
 
     def _drop(self, session):
         """Forget a finished session."""
@@ -331,12 +367,16 @@ class OriginSessions:
             for job in session.jobs.values():
                 if job.target == exclude:
                     continue
-                if job.state in ("sent", "running") and (peer is None or job.target == peer):
+                if job.state in ACTIVE and (peer is None or job.target == peer):
                     when = LOST_WHEN.get(job.state, "mid-command")
-                    self._fail(session, job, "peer_lost", message.format(peer=job.target, when=when))
+                    session.fail(job, "peer_lost", message.format(peer=job.target, when=when))
                     actions.extend(self._launch(session))
             actions.extend(self._wake(session))
         return actions
+
+    def reported(self, job_id):
+        """True once a job's end reached its CLI (or it never was one of ours)."""
+        return job_id not in self.by_job
 
     def on_timer(self, now):
         """Held polls that expire, silent targets, vanished CLIs; returns actions."""
@@ -347,11 +387,12 @@ class OriginSessions:
         limit_s = self.silence_limit_s
         for session in list(self.sessions.values()):
             for job in session.jobs.values() if scan and session.running() else ():
-                if job.state in ("sent", "running") and now - job.last_word > limit_s:
+                if job.state in ACTIVE and now - job.last_word > limit_s:
                     what = "did not answer" if job.state == "sent" else "was lost mid-command"
-                    actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
-                    self._fail(session, job, "peer_lost", f"Peer {job.target} {what} (no word for {limit_s:.1f}s)",
-                               "check it with `d listPeers`; the command may or may not have run")
+                    actions.append(Send(messages.cancel(job.job, job.target)))
+                    session.fail(job, "peer_lost",
+                                 f"Peer {job.target} {what} (no word for {limit_s:.1f}s)",
+                                 "check it with `d listPeers`; the command may or may not have run")
                     actions.extend(self._launch(session))
             if session.waiter and now >= session.waiter[2]:
                 actions.extend(self._wake(session, force=True))
@@ -360,8 +401,9 @@ class OriginSessions:
             silent = now - session.last_poll
             if session.waiter is None and silent > CLI_SILENCE_S and (
                     not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S):
-                log.warning("session %s: CLI pid %s is gone, cancelling", session.sid, session.cli_pid)
-                actions.extend(a for a in self.cancel(session.sid) if a[0] == "peer")
+                log.warning("session %s: CLI pid %s is gone, cancelling", session.sid,
+                            session.cli_pid)
+                actions.extend(a for a in self.cancel(session.sid) if type(a) is Send)
                 if session.count["done"] == len(session.jobs) or silent > SESSION_ORPHAN_S:
                     self._drop(session)
         return actions
@@ -372,8 +414,7 @@ class OriginSessions:
         for session in self.sessions.values():
             for job in session.active():
                 wanted.setdefault(job.target, []).append(job.job)
-        return [("peer", {"t": "alive", "to": peer, "jobs": jobs, "side": "origin"}, None)
-                for peer, jobs in wanted.items()]
+        return [Send(messages.alive(peer, jobs, "origin")) for peer, jobs in wanted.items()]
 
     def next_deadline(self):
         """Earliest held-poll deadline."""

@@ -1,35 +1,22 @@
-"""One command's child process on the target: how it is started, its environment, process
-group, pipes and output credit, and how it is stopped (SIGTERM to the group, SIGKILL after a grace).
+"""How a command starts on the target: its user, environment and working directory, and the
+spawn itself (a session of its own, stdout and stderr on pipes).
 
-`zpeer.daemon.target.TargetJobs` spawns these and drives them from the daemon loop.
+zpeer.daemon.target spawns through here; zpeer.daemon.command follows what was spawned.
 """
-import array
-import fcntl
 import logging
 import os
 import pwd
 import signal
 import subprocess
 import sys
-import termios
-import time
 
 from zpeer.errors import DirectoryDenied, DirectoryNotFound
 from zpeer.wire.protocol import shown
 
-PIPE_SIZE_BYTES = 1 << 20
-KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-RC_TIMEOUT = 124
-RC_CANCELLED = 130
 ENTER_CHECK_TIMEOUT_S = 5.0  # a --user's check of its directory (a hung network mount)
 
 log = logging.getLogger(__name__)
-
-
-def exit_status(returncode):
-    """Shell convention: the exit code, or 128+N for death by signal N."""
-    return returncode if returncode >= 0 else 128 - returncode
 
 
 def child_environment(user_entry, home):
@@ -145,7 +132,7 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
     posix_spawn has no chdir, so the daemon steps into `cwd` for the spawn and back out: its
     other threads (libzmq's, the ZAP handler) use no relative paths. Every fd of the daemon is
     close-on-exec (Python's, libzmq's, SQLite's; inherited ones are marked at start by
-    `prepare_spawning`), so the command gets exactly 0, 1 and 2."""
+    `zpeer.daemon.inherited.prepare_spawning`), so the command gets exactly 0, 1 and 2."""
     fds = []
     try:
         stdin_r, stdin_w = os.pipe() if with_stdin else (None, None)
@@ -165,7 +152,7 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
             actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0) if with_stdin else
                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                        (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
-            own_dir = _own_dir()
+            own_dir = hold_working_directory()
             os.chdir(cwd)
             try:
                 pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True,
@@ -182,182 +169,9 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
     return Child(pid, stdin_w, out_r, err_r, popen)
 
 
-def _own_dir():
+def hold_working_directory():
     """An fd of the daemon's working directory (opened once: it works even if that is deleted)."""
     global _cwd_fd
     if _cwd_fd is None:
         _cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     return _cwd_fd
-
-
-def prepare_spawning():
-    """At daemon start: mark every fd above 2 it inherited close-on-exec (a background command
-    holding a launcher's pipe or socket would keep it open), unblock every signal, undo the
-    launcher's ignored ones (`_unignore_signals`), and hold the daemon's working directory,
-    which `spawn` comes back to."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:  # no /proc: try every number the fd limit allows
-        fds = range(min(os.sysconf("SC_OPEN_MAX"), 1 << 16))
-    for fd in fds:
-        if fd > 2:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:
-                pass  # not open (the listing's own fd is closed by now)
-    _own_dir()
-    # signals the launcher blocked stay blocked in every child: `--user` commands (subprocess,
-    # not posix_spawn) would get them so; the daemon has no use for a blocked signal either
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    _unignore_signals()
-
-
-# Python ignores SIGPIPE and SIGXFSZ itself and subprocess restores them. Ignoring SIGTTIN/SIGTTOU
-# decides whether the daemon's own terminal I/O from a background group stops it, and a fault's
-# handler that returns runs the faulting instruction again: with a handler both would spin.
-_KEEP_IGNORED = frozenset({signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSEGV,
-                           signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS})
-
-
-def _ignore(_signum, _frame):
-    """The handler that stands in for an inherited SIG_IGN (exec resets it to the default)."""
-
-
-def _unignore_signals():
-    """Turn the launcher's ignored signals into handlers that do nothing: the daemon still shrugs
-    them off (nohup's SIGHUP, a script's `&` SIGINT), but exec resets a handled signal to its
-    default, so `--user` commands (subprocess, not posix_spawn) no longer inherit them ignored.
-    SIGCHLD goes back to its default: ignored, the kernel reaps the daemon's children itself and
-    their exit codes are lost."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for signum in signal.valid_signals():
-        if signum in _KEEP_IGNORED:
-            continue
-        try:
-            if signal.getsignal(signum) == signal.SIG_IGN:
-                signal.signal(signum, _ignore)
-        except (OSError, ValueError):  # SIGKILL, SIGSTOP, or a number libc keeps for itself
-            pass
-
-
-def reignore_signals():
-    """Before the daemon re-executes itself: the launcher's ignored signals (handled by _ignore
-    since the start, which exec would reset to their defaults) are ignored again, so the new
-    image starts as the first one did (a daemon started under nohup keeps shrugging off SIGHUP)."""
-    for signum in signal.valid_signals():
-        try:
-            if signal.getsignal(signum) is _ignore:
-                signal.signal(signum, signal.SIG_IGN)
-        except (OSError, ValueError):
-            pass
-
-
-def pending_bytes(fd):
-    """Bytes waiting in a pipe (FIONREAD)."""
-    buf = array.array("i", [0])
-    try:
-        fcntl.ioctl(fd, termios.FIONREAD, buf, True)
-    except OSError:
-        return 0
-    return buf[0]
-
-
-class RunningJob:
-    """One command running for an origin: its process group, pipes and output credit."""
-
-    def __init__(self, job, origin, proc, timeout_s, credit):
-        self.job, self.origin, self.proc = job, origin, proc
-        self.started = time.monotonic()
-        self.deadline = self.started + timeout_s if timeout_s else None
-        self.credit = credit
-        self.pipes = {}  # fd number (1/2) -> file descriptor
-        for num, fd in ((1, proc.stdout_fd), (2, proc.stderr_fd)):
-            os.set_blocking(fd, False)
-            try:
-                fcntl.fcntl(fd, 1031, PIPE_SIZE_BYTES)  # F_SETPIPE_SZ: fewer wakeups
-            except OSError:
-                pass
-            self.pipes[num] = fd
-        self.stdin_fd = proc.stdin_fd
-        if self.stdin_fd is not None:
-            os.set_blocking(self.stdin_fd, False)
-        self.stdin_buf = bytearray()
-        self.stdin_eof = False
-        self.pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
-        self.exited_at = None
-        self.lingered = False  # TargetJobs waited for its exit in place once (_linger)
-        self.last_data_at = None
-        self.how = "exit"  # or timeout / cancelled
-        self.kill_at = None
-        self.bytes_out = 0
-        self.seq = 0  # out messages sent: lets the origin prove it got every chunk, in order
-        self.last_origin_word = self.started
-        self.announce_at = None  # when the target must say "started" at the latest (TargetJobs)
-        self.recorded = False  # its process group is in $ZPEER_HOME/jobs (zpeer.daemon.leftovers)
-
-    def kill_group(self, sig):
-        """Signal the whole process group (children and grandchildren)."""
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, how):
-        """Terminate the group for a timeout or a cancel; SIGKILL follows after a grace."""
-        if self.how == "exit":
-            self.how = how
-        self.kill_group(signal.SIGTERM)
-        self.kill_group(signal.SIGCONT)  # a stopped group must wake to die
-        self.kill_at = time.monotonic() + KILL_GRACE_S
-
-    def close_pipe(self, num):
-        """Stop reading one output pipe."""
-        fd = self.pipes.pop(num, None)
-        if fd is not None:
-            os.close(fd)
-
-    def close_stdin(self):
-        """Close the child's stdin (EOF for it)."""
-        if self.stdin_fd is not None:
-            os.close(self.stdin_fd)
-            self.stdin_fd = None
-
-    def write_stdin(self):
-        """Push buffered stdin into the child without blocking; bytes it took (None: pipe full)."""
-        try:
-            n = os.write(self.stdin_fd, self.stdin_buf)
-            del self.stdin_buf[:n]
-        except BlockingIOError:
-            return None
-        except OSError:  # the child closed its stdin: drop the rest, like a pipe would
-            n = len(self.stdin_buf)
-            self.stdin_buf.clear()
-            self.close_stdin()
-        if not self.stdin_buf and self.stdin_eof:
-            self.close_stdin()
-        return n
-
-    def reap(self):
-        """Collect the shell's exit status once it is gone."""
-        if self.exited_at is None and self.proc.poll() is not None:
-            self.exited_at = time.monotonic()
-            if self.pidfd is not None:
-                os.close(self.pidfd)
-                self.pidfd = None
-
-    def rc(self):
-        """The status to report for this job."""
-        if self.how == "timeout":
-            return RC_TIMEOUT
-        if self.how == "cancelled":
-            return RC_CANCELLED
-        return exit_status(self.proc.returncode)
-
-    def release(self):
-        """Close every fd this job holds."""
-        for num in list(self.pipes):
-            self.close_pipe(num)
-        self.close_stdin()
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None

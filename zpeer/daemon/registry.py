@@ -1,12 +1,12 @@
-"""The leader's peer registry and audit log, in SQLite through peewee. No ZeroMQ here.
+"""The node's SQLite file through peewee: the leader's peer registry and join tokens, and the
+table the audit log writes (zpeer.daemon.audit). No ZeroMQ here.
 
 Tables: meta (schema version), peer (id, ip as observed on the connection, hostname, role,
 version, CURVE key, status accepted/pending/removed, first/last seen), join_token (hash of the
-one-time secret, expiry, use) and exec_log (audit of every exec routed by this leader).
+one-time secret, expiry, use) and exec_log (the audit of every exec routed by this leader).
 Workers keep the same schema but only meta (`sanity_check(worker=True)` deletes the rest), so a
 damaged worker file is replaced (`open_registry`). last_seen is flushed in batches (`flush()`),
-never one write per heartbeat; audit rows go to a journal at once, to SQLite in batches, and
-the oldest go once there are more than keep_history() says.
+never one write per heartbeat.
 """
 import logging
 import os
@@ -15,22 +15,13 @@ import time
 
 import peewee
 
-from zpeer.daemon.audit import (
-    FLUSH_S,
-    PRUNE_BATCH_ROWS,
-    PRUNE_EVERY_ROWS,
-    PRUNE_PAUSE_S,
-    PRUNE_SQL,
-    Journal,
-    statements,
-)
 from zpeer.errors import BadDatabase
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-AUDIT_RETRY_S = 1.0  # after a failed audit write
-OPEN_EXECS_MAX = 100_000  # execs without an outcome tracked for lost_target (about 20 MB at most)
+# the file cannot be written (locked by another process, read-only, disk full)
+DB_ERRORS = (peewee.PeeweeException, sqlite3.Error)
 
 
 def _make_models(db):
@@ -112,30 +103,21 @@ def open_registry(path, disposable):
 
 
 class Registry:
-    """Peers, tokens and the exec audit of one node's SQLite file."""
+    """Peers and join tokens of one node's SQLite file (and the file itself)."""
 
-    def __init__(self, path, replay=True):
+    def __init__(self, path):
         self.path = path
         self.db = peewee.SqliteDatabase(path, pragmas={"journal_mode": "wal", "busy_timeout": 200,
                                                        "synchronous": "normal"})
         self.Meta, self.Peer, self.JoinToken, self.ExecLog = _make_models(self.db)
         self._seen = {}  # peer id -> (last_seen, ip): pending batched writes
-        self._audit = []  # (job, fields): pending audit writes
-        self._audit_inserts = {}  # job -> fields of its queued insert (later updates merge into it)
-        self._audit_due = 0.0  # monotonic time the queued rows are written at
-        # audit rows kept (keep_history; 0: all), when the next prune is due, events written since the last
-        self._keep_rows, self._prune_due, self._since_prune = 0, None, 0
-        self._open_target = {}  # job -> target, for execs with no outcome yet
-        self._open_by_target = {}  # target -> set of those jobs
-        self._journal = Journal(os.path.dirname(os.path.abspath(path)))
-        self.last_error = None
+        self.last_error = None  # the last database failure, for getPeerStatus
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
         try:
             self.db.connect()
             self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog])
         except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:  # not a database, malformed
             self.db.close()
-            self._journal.close()
             if isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)):
                 raise  # locked, cannot open: not a damaged file
             raise BadDatabase(path, exc) from None
@@ -145,18 +127,10 @@ class Registry:
         row = self.Meta.get_or_none(self.Meta.key == "schema_version")
         if row is None:
             self.Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
-        left = self._journal.replay() if replay else []  # what a killed daemon had not written yet
-        if left:
-            log.info("audit journal: writing %d events left by the previous daemon", len(left))
-            for job, fields in left:
-                self._queue_audit(job, fields)
-            self.flush_audit(force=True)
 
     def close(self):
         """Flush pending writes and close the file."""
         self.flush()
-        self.flush_audit(force=True)
-        self._journal.close()
         self.db.close()
 
     # --- peers -------------------------------------------------------------------------
@@ -225,11 +199,11 @@ class Registry:
         except (peewee.OperationalError, sqlite3.Error) as exc:  # executemany raises sqlite3's own
             for key, value in batch.items():
                 self._seen.setdefault(key, value)
-            self._note_error(exc)
+            self.note_error(exc)
             return 0
         return len(batch)
 
-    def _note_error(self, exc):
+    def note_error(self, exc):
         """Remember a database failure for getPeerStatus and the log."""
         while "cannot rollback" in str(exc) and exc.__context__ is not None:
             exc = exc.__context__  # SQLite already rolled back after the real error: report that one
@@ -255,130 +229,6 @@ class Registry:
         row.used_at, row.used_by = time.time(), peer_id
         row.save()
         return None
-
-    # --- audit --------------------------------------------------------------------------
-    def log_exec(self, job, **fields):
-        """Record an audit insert (with "command") or update: in the journal now, in SQLite by
-        the next flush_audit() that is due."""
-        self._journal.append(job, fields)
-        self._queue_audit(job, fields)
-        self._track_open(job, fields)
-
-    def _track_open(self, job, fields):
-        """Remember, by target, the execs whose outcome is not in yet (not a peer's exec on
-        itself: its origin loses nothing when the link to the leader drops)."""
-        if "command" in fields:
-            if len(self._open_target) < OPEN_EXECS_MAX and fields.get("origin") != fields["target"]:
-                self._open_target[job] = fields["target"]
-                self._open_by_target.setdefault(fields["target"], set()).add(job)
-        elif "rc" in fields:
-            target = self._open_target.pop(job, None)
-            if target is not None:
-                jobs = self._open_by_target[target]
-                jobs.discard(job)
-                if not jobs:
-                    del self._open_by_target[target]
-
-    def end_interrupted_execs(self, leader_id):
-        """At a leader's start: the execs the audit still shows running were cut off when the
-        previous leader died (their origins heard "Lost the leader", their peers killed them),
-        so they end with 255 and outcome leader_restarted; a late exit still replaces that.
-        A worker's exec on itself is the exception: it never crossed the leader and runs on.
-        Returns how many; database trouble is logged, never fatal."""
-        model = self.ExecLog
-        try:
-            with self.db.atomic():
-                count = model.update(rc=255, outcome="leader_restarted").where(
-                    model.rc.is_null() & model.outcome.is_null()
-                    & ((model.origin != model.target) | (model.target == leader_id))).execute()
-        except (peewee.PeeweeException, sqlite3.Error) as exc:
-            log.warning("audit: cannot end the execs the previous leader left open: %s", exc)
-            return 0
-        if count:
-            log.info("audit: %d execs were running when the previous leader stopped: leader_restarted", count)
-        return count
-
-    def lost_target(self, peer):
-        """A peer went offline or was removed: the execs it still ran end in the audit with 255
-        and outcome peer_lost, as they did for their origins (an exit that comes later anyway,
-        from a link that was only slow, replaces that with the real outcome)."""
-        for job in self._open_by_target.pop(peer, ()):
-            del self._open_target[job]
-            self.log_exec(job, rc=255, outcome="peer_lost")
-
-    def _queue_audit(self, job, fields):
-        """Queue one audit event for SQLite."""
-        if not self._audit:
-            self._audit_due = max(self._audit_due, time.monotonic() + FLUSH_S)
-        queued = self._audit_inserts.get(job)
-        if queued is not None and "command" not in fields:
-            queued.update(fields)  # the exit of an exec not written yet: one row, one INSERT
-            return
-        if "command" in fields:
-            self._audit_inserts[job] = fields
-        self._audit.append((job, fields))
-
-    def audit_due(self):
-        """When flush_audit() has work (the loop's poll ends then), or None."""
-        due = self._audit_due if self._audit else None  # (every loop turn asks: no generator here)
-        return due if self._prune_due is None else self._prune_due if due is None else min(due, self._prune_due)
-
-    def keep_history(self, rows):
-        """Keep only the newest `rows` audit rows (0: all of them); the surplus goes at once."""
-        self._keep_rows = rows
-        self._prune_due = time.monotonic() if rows else None
-
-    def _prune_history(self):
-        """Delete the oldest audit rows beyond the kept number, PRUNE_BATCH_ROWS at most; with
-        more left, the next prune is PRUNE_PAUSE_S away. Database trouble is logged, never fatal."""
-        self._prune_due, self._since_prune = None, 0
-        try:
-            with self.db.atomic():
-                deleted = self.db.execute_sql(PRUNE_SQL, (self._keep_rows - 1, PRUNE_BATCH_ROWS)).rowcount
-        except (peewee.PeeweeException, sqlite3.Error) as exc:
-            self._prune_due = time.monotonic() + AUDIT_RETRY_S
-            self._note_error(exc)
-            return
-        if deleted >= PRUNE_BATCH_ROWS:
-            self._prune_due = time.monotonic() + PRUNE_PAUSE_S
-
-    def flush_audit(self, force=False):
-        """Write queued audit rows in one transaction once due (FLUSH_S after the first, or at
-        once with `force`), then empty the journal, and prune the oldest rows when due; database
-        trouble is logged, never fatal."""
-        if self._prune_due is not None and time.monotonic() >= self._prune_due:
-            self._prune_history()
-        if not self._audit or (not force and time.monotonic() < self._audit_due):
-            return
-        batch, self._audit = self._audit, []
-        self._audit_inserts = {}
-        try:
-            with self.db.atomic():  # prepared statements: a peewee query per row cost ~1 ms per exec
-                connection = self.db.connection()
-                for sql, rows in statements(self.ExecLog, batch):
-                    connection.executemany(sql, rows)
-            self.last_error = None
-            self._audit_due = 0.0
-            self._journal.clear()
-            self._since_prune += len(batch)
-            every = min(PRUNE_EVERY_ROWS, max(1, self._keep_rows // 100))  # a small limit: <= 1 % over
-            if self._keep_rows and self._since_prune >= every and self._prune_due is None:
-                self._prune_due = time.monotonic()  # the next loop turn, or history() below
-        except (peewee.PeeweeException, sqlite3.Error) as exc:
-            self._audit[:0] = batch[-10000:]
-            # a locked or read-only file: each attempt blocks busy_timeout, so not every turn
-            self._audit_due = time.monotonic() + AUDIT_RETRY_S
-            self._note_error(exc)
-
-    def history(self, peer=None, limit=20):
-        """Newest audit rows first, optionally for one target (a prune that is due runs first)."""
-        self.flush_audit(force=True)
-        if self._prune_due is not None:
-            self._prune_history()
-        query = self.ExecLog.select().order_by(self.ExecLog.started_at.desc()).limit(limit)
-        if peer:
-            query = query.where((self.ExecLog.target == peer) | (self.ExecLog.origin == peer))
-        return list(query)
 
     # --- maintenance --------------------------------------------------------------------
     def sanity_check(self, worker, dry_run=False):

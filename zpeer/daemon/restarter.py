@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from zpeer.daemon.process import reignore_signals
+from zpeer.daemon.inherited import reignore_signals
 from zpeer.errors import Busy
 
 log = logging.getLogger(__name__)
@@ -90,25 +90,6 @@ def reexec_argv():
     return [sys.executable, os.path.abspath(main)] + sys.argv[1:]
 
 
-def interrupt_all(d, verb):
-    """Report every job running here or for a local CLI as interrupted (the daemon `verb`)."""
-    message = f"Interrupted: the daemon on {d.id or 'this node'} {verb} while the command ran"
-    hint = "the command was killed; run it again once the daemon is back (`d listPeers`)"
-    err = {"err": "interrupted", "msg": message, "hint": hint}
-    d.dispatch([("peer", {"t": "error", "job": rj.job, "to": rj.origin, "err": dict(err)}, None)
-                for rj in list(d.targets.jobs.values())])
-    actions = []
-    for session in list(d.sessions.sessions.values()):
-        session.cancelled = True  # launch nothing more
-        for job in session.jobs.values():
-            if job.state in ("sent", "running") and job.target != d.id:
-                actions.append(("peer", {"t": "cancel", "job": job.job, "to": job.target}, None))
-            elif job.state == "queued":
-                d.sessions._fail(session, job, "interrupted", message, hint)
-    actions.extend(d.sessions.peer_lost(None, message))
-    d.dispatch(actions)
-
-
 class Restarter:
     """One scheduled restart of the daemon it belongs to."""
 
@@ -166,7 +147,7 @@ class Restarter:
         """True once the job ended and its exit left this node (or was read by the local CLI)."""
         if job is None:
             return True
-        return job not in self.d.targets.jobs and job not in self.d.sessions.by_job
+        return self.d.targets.reported(job) and self.d.sessions.reported(job)
 
     def _spawn(self, cmd, directory):
         """Run the restart command in its own session (or systemd unit): it outlives this daemon."""
@@ -184,7 +165,7 @@ class Restarter:
 
     def _interrupt_all(self):
         """Report every job that is still running, here or for a local CLI, as interrupted."""
-        interrupt_all(self.d, "restarted")
+        self.d.interrupt_all("restarted")
 
     def _reexec(self):
         """Close everything (letting queued reports out), then exec the daemon's command line."""
@@ -192,15 +173,8 @@ class Restarter:
         argv = reexec_argv()
         self._interrupt_all()  # jobs that started while we drained (e.g. probes of this restart)
         log.info("re-executing the daemon: %s", " ".join(argv))
-        link, d.link = d.link, None
-        if link is not None:
-            monitor = getattr(link, "monitor", None)
-            if monitor is not None:
-                link.sock.disable_monitor()
-                monitor.close(0)
-            link.sock.close(linger=LINGER_MS)
-        d.ipc.close(linger=LINGER_MS)
-        d.close()  # kills our children, closes the database, waits for the sockets' linger
+        # kills our children, lets the sockets' queued reports out, closes the database
+        d.close(linger_ms=LINGER_MS)
         for handler in logging.getLogger().handlers:
             handler.flush()
         reignore_signals()

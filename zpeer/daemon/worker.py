@@ -13,12 +13,12 @@ import os
 import random
 import socket
 import time
-import uuid
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, trace
+from zpeer.daemon.links import Link
 from zpeer.errors import (
     KeyMismatch,
     NotAuthorized,
@@ -26,7 +26,7 @@ from zpeer.errors import (
     RequestTimeout,
     from_reply,
 )
-from zpeer.wire import multipart, protocol
+from zpeer.wire import messages, multipart, protocol
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +34,22 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 5000
 BACKOFF_MAX_S = 5.0  # our own back-off after connections that die before the handshake
 HWM = 20000
+AUDIT_TYPES = ("exec", "exit", "error")  # what the leader's audit records of a job
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
 
 
-class WorkerLink:
+class WorkerLink(Link):
     """The worker's connection to its leader and its registration state."""
 
+    role = "worker"
+    holds_fleet_data = False
+
     def __init__(self, ctx, cfg, public, secret, version, token=None):
-        self.id, self.version = cfg["id"], version
+        super().__init__(cfg["id"])
+        self.version = version
+        self.cfg = cfg
         self.heartbeat_s = float(cfg["heartbeat_s"])
         self.leader_address = cfg["leader"]
         self.token = token or cfg.get("token")
@@ -72,7 +78,7 @@ class WorkerLink:
         self.retries = 0  # connection attempts that failed (refused, unreachable), ever
         self.reconnect_at = None  # set while the endpoint is down for our back-off
         self.redial_at = 0.0  # a silent link is redialled at most once per silence limit
-        self.status = "connecting"  # registered | pending | rejected | key_mismatch | removed
+        self.state = "connecting"  # registered | pending | rejected | key_mismatch | removed
         self.reason = ""
         self.handshake_ok = False
         self.last_rx = None
@@ -91,7 +97,7 @@ class WorkerLink:
     def connected(self, now=None):
         """Registered and heard from the leader within 3 heartbeat intervals."""
         now = now or time.monotonic()
-        return (self.status == "registered" and self.last_rx is not None
+        return (self.state == "registered" and self.last_rx is not None
                 and now - self.last_rx <= 3 * self.heartbeat_s)
 
     def usable(self, now=None):
@@ -105,7 +111,7 @@ class WorkerLink:
         """getPeerStatus's link_reason: the leader's word on this peer, or, for a registered
         link that is not usable now, how long the leader has been silent."""
         now = now or time.monotonic()
-        if self.status != "registered" or self.usable(now):
+        if self.state != "registered" or self.usable(now):
             return self.reason
         if self.last_rx is None:
             return "no answer from the leader yet"
@@ -113,19 +119,19 @@ class WorkerLink:
 
     def link_error(self):
         """The error a request gets while the link is not usable."""
-        if self.status == "key_mismatch":
+        if self.state == "key_mismatch":
             return KeyMismatch(f"Leader key mismatch: the leader at {self.leader_address} does not "
                                "have the key this worker pinned")
-        if self.status == "pending":
+        if self.state == "pending":
             return NotAuthorized(f"Not accepted by the leader yet: {self.id} is pending",
                                  hint=f"run `d acceptPeer {self.id}` on the leader, or register "
                                       "with a token from `d joinToken`")
-        if self.status == "removed":  # removal revoked our key: no token can bring it back
+        if self.state == "removed":  # removal revoked our key: no token can bring it back
             return NotAuthorized(f"Refused by the leader: {self.reason}",
                                  hint="removal revokes this node's key: to enrol again, delete curve.key "
                                       "and curve.pub in ZPEER_HOME, restart the daemon and "
                                       "`d registerWorker --token` with a new token")
-        if self.status == "rejected":
+        if self.state == "rejected":
             return NotAuthorized(f"Refused by the leader: {self.reason}")
         return NotConnected(hint=f"leader {self.leader_address}: "
                                  "check `d getPeerStatus`, `wg show`, `ping` the leader")
@@ -145,21 +151,25 @@ class WorkerLink:
 
     def hello(self):
         """Introduce ourselves (on every connect and when the leader asks)."""
-        header = {"t": "hello", "rid": uuid.uuid4().hex[:16], "id": self.id,
-                  "hostname": socket.gethostname(), "version": self.version, "role": "worker",
-                  "pid": os.getpid()}
-        if self.token:
-            header["token"] = self.token
-        self.send(header, force=True)
+        self.send(messages.hello(self.id, socket.gethostname(), self.version, os.getpid(),
+                                 self.token), force=True)
+
+    def ask_again(self):
+        """A pending or refused worker asks the leader once more (registerWorker, perhaps with a
+        new token)."""
+        if self.state in ("rejected", "pending"):
+            self.state = "connecting"
+            self.hello()
 
     def rpc(self, op, args, callback, timeout_s=5.0):
         """Ask the leader; callback(result, error) exactly once."""
         if not self.connected():
             callback(None, self.link_error())
             return
-        rid = uuid.uuid4().hex[:16]
+        header = messages.rpc(op, args)
+        rid = header["rid"]
         self.rpcs[rid] = (time.monotonic() + timeout_s, callback)
-        if not self.send({"t": "rpc", "rid": rid, "op": op, "args": args}):
+        if not self.send(header):
             self.rpcs.pop(rid)
             callback(None, self.link_error())
 
@@ -177,21 +187,21 @@ class WorkerLink:
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_ok = True
                 self.failures = 0
-                if self.status == "key_mismatch":
-                    self.status = "connecting"
+                if self.state == "key_mismatch":
+                    self.state = "connecting"
                 self.hello()
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 # the leader answered but could not complete CURVE with our pinned key
                 self.handshake_ok = False
-                if self.status != "key_mismatch":
+                if self.state != "key_mismatch":
                     log.error("leader %s: CURVE handshake failed: Leader key mismatch", self.leader_address)
-                self.status = "key_mismatch"
+                self.state = "key_mismatch"
                 self.reason = self.link_error().message  # getPeerStatus shows it as link_reason
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.handshake_ok = False
                 log.debug("leader %s refused our key at the handshake", self.leader_address)
-                if self.status != "removed":  # keep the leader's own words when its bye came first
-                    self.status, self.reason = "removed", "this peer's key was revoked on the leader"
+                if self.state != "removed":  # keep the leader's own words when its bye came first
+                    self.state, self.reason = "removed", "this peer's key was revoked on the leader"
             elif event == zmq.EVENT_DISCONNECTED:
                 if not self.handshake_ok:
                     self._back_off()
@@ -229,7 +239,7 @@ class WorkerLink:
         elif mtype == "rehello":
             self.hello()
         elif mtype == "bye":
-            self.status, self.reason = "removed", header["reason"]
+            self.state, self.reason = "removed", header["reason"]
             log.error("leader says bye: %s", header["reason"])
         elif mtype == "rpc_reply":
             pending = self.rpcs.pop(header["rid"], None)
@@ -247,19 +257,19 @@ class WorkerLink:
     def _welcome(self, header):
         """The leader's answer to hello."""
         status = header["status"]
-        previous = self.status
+        previous = self.state
         self.reason = str(header.get("reason", ""))
         self._adopt_interval(header)
         self.gen = header.get("gen")
         if status == "accepted":
-            self.status = "registered"
+            self.state = "registered"
             self.token = None  # one-time: the key is bound now
         elif status == "pending":
-            self.status = "pending"
+            self.state = "pending"
         else:
-            self.status = "rejected"
-        if self.status != previous:
-            log.info("leader %s: %s (%s)", header.get("leader"), self.status, self.reason)
+            self.state = "rejected"
+        if self.state != previous:
+            log.info("leader %s: %s (%s)", header.get("leader"), self.state, self.reason)
 
     def _adopt_interval(self, header):
         """Beat as often as the leader asks (it stretches the interval for big fleets)."""
@@ -283,16 +293,17 @@ class WorkerLink:
             self.sock.connect(self.endpoint)
 
     def tick(self, now):
-        """Heartbeats, re-hello while pending, expired RPCs; returns 'lost'/'up' transitions."""
+        """Heartbeats, re-hello while pending, expired RPCs; returns [None] when the leader was
+        just lost."""
         if self.reconnect_at is not None and now >= self.reconnect_at:
             self.reconnect_at = None
             self.sock.connect(self.endpoint)
         self._redial_if_silent(now)
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_s
-            if self.handshake_ok and self.status == "registered":
-                self.send({"t": "hb", "rid": uuid.uuid4().hex[:16]}, force=True)
-            elif self.handshake_ok and self.status in ("pending", "connecting"):
+            if self.handshake_ok and self.state == "registered":
+                self.send(messages.heartbeat(), force=True)
+            elif self.handshake_ok and self.state in ("pending", "connecting"):
                 self.hello()
         for rid, (deadline, callback) in list(self.rpcs.items()):
             if now >= deadline or not self.connected(now):
@@ -300,14 +311,72 @@ class WorkerLink:
                 callback(None, RequestTimeout("The leader did not answer in time")
                          if self.connected(now) else self.link_error())
         up = self.connected(now)
-        change = None
-        if up != self.was_connected:
-            change = "up" if up else "lost"
-            if not up:
-                log.warning("lost the leader at %s", self.leader_address)
+        lost = self.was_connected and not up
+        if lost:
+            log.warning("lost the leader at %s", self.leader_address)
         self.was_connected = up
-        return change
+        return [None] if lost else []
 
     def next_deadline(self):
         """When tick() next has work."""
         return min(self.next_beat, self.reconnect_at or self.next_beat)
+
+    # --- what a worker's role does (zpeer.daemon.links) ----------------------------------
+    def adopt(self, cfg, changed):
+        """A new token is used at once (a new hello); anything else needs a new link."""
+        changed = changed - {"heartbeat_budget"}  # only a leader hands out intervals
+        if changed:
+            return False
+        if cfg.get("token") and cfg.get("token") != self.cfg.get("token"):
+            self.token = cfg["token"]
+            self.hello()
+        self.cfg = cfg
+        return True
+
+    def send_toward(self, header, data=None):
+        """Everything goes through the leader."""
+        return self.send(header, data)
+
+    def witness(self, header):
+        """The leader keeps the audit: an exec this worker runs on itself never crosses it, so
+        the worker tells it (exec, exit, error of such a job)."""
+        if header["to"] == self.id and header["t"] in AUDIT_TYPES:
+            self.send(messages.rpc("audit", {"header": dict(header)}))
+
+    def refusal(self, to):
+        """The link's state is why nothing leaves."""
+        return self.link_error()
+
+    def ask(self, op, args, done):
+        """Fleet queries go to the leader."""
+        self.rpc(op, args, done)
+
+    def known_ids(self, done):
+        """The leader's peer list."""
+        def ids(result, error):
+            done(None if error else [r["id"] for r in result["peers"]], error)
+        self.rpc("peers", {}, ids)
+
+    def refresh_cache(self, cache):
+        """Ask the leader for its peer list when the generation it announces moved."""
+        if not self.connected() or not cache.moved(self.gen):
+            return
+
+        def done(result, error):
+            if error is None:
+                cache.write([r["id"] for r in result["peers"]])
+            else:
+                cache.forget()
+        self.rpc("peers", {}, done)
+
+    def status(self):
+        """getPeerStatus's worker fields."""
+        cfg = self.cfg
+        return {"leader": cfg.get("leader"), "leader_key": cfg.get("leader_key"),
+                "source_ip": cfg.get("source_ip"), "connected": self.usable(),
+                "link": self.state, "link_reason": self.shown_reason(),
+                "heartbeat_s": self.heartbeat_s}
+
+    def as_worker(self):
+        """This link: worker-only commands run here."""
+        return self

@@ -92,25 +92,3 @@ def hash_secret(secret):
 def same_hash(a, b):
     """Constant-time comparison of two secret hashes."""
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-class KeyPolicy:
-    """ZAP callback: any CURVE key may connect (to enrol) unless it was revoked."""
-
-    def __init__(self):
-        self.revoked = set()
-
-    def callback(self, domain, key):
-        """Called by the ZAP thread for each new connection."""
-        return (key.decode() if isinstance(key, bytes) else key) not in self.revoked
-
-
-def start_authenticator(ctx):
-    """pyzmq's ZAP handler thread (zmq.auth): CURVE keys are checked by KeyPolicy."""
-    import logging
-
-    from zmq.auth.thread import ThreadAuthenticator  # here: the CLI imports this module
-
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("zpeer.zap"))
-    auth.start()
-    return auth

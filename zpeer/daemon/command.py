@@ -1,0 +1,129 @@
+"""One running command on the target: its process group, the daemon's ends of its pipes, its
+stdin buffer, and how it is stopped (SIGTERM to the group, SIGKILL after a grace).
+
+zpeer.daemon.target holds one per open channel and drives it from the daemon loop.
+"""
+import array
+import fcntl
+import os
+import signal
+import termios
+import time
+
+PIPE_SIZE_BYTES = 1 << 20
+KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
+RC_TIMEOUT = 124
+RC_CANCELLED = 130
+
+
+def exit_status(returncode):
+    """Shell convention: the exit code, or 128+N for death by signal N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def pending_bytes(fd):
+    """Bytes waiting in a pipe (FIONREAD)."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    except OSError:
+        return 0
+    return buf[0]
+
+
+class Command:
+    """A spawned command: its process group, pipes and stdin buffer, and its end."""
+
+    def __init__(self, proc):
+        self.proc = proc  # zpeer.daemon.process.Child
+        self.pipes = {}  # stream number (1, 2) -> the daemon's end of its pipe
+        for num, fd in ((1, proc.stdout_fd), (2, proc.stderr_fd)):
+            os.set_blocking(fd, False)
+            try:
+                fcntl.fcntl(fd, 1031, PIPE_SIZE_BYTES)  # F_SETPIPE_SZ: fewer wakeups
+            except OSError:
+                pass
+            self.pipes[num] = fd
+        self.stdin_fd = proc.stdin_fd
+        if self.stdin_fd is not None:
+            os.set_blocking(self.stdin_fd, False)
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
+        self.exited_at = None
+        self.lingered = False  # TargetJobs waited for its exit in place once (its _linger)
+        self.last_data_at = None
+        self.how = "exit"  # or timeout / cancelled
+        self.kill_at = None
+
+    @property
+    def pid(self):
+        """The shell's pid, which is also its process group's id."""
+        return self.proc.pid
+
+    def kill_group(self, sig):
+        """Signal the whole process group (children and grandchildren)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, how):
+        """Terminate the group for a timeout or a cancel; SIGKILL follows after a grace."""
+        if self.how == "exit":
+            self.how = how
+        self.kill_group(signal.SIGTERM)
+        self.kill_group(signal.SIGCONT)  # a stopped group must wake to die
+        self.kill_at = time.monotonic() + KILL_GRACE_S
+
+    def close_pipe(self, num):
+        """Stop reading one output pipe."""
+        fd = self.pipes.pop(num, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_stdin(self):
+        """Close the child's stdin (EOF for it)."""
+        if self.stdin_fd is not None:
+            os.close(self.stdin_fd)
+            self.stdin_fd = None
+
+    def write_stdin(self):
+        """Push buffered stdin into the child without blocking; bytes it took (None: pipe full)."""
+        try:
+            n = os.write(self.stdin_fd, self.stdin_buf)
+            del self.stdin_buf[:n]
+        except BlockingIOError:
+            return None
+        except OSError:  # the child closed its stdin: drop the rest, like a pipe would
+            n = len(self.stdin_buf)
+            self.stdin_buf.clear()
+            self.close_stdin()
+        if not self.stdin_buf and self.stdin_eof:
+            self.close_stdin()
+        return n
+
+    def reap(self):
+        """Collect the shell's exit status once it is gone."""
+        if self.exited_at is None and self.proc.poll() is not None:
+            self.exited_at = time.monotonic()
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
+
+    def rc(self):
+        """The status to report for this command."""
+        if self.how == "timeout":
+            return RC_TIMEOUT
+        if self.how == "cancelled":
+            return RC_CANCELLED
+        return exit_status(self.proc.returncode)
+
+    def release(self):
+        """Close every fd this command holds."""
+        for num in list(self.pipes):
+            self.close_pipe(num)
+        self.close_stdin()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None

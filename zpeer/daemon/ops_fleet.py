@@ -1,0 +1,65 @@
+"""CLI requests about the fleet: listPeers, getPeerIdByIp, history (answered by the leader,
+from any node), and the leader's own joinToken, acceptPeer and removePeer."""
+import time
+
+from zpeer.daemon.fields import arg
+from zpeer.errors import BadRequest
+from zpeer.wire import keys
+
+MAX_TOKEN_TTL_S = 30 * 86400
+
+
+class FleetOps:
+    """Fleet queries and key management."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def _later(self, identity, header, then=None):
+        """A callback(result, error) that answers a held CLI request (after then(result))."""
+        def done(result, error):
+            if error is None and then is not None:
+                then(result)
+            self.node.reply(identity, header["rid"], error.to_reply() if error else result)
+        return done
+
+    def op_peers(self, identity, header):
+        """listPeers (the ids also refresh peers.cache)."""
+        pending = bool(header.get("pending"))
+        then = None if pending else self._cache_ids
+        self.node.link.ask("peers", {"pending": pending}, self._later(identity, header, then))
+
+    def _cache_ids(self, result):
+        """peers.cache from a peer list fetched anyway."""
+        self.node.peers_cache.write([r["id"] for r in result["peers"]])
+
+    def op_peer_by_ip(self, identity, header):
+        """getPeerIdByIp."""
+        args = {"ip": arg(header, "ip", str, required=True)}
+        self.node.link.ask("peer_by_ip", args, self._later(identity, header))
+
+    def op_history(self, identity, header):
+        """history."""
+        args = {"peer": arg(header, "peer", str), "limit": arg(header, "limit", int, 20)}
+        self.node.link.ask("history", args, self._later(identity, header))
+
+    def op_join_token(self, identity, header):
+        """joinToken."""
+        leader = self.node.link.as_leader()
+        ttl = arg(header, "ttl", (int, float), 3600)
+        if not 0 < ttl <= MAX_TOKEN_TTL_S:
+            raise BadRequest(f"--ttl must be between 1 and {MAX_TOKEN_TTL_S} seconds")
+        token, secret_hash = keys.make_token(leader.address, leader.public)
+        self.node.registry.add_token(secret_hash, ttl)
+        return {"token": token, "expires": time.time() + ttl, "address": leader.address}
+
+    def op_accept(self, identity, header):
+        """acceptPeer."""
+        return self.node.link.as_leader().accept(arg(header, "id", str, required=True),
+                                                 arg(header, "key", str))
+
+    def op_remove(self, identity, header):
+        """removePeer: its running execs fail for their CLIs at once."""
+        result = self.node.link.as_leader().remove(arg(header, "id", str, required=True))
+        self.node.dispatch(self.node.sessions.peer_lost(result["id"], "Peer {peer} was removed"))
+        return result

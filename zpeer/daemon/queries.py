@@ -1,0 +1,45 @@
+"""What the leader answers about the fleet, to its own CLI and to workers' RPCs: the peer list,
+the peer at an IP, and the audit log."""
+from zpeer.errors import BadRequest, PeerNotFound
+
+HISTORY_ROWS_MAX = 10000
+QUERIES = ("peers", "peer_by_ip", "history")
+
+
+class FleetQueries:
+    """Registry and audit reads of a leader, by query name."""
+
+    def __init__(self, leader, registry, audit):
+        self.leader, self.registry, self.audit = leader, registry, audit
+
+    def answer(self, op, args):
+        """The result map of one query (BadRequest for an unknown one)."""
+        if op not in QUERIES:
+            raise BadRequest(f"unknown rpc {op!r}")
+        return getattr(self, op)(args)
+
+    def peers(self, args):
+        """Peer records (accepted, or pending ones)."""
+        pending = bool(args.get("pending"))
+        return {"peers": self.leader.records(pending=pending),
+                "leader_version": self.leader.version,
+                "waiting": self.leader.enrolment.waiting_count()}  # (for a footnote)
+
+    def peer_by_ip(self, args):
+        """Ids of the peers seen at an IP."""
+        rows = self.registry.by_ip(str(args.get("ip")))
+        if not rows:
+            raise PeerNotFound(str(args.get("ip")),
+                               hint="no registered peer connects from that IP; `d listPeers` "
+                                    "shows each peer's IP")
+        return {"ids": [r.id for r in rows]}
+
+    def history(self, args):
+        """Audit rows, newest first."""
+        limit = args.get("limit") if isinstance(args.get("limit"), int) else 20
+        peer = args.get("peer") if isinstance(args.get("peer"), str) else None
+        rows = self.audit.history(peer, max(1, min(limit, HISTORY_ROWS_MAX)))
+        return {"rows": [{"job": r.job, "time": r.started_at, "origin": r.origin,
+                          "user": r.origin_user, "target": r.target, "directory": r.directory,
+                          "command": r.command, "rc": r.rc, "outcome": r.outcome,
+                          "duration_s": r.duration_s, "bytes_out": r.bytes_out} for r in rows]}
