@@ -2,12 +2,12 @@
 machine: `python bench/ab.py OTHER_TREE [--rounds N] [--what exec|stream|fanout|idle] [--cmd CMD]`.
 
 On a shared 2-core machine a row moves by ±20 % between runs, more than most changes move it;
-two clusters measured in alternating batches in one run do not drift apart. A is OTHER_TREE (for
-example `git worktree add --detach /tmp/base main`), B is this checkout. Each tree gets its own leader and
-worker daemons (`python -m zpeer` with that tree first on PYTHONPATH) and its own client;
-`fanout` adds swarm workers up to --peers and times `d execOnPeer --peer all` with the leader's
-CPU (each tree's swarm processes run that tree's worker code); `idle` adds them too and measures
-both leaders' CPU over the same windows.
+two clusters measured in alternating batches in one run do not drift apart. A is OTHER_TREE
+(for example `git worktree add --detach /tmp/base main`), B is this checkout. Each tree gets its
+own leader and worker daemons (`python -m zpeer` with that tree first on PYTHONPATH) and its own
+client; `fanout` adds swarm workers up to --peers and times `d execOnPeer --peer all` with the
+leader's CPU (each tree's swarm processes run that tree's own bench/swarm.py and worker code);
+`idle` adds them too and measures both leaders' CPU over the same windows.
 """
 import argparse
 import os
@@ -29,9 +29,12 @@ IDLE_WINDOW_S = 5.0  # idle: one round
 
 
 def _which(tree):
-    """The zpeer a `python -m zpeer` with this tree on PYTHONPATH imports (must be the tree's own)."""
-    out = subprocess.run([sys.executable, "-c", "import zpeer, os; print(os.path.dirname(os.path.dirname(zpeer.__file__)))"],
-                         env=dict(os.environ, PYTHONPATH=tree), cwd="/", capture_output=True, text=True, check=True)
+    """The zpeer that `python -m zpeer` imports with this tree on PYTHONPATH (the tree's own)."""
+    out = subprocess.run([sys.executable, "-c",
+                          "import zpeer, os; "
+                          "print(os.path.dirname(os.path.dirname(zpeer.__file__)))"],
+                         env=dict(os.environ, PYTHONPATH=tree), cwd="/", capture_output=True,
+                         text=True, check=True)
     return os.path.realpath(out.stdout.strip())
 
 
@@ -61,11 +64,13 @@ def main(argv=None):
     p.add_argument("other", help="the A tree (a zpeer checkout)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--what", choices=("exec", "stream", "fanout", "idle"), default="exec",
-                   help=f"exec: --cmd, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB (MB/s); "
-                        "fanout: `--peer all` running `true` (s, leader CPU s); idle: the leader's CPU %% "
-                        f"with --peers connected, {IDLE_WINDOW_S:g} s per round")
-    p.add_argument("--peers", type=int, default=1000, help="fanout, idle: peers per tree, leader included")
-    p.add_argument("--cmd", default="true", help="exec: the command (default true; `hostname` adds output)")
+                   help=f"exec: --cmd, {BATCH} per round (ms, CPU ms per exec); stream: 256 MB "
+                        "(MB/s); fanout: `--peer all` running `true` (s, leader CPU s); idle: the "
+                        f"leader's CPU %% with --peers connected, {IDLE_WINDOW_S:g} s per round")
+    p.add_argument("--peers", type=int, default=1000,
+                   help="fanout, idle: peers per tree, leader included")
+    p.add_argument("--cmd", default="true",
+                   help="exec: the command (default true; `hostname` adds output)")
     args = p.parse_args(argv)
     os.chdir("/")  # `python -m` puts the cwd first on sys.path: it must hold no zpeer
     cluster.d_command = lambda: [sys.executable, "-m", "zpeer"]
@@ -81,7 +86,8 @@ def main(argv=None):
                 before = {name: cpu_seconds(n[1].pid) for name, n in nodes.items()}
                 time.sleep(IDLE_WINDOW_S)  # not a wait for state: the window being measured
                 for name, n in nodes.items():
-                    results[name].append((cpu_seconds(n[1].pid) - before[name]) / IDLE_WINDOW_S * 100)
+                    used_s = cpu_seconds(n[1].pid) - before[name]
+                    results[name].append(used_s / IDLE_WINDOW_S * 100)
                 continue
             for name, (_c, lead, worker, client) in nodes.items():
                 if args.what == "fanout":
@@ -92,7 +98,8 @@ def main(argv=None):
                     cpu[name][2] += 1
                     continue
                 if args.what == "stream":
-                    results[name].append(256 / timed_api_exec(client, "w1", f"head -c {256 * MB} /dev/zero"))
+                    results[name].append(256 / timed_api_exec(client, "w1",
+                                                              f"head -c {256 * MB} /dev/zero"))
                     continue
                 for _ in range(5):
                     api_exec(client, "w1", args.cmd)  # warm-up after the other tree's batch
@@ -114,8 +121,8 @@ def main(argv=None):
             line += f", leader CPU s per fan-out {cpu[name][0] / cpu[name][2]:.3f}"
         if args.what == "exec":
             n = cpu[name][2]
-            line += (f", p25 {statistics.quantiles(values, n=4)[0]:.3f} ms, CPU ms per exec: leader "
-                     f"{cpu[name][0] / n * 1000:.3f}, worker {cpu[name][1] / n * 1000:.3f}")
+            line += (f", p25 {statistics.quantiles(values, n=4)[0]:.3f} ms, CPU ms per exec: "
+                     f"leader {cpu[name][0] / n * 1000:.3f}, worker {cpu[name][1] / n * 1000:.3f}")
         print(line)
     return 0
 

@@ -23,9 +23,11 @@ def spawn_rows(runs):
     py = sys.executable
     return [
         ("sh_c_true", repeat(lambda: run_timed(["sh", "-c", "true"])[0], runs * 3, warmup=3)),
-        ("bash_c_true", repeat(lambda: run_timed(["/bin/bash", "-c", "true"])[0], runs * 3, warmup=3)),
+        ("bash_c_true",
+         repeat(lambda: run_timed(["/bin/bash", "-c", "true"])[0], runs * 3, warmup=3)),
         ("python_c_pass", repeat(lambda: run_timed([py, "-c", "pass"])[0], runs, warmup=2)),
-        ("import_floor", repeat(lambda: run_timed([py, "-c", "import zmq, msgpack, click"])[0], runs, warmup=2)),
+        ("import_floor",
+         repeat(lambda: run_timed([py, "-c", "import zmq, msgpack, click"])[0], runs, warmup=2)),
     ]
 
 
@@ -46,8 +48,9 @@ def spawn_many(count):
     """Seconds for one Python process to start `count` `/bin/bash -c true` and reap them all
     (the floor of a fan-out whose peers all live on this machine)."""
     start = time.perf_counter()
-    procs = [subprocess.Popen(["/bin/bash", "-c", "true"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, start_new_session=True) for _ in range(count)]
+    procs = [subprocess.Popen(["/bin/bash", "-c", "true"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True) for _ in range(count)]
     for proc in procs:
         proc.wait()
         proc.stdout.close()
@@ -85,7 +88,10 @@ def curve_mb_s(total_bytes, chunk_bytes=256 * 1024):
         dealer.send(b"hello")
         router.recv_multipart()
         chunk, count = os.urandom(chunk_bytes), max(1, total_bytes // chunk_bytes)
-        sender = threading.Thread(target=lambda: [dealer.send(chunk, copy=False) for _ in range(count)])
+        def send_all():
+            for _ in range(count):
+                dealer.send(chunk, copy=False)
+        sender = threading.Thread(target=send_all)
         start = time.perf_counter()
         sender.start()
         for _ in range(count):
@@ -120,7 +126,8 @@ class CurveEcho:
         import zmq
 
         self.server_public, server_secret = zmq.curve_keypair()
-        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, self.server_public, server_secret],
+        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, self.server_public,
+                                      server_secret],
                                      stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.ctx = zmq.Context()
         self.dealer = _curve_dealer(self.ctx, self.server_public)
@@ -162,7 +169,8 @@ def heartbeat_floor_percent(peers, beat_s, windows):
     echo, dealers, out = CurveEcho(), [], []
     try:
         echo.ctx.max_sockets = peers + 64
-        beat = [b"ZP\x01", b"\x82\xa1t\xa2hb\xa3rid\xb0" + b"0" * 16]  # a worker's hb: signature, header
+        # a worker's hb: signature, header
+        beat = [b"ZP\x01", b"\x82\xa1t\xa2hb\xa3rid\xb0" + b"0" * 16]
         for _ in range(peers):
             dealers.append(_curve_dealer(echo.ctx, echo.server_public))
             dealers[-1].connect(echo.endpoint)
@@ -195,7 +203,8 @@ def heartbeat_floor_percent(peers, beat_s, windows):
 _BARE_CHAIN = """
 import os, sys, zmq
 ctx = zmq.Context()
-if sys.argv[1] == "exec":  # the worker's part: CURVE ROUTER, posix_spawn, waitpid, reply the exit code
+# the worker's part: CURVE ROUTER, posix_spawn, waitpid, reply the exit code
+if sys.argv[1] == "exec":
     sock = ctx.socket(zmq.ROUTER)
     sock.curve_server = True
     sock.curve_publickey, sock.curve_secretkey = sys.argv[2].encode(), sys.argv[3].encode()
@@ -323,9 +332,11 @@ class LocalSsh:
                     "PermitRootLogin prohibit-password\nStrictModes no\nUseDNS no\n")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "sshd.log"), "wb"))
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.dir, "sshd.log"), "wb"))
         try:
-            wait_for(lambda: self.proc.poll() is not None or self._fresh_ok(), timeout=10, what="sshd")
+            wait_for(lambda: self.proc.poll() is not None or self._fresh_ok(), timeout=10,
+                     what="sshd")
         except RuntimeError:
             pass
         if self.proc.poll() is not None or not self._fresh_ok():
@@ -363,7 +374,8 @@ class LocalSsh:
 
     def multiplexed(self):
         """Seconds of `ssh host true` through the ControlMaster."""
-        return run_timed(self.base() + self.cm_opts + ["-o", "ControlMaster=no", self.target(), "true"])[0]
+        return run_timed(self.base() + self.cm_opts
+                         + ["-o", "ControlMaster=no", self.target(), "true"])[0]
 
     def close(self):
         """Stop the master and sshd by their handles; remove the temp dir."""

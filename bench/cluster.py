@@ -80,8 +80,8 @@ class Node:
     def d(self, *args, check=True, **kw):
         """Run `d ARGS` for this node; CompletedProcess with bytes output."""
         kw.setdefault("stdin", subprocess.DEVNULL)
-        proc = subprocess.run(d_command() + [str(a) for a in args], env=self.env, capture_output=True,
-                              timeout=kw.pop("timeout", 60), **kw)
+        proc = subprocess.run(d_command() + [str(a) for a in args], env=self.env,
+                              capture_output=True, timeout=kw.pop("timeout", 60), **kw)
         if check and proc.returncode != 0:
             raise RuntimeError(f"d {' '.join(map(str, args))} -> {proc.returncode}: "
                                f"{proc.stderr.decode(errors='replace')[-800:]}")
@@ -112,8 +112,9 @@ class Node:
     def start(self, log_level="WARNING"):
         """Start `d daemon` and wait until it answers."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(d_command() + ["daemon", "--log-level", log_level], env=self.env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(d_command() + ["daemon", "--log-level", log_level],
+                                         env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log)
         wait_for(self._answers, what=f"daemon {self.name} to serve")
         return self
 
@@ -176,7 +177,8 @@ class Cluster:
         node.d("setPeerConfig", "--heartbeat", self.heartbeat_s)
         self.nodes[name] = node
         node.start()
-        out = node.d("registerWorker", "--id", name, "--token", self.token(), "--source-ip", source_ip)
+        out = node.d("registerWorker", "--id", name, "--token", self.token(), "--source-ip",
+                     source_ip)
         if b"Registered" not in out.stdout:
             raise RuntimeError(f"worker {name} not registered: {out.stdout!r}")
         self.expected_online += 1
@@ -186,9 +188,11 @@ class Cluster:
         """A swarm process of `count` workers, one join token each; returns it once registered."""
         tokens = [self.token() for _ in range(count)]
         log = open(os.path.join(self.base, f"swarm-{prefix}.log"), "ab")
-        proc = subprocess.Popen([sys.executable, SWARM_SCRIPT, "--first-ip", first_ip, "--prefix", prefix, "--heartbeat", str(self.heartbeat_s),
-                                 "--ready-timeout", str(timeout)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=dict(os.environ, **self.env))
+        proc = subprocess.Popen([sys.executable, SWARM_SCRIPT, "--first-ip", first_ip, "--prefix",
+                                 prefix, "--heartbeat", str(self.heartbeat_s), "--ready-timeout",
+                                 str(timeout)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                env=dict(os.environ, **self.env))
         log.close()
         self.swarms.append(proc)
         proc.stdin.write(("\n".join(tokens) + "\n\n").encode())

@@ -61,20 +61,23 @@ def run_timed(argv, env=None, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNUL
     proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stderr.close()
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)[:200]} -> {proc.returncode}: {err.decode(errors='replace')[-800:]}")
+        raise RuntimeError(f"{' '.join(argv)[:200]} -> {proc.returncode}: "
+                           f"{err.decode(errors='replace')[-800:]}")
     return elapsed, usage.ru_maxrss
 
 
 def cli(node, args, tty, stdout=subprocess.DEVNULL):
     """Seconds of one `d ARGS` run for node (a new CLI process), and its peak RSS."""
-    return run_timed(d_command() + [str(a) for a in args], env=node.env, stdin=tty.slave, stdout=stdout)
+    return run_timed(d_command() + [str(a) for a in args], env=node.env, stdin=tty.slave,
+                     stdout=stdout)
 
 
 def api_exec(client, peer, cmd="true"):
-    """One exec through a persistent IPC client, as zpeer.cli.exec_client.ExecClient drives it (output as
-    raw frames, dropped); returns rc."""
-    reply = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None, batch=0,
-                        stdin=False, pid=os.getpid(), ouser="bench", wait_s=0.5, raw=True, timeout_s=10.5)
+    """One exec through a persistent IPC client, as zpeer.cli.exec_client.ExecClient drives it
+    (output as raw frames, dropped); returns rc."""
+    reply = client.call("exec_open", targets=[peer], cmd=cmd, dir=None, user=None, timeout=None,
+                        batch=0, stdin=False, pid=os.getpid(), ouser="bench", wait_s=0.5, raw=True,
+                        timeout_s=10.5)
     sid, rc = reply["sid"], None
     while True:
         for event in reply["events"]:

@@ -29,9 +29,10 @@ class ProfiledNode(cluster.Node):
         """Start `python -m cProfile -o HOME.prof -m zpeer daemon`."""
         self.prof = self.home + ".prof"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", self.prof, "-m", "zpeer",
-                                          "daemon", "--log-level", log_level], env=self.env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", self.prof, "-m",
+                                          "zpeer", "daemon", "--log-level", log_level],
+                                         env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log)
         cluster.wait_for(self._answers, what=f"daemon {self.name} to serve")
         return self
 
@@ -77,7 +78,8 @@ def main(argv=None):
             runs = args.runs if args.path == "cli" else 1
             for i in range(runs):
                 prof = ["-m", "cProfile", "-o", cli_prof] if i == runs - 1 else []
-                subprocess.run([sys.executable, *prof, "-m", "zpeer", "execOnPeer", "--peer", "w1", "--shellCmd", cmd],
+                subprocess.run([sys.executable, *prof, "-m", "zpeer", "execOnPeer", "--peer", "w1",
+                                "--shellCmd", cmd],
                                env=lead.env, stdin=tty.slave, stdout=subprocess.DEVNULL, check=True)
         print(f"{args.path}: {time.perf_counter() - started:.2f}s under the profiler")
         c.stop()  # SIGTERM: the profiled daemons write their stats as they exit

@@ -33,6 +33,7 @@ from bench.measure import (  # noqa: E402
 )
 from bench.swarm import TIMER_STEP_S as SWARM_TIMER_STEP_S  # noqa: E402
 
+SPAWN_TRUE = ["/bin/bash", "-c", "true"]  # the spawn floor: what every remote `true` costs
 PROFILES = {  # runs of the quick rows, stream size, idle window, swarm sizes
     "full": {"runs": 10, "api_runs": 200, "fan_runs": 5, "big_runs": 3, "stream_mb": 1024,
              "stream_runs": 3, "idle_s": 30.0, "swarm": 1000, "ssh": True},
@@ -68,7 +69,8 @@ class Bench:
     def add(self, row):
         """Record a row and show progress."""
         self.rows.append(row)
-        self.log(f"  [{time.monotonic() - self.started:5.1f}s] {row.name}: {fmt(row.value)} {row.unit}")
+        self.log(f"  [{time.monotonic() - self.started:5.1f}s] {row.name}: {fmt(row.value)} "
+                 f"{row.unit}")
 
     # --- baselines -------------------------------------------------------------------------
     def baselines(self):
@@ -94,7 +96,8 @@ class Bench:
         runs = c["runs"]
         help_s = repeat(lambda: cli(lead, ["--help"], self.tty)[0], runs, warmup=2)
         self.add(Row("cli_import_s", median(help_s), "s", runs,
-                     note=f"`d --help`; {median(help_s) / self.base['import_floor']:.2f}x import floor"))
+                     note=f"`d --help`; {median(help_s) / self.base['import_floor']:.2f}x import "
+                          "floor"))
         # interleaved with the import floor, so both see the same machine (a shared box is noisy)
         floors, t = [], []
         for i in range(runs + 2):
@@ -109,9 +112,11 @@ class Bench:
             ok = check(median(t), 0.35 * ssh)
         ratios = (f"{median(t) / floor:.2f}x import floor ({floor:.4f}s, interleaved)"
                   + (f", {median(t) / ssh:.2f}x ssh" if ssh else ""))
-        self.add(Row("cli_exec_true", median(t), "s", runs, "<= 1.3x import floor and <= 0.35x ssh", ok, ratios))
+        self.add(Row("cli_exec_true", median(t), "s", runs, "<= 1.3x import floor and <= 0.35x ssh",
+                     ok, ratios))
         self.api_exec(lead, w1)
-        t = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "all", "--shellCmd", "true"], self.tty)[0],
+        t = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "all", "--shellCmd", "true"],
+                               self.tty)[0],
                    runs, warmup=1)
         self.add(Row("fanout_3", median(t), "s", runs, note="leader + 2 worker daemons"))
         self.stream(lead, w1)
@@ -119,7 +124,8 @@ class Bench:
         self.stream_13mb(lead)
         lead_kib, w_kib = self.idle_rss
         self.add(Row("daemon_rss", mb(w_kib), "MB", 1, "worker <= 40 MB", check(mb(w_kib), 40.0),
-                     f"idle after start + enrolment: worker {mb(w_kib)} MB, leader {mb(lead_kib)} MB",
+                     f"idle after start + enrolment: worker {mb(w_kib)} MB, leader {mb(lead_kib)} "
+                     "MB",
                      {"leader_mb": mb(lead_kib), "worker_mb": mb(w_kib)}))
 
     def api_exec(self, lead, w1):
@@ -132,7 +138,7 @@ class Bench:
         try:
             repeat(lambda: timed_api_exec(client, "w1"), 0, warmup=10)
             for _ in range(rounds):
-                parts["bash"] += repeat(lambda: baselines.posix_spawn_s(["/bin/bash", "-c", "true"]), 10, warmup=0)
+                parts["bash"] += repeat(lambda: baselines.posix_spawn_s(SPAWN_TRUE), 10, warmup=0)
                 parts["ipc"] += repeat(lambda: _timed(lambda: client.call("ping")), 10, warmup=0)
                 parts["curve"] += repeat(echo.rtt, 10, warmup=0)
                 parts["bare"] += repeat(chain.exec_s, 10, warmup=0)
@@ -142,28 +148,32 @@ class Bench:
             client.close()
             echo.close()
             chain.close()
-        bash, rtt, hop, bare, t = (median(parts[k]) for k in ("bash", "ipc", "curve", "bare", "api"))
+        bash, rtt, hop, bare, t = (median(parts[k])
+                                   for k in ("bash", "ipc", "curve", "bare", "api"))
         self.add(Row("ipc_rtt", rtt * 1000, "ms", len(parts["ipc"]),
                      note="baseline: one request to the local daemon and its reply"))
         self.add(Row("curve_rtt", hop * 1000, "ms", len(parts["curve"]),
-                     note="baseline: a 100-byte CurveZMQ round trip to another process on loopback, no zpeer"))
+                     note="baseline: a 100-byte CurveZMQ round trip to another process on "
+                          "loopback, no zpeer"))
         self.add(Row("bare_exec_true", bare * 1000, "ms", len(parts["bare"]),
-                     note="baseline: the same 3 processes and 4 hops with no zpeer (REQ -> IPC -> relay -> CurveZMQ -> "
-                          "posix_spawn `bash -c true`, waitpid -> back)"))
+                     note="baseline: the same 3 processes and 4 hops with no zpeer (REQ -> IPC -> "
+                          "relay -> CurveZMQ -> posix_spawn `bash -c true`, waitpid -> back)"))
         floor = bash + rtt + hop
         self.add(Row("api_exec_true", t * 1000, "ms", len(parts["api"]), "<= 2 ms", check(t, 0.002),
-                     f"bare_exec_true + {(t - bare) * 1000:.2f} ms; sum of parts `bash -c true` (posix_spawn, as a worker) + "
-                     f"ipc_rtt + curve_rtt = {bash * 1000:.2f} + {rtt * 1000:.2f} + {hop * 1000:.2f} = {floor * 1000:.2f} ms "
-                     f"(all interleaved); CPU ms per exec: leader {cpu[0]}, worker {cpu[1]}, client {cpu[2]} (+ bash) "
-                     f"on {os.cpu_count()} cores",
-                     {"cpu_ms": {"leader": cpu[0], "worker": cpu[1], "client": cpu[2]}, "floor_ms": round(floor * 1000, 3),
-                      "bare_ms": round(bare * 1000, 3)}))
+                     f"bare_exec_true + {(t - bare) * 1000:.2f} ms; sum of parts `bash -c true` "
+                     f"(posix_spawn, as a worker) + ipc_rtt + curve_rtt = {bash * 1000:.2f} + "
+                     f"{rtt * 1000:.2f} + {hop * 1000:.2f} = {floor * 1000:.2f} ms (all "
+                     f"interleaved); CPU ms per exec: leader {cpu[0]}, worker {cpu[1]}, client "
+                     f"{cpu[2]} (+ bash) on {os.cpu_count()} cores",
+                     {"cpu_ms": {"leader": cpu[0], "worker": cpu[1], "client": cpu[2]},
+                      "floor_ms": round(floor * 1000, 3), "bare_ms": round(bare * 1000, 3)}))
 
     def stream(self, lead, w1):
         """stream_mb_s: N MB of stdout from w1 through the leader to a CLI on the leader."""
         size = self.cfg["stream_mb"] * MB
         cmd = f"head -c {size} /dev/zero"
-        results = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", cmd], self.tty),
+        results = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", cmd],
+                                     self.tty),
                          self.cfg["stream_runs"], warmup=0)
         secs = median([r[0] for r in results])
         rates = sorted(size / MB / r[0] for r in results)
@@ -174,10 +184,14 @@ class Bench:
             ok = ok and max(peaks.values()) < 100.0
         curve = baselines.curve_mb_s(min(size, 512 * MB))
         self.base["curve_mb_s"] = curve
-        self.add(Row("curve_mb_s", curve, "MB/s", 1, note="baseline: CurveZMQ DEALER -> ROUTER on loopback, "
-                                                           "one process, no zpeer (the link's ceiling)"))
-        self.add(Row("stream_mb_s", median(rates), "MB/s", len(results), ">= 300 MB/s, every process < 100 MB RSS",
-                     ok, f"{median(rates) / curve:.2f}x curve_mb_s; {self.cfg['stream_mb']} MB in {secs:.2f}s; peak RSS MB " +
+        self.add(Row("curve_mb_s", curve, "MB/s", 1,
+                     note="baseline: CurveZMQ DEALER -> ROUTER on loopback, "
+                                                           "one process, no zpeer (the link's "
+                                                           "ceiling)"))
+        self.add(Row("stream_mb_s", median(rates), "MB/s", len(results),
+                     ">= 300 MB/s, every process < 100 MB RSS", ok,
+                     f"{median(rates) / curve:.2f}x curve_mb_s; {self.cfg['stream_mb']} MB in "
+                     f"{secs:.2f}s; peak RSS MB " +
                      ", ".join(f"{k} {v}" for k, v in peaks.items()), {"peak_rss_mb": peaks}))
 
     def stdin_stream(self, lead):
@@ -185,31 +199,39 @@ class Bench:
         w1 (#7 sets no target: it shows what `tar c . | d execOnPeer ... 'tar x'` gets)."""
         size = max(1, self.cfg["stream_mb"] // 4) * MB
         d = " ".join(shlex.quote(a) for a in d_command())
-        local = repeat(lambda: run_timed(["/bin/bash", "-c", f"head -c {size} /dev/zero | wc -c"])[0],
+        local = repeat(lambda: run_timed(["/bin/bash", "-c",
+                                          f"head -c {size} /dev/zero | wc -c"])[0],
                        self.cfg["stream_runs"], warmup=1)
-        remote = repeat(lambda: run_timed(["/bin/bash", "-c", f"head -c {size} /dev/zero | {d} execOnPeer "
+        remote = repeat(lambda: run_timed(["/bin/bash", "-c",
+                                           f"head -c {size} /dev/zero | {d} execOnPeer "
                                            "--peer w1 --shellCmd 'wc -c'"], env=lead.env)[0],
                         self.cfg["stream_runs"], warmup=1)
         rate, pipe = size / MB / median(remote), size / MB / median(local)
-        self.add(Row("stdin_mb_s", rate, "MB/s", len(remote), note=f"{size // MB} MB piped into `d execOnPeer "
+        self.add(Row("stdin_mb_s", rate, "MB/s", len(remote),
+                     note=f"{size // MB} MB piped into `d execOnPeer "
                      f"--peer w1 --shellCmd 'wc -c'`; a local pipe to wc: {pipe:.0f} MB/s"))
 
     def stream_13mb(self, lead):
-        """stream_13mb: base64 of 10 MB of random bytes, remote vs a local pipe of the same command."""
+        """stream_13mb: base64 of 10 MB of random bytes, remote vs a local pipe of that command."""
         path = os.path.join(self.cluster.base, "random.bin")
         with open(path, "wb") as f:
             f.write(os.urandom(B64_INPUT_BYTES))
         runs = max(3, self.cfg["runs"] // 2)
-        local = repeat(lambda: run_timed(["/bin/bash", "-c", f"base64 {path} | cat"])[0], runs, warmup=1)
+        local = repeat(lambda: run_timed(["/bin/bash", "-c", f"base64 {path} | cat"])[0], runs,
+                       warmup=1)
         self.base["local_pipe_13mb"] = median(local)
-        self.add(Row("local_pipe_13mb", median(local), "s", runs, note="baseline: bash -c 'base64 FILE | cat'"))
-        remote = repeat(lambda: cli(lead, ["execOnPeer", "--peer", "w1", "--shellCmd", f"base64 {path}"],
+        self.add(Row("local_pipe_13mb", median(local), "s", runs,
+                     note="baseline: bash -c 'base64 FILE | cat'"))
+        remote = repeat(lambda: cli(lead,
+                                    ["execOnPeer", "--peer", "w1", "--shellCmd", f"base64 {path}"],
                                     self.tty)[0], runs, warmup=1)
         ratio = median(remote) / median(local)
         # the CLI must start, and the command must run (as long as the whole pipe, at least)
         floor = (self.base["import_floor"] + median(local)) / median(local)
-        self.add(Row("stream_13mb", median(remote), "s", runs, "<= 2x local pipe", check(ratio, 2.0),
-                     f"{ratio:.2f}x local pipe; the CLI's import floor plus the command's own run is {floor:.2f}x",
+        self.add(Row("stream_13mb", median(remote), "s", runs, "<= 2x local pipe",
+                     check(ratio, 2.0),
+                     f"{ratio:.2f}x local pipe; the CLI's import floor plus the command's own run "
+                     f"is {floor:.2f}x",
                      {"ratio": round(ratio, 3), "floor_ratio": round(floor, 3)}))
         client = lead.client()
         try:
@@ -217,9 +239,11 @@ class Bench:
         finally:
             client.close()
         curve_s = B64_OUTPUT_BYTES / MB / self.base["curve_mb_s"]
-        self.add(Row("api_stream_13mb", median(api), "s", runs, "<= 2x local pipe", check(median(api) / median(local), 2.0),
-                     f"{median(api) / median(local):.2f}x local pipe: the same transfer through a persistent "
-                     f"client (no CLI start); CurveZMQ alone needs {curve_s:.4f}s for these bytes"))
+        self.add(Row("api_stream_13mb", median(api), "s", runs, "<= 2x local pipe",
+                     check(median(api) / median(local), 2.0),
+                     f"{median(api) / median(local):.2f}x local pipe: the same transfer through a "
+                     f"persistent client (no CLI start); CurveZMQ alone needs {curve_s:.4f}s for "
+                     "these bytes"))
 
     # --- swarms ------------------------------------------------------------------------------
     def swarms(self):
@@ -234,7 +258,8 @@ class Bench:
             started = time.monotonic()
             cl.start_swarm(count, first_ip, prefix)
             peers = cl.online_count() + 1
-            self.log(f"  (swarm of {count} enrolled in {time.monotonic() - started:.1f}s: {peers} peers)")
+            self.log(f"  (swarm of {count} enrolled in {time.monotonic() - started:.1f}s: {peers} "
+                     "peers)")
             last = prefix == phases[-1][2]
             if last:
                 floor = baselines.spawn_many(peers)
@@ -246,20 +271,23 @@ class Bench:
             note = f"leader + 2 daemons + {peers - 3} swarm workers"
             if last:
                 note += f"; {median(t) / self.base['bash_spawn']:.2f}x the spawn floor"
-            self.add(Row(f"fanout_{peers}", median(t), "s", len(t), f"<= {limit} s" if limit else None,
-                         check(median(t), limit), note))
+            self.add(Row(f"fanout_{peers}", median(t), "s", len(t),
+                         f"<= {limit} s" if limit else None, check(median(t), limit), note))
         self.settle()
         cpu = idle_cpu_percent(lead.pid, c["idle_s"])
-        beat_s = lead.call("status")["heartbeat_s"]  # as stretched for this many peers (--heartbeat-budget)
+        # as stretched for this many peers (--heartbeat-budget)
+        beat_s = lead.call("status")["heartbeat_s"]
         rss = mb(rss_kb(lead.pid)[0])
         cl.stop_swarms()  # the floor's own heartbeats must not share the cores with theirs
-        # the swarms send the heartbeats due at each timer sweep; hosts of a real fleet, each at its own time
+        # the swarms send the heartbeats due at each timer sweep; hosts of a real fleet, each at its
+        # own time
         floor, spread = baselines.heartbeat_floor_percent(
             peers, beat_s, [(c["idle_s"], SWARM_TIMER_STEP_S / len(phases)), (c["idle_s"] / 2, 0)])
         self.add(Row(f"heartbeat_floor_{peers}", floor, "%", 1,
-                     note=f"baseline: CPU of a CurveZMQ ROUTER echo (Python, no zpeer) answering {peers} DEALERs' "
-                          f"heartbeats every {beat_s}s, sent in bursts as the swarms send them; "
-                          f"{spread:.2f} % when each comes at its own time (independent hosts)",
+                     note="baseline: CPU of a CurveZMQ ROUTER echo (Python, no zpeer) answering "
+                          f"{peers} DEALERs' heartbeats every {beat_s}s, sent in bursts as the "
+                          f"swarms send them; {spread:.2f} % when each comes at its own time "
+                          "(independent hosts)",
                      extra={"spread_pct": round(spread, 3)}))
         big = peers == 1000
         self.add(Row(f"leader_idle_cpu_{peers}", cpu, "%", 1, "<= 3 %" if big else None,
@@ -269,7 +297,8 @@ class Bench:
 
     def settle(self):
         """Let the leader finish the fan-out's leftovers (audit flushes, alive traffic)."""
-        time.sleep(min(2.0, self.cfg["idle_s"]))  # not a wait for state: a quiet period before measuring
+        # not a wait for state: a quiet period before measuring
+        time.sleep(min(2.0, self.cfg["idle_s"]))
 
     def close(self):
         """Stop everything this run started."""
@@ -297,18 +326,20 @@ def fmt(value):
 
 def table(rows):
     """The results as aligned text."""
-    lines = [f"{'row':<22} {'median':>10} {'unit':<5} {'runs':>4}  {'target':<42} {'result':<6} note"]
+    lines = [f"{'row':<22} {'median':>10} {'unit':<5} {'runs':>4}  {'target':<42} {'result':<6} "
+             "note"]
     for r in rows:
         result = {True: "PASS", False: "FAIL", None: ""}[r.ok]
-        lines.append(f"{r.name:<22} {fmt(r.value):>10} {r.unit:<5} {r.runs:>4}  {r.target or '':<42} "
-                     f"{result:<6} {r.note}")
+        lines.append(f"{r.name:<22} {fmt(r.value):>10} {r.unit:<5} {r.runs:>4}  "
+                     f"{r.target or '':<42} {result:<6} {r.note}")
     return "\n".join(lines)
 
 
 def main(argv=None):
     """Run the benchmarks; exit 0 when they ran (targets are reported, not enforced)."""
     p = argparse.ArgumentParser(description="zpeer benchmarks on loopback (see README: Benchmarks)")
-    p.add_argument("--quick", action="store_true", help="fewer runs, 128 MB stream, 3 s idle window (< 60 s)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer runs, 128 MB stream, 3 s idle window (< 60 s)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--runs", type=int, help="runs of the quick rows (overrides the profile)")
     p.add_argument("--stream-mb", type=int, help="size of the stream_mb_s stream")
@@ -339,8 +370,9 @@ def main(argv=None):
           f"{platform.python_version()})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": [r.as_dict() for r in bench.rows], "config": cfg, "seconds": round(took, 1),
-                       "cpus": os.cpu_count(), "python": platform.python_version()}, f, indent=1)
+            json.dump({"rows": [r.as_dict() for r in bench.rows], "config": cfg,
+                       "seconds": round(took, 1), "cpus": os.cpu_count(),
+                       "python": platform.python_version()}, f, indent=1)
     return 0
 
 

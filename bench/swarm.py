@@ -7,12 +7,14 @@ token each, through the protocol (hello + token), like `d registerWorker --token
 
 One event loop serves them all: it reads every ready socket at once (so heartbeats are never
 late), handles routed messages from per-worker backlogs within a time budget per turn (a burst
-of 1,000 spawns must not stall the heartbeats of the other 999), and sweeps all timers in one pass. The routing in `SwarmWorker.on_message` mirrors the
-target side of `zpeer.daemon.node.Daemon.handle_peer` (exec/credit/stdin/cancel/alive).
+of 1,000 spawns must not stall the heartbeats of the other 999), and sweeps all timers in one
+pass. The routing in `SwarmWorker.on_message` mirrors the target side of
+`zpeer.daemon.node.Daemon.handle_peer` (exec/credit/stdin/cancel/alive).
 
 As a program: `python bench/swarm.py --first-ip 127.0.1.1 --prefix s` reads one join token per
-line on stdin (each names the leader's address and key, as for `d registerWorker --token`), prints `{"ready": N}` once every worker is registered, and
-runs until SIGTERM/SIGINT or stdin closes.
+line on stdin (each names the leader's address and key, as for `d registerWorker --token`),
+prints `{"ready": N}` once every worker is registered, and runs until SIGTERM/SIGINT or stdin
+closes.
 """
 import argparse
 import ipaddress
@@ -114,7 +116,8 @@ class SwarmWorker:
             if now >= self.next_alive:
                 self.next_alive = now + self.heartbeat_s
                 # execs received but spawned later (see Swarm.turn) are ours already
-                self.send(self.targets.keepalives((origin, header["job"]) for origin, header, _ in self.backlog
+                self.send(self.targets.keepalives((origin, header["job"]) for origin, header,
+                                                  _ in self.backlog
                                                   if header["t"] == "exec"))
 
     def close(self):
@@ -138,7 +141,8 @@ class Swarm:
         self.workers = []
         self.by_fd = {}
         for i, (token, ip) in enumerate(zip(tokens, source_ips(first_ip, count))):
-            w = SwarmWorker(self.ctx, f"{prefix}{i:04d}", ip, token, heartbeat_s, self.home, version)
+            w = SwarmWorker(self.ctx, f"{prefix}{i:04d}", ip, token, heartbeat_s, self.home,
+                            version)
             self.workers.append(w)
             fd = w.link.sock.getsockopt(zmq.FD)
             self.epoll.register(fd, select.EPOLLIN)
@@ -250,7 +254,8 @@ def _raise_fd_limit(need):
     """A link costs a TCP socket plus ZeroMQ mailboxes: raise RLIMIT_NOFILE to what we need."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard) if hard != resource.RLIM_INFINITY
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (min(need, hard) if hard != resource.RLIM_INFINITY
                                                     else need, hard))
 
 

@@ -125,10 +125,12 @@ def table(found):
         lines.append(f"{what:58s} {statistics.median(values):10.1f} {q[0]:8.1f} {q[2]:8.1f}")
     totals = [sum(f[0]) for f in found]
     lines.append(f"{'total (client call to reply in hand)':58s} {statistics.median(totals):10.1f}")
-    own = [sum(v for (_, what), v in zip(PATH[1:], f[0]) if what.endswith("(zpeer)")) for f in found]
+    own = [sum(v for (_, what),
+               v in zip(PATH[1:], f[0]) if what.endswith("(zpeer)")) for f in found]
     wakes = statistics.median(f[1] for f in found)
-    lines.append(f"{len(found)} execs; zpeer's own segments sum to {statistics.median(own):.1f} us (median); "
-                 f"the worker's loop woke {wakes:g} time(s) between the spawn and the exit")
+    lines.append(f"{len(found)} execs; zpeer's own segments sum to {statistics.median(own):.1f} us "
+                 f"(median); the worker's loop woke {wakes:g} time(s) between the spawn and the "
+                 "exit")
     return "\n".join(lines)
 
 

@@ -100,7 +100,7 @@ complete -c d -n '__fish_seen_subcommand_from listPeers' -l pending -d 'Leader: 
 complete -c d -n '__fish_seen_subcommand_from listPeers' -s h -l help -d 'Show this message and exit.'
 
 # acceptPeer
-complete -c d -n '__fish_seen_subcommand_from acceptPeer' -l key -x -d 'Accept only if the waiting key starts with KEY (from the peer\'s get...'
+complete -c d -n '__fish_seen_subcommand_from acceptPeer' -l key -x -d 'Accept only if the waiting key starts with KEY (the peer\'s getPeerS...'
 complete -c d -n '__fish_seen_subcommand_from acceptPeer' -s h -l help -d 'Show this message and exit.'
 complete -c d -n '__d_pos acceptPeer 0' -a '(__d_peer_ids)' -d 'peer id'
 

@@ -29,7 +29,8 @@ def run_python(code):
 def d_command():
     """The installed `d` console script next to this interpreter, else bin/d of the checkout."""
     installed = os.path.join(os.path.dirname(sys.executable), "d")
-    return [installed] if os.path.exists(installed) else [sys.executable, os.path.join(ROOT, "bin", "d")]
+    return [installed] if os.path.exists(installed) else [sys.executable,
+                                                          os.path.join(ROOT, "bin", "d")]
 
 
 def pid_alive(pid):
@@ -64,15 +65,17 @@ class Node:
                               capture_output=True, timeout=timeout,
                               stdin=None if input is not None else subprocess.DEVNULL)
         if check is not None:
-            assert proc.returncode == check, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+            assert proc.returncode == check, (proc.returncode, proc.stdout[-2000:],
+                                              proc.stderr[-2000:])
         return proc
 
     def start(self, **popen_kw):
-        """Start `d daemon` (Popen keywords: what its launcher hands it) and wait until it answers."""
+        """Start `d daemon` (Popen keywords: what its launcher hands it); wait until it answers."""
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command + ["daemon", "--log-level", "DEBUG"], env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, **popen_kw)
+        self.proc = subprocess.Popen(self.command + ["daemon", "--log-level", "DEBUG"],
+                                     env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     **popen_kw)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or self.d("getPeerStatus", "--json").stdout
                  .find(b'"daemon": "running"') >= 0, what=f"daemon {self.name} to serve")
@@ -119,9 +122,10 @@ class Cluster:
     def leader(self, name="vps"):
         """Create and start the leader."""
         node = Node(self.base, name, "127.0.0.1")
-        node.d("setPeerConfig", "--role", "leader", "--id", name, "--bind", f"127.0.0.1:{self.port}",
-               "--heartbeat", TEST_HEARTBEAT_S, check=0)
-        self.nodes[name] = self.vps = node  # before start(): a daemon that starts too slowly is still stopped
+        node.d("setPeerConfig", "--role", "leader", "--id", name, "--bind",
+               f"127.0.0.1:{self.port}", "--heartbeat", TEST_HEARTBEAT_S, check=0)
+        # before start(): a daemon that starts too slowly is still stopped
+        self.nodes[name] = self.vps = node
         node.start()
         return node
 

@@ -17,7 +17,8 @@ def history(node, *args):
 
 def test_audit_of_local_remote_worker_self_and_fanout(cluster):
     cluster.vps.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo local", check=0)
-    cluster.desktop.d("execOnPeer", "--peer", "laptop", "--directory", "/tmp", "--shellCmd", "exit 3", check=3)
+    cluster.desktop.d("execOnPeer", "--peer", "laptop", "--directory", "/tmp", "--shellCmd",
+                      "exit 3", check=3)
     cluster.laptop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo self", check=0)
     cluster.desktop.d("execOnPeer", "--peer", "all", "--shellCmd", "echo fan", check=0)
 
@@ -28,8 +29,10 @@ def test_audit_of_local_remote_worker_self_and_fanout(cluster):
     rows = wait_for(complete, timeout=5, what="6 audit rows with their rc")
     seen = sorted((r["origin"], r["target"], r["command"], r["rc"]) for r in rows)
     assert seen == sorted([
-        ("vps", "vps", "echo local", 0), ("desktop", "laptop", "exit 3", 3), ("laptop", "laptop", "echo self", 0),
-        ("desktop", "desktop", "echo fan", 0), ("desktop", "laptop", "echo fan", 0), ("desktop", "vps", "echo fan", 0)])
+        ("vps", "vps", "echo local", 0), ("desktop", "laptop", "exit 3", 3),
+                           ("laptop", "laptop", "echo self", 0),
+        ("desktop", "desktop", "echo fan", 0), ("desktop", "laptop", "echo fan", 0),
+                           ("desktop", "vps", "echo fan", 0)])
     remote = next(r for r in rows if r["command"] == "exit 3")
     assert remote["directory"] == "/tmp" and remote["user"] and remote["duration_s"] >= 0
     fan = [r for r in rows if r["command"] == "echo fan"]
@@ -39,7 +42,8 @@ def test_audit_of_local_remote_worker_self_and_fanout(cluster):
     assert {r["command"] for r in only_self} == {"exit 3", "echo self", "echo fan"}
     assert len(history(cluster.desktop, "--limit", "2")) == 2
     table = cluster.vps.d("history", "--limit", "1", check=0).stdout.decode().splitlines()
-    assert table[0].split() == ["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"] and len(table) == 2
+    assert table[0].split() == ["TIME", "ORIGIN", "TARGET", "RC", "DURATION",
+                                "COMMAND"] and len(table) == 2
 
 
 def test_worker_keeps_no_audit(cluster):
@@ -61,11 +65,13 @@ def test_history_rows_keeps_the_newest_and_applies_at_once(empty_cluster):
     assert [r["command"] for r in history(vps)] == ["echo 4", "echo 3"]
     assert "history_rows: 2" in vps.d("getPeerStatus", check=0).stdout.decode().splitlines()
     out = vps.d("setPeerConfig", "--history-rows", "-1", check=2)
-    assert b"Invalid value for '--history-rows': -1 is not in the range 0<=x<=1000000000." in out.stderr
+    assert (b"Invalid value for '--history-rows': -1 is not in the range 0<=x<=1000000000."
+            in out.stderr)
     vps.d("setPeerConfig", "--history-rows", "0", check=0)  # 0 keeps everything from now on
     for i in range(5, 8):
         vps.d("execOnPeer", "--peer", "vps", "--shellCmd", f"echo {i}", check=0)
-    assert [r["command"] for r in history(vps)] == ["echo 7", "echo 6", "echo 5", "echo 4", "echo 3"]
+    assert [r["command"] for r in history(vps)] == ["echo 7", "echo 6", "echo 5", "echo 4",
+                                                    "echo 3"]
 
 
 def test_file_modes(cluster):
@@ -83,7 +89,8 @@ def _connect_as_nobody(sock_path, groups):
             "try:\n s.connect(sys.argv[1]); print('connected')\n"
             "except PermissionError: print('denied')\n")
     return subprocess.run(["/usr/bin/python3", "-c", code, sock_path], user=65534, group=65534,
-                          extra_groups=groups, capture_output=True, text=True, timeout=10).stdout.strip()
+                          extra_groups=groups, capture_output=True, text=True,
+                          timeout=10).stdout.strip()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
@@ -93,7 +100,8 @@ def test_group_access_to_cli_socket():
     os.chmod(base, 0o711)  # others may traverse to the node's dir, nothing more
     node = Node(base, "g1")
     try:
-        node.d("setPeerConfig", "--role", "leader", "--id", "g1", "--bind", f"127.0.0.1:{free_port()}", check=0)
+        node.d("setPeerConfig", "--role", "leader", "--id", "g1", "--bind",
+               f"127.0.0.1:{free_port()}", check=0)
         node.start()
         sock = os.path.join(node.home, "d.sock")
         gid = grp.getgrnam("users").gr_gid
@@ -110,15 +118,16 @@ def test_group_access_to_cli_socket():
 
 
 NOBODY_PYTHONPATH = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
-                                    + [p for p in __import__("sys").path if p.endswith("site-packages")])
+                                    + [p for p in __import__("sys").path
+                                       if p.endswith("site-packages")])
 
 
 def _d_as_nobody(home, *args, groups=()):
-    """`d ARGS` run as user nobody (the system python3 with this checkout and its venv's packages)."""
+    """`d ARGS` run as user nobody (system python3, this checkout and its venv's packages)."""
     env = {"PATH": "/usr/bin:/bin", "ZPEER_HOME": home, "PYTHONPATH": NOBODY_PYTHONPATH}
     return subprocess.run(["/usr/bin/python3", "-m", "zpeer", *args], user=65534, group=65534,
-                          extra_groups=list(groups), env=env, cwd="/", capture_output=True, text=True,
-                          timeout=20, stdin=subprocess.DEVNULL)
+                          extra_groups=list(groups), env=env, cwd="/", capture_output=True,
+                          text=True, timeout=20, stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
@@ -130,11 +139,14 @@ def test_a_user_outside_the_group_is_told_it_is_a_permission_not_a_missing_daemo
     try:
         probe = _d_as_nobody(base, "--version")
         if probe.returncode != 0:
-            pytest.skip(f"the system python3 cannot run this checkout as nobody: {probe.stderr[-300:]}")
-        node.d("setPeerConfig", "--role", "leader", "--id", "p1", "--bind", f"127.0.0.1:{free_port()}", check=0)
+            pytest.skip("the system python3 cannot run this checkout as nobody: "
+                        f"{probe.stderr[-300:]}")
+        node.d("setPeerConfig", "--role", "leader", "--id", "p1", "--bind",
+               f"127.0.0.1:{free_port()}", check=0)
         node.start()
         gid = grp.getgrnam("users").gr_gid
-        why = ("Failed to connect\n  hint: permission denied: {} is open to its owner and the daemon's --group "
+        why = ("Failed to connect\n  hint: permission denied: {} is open to its owner and the "
+               "daemon's --group "
                "only (as root: `d setPeerConfig --group GROUP`, then join that group)\n")
         for groups, path in (((), node.home), ((gid,), node.home)):
             out = _d_as_nobody(node.home, "listPeers", groups=groups)
@@ -144,9 +156,11 @@ def test_a_user_outside_the_group_is_told_it_is_a_permission_not_a_missing_daemo
         assert (out.returncode, out.stderr) == (255, why.format(node.home)), "not in the group"
         out = _d_as_nobody(node.home, "listPeers", "--ids", groups=[gid])
         assert (out.returncode, out.stdout, out.stderr) == (0, "p1\n", "")
-        out = _d_as_nobody(node.home, "setPeerConfig", "--heartbeat", "2", groups=[gid])  # settings are root's
+        # settings are root's
+        out = _d_as_nobody(node.home, "setPeerConfig", "--heartbeat", "2", groups=[gid])
         assert (out.returncode, out.stderr) == (255, (
-            f"Cannot use ZPEER_HOME {node.home}: config.json: Permission denied\n  hint: this node's settings are "
+            f"Cannot use ZPEER_HOME {node.home}: config.json: Permission denied\n  hint: this "
+            "node's settings are "
             "its owner's: run the command as that user (e.g. `sudo d ...`)\n"))
     finally:
         node.stop()

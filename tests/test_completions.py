@@ -28,7 +28,7 @@ PEERS = ["alpha", "beta", "gamma"]
 
 
 def spec_cli():
-    """A small click group with the cases the generator must handle (short options, paths, varargs)."""
+    """A small click group with the cases the generator handles (short options, paths, varargs)."""
     @click.group()
     @click.version_option("0.0")
     def cli():
@@ -49,7 +49,8 @@ def spec_cli():
     add("acceptPeer", click.argument("id"))
     add("execOnPeer", peer, opt("--directory"), opt("--shellCmd"), opt("--timeout", type=float),
         opt("--json", is_flag=True))
-    add("copy", opt("--key-file", type=click.Path(dir_okay=False)), click.argument("paths", nargs=-1,
+    add("copy", opt("--key-file", type=click.Path(dir_okay=False)),
+        click.argument("paths", nargs=-1,
                                                                                   type=click.Path()))
     add("secretThing", hidden=True)
     cli.add_command(comp.completion)
@@ -98,23 +99,29 @@ def complete(shell, steps, env, cwd, script=None):
     """What `shell` offers for each command line in `steps` (cursor at the end); a step that starts
     with `!` is a command run in the same shell session between two TABs."""
     script = script or COMPLETIONS / comp.FILES[shell]
-    return {"bash": bash_complete, "zsh": zsh_complete, "fish": fish_complete}[shell](script, steps, env, cwd)
+    return {"bash": bash_complete, "zsh": zsh_complete,
+            "fish": fish_complete}[shell](script, steps, env, cwd)
 
 
 def bash_complete(script, steps, env, cwd):
-    """bash: the function that `complete -p d` names, called with COMP_WORDS as readline sets them."""
-    prog = [f"source {shlex.quote(str(script))}", "fn=$(complete -p d | sed -E 's/.*-F ([^ ]+) .*/\\1/')"]
+    """bash: the function `complete -p d` names, called with COMP_WORDS as readline sets them."""
+    prog = [f"source {shlex.quote(str(script))}",
+            "fn=$(complete -p d | sed -E 's/.*-F ([^ ]+) .*/\\1/')"]
     for step in steps:
         if step.startswith("!"):
             prog.append(step[1:])
             continue
         words, pre = step.split(" "), ""
-        if "=" in words[-1]:  # COMP_WORDBREAKS splits `--opt=value`; readline keeps `--opt=` on the line
+        # COMP_WORDBREAKS splits `--opt=value`; readline keeps `--opt=` on the line
+        if "=" in words[-1]:
             pre, _, last = words[-1].partition("=")
             words[-1:], pre = [pre, "=", last], pre + "="
-        prog.append(f"COMP_WORDS=({' '.join(map(shlex.quote, words))}); COMP_CWORD={len(words) - 1}; "
-                    'COMPREPLY=(); "$fn" d "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; '
-                    f"((${{#COMPREPLY[@]}})) && printf -- {shlex.quote(pre)}'%s\\n' \"${{COMPREPLY[@]}}\"; echo __END__")
+        prog.append(f"COMP_WORDS=({' '.join(map(shlex.quote, words))}); "
+                    f"COMP_CWORD={len(words) - 1}; "
+                    'COMPREPLY=(); "$fn" d "${COMP_WORDS[COMP_CWORD]}" '
+                    '"${COMP_WORDS[COMP_CWORD-1]}"; '
+                    f"((${{#COMPREPLY[@]}})) && printf -- {shlex.quote(pre)}'%s\\n' "
+                    f"\"${{COMPREPLY[@]}}\"; echo __END__")
     out = subprocess.run(["bash", "--norc", "--noprofile", "-c", "\n".join(prog)], env=env, cwd=cwd,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -127,7 +134,8 @@ CASES = [
     ("d execOnPeer --pe", ["--peer"]),
     ("d execOnPeer --peer ", ["all"] + PEERS),
     ("d execOnPeer --peer a,b", ["a,beta"]),
-    ("d execOnPeer --peer alpha,", ["alpha,beta", "alpha,gamma"]),  # listed ids are not offered again
+    # listed ids are not offered again
+    ("d execOnPeer --peer alpha,", ["alpha,beta", "alpha,gamma"]),
     ("d execOnPeer --peer=alpha,b", ["--peer=alpha,beta"]),
     ("d execOnPeer --peer x --directory ", DIRS),
     ("d execOnPeer --shellCmd ", []),  # a free-form value: no guesses
@@ -146,7 +154,8 @@ def test_completion_in_each_shell(shell, home, tmp_path):
     steps = [line for line, _ in CASES] + [update, "d execOnPeer --peer "]
     got = complete(shell, steps, shell_env(zhome), work)
     want = [DIRS[shell] if w is DIRS else w for _, w in CASES] + [["all", "alpha", "delta"]]
-    for (line, _), g, w in zip(CASES + [("after a cache update: d execOnPeer --peer ", 0)], got, want):
+    for (line, _), g, w in zip(CASES + [("after a cache update: d execOnPeer --peer ", 0)], got,
+                               want):
         assert g == w, f"{shell}: {line!r}"
 
 
@@ -165,7 +174,8 @@ def test_bash_is_fast_with_builtins_only(home, tmp_path):
     zhome, work = home
     (zhome / "peers.cache").write_text("".join(f"peer{i:03d}\n" for i in range(300)))
     # PATH holds only the trap programs: a TAB that ran any external command would fail or be seen.
-    prog = (f"source {shlex.quote(str(COMPLETIONS / 'd.bash'))}\nPATH={shlex.quote(str(tmp_path / 'trap'))}\n"
+    prog = (f"source {shlex.quote(str(COMPLETIONS / 'd.bash'))}\n"
+            f"PATH={shlex.quote(str(tmp_path / 'trap'))}\n"
             "start=$EPOCHREALTIME\nfor i in {1..50}; do\n"
             "  COMP_WORDS=(d execOnPeer --peer peer1); COMP_CWORD=3; _d\n"
             "  COMP_WORDS=(d exec); COMP_CWORD=1; _d\ndone\n"
@@ -203,7 +213,7 @@ class Pty:
             try:
                 self.buf += os.read(self.fd, 65536)
             except OSError:
-                raise AssertionError(f"shell exited; got {self.buf[-500:]!r}")
+                raise AssertionError(f"shell exited; got {self.buf[-500:]!r}") from None
 
     def send(self, text):
         os.write(self.fd, text.encode())
@@ -221,7 +231,8 @@ def interactive_bash(home):
     sh = Pty(["bash", "--norc", "--noprofile", "-i"], shell_env(zhome), work)
     # `d` is a function that shows the words TAB put on the line, so a test reads them exactly.
     sh.send("bind 'set enable-bracketed-paste off'; PS1='R''DY> '; "
-            f"source {shlex.quote(str(COMPLETIONS / 'd.bash'))}; d() {{ printf 'ARGS[%s]\\n' \"$@\"; echo END; }}\n")
+            f"source {shlex.quote(str(COMPLETIONS / 'd.bash'))}; d() "
+            f"{{ printf 'ARGS[%s]\\n' \"$@\"; echo END; }}\n")
     sh.expect(rb"RDY> ")
     yield sh, zhome
     sh.close()
@@ -277,8 +288,10 @@ def zsh_complete(script, steps, env, cwd):
             sh.send(f"source {shlex.quote(str(setup))}\n")
             sh.expect(rb"RDY> ")
             for n, step in enumerate(steps):
-                # A prompt redrawn after a listing is no sign the line ran: wait for the line's output.
-                keys = step[1:] if step.startswith("!") else step + "\t\x15print -r -- __SEP__ >>$ZC_OUT"
+                # A prompt redrawn after a listing is no sign the line ran: wait for the line's
+                # output.
+                keys = step[1:] if step.startswith("!") else step + ("\t\x15print -r -- __SEP__ "
+                                                                     ">>$ZC_OUT")
                 sh.send(f"{keys}; print STEP-$(( {n} + 1000 ))\n")
                 sh.expect(f"STEP-{n + 1000}\r?\n".encode())
                 sh.expect(rb"RDY> ")
@@ -291,7 +304,9 @@ def zsh_complete(script, steps, env, cwd):
 def fish_complete(script, steps, env, cwd):
     """fish: `complete -C LINE`, fish's own completion engine."""
     prog = [f"source {shlex.quote(str(script))}"] + [
-        step[1:] if step.startswith("!") else f"complete -C {shlex.quote(step)}; echo __END__" for step in steps]
+        step[1:] if step.startswith("!")
+                                                     else f"complete -C {shlex.quote(step)}; echo "
+                                                          "__END__" for step in steps]
     out = subprocess.run(["fish", "--no-config", "-c", "\n".join(prog)], env=env, cwd=cwd,
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -339,8 +354,9 @@ def test_generator_short_options_paths_and_varargs(home, tmp_path):
     zhome, work = home
     script = tmp_path / "d.bash"
     script.write_text(comp.render("bash", spec_cli()))
-    got = complete("bash", ["d execOnPeer -p b", "d copy --key-file fi", "d copy a b d", "d ", "d execOnPeer -"],
-                   shell_env(zhome), work, script)
+    got = complete("bash",
+                   ["d execOnPeer -p b", "d copy --key-file fi", "d copy a b d", "d ",
+                    "d execOnPeer -"], shell_env(zhome), work, script)
     assert got[0] == ["beta"]
     assert got[1] == ["file.txt"]
     assert got[2] == ["dir one", "dtwo"]  # nargs=-1 paths: every position completes
@@ -372,7 +388,8 @@ def test_install_completion(shell, where, tmp_path):
     if shell == "zsh":
         assert f"fpath=({path.parent} $fpath)" in out.output
     other = "fish" if shell != "fish" else "bash"
-    out = CliRunner(env=dict(env, SHELL="/bin/sh")).invoke(cli, ["install-completion", "--shell", other])
+    out = CliRunner(env=dict(env, SHELL="/bin/sh")).invoke(cli,
+                                                           ["install-completion", "--shell", other])
     assert out.exit_code == 0 and "Installed " + other in out.output
 
 
@@ -381,22 +398,24 @@ def test_install_completion_where_the_home_cannot_hold_it_says_so(tmp_path):
     home = tmp_path / "afile"
     home.write_text("")
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "SHELL": "/bin/bash"}
-    out = subprocess.run(d_command() + ["install-completion"], env=env, capture_output=True, text=True,
-                         timeout=20, stdin=subprocess.DEVNULL)
+    out = subprocess.run(d_command() + ["install-completion"], env=env, capture_output=True,
+                         text=True, timeout=20, stdin=subprocess.DEVNULL)
     assert (out.returncode, out.stdout, out.stderr) == (255, "", (
-        f"Cannot install the completion in {home}/.local/share/bash-completion/completions/d: Not a directory\n"
+        f"Cannot install the completion in {home}/.local/share/bash-completion/completions/d: Not "
+        "a directory\n"
         "  hint: `d completion bash` prints it: save it where your shell reads it\n"))
 
 
 def test_install_completion_unknown_shell(tmp_path):
-    out = CliRunner(env={"HOME": str(tmp_path), "SHELL": "/bin/tcsh"}).invoke(spec_cli(), ["install-completion"])
+    out = CliRunner(env={"HOME": str(tmp_path),
+                         "SHELL": "/bin/tcsh"}).invoke(spec_cli(), ["install-completion"])
     assert out.exit_code == 2
     assert "--shell" in out.output
 
 
 def test_write_regenerates_the_files(tmp_path):
-    real_cli
-    shutil.copytree(ROOT / "zpeer", tmp_path / "zpeer", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "zpeer", tmp_path / "zpeer",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "completions").mkdir()
     out = subprocess.run([sys.executable, "-m", "zpeer.cli.completion", "--write"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
@@ -407,7 +426,8 @@ def test_write_regenerates_the_files(tmp_path):
 
 def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", "import sys, zpeer.cli.completion; "
-                          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zmq', 'peewee', 'msgpack')))"],
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zmq', "
+                          "'peewee', 'msgpack')))"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -19,7 +19,8 @@ FAKE_D = r"""#!/bin/bash
 printf '%s\0' "$@" "$END_MARK" >> "$FAKE_LOG"
 case $1 in
 getPeerIdByIp)
-    [[ -n ${FAKE_D_FAIL:-} ]] && { echo "Failed to connect (is \`d daemon\` running?)" >&2; exit 255; }
+    [[ -n ${FAKE_D_FAIL:-} ]] && { echo "Failed to connect (is \`d daemon\` running?)" >&2
+                                   exit 255; }
     [[ $2 == 127.0.0.2 ]] && { echo alpha; exit 0; }
     echo "Error: no peer has IP $2" >&2; exit 1 ;;
 execOnPeer)
@@ -44,7 +45,7 @@ cd "$HOME" && exec "${REMOTE_SHELL:-bash}" -c "$*"
 
 @pytest.fixture
 def fakes(tmp_path):
-    """PATH with the fake `d` and `ssh` first; returns (env, function that reads the recorded calls)."""
+    """PATH with the fake `d` and `ssh` first; (env, a function that reads the recorded calls)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for name, text in (("d", FAKE_D), ("ssh", FAKE_SSH)):
@@ -72,7 +73,9 @@ def fakes(tmp_path):
 
 def shells():
     """The shells users source the helpers from; the missing ones are skipped, saying so."""
-    return [pytest.param(sh, marks=pytest.mark.skipif(shutil.which(sh) is None, reason=f"{sh} not installed"))
+    return [pytest.param(sh,
+                         marks=pytest.mark.skipif(shutil.which(sh) is None,
+                                                  reason=f"{sh} not installed"))
             for sh in ("bash", "zsh", "sh")]
 
 
@@ -93,7 +96,8 @@ def test_get_peer_id_by_ip(shell, fakes):
     assert calls() == [["getPeerIdByIp", "127.0.0.2"]]
 
     out = run(shell, "zpeer.sh", "getPeerIdByIp 127.0.0.9", env)
-    assert (out.returncode, out.stdout, out.stderr) == (1, b"", b"No peer found with IP: 127.0.0.9\n")
+    assert (out.returncode, out.stdout, out.stderr) == (1, b"",
+                                                        b"No peer found with IP: 127.0.0.9\n")
 
     out = run(shell, "zpeer.sh", "getPeerIdByIp 127.0.0.2", dict(env, FAKE_D_FAIL="1"))
     assert out.returncode == 255
@@ -110,11 +114,13 @@ def test_exec_on_peer_by_ip(shell, fakes):
               dict(env, FAKE_EXIT="7"))
     assert (out.returncode, out.stdout, out.stderr) == (7, b"ran on peer\n", b"remote err\n")
     assert calls() == [["getPeerIdByIp", "127.0.0.2"],
-                       ["execOnPeer", "--peer", "alpha", "--directory", "/srv/my dir", "--shellCmd", cmd]]
+                       ["execOnPeer", "--peer", "alpha", "--directory", "/srv/my dir", "--shellCmd",
+                        cmd]]
 
     out = run(shell, "zpeer.sh", "execOnPeerByIp 127.0.0.2 '' uptime", env)
     assert out.returncode == 0
-    assert calls()[-1] == ["execOnPeer", "--peer", "alpha", "--shellCmd", "uptime"]  # "" = remote home
+    # "" = remote home
+    assert calls()[-1] == ["execOnPeer", "--peer", "alpha", "--shellCmd", "uptime"]
 
     before = len(calls())
     out = run(shell, "zpeer.sh", "execOnPeerByIp 127.0.0.9 /tmp uptime", env)
@@ -129,10 +135,12 @@ def test_exec_on_peer_by_ip(shell, fakes):
 @pytest.mark.parametrize("shell", shells())
 def test_for_each_peer(shell, fakes):
     env, calls = fakes
-    out = run(shell, "zpeer.sh", "forEachPeer 'uname -a; echo \"$HOSTNAME\"'", dict(env, FAKE_EXIT="3"))
+    out = run(shell, "zpeer.sh", "forEachPeer 'uname -a; echo \"$HOSTNAME\"'",
+              dict(env, FAKE_EXIT="3"))
     assert (out.returncode, out.stdout) == (3, b"ran on peer\n")
     assert calls() == [["listPeers", "--ids", "--online"],
-                       ["execOnPeer", "--peer", "alpha,beta", "--shellCmd", 'uname -a; echo "$HOSTNAME"']]
+                       ["execOnPeer", "--peer", "alpha,beta", "--shellCmd",
+                        'uname -a; echo "$HOSTNAME"']]
     assert run(shell, "zpeer.sh", "forEachPeer", env).returncode == 2
     before = len(calls())
     out = run(shell, "zpeer.sh", "forEachPeer uptime", dict(env, FAKE_D_FAIL="1"))
@@ -143,7 +151,8 @@ def test_for_each_peer(shell, fakes):
 def test_helpers_survive_set_e(fakes):
     """Scripts often run under `set -eu`: a miss must still print the message and return 1."""
     env, _ = fakes
-    out = run("bash", "zpeer.sh", "set -euo pipefail\nif ! id=$(getPeerIdByIp 127.0.0.9); then echo handled; fi\n"
+    out = run("bash", "zpeer.sh",
+              "set -euo pipefail\nif ! id=$(getPeerIdByIp 127.0.0.9); then echo handled; fi\n"
               "getPeerIdByIp 127.0.0.2", env)
     assert (out.returncode, out.stdout) == (0, b"handled\nalpha\n")
     assert out.stderr == b"No peer found with IP: 127.0.0.9\n"
@@ -154,7 +163,8 @@ def test_helpers_survive_set_e(fakes):
 
 def ssh_expect(env, directory, cmd):
     """What running CMD in DIR on this machine prints, to compare sshCmd against."""
-    return subprocess.run(["/bin/bash", "-c", cmd], cwd=directory, env=env, capture_output=True, timeout=30)
+    return subprocess.run(["/bin/bash", "-c", cmd], cwd=directory, env=env, capture_output=True,
+                          timeout=30)
 
 
 @pytest.mark.parametrize("shell", shells())
@@ -166,8 +176,10 @@ def test_ssh_cmd_quoting(shell, remote, fakes, tmp_path):
     env = dict(env, REMOTE_SHELL=remote)
     odd = tmp_path / """it's a "dir" $HOME `x` * \\ ~"""
     odd.mkdir()
-    cmd = """printf '[%s]\\n' "$PWD" 'single '"'"' quote' "dollar \\$HOME" '`backticks`' * 'two\nlines'; exit 5"""
-    out = run(shell, "sshgit.sh", f"sshCmd root@127.0.0.1 {shlex.quote(str(odd))} {shlex.quote(cmd)}", env)
+    cmd = ("""printf '[%s]\\n' "$PWD" 'single '"'"' quote' "dollar \\$HOME" '`backticks`' """
+           """* 'two\nlines'; exit 5""")
+    out = run(shell, "sshgit.sh",
+              f"sshCmd root@127.0.0.1 {shlex.quote(str(odd))} {shlex.quote(cmd)}", env)
     want = ssh_expect(env, odd, cmd)
     assert want.returncode == 5 and b"[" + str(odd).encode() + b"]\n" in want.stdout
     assert (out.returncode, out.stdout, out.stderr) == (5, want.stdout, want.stderr)
@@ -194,20 +206,25 @@ def test_ssh_cmd_home_and_errors(shell, fakes):
     assert run(shell, "sshgit.sh", "sshCmd u@127.0.0.1 /", env).returncode == 2
 
 
-names = st.text(st.characters(min_codepoint=1, blacklist_categories=("Cs",), blacklist_characters="/"),
-                min_size=1, max_size=20).filter(lambda s: s not in (".", "..") and not s.startswith("~")
+names = st.text(st.characters(min_codepoint=1, blacklist_categories=("Cs",),
+                              blacklist_characters="/"),
+                min_size=1,
+                max_size=20).filter(lambda s: s not in (".", "..") and not s.startswith("~")
                                                 and len(s.encode()) < 200)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(dirname=names, payload=st.text(st.characters(min_codepoint=1, blacklist_categories=("Cs",)), max_size=40))
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dirname=names,
+       payload=st.text(st.characters(min_codepoint=1, blacklist_categories=("Cs",)), max_size=40))
 def test_ssh_cmd_is_byte_exact(fakes, tmp_path, dirname, payload):
     """Any directory name and any text reach the remote shell unchanged."""
     env, _ = fakes
     directory = tmp_path / "dirs" / dirname
     directory.mkdir(parents=True, exist_ok=True)
     cmd = f"printf %s {shlex.quote(payload)}; pwd >&2"
-    out = run("bash", "sshgit.sh", f"sshCmd u@127.0.0.1 {shlex.quote(str(directory))} {shlex.quote(cmd)}", env)
+    out = run("bash", "sshgit.sh",
+              f"sshCmd u@127.0.0.1 {shlex.quote(str(directory))} {shlex.quote(cmd)}", env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode() == payload
     assert out.stderr.decode() == f"{directory}\n"
@@ -244,7 +261,8 @@ def test_unit_directives():
     assert "network-online.target" in after and "wg-quick@wg0.service" in after
     assert "network-online.target" in " ".join(get("Unit", "Wants"))
     required = " ".join(get("Unit", "Wants") + get("Unit", "Requires") + get("Unit", "BindsTo"))
-    assert "wg-quick" not in required  # ordered after the tunnel when it is used, never requiring it
+    # ordered after the tunnel when it is used, never requiring it
+    assert "wg-quick" not in required
     assert get("Install", "WantedBy") == ["multi-user.target"]
 
 
@@ -256,8 +274,9 @@ def test_unit_verifies(tmp_path):
     fake_d.write_text("#!/bin/sh\n")
     fake_d.chmod(0o755)
     unit = tmp_path / "zpeer.service"
-    unit.write_text((CONTRIB / "zpeer.service").read_text().replace("/usr/local/bin/d", str(fake_d)))
-    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path)
+    text = (CONTRIB / "zpeer.service").read_text()
+    unit.write_text(text.replace("/usr/local/bin/d", str(fake_d)))
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "zpeer.service" not in out.stderr, out.stderr  # no warning about any line of the unit

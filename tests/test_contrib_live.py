@@ -19,7 +19,9 @@ WHO = 'basename "$ZPEER_HOME"'
 
 def shells():
     """The shells users source the helpers from; a missing one is skipped, saying so."""
-    return [pytest.param(sh, marks=pytest.mark.skipif(shutil.which(sh) is None, reason=f"{sh} not installed"))
+    return [pytest.param(sh,
+                         marks=pytest.mark.skipif(shutil.which(sh) is None,
+                                                  reason=f"{sh} not installed"))
             for sh in ("bash", "zsh", "sh")]
 
 
@@ -39,9 +41,11 @@ def test_get_peer_id_by_ip(shell, shared_cluster):
         env = shared_cluster.nodes[origin].env
         for ip, peer in (("127.0.0.1", "vps"), ("127.0.0.2", "desktop"), ("127.0.0.4", "laptop")):
             out = run(shell, env, f"getPeerIdByIp {ip}")
-            assert (out.returncode, out.stdout, out.stderr) == (0, f"{peer}\n".encode(), b""), (origin, ip)
+            assert (out.returncode, out.stdout, out.stderr) == (0, f"{peer}\n".encode(), b""), \
+                (origin, ip)
         out = run(shell, env, "getPeerIdByIp 127.0.0.9")
-        assert (out.returncode, out.stdout, out.stderr) == (1, b"", b"No peer found with IP: 127.0.0.9\n")
+        assert (out.returncode, out.stdout, out.stderr) == (1, b"",
+                                                            b"No peer found with IP: 127.0.0.9\n")
 
 
 @pytest.mark.parametrize("shell", shells())
@@ -51,17 +55,20 @@ def test_exec_on_peer_by_ip(shell, shared_cluster, tmp_path):
     odd.mkdir()
     cmd = f'printf "%s|%s\\n" "$PWD" "$({WHO})"; echo "to stderr" >&2; exit 7'
     out = run(shell, env, f"execOnPeerByIp 127.0.0.4 {shlex.quote(str(odd))} {shlex.quote(cmd)}")
-    assert (out.returncode, out.stdout, out.stderr) == (7, f"{odd}|laptop\n".encode(), b"to stderr\n")
+    assert (out.returncode, out.stdout, out.stderr) == (7, f"{odd}|laptop\n".encode(),
+                                                        b"to stderr\n")
 
     out = run(shell, env, f"execOnPeerByIp 127.0.0.1 '' {shlex.quote(cmd)}")  # "" = the remote home
     assert (out.returncode, out.stdout) == (7, f"{os.path.expanduser('~')}|vps\n".encode())
 
-    out = run(shell, env, "execOnPeerByIp 127.0.0.2 /tmp 'wc -c'", input=b"12345")  # stdin is forwarded
+    # stdin is forwarded
+    out = run(shell, env, "execOnPeerByIp 127.0.0.2 /tmp 'wc -c'", input=b"12345")
     assert (out.returncode, out.stdout) == (0, b"5\n")
 
     marker = tmp_path / "ran"
     out = run(shell, env, f"execOnPeerByIp 127.0.0.9 /tmp 'touch {marker}'")
-    assert (out.returncode, out.stdout, out.stderr) == (1, b"", b"No peer found with IP: 127.0.0.9\n")
+    assert (out.returncode, out.stdout, out.stderr) == (1, b"",
+                                                        b"No peer found with IP: 127.0.0.9\n")
     assert not marker.exists()
 
     out = run(shell, env, "execOnPeerByIp 127.0.0.4 /no/such/dir true")
@@ -70,21 +77,27 @@ def test_exec_on_peer_by_ip(shell, shared_cluster, tmp_path):
 
 @pytest.mark.parametrize("shell", shells())
 def test_for_each_peer(shell, shared_cluster):
-    out = run(shell, shared_cluster.laptop.env, f'forEachPeer \'echo "$({WHO})"; [ "$({WHO})" != desktop ] || exit 4\'')
+    out = run(shell, shared_cluster.laptop.env,
+              f'forEachPeer \'echo "$({WHO})"; [ "$({WHO})" != desktop ] || exit 4\'')
     assert out.returncode == 4  # the largest remote status
-    assert sorted(out.stdout.decode().splitlines()) == ["desktop: desktop", "laptop: laptop", "vps: vps"]
+    assert sorted(out.stdout.decode().splitlines()) == ["desktop: desktop", "laptop: laptop",
+                                                        "vps: vps"]
     assert out.stderr.decode().startswith("--\n")
-    assert sorted(out.stderr.decode().splitlines()[1:]) == ["desktop: rc 4", "laptop: ok", "vps: ok"]
+    assert sorted(out.stderr.decode().splitlines()[1:]) == ["desktop: rc 4", "laptop: ok",
+                                                            "vps: ok"]
 
 
 @pytest.mark.parametrize("shell", shells())
 def test_helpers_without_a_daemon(shell, tmp_path):
-    """The local daemon is down: zpeer's own failure (255, `Failed to connect`), never `No peer found`."""
+    """The local daemon is down: zpeer's own failure (255, `Failed to connect`), not `No peer
+    found`."""
     env = dict(os.environ, ZPEER_HOME=str(tmp_path / "nodaemon"))
-    for script in ("getPeerIdByIp 127.0.0.2", "execOnPeerByIp 127.0.0.2 /tmp true", "forEachPeer true"):
+    for script in ("getPeerIdByIp 127.0.0.2", "execOnPeerByIp 127.0.0.2 /tmp true",
+                   "forEachPeer true"):
         out = run(shell, env, script)
         assert out.returncode == 255, (script, out.stderr)
-        assert out.stderr.startswith(b"Failed to connect\n") and b"No peer found" not in out.stderr, script
+        assert out.stderr.startswith(b"Failed to connect\n"), script
+        assert b"No peer found" not in out.stderr, script
 
 
 def test_for_each_peer_skips_offline_peers(shared_cluster):
@@ -94,7 +107,8 @@ def test_for_each_peer_skips_offline_peers(shared_cluster):
     try:
         wait_for(lambda: not shared_cluster.online("laptop"), what="laptop offline")
         out = run("bash", shared_cluster.desktop.env, f"forEachPeer '{WHO}'")
-        assert (out.returncode, sorted(out.stdout.decode().splitlines())) == (0, ["desktop: desktop", "vps: vps"])
+        assert (out.returncode,
+                sorted(out.stdout.decode().splitlines())) == (0, ["desktop: desktop", "vps: vps"])
         assert sorted(out.stderr.decode().splitlines()) == ["--", "desktop: ok", "vps: ok"]
     finally:  # give the module's shared cluster back whole
         laptop.start()

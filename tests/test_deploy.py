@@ -13,7 +13,8 @@ import subprocess
 import pytest
 from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node, wait_for
 
-GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c", "init.defaultBranch=main"]
+GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c",
+       "init.defaultBranch=main"]
 DEPLOYED = re.compile(rb"^(\S+): deployed (\S+) \(was (\S+)\) in \d+\.\ds\n$")
 
 
@@ -66,11 +67,13 @@ class Fleet(Cluster):
     def start(self):
         """Leader vps on 127.0.0.1, workers desktop (127.0.0.2) and laptop (127.0.0.4)."""
         self.vps = self.node("vps", "127.0.0.1")
-        self.vps.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{self.port}", check=0)
+        self.vps.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind",
+                   f"127.0.0.1:{self.port}", check=0)
         self.vps.start()
         for name, ip in (("desktop", "127.0.0.2"), ("laptop", "127.0.0.4")):
             node = self.node(name, ip).start()
-            out = node.d("registerWorker", "--id", name, "--token", self.token(), "--source-ip", ip, check=0)
+            out = node.d("registerWorker", "--id", name, "--token", self.token(), "--source-ip", ip,
+                         check=0)
             assert b"Registered" in out.stdout, out
             setattr(self, name, node)
         return self
@@ -106,7 +109,8 @@ def test_recipes_default_to_deploying_zpeer_itself():
     r = recipes.resolve({})
     assert r["repo"] == ROOT and r["pull_cmd"] == "git pull --ff-only" and r["restart_cmd"] is None
     assert r["build_cmd"].endswith(f" -m pip install --quiet -e {ROOT}")
-    other = recipes.resolve({"repo": "/srv/zpeer", "pull_cmd": "git fetch", "restart_cmd": "systemctl restart zpeer"})
+    other = recipes.resolve({"repo": "/srv/zpeer", "pull_cmd": "git fetch",
+                             "restart_cmd": "systemctl restart zpeer"})
     # zpeer runs from elsewhere (an installed copy): a copy of that checkout, its version stamped
     assert other["build_cmd"].endswith(" -m zpeer.recipes install /srv/zpeer")
     assert (other["pull_cmd"], other["restart_cmd"]) == ("git fetch", "systemctl restart zpeer")
@@ -117,10 +121,12 @@ def test_pull_brings_the_new_commit_and_propagates_failure(fleet):
     # getPeerStatus shows the recipe in effect, defaults included and marked
     status = json.loads(fleet.desktop.d("getPeerStatus", "--json", check=0).stdout)
     assert status["recipes"] == {"repo": fleet.repo("desktop"), "pull_cmd": "git pull --ff-only",
-                                 "build_cmd": f"cp VERSION {fleet.version_file('desktop')}", "restart_cmd": "re-exec"}
+                                 "build_cmd": f"cp VERSION {fleet.version_file('desktop')}",
+                                 "restart_cmd": "re-exec"}
     assert status["recipe_defaults"] == ["pull_cmd", "restart_cmd"]
     text = fleet.desktop.d("getPeerStatus", check=0).stdout.decode().splitlines()
-    assert "pull_cmd: git pull --ff-only (default)" in text and "restart_cmd: re-exec (default)" in text
+    assert "pull_cmd: git pull --ff-only (default)" in text
+    assert "restart_cmd: re-exec (default)" in text
     assert f"repo: {fleet.repo('desktop')}" in text
     out = fleet.laptop.d("remotePull", "--peer", "desktop", check=0)
     assert b"Fast-forward" in out.stdout
@@ -139,7 +145,8 @@ def test_pull_brings_the_new_commit_and_propagates_failure(fleet):
 
 def test_build_failure_keeps_the_old_daemon_and_exits_non_zero(fleet):
     laptop = fleet.laptop
-    laptop.d("setPeerConfig", "--build-cmd", "echo compiling; cat; echo broken >&2; exit 3", check=0)
+    laptop.d("setPeerConfig", "--build-cmd", "echo compiling; cat; echo broken >&2; exit 3",
+             check=0)
     # a build reads no input: the `cat` in it gets EOF, not what a `while read` loop was reading
     out = fleet.vps.d("remoteBd", "--peer", "laptop", input=b"the loop's next line\n", check=3)
     assert out.stdout == b"compiling\n"
@@ -147,10 +154,12 @@ def test_build_failure_keeps_the_old_daemon_and_exits_non_zero(fleet):
     before = status(laptop)
     out = fleet.vps.d("remoteDeployDaemon", "--peer", "laptop", check=3)
     assert b"Fast-forward\n" in out.stdout and out.stdout.endswith(b"compiling\n")
-    assert out.stderr.endswith(b"laptop: deploy failed at build (exit 3); the old daemon keeps running\n")
+    assert out.stderr.endswith(b"laptop: deploy failed at build (exit 3); the old daemon keeps "
+                               b"running\n")
     assert fleet.head("laptop") == fleet.second  # the pull went through, the build did not
     after = status(laptop)
-    assert (after["started_at"], after["version"], after["pid"]) == (before["started_at"], "1.0-test", before["pid"])
+    assert (after["started_at"], after["version"], after["pid"]) == (before["started_at"],
+                                                                     "1.0-test", before["pid"])
     assert fleet.versions()["laptop"] == (True, "1.0-test")
 
 
@@ -164,24 +173,28 @@ def test_deploy_reports_old_and_new_versions_and_listpeers_marks_skew(fleet):
     after = status(desktop)
     assert after["pid"] == before["pid"] == desktop.proc.pid  # re-executed in place
     assert after["started_at"] > before["started_at"] and after["version"] == "2.0-test"
-    assert fleet.versions(via=fleet.laptop) == {"vps": (True, "1.0-test"), "desktop": (True, "2.0-test"),
+    assert fleet.versions(via=fleet.laptop) == {"vps": (True, "1.0-test"),
+                                                "desktop": (True, "2.0-test"),
                                                 "laptop": (True, "1.0-test")}
     table = fleet.vps.d("listPeers", check=0).stdout.decode().splitlines()
     assert table[1].split()[0] == "desktop" and table[1].endswith("2.0-test *")
     assert table[-1] == "* version differs from the leader's (1.0-test)"
     # the daemon still works after its own restart
-    assert fleet.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo hi", check=0).stdout == b"hi\n"
+    assert fleet.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo hi",
+                       check=0).stdout == b"hi\n"
 
 
 def test_deploy_that_comes_back_with_the_old_version_fails(fleet):
     fleet.desktop.d("setPeerConfig", "--build-cmd", "true", check=0)
     out = fleet.vps.d("remoteDeployDaemon", "--peer", "desktop", check=1)
-    assert out.stderr.endswith(b"desktop: deploy failed at verify (came back with the old version 1.0-test "
+    assert out.stderr.endswith(b"desktop: deploy failed at verify (came back with the old version "
+                               b"1.0-test "
                                b"though the pull brought new commits)\n")
     # nothing new to pull: the same version is what a redeploy should bring back
     out = fleet.vps.d("remoteDeployDaemon", "--peer", "desktop", check=0)
     assert b"Already up to date.\n" in out.stdout
-    assert DEPLOYED.match(out.stdout.splitlines(keepends=True)[-1]).groups() == (b"desktop", b"1.0-test", b"1.0-test")
+    last = out.stdout.splitlines(keepends=True)[-1]
+    assert DEPLOYED.match(last).groups() == (b"desktop", b"1.0-test", b"1.0-test")
 
 
 def test_deploy_that_does_not_come_back_fails_at_verify(fleet):
@@ -189,7 +202,8 @@ def test_deploy_that_does_not_come_back_fails_at_verify(fleet):
     fleet.desktop.d("setPeerConfig", "--restart-cmd", "true", check=0)
     out = fleet.vps.d("remoteDeployDaemon", "--peer", "desktop", "--wait", "2", check=255)
     assert b"desktop: restarting (true), was 1.0-test\n" in out.stderr
-    assert out.stderr.endswith(b"desktop: deploy failed at verify (not back online within 2s; it ran 1.0-test)\n")
+    assert out.stderr.endswith(b"desktop: deploy failed at verify (not back online within 2s; it "
+                               b"ran 1.0-test)\n")
 
 
 def test_rolling_deploy_stops_at_the_first_failure_leader_last(fleet):
@@ -198,7 +212,8 @@ def test_rolling_deploy_stops_at_the_first_failure_leader_last(fleet):
     deployed = [DEPLOYED.match(line).groups() for line in out.stdout.splitlines(keepends=True)
                 if DEPLOYED.match(line)]
     assert deployed == [(b"desktop", b"2.0-test", b"1.0-test")]
-    assert out.stderr.endswith(b"laptop: deploy failed at build (exit 7); the old daemon keeps running\n"
+    assert out.stderr.endswith(b"laptop: deploy failed at build (exit 7); the old daemon keeps "
+                               b"running\n"
                                b"vps: skipped (stopped after a failure; --keep-going goes on)\n")
     assert fleet.versions() == {"vps": (True, "1.0-test"), "desktop": (True, "2.0-test"),
                                 "laptop": (True, "1.0-test")}
@@ -207,11 +222,13 @@ def test_rolling_deploy_stops_at_the_first_failure_leader_last(fleet):
 def test_exclude_leaves_peers_out_of_pulls_and_rollouts(fleet):
     out = fleet.vps.d("remotePull", "--peer", "all", "--exclude", "vps", check=0)
     assert out.stderr.endswith(b"--\ndesktop: ok\nlaptop: ok\n")
-    assert (fleet.head("desktop"), fleet.head("laptop"), fleet.head("vps")) == (fleet.second, fleet.second, fleet.first)
+    assert (fleet.head("desktop"), fleet.head("laptop"), fleet.head("vps")) == (fleet.second,
+        fleet.second, fleet.first)
     out = fleet.vps.d("remoteDeployDaemon", "--peer", "all", "--exclude", "vps,laptop", check=0)
     assert [DEPLOYED.match(line).group(1) for line in out.stdout.splitlines(keepends=True)
             if DEPLOYED.match(line)] == [b"desktop"]
-    assert fleet.versions() == {"vps": (True, "1.0-test"), "desktop": (True, "2.0-test"), "laptop": (True, "1.0-test")}
+    assert fleet.versions() == {"vps": (True, "1.0-test"), "desktop": (True, "2.0-test"),
+                                "laptop": (True, "1.0-test")}
     out = fleet.vps.d("restartDaemon", "--peer", "all", "--exclude", "lpatop", check=255)
     assert out.stderr.startswith(b"Peer not found: lpatop\n")  # a typo restarts nothing
     assert fleet.vps.d("restartDaemon", "--exclude", "vps", check=2).stderr == (
@@ -222,14 +239,17 @@ def test_exclude_leaves_peers_out_of_pulls_and_rollouts(fleet):
 def test_rolling_deploy_keep_going_deploys_the_leader_last(fleet):
     fleet.laptop.d("setPeerConfig", "--build-cmd", "exit 7", check=0)
     leader_before = status(fleet.vps)
-    out = fleet.vps.d("remoteDeployDaemon", "--peer", "all", "--batch", "2", "--keep-going", check=7)
+    out = fleet.vps.d("remoteDeployDaemon", "--peer", "all", "--batch", "2", "--keep-going",
+                      check=7)
     deployed = [DEPLOYED.match(line).group(1) for line in out.stdout.splitlines(keepends=True)
                 if DEPLOYED.match(line)]
-    assert deployed == [b"desktop", b"vps"]  # the leader, alone and last, restarted under its own CLI
+    # the leader, alone and last, restarted under its own CLI
+    assert deployed == [b"desktop", b"vps"]
     assert b"laptop: deploy failed at build (exit 7)" in out.stderr
     assert status(fleet.vps)["started_at"] > leader_before["started_at"]
     wait_for(lambda: fleet.versions() == {"vps": (True, "2.0-test"), "desktop": (True, "2.0-test"),
-                                          "laptop": (True, "1.0-test")}, what="fleet back after the leader's restart")
+                                          "laptop": (True, "1.0-test")},
+             what="fleet back after the leader's restart")
 
 
 def test_restart_daemon_reports_running_jobs_as_interrupted(fleet):
@@ -238,7 +258,9 @@ def test_restart_daemon_reports_running_jobs_as_interrupted(fleet):
     from conftest import d_command
 
     def start_exec(node, target):
-        return sp.Popen(d_command() + ["execOnPeer", "--peer", target, "--shellCmd", "echo started; exec sleep 30"],
+        return sp.Popen(d_command()
+                        + ["execOnPeer", "--peer", target, "--shellCmd",
+                           "echo started; exec sleep 30"],
                         env=node.env, stdin=sp.DEVNULL, stdout=sp.PIPE, stderr=sp.PIPE)
 
     to_desktop = start_exec(fleet.laptop, "desktop")   # desktop runs the job for laptop
@@ -280,8 +302,9 @@ def test_a_step_says_what_it_runs_before_the_command_speaks(tmp_path):
     repo.mkdir()
     node = Node(str(tmp_path), "home")
     node.d("setPeerConfig", "--repo", str(repo), "--build-cmd", "echo built", check=0)
-    step = subprocess.Popen([sys.executable, "-m", "zpeer", "deployStep", "build"], env=node.env, cwd=str(tmp_path),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    step = subprocess.Popen([sys.executable, "-m", "zpeer", "deployStep", "build"], env=node.env,
+                            cwd=str(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
         ready, _, _ = select.select([step.stderr], [], [], 10)
         assert ready, "no + line"

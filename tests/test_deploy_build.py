@@ -22,7 +22,8 @@ from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node
 
 from zpeer import recipes
 
-GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c", "init.defaultBranch=main"]
+GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c",
+       "init.defaultBranch=main"]
 DEPS = ("pyzmq", "msgpack", "click", "peewee", "pip")  # what zpeer imports, and what its build runs
 MARKER = 'MARKER = "second commit"\n'
 WORKER_IP = "127.0.0.7"
@@ -65,7 +66,8 @@ def link_deps(target):
         dist = importlib.metadata.distribution(name)
         base = str(dist.locate_file(""))
         for top in sorted({str(f).split("/")[0] for f in dist.files or ()} - {"..", "__pycache__"}):
-            if os.path.exists(os.path.join(base, top)) and not os.path.lexists(os.path.join(target, top)):
+            there, here = os.path.join(base, top), os.path.join(target, top)
+            if os.path.exists(there) and not os.path.lexists(here):
                 os.symlink(os.path.join(base, top), os.path.join(target, top))
 
 
@@ -75,14 +77,16 @@ def make_venv(base, checkout):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True,
                    timeout=60)
     python = os.path.join(venv, "bin", "python")
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    site = subprocess.run([python, "-c",
+                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True, timeout=30).stdout.strip()
     link_deps(os.path.join(base, "deps"))
     with open(os.path.join(site, "deps.pth"), "w") as f:
         f.write(os.path.join(base, "deps") + "\n")
-    out = subprocess.run([python, "-m", "pip", "install", "--quiet", checkout], capture_output=True, text=True,
-                         timeout=120, stdin=subprocess.DEVNULL)
-    if out.returncode and re.search(r"(No matching distribution|Could not find a version).* setuptools", out.stderr):
+    out = subprocess.run([python, "-m", "pip", "install", "--quiet", checkout], capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    unreachable = r"(No matching distribution|Could not find a version).* setuptools"
+    if out.returncode and re.search(unreachable, out.stderr):
         pytest.skip("pip cannot fetch the build backend (setuptools): no package index reachable")
     assert out.returncode == 0, out.stderr[-3000:]
     return venv
@@ -98,16 +102,18 @@ class VenvNode(Node):
 
 def installed(venv):
     """(version, marker or None, file) of the zpeer that the virtualenv's Python imports."""
-    code = ("import json, zpeer\ntry:\n    from zpeer.deploy_marker import MARKER\nexcept ImportError:\n"
+    code = ("import json, zpeer\ntry:\n    from zpeer.deploy_marker import MARKER\nexcept "
+            "ImportError:\n"
             "    MARKER = None\nprint(json.dumps([zpeer.__version__, MARKER, zpeer.__file__]))")
-    out = subprocess.run([os.path.join(venv, "bin", "python"), "-c", code], capture_output=True, text=True,
-                         timeout=30, cwd=venv, check=True)
+    out = subprocess.run([os.path.join(venv, "bin", "python"), "-c", code], capture_output=True,
+                         text=True, timeout=30, cwd=venv, check=True)
     return tuple(json.loads(out.stdout))
 
 
 @pytest.fixture
 def installed_worker(tmp_path):
-    """A leader from this checkout and worker `box` from a virtualenv, zpeer installed from its checkout."""
+    """A leader from this checkout, worker `box` from a virtualenv with zpeer installed from its
+    checkout."""
     checkout, commits = origin_with_two_commits(str(tmp_path))
     venv = make_venv(str(tmp_path), checkout)
     cluster = Cluster(tmp_path)
@@ -117,7 +123,8 @@ def installed_worker(tmp_path):
         cluster.nodes["box"] = box
         box.d("setPeerConfig", "--heartbeat", TEST_HEARTBEAT_S, "--repo", checkout, check=0)
         box.start()
-        out = box.d("registerWorker", "--id", "box", "--token", cluster.token(), "--source-ip", WORKER_IP, check=0)
+        out = box.d("registerWorker", "--id", "box", "--token", cluster.token(), "--source-ip",
+                    WORKER_IP, check=0)
         assert b"Registered" in out.stdout, out
         yield cluster, box, venv, checkout, commits
     finally:
@@ -136,13 +143,16 @@ def test_default_build_reinstalls_zpeer_into_the_daemons_virtualenv(installed_wo
     assert init_py.startswith(venv + os.sep)  # the virtualenv's own copy, not this checkout
     assert installed(venv) == ("0.1.0", None, init_py)
     before = status(box)
-    assert before["version"] == "0.1.0"  # README's `pip install .`: an installed copy knows no commit
+    # README's `pip install .`: an installed copy knows no commit
+    assert before["version"] == "0.1.0"
     build = f"+ cd {checkout} && {venv}/bin/python -m zpeer.recipes install {checkout}\n"
 
     # the build alone: zpeer reinstalled, its version now naming the commit; the daemon runs on
     out = cluster.vps.d("remoteBd", "--peer", "box", timeout=120)
-    assert (out.returncode, out.stdout) == (0, f"Installed zpeer 0.1.0+g{first} into {venv}\n".encode()), out
-    assert PIP_NOTICE.sub("", out.stderr.decode()) == build  # pip's own upgrade notice, when it saw a newer pip
+    said = f"Installed zpeer 0.1.0+g{first} into {venv}\n".encode()
+    assert (out.returncode, out.stdout) == (0, said), out
+    # pip's own upgrade notice, when it saw a newer pip
+    assert PIP_NOTICE.sub("", out.stderr.decode()) == build
     assert installed(venv) == (f"0.1.0+g{first}", None, init_py)
     assert status(box)["version"] == "0.1.0"
 
@@ -153,7 +163,8 @@ def test_default_build_reinstalls_zpeer_into_the_daemons_virtualenv(installed_wo
     assert lines[0] == f"Updating {first}..{second}" and "Fast-forward" in lines
     assert " zpeer/deploy_marker.py | 2 ++" in lines
     assert lines[-2] == f"Installed zpeer 0.1.0+g{second} into {venv}"
-    assert re.fullmatch(rf"box: deployed 0\.1\.0\+g{second} \(was 0\.1\.0\) in \d+\.\ds", lines[-1]), lines
+    assert re.fullmatch(rf"box: deployed 0\.1\.0\+g{second} \(was 0\.1\.0\) in \d+\.\ds",
+                        lines[-1]), lines
     err = PIP_NOTICE.sub("", out.stderr.decode())
     assert err.startswith(f"+ cd {checkout} && git pull --ff-only\n")
     assert err.endswith(build + "box: restarting (re-exec), was 0.1.0\n"), err
@@ -176,7 +187,8 @@ def test_stamp_version_names_the_commit_as_a_checkout_does(tmp_path):
     init_py = tmp_path / "__init__.py"
     init_py.write_text('"""zpeer."""\n\n__version__ = "0.1.0"\nNOTE = "__version__ = \'9\'"\n')
     assert recipes.stamp_version(str(init_py), "1a2b3c4") == "0.1.0+g1a2b3c4"
-    assert init_py.read_text() == '"""zpeer."""\n\n__version__ = "0.1.0+g1a2b3c4"\nNOTE = "__version__ = \'9\'"\n'
+    assert init_py.read_text() == ('"""zpeer."""\n\n__version__ = "0.1.0+g1a2b3c4"\nNOTE = '
+                                   '"__version__ = \'9\'"\n')
     init_py.write_text("__version__ = '2.0+local'\n")  # already a local version: one label, dotted
     assert recipes.stamp_version(str(init_py), "1a2b3c4") == "2.0+local.g1a2b3c4"
     assert init_py.read_text() == "__version__ = '2.0+local.g1a2b3c4'\n"
@@ -197,16 +209,22 @@ def test_the_build_copies_what_git_sees_of_the_checkout(tmp_path):
     git("commit", "-q", "-m", "files", cwd=repo)
     os.remove(os.path.join(repo, "deleted.py"))
     os.makedirs(os.path.join(repo, "build", "lib"))
-    for name, text in (("kept.py", "v2, not committed\n"), ("new.py", "untracked\n"), ("build/lib/stale.py", "old\n")):
+    for name, text in (("kept.py", "v2, not committed\n"), ("new.py", "untracked\n"),
+                       ("build/lib/stale.py", "old\n")):
         with open(os.path.join(repo, name), "w") as f:
             f.write(text)
     recipes._copy_checkout(repo, dest)
-    copied = {os.path.relpath(os.path.join(d, f), dest) for d, _, files in os.walk(dest) for f in files}
+    copied = {os.path.relpath(os.path.join(d, f), dest) for d, _,
+              files in os.walk(dest) for f in files}
     assert copied == {".gitignore", "kept.py", "new.py"}
     with open(os.path.join(dest, "kept.py")) as f:
-        assert f.read() == "v2, not committed\n"  # the checkout as it is, as `pip install DIR` takes it
+        # the checkout as it is, as `pip install DIR` takes it
+        assert f.read() == "v2, not committed\n"
 
 
 def test_install_entry_point_says_how_to_call_it():
-    out = subprocess.run([sys.executable, "-m", "zpeer.recipes"], capture_output=True, text=True, timeout=30)
-    assert (out.returncode, out.stdout, out.stderr) == (2, "", "usage: python -m zpeer.recipes install REPO\n")
+    out = subprocess.run([sys.executable, "-m", "zpeer.recipes"], capture_output=True, text=True,
+                         timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (2, "",
+                                                        "usage: python -m zpeer.recipes install "
+                                                        "REPO\n")

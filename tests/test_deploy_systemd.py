@@ -44,7 +44,8 @@ USER_MANAGER_ONLY = "0::/user.slice/user-1000.slice/user@1000.service\n"
     (None, "systemd", SYSTEM, None),  # not a service: systemd sets INVOCATION_ID for each start
     ("", "systemd", SYSTEM, None),
 ], ids=["system", "cgroup-v1-hybrid", "user", "escaped-instance", "delegated", "unit-hidden",
-        "user-manager-only", "by-hand-in-service", "by-hand-sudo", "no-invocation-id", "empty-invocation-id"])
+        "user-manager-only", "by-hand-in-service", "by-hand-sudo", "no-invocation-id",
+        "empty-invocation-id"])
 def test_service_unit_reads_what_systemd_sets(invocation_id, parent, cgroup, expected):
     assert service_unit(invocation_id, parent, cgroup) == expected
 
@@ -73,13 +74,14 @@ def test_restart_command_runs_outside_the_unit_through_systemd_run():
     assert spawn_argv("./restart.sh", ("zpeer.service", False), "/usr/bin/systemd-run", "/srv/app",
                       {"ZPEER_HOME": "/var/lib/zpeer", "PATH": "/usr/bin"}) == [
         "/usr/bin/systemd-run", "--quiet", "--collect", "--working-directory=/srv/app",
-        "--setenv=PATH=/usr/bin", "--setenv=ZPEER_HOME=/var/lib/zpeer", "/bin/bash", "-c", "./restart.sh"]
+        "--setenv=PATH=/usr/bin", "--setenv=ZPEER_HOME=/var/lib/zpeer", "/bin/bash", "-c",
+                                                                                "./restart.sh"]
 
 
 # The stand-ins. Each is a script run by this interpreter; the kernel names a process after the
 # script it executes, so the manager's children see a parent called `systemd`.
 FAKE_SYSTEMD = '''\
-"""Stand-in service manager: runs ARGV as a service; SIGHUP restarts it (stop, then start), SIGTERM stops."""
+"""Stand-in service manager: runs ARGV as a service; SIGHUP restarts it, SIGTERM stops it."""
 import os, signal, subprocess, sys, uuid
 SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD}
 signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
@@ -118,7 +120,7 @@ while True:
 '''
 
 FAKE_SYSTEMD_RUN = '''\
-"""Stand-in systemd-run: records its argv, starts the command detached, returns at once (as a unit start)."""
+"""Stand-in systemd-run: records its argv, starts the command detached, returns at once."""
 import json, os, sys
 with open(os.path.join(STATE, "systemd-run.log"), "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
@@ -138,7 +140,7 @@ if os.fork() == 0:
 '''
 
 FAKE_SYSTEMCTL = '''\
-"""Stand-in systemctl: records its argv; `restart zpeer.service` asks the stand-in manager to restart it."""
+"""Stand-in systemctl: records its argv; `restart zpeer.service` asks the stand-in manager."""
 import json, os, signal, sys
 with open(os.path.join(STATE, "systemctl.log"), "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
@@ -152,7 +154,8 @@ with open(os.path.join(STATE, "systemd.pid")) as f:
 def write_stand_ins(bin_dir, state):
     """The three stand-ins in bin_dir, executable, writing what they saw to state."""
     os.makedirs(bin_dir)
-    for name, body in (("systemd", FAKE_SYSTEMD), ("systemd-run", FAKE_SYSTEMD_RUN), ("systemctl", FAKE_SYSTEMCTL)):
+    for name, body in (("systemd", FAKE_SYSTEMD), ("systemd-run", FAKE_SYSTEMD_RUN),
+                       ("systemctl", FAKE_SYSTEMCTL)):
         path = os.path.join(bin_dir, name)
         with open(path, "w") as f:
             f.write(f"#!{sys.executable}\nSTATE = {state!r}\n{body}")
@@ -191,18 +194,19 @@ class SupervisedNode(Node):
             return []
 
     def start(self):
-        """Start the stand-in manager with `d daemon` as its service; wait until the daemon answers."""
+        """Start the stand-in manager with `d daemon` as its service; wait until it answers."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([os.path.join(self.bin, "systemd")] + d_command()
                                          + ["daemon", "--log-level", "DEBUG"], env=self.env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        wait_for(lambda: self.proc.poll() is not None or b'"daemon": "running"' in self.d("getPeerStatus",
+        wait_for(lambda: self.proc.poll() is not None
+                 or b'"daemon": "running"' in self.d("getPeerStatus",
                  "--json").stdout, what=f"daemon {self.name} to serve")
         assert self.proc.poll() is None, self.log()
         return self
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
-        """Stop the manager (which stops the daemon), then make sure no daemon it started is left."""
+        """Stop the manager (which stops the daemon); no daemon it started may be left."""
         super().stop(sig, timeout)
         try:
             pid = self.service_pid()
@@ -222,8 +226,8 @@ def supervised(tmp_path):
         cluster.nodes["svc"] = svc
         svc.d("setPeerConfig", "--heartbeat", TEST_HEARTBEAT_S, check=0)
         svc.start()
-        out = svc.d("registerWorker", "--id", "svc", "--token", cluster.token(), "--source-ip", SUPERVISED_IP,
-                    check=0)
+        out = svc.d("registerWorker", "--id", "svc", "--token", cluster.token(), "--source-ip",
+                    SUPERVISED_IP, check=0)
         assert b"Registered" in out.stdout, out
         yield cluster, svc
     finally:
@@ -238,17 +242,21 @@ def status(node):
 def test_a_systemd_service_is_restarted_with_systemctl_outside_its_unit(supervised):
     cluster, svc = supervised
     before = status(svc)
-    assert parent_pid(before["pid"]) == svc.proc.pid  # the daemon's parent is the `systemd` stand-in
+    # the daemon's parent is the `systemd` stand-in
+    assert parent_pid(before["pid"]) == svc.proc.pid
     version = before["version"]
 
     out = cluster.vps.d("restartDaemon", "--peer", "svc", check=0)
-    assert out.stderr == f"svc: restarting (systemctl restart zpeer.service), was {version}\n".encode()
-    assert re.fullmatch(rf"svc: restarted {re.escape(version)} in \d+\.\ds\n", out.stdout.decode()), out
+    said = f"svc: restarting (systemctl restart zpeer.service), was {version}\n"
+    assert out.stderr == said.encode()
+    assert re.fullmatch(rf"svc: restarted {re.escape(version)} in \d+\.\ds\n",
+                        out.stdout.decode()), out
     cmd = "systemctl restart zpeer.service"
     (run,) = svc.recorded("systemd-run")
     assert run[:2] == ["--quiet", "--collect"] and run[-3:] == ["/bin/bash", "-c", cmd], run
     options = run[2:-3]
-    assert f"--setenv=ZPEER_HOME={svc.home}" in options and any(o.startswith("--setenv=PATH=/") for o in options)
+    assert f"--setenv=ZPEER_HOME={svc.home}" in options
+    assert any(o.startswith("--setenv=PATH=/") for o in options)
     assert [o for o in options if o.startswith("--working-directory=/")], options
     assert svc.recorded("systemctl") == [["restart", "zpeer.service"]]
     after = status(svc)
@@ -259,8 +267,10 @@ def test_a_systemd_service_is_restarted_with_systemctl_outside_its_unit(supervis
 
     # the local form goes the same way
     out = svc.d("restartDaemon", check=0)
-    assert out.stderr == f"svc: restarting (systemctl restart zpeer.service), was {version}\n".encode()
-    assert re.fullmatch(rf"svc: restarted {re.escape(version)} in \d+\.\ds\n", out.stdout.decode()), out
+    said = f"svc: restarting (systemctl restart zpeer.service), was {version}\n"
+    assert out.stderr == said.encode()
+    assert re.fullmatch(rf"svc: restarted {re.escape(version)} in \d+\.\ds\n",
+                        out.stdout.decode()), out
     assert svc.recorded("systemctl") == [["restart", "zpeer.service"]] * 2
     assert status(svc)["pid"] == svc.service_pid() != after["pid"]
     with open(os.path.join(svc.home, "restart.log")) as f:
@@ -278,6 +288,7 @@ def test_a_daemon_started_by_hand_inside_a_service_re_executes_itself(tmp_path):
         out = node.d("restartDaemon", check=0)
         assert out.stderr == f"this node: restarting (re-exec), was {before['version']}\n".encode()
         after = status(node)
-        assert after["pid"] == before["pid"] == node.proc.pid and after["started_at"] > before["started_at"]
+        assert after["pid"] == before["pid"] == node.proc.pid
+        assert after["started_at"] > before["started_at"]
     finally:
         node.stop()

@@ -11,9 +11,10 @@ def test_pending_then_accepted_without_token(empty_cluster):
     c.leader()
     key = json.loads(c.vps.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
     node = c.worker("tablet", "127.0.0.6", register=False)
-    out = node.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}", "--leader-key", key,
-                 "--source-ip", "127.0.0.6", check=0)
-    assert out.stdout == b"Pending: tablet waits for `d acceptPeer tablet` on the leader 127.0.0.1:%d\n" % c.port
+    out = node.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}",
+                 "--leader-key", key, "--source-ip", "127.0.0.6", check=0)
+    assert out.stdout == (b"Pending: tablet waits for `d acceptPeer tablet` on the leader "
+                          b"127.0.0.1:%d\n") % c.port
     pending = json.loads(c.vps.d("listPeers", "--pending", "--json", check=0).stdout)
     assert [p["id"] for p in pending] == ["tablet"]
     # the plain list says someone waits; the lists for scripts do not
@@ -27,7 +28,8 @@ def test_pending_then_accepted_without_token(empty_cluster):
     assert out.stderr.startswith(b"Not accepted by the leader yet: tablet is pending\n")
     wrong = ("Z" if tablet_key[0] != "Z" else "Y") + tablet_key[1:9]
     out = c.vps.d("acceptPeer", "tablet", "--key", wrong, check=255)
-    assert out.stderr.startswith(f"The key waiting for tablet is {tablet_key}, not {wrong}".encode())
+    refusal = f"The key waiting for tablet is {tablet_key}, not {wrong}"
+    assert out.stderr.startswith(refusal.encode())
     assert not c.online("tablet")
     c.vps.d("setPeerConfig", "--heartbeat", "5", check=0)  # a pending peer says hello every 5 s now
     wait_for(lambda: b"heartbeat_s: 5.0" in node.d("getPeerStatus", check=0).stdout, timeout=5,
@@ -59,16 +61,18 @@ def test_reinstalled_worker_must_be_reaccepted(cluster):
     assert out.stdout == b"rekeyed\n"
 
 
-def test_registering_while_the_leader_is_down_says_so_at_once_and_joins_once_it_is_up(empty_cluster):
+def test_registering_while_the_leader_is_down_says_so_at_once_and_joins_once_it_is_up(
+        empty_cluster):
     c = empty_cluster
     c.leader()
     key = json.loads(c.vps.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
     c.vps.stop()
     node = c.worker("tablet", "127.0.0.6", register=False)
-    out = node.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}", "--leader-key", key,
-                 "--source-ip", "127.0.0.6", check=255)
+    out = node.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}",
+                 "--leader-key", key, "--source-ip", "127.0.0.6", check=255)
     assert out.stderr.decode() == (
-        f"Not connected to leader\n  hint: nothing answers at 127.0.0.1:{c.port} now: this worker keeps trying "
+        f"Not connected to leader\n  hint: nothing answers at 127.0.0.1:{c.port} now: this worker "
+        "keeps trying "
         "and registers once the leader is up (`d getPeerStatus` shows when)\n")
     c.vps.start()  # no step on the worker: it asks to join by itself
     wait_for(lambda: b"tablet" in c.vps.d("listPeers", "--pending", "--ids").stdout, timeout=10,
@@ -77,7 +81,8 @@ def test_registering_while_the_leader_is_down_says_so_at_once_and_joins_once_it_
     wait_for(lambda: c.online("tablet"), timeout=10, what="tablet online")
 
 
-def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_keeps_working(empty_cluster):
+def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_keeps_working(
+        empty_cluster):
     from test_security import RawPeer, public_key
 
     from zpeer import config
@@ -86,10 +91,12 @@ def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_ke
 
     c = empty_cluster
     c.leader()
-    why = ("Invalid peer id: '-x' (ASCII letters, digits, '-', '_', '.', starting with a letter or digit; "
+    why = ("Invalid peer id: '-x' (ASCII letters, digits, '-', '_', '.', starting with a letter or "
+           "digit; "
            "at most 64; not 'all')\n")
     node = c.worker("tablet", "127.0.0.6", register=False)
-    out = node.d("setPeerConfig", "--role", "worker", "--id", "-x", "--leader", "127.0.0.1:1", check=2)
+    out = node.d("setPeerConfig", "--role", "worker", "--id", "-x", "--leader", "127.0.0.1:1",
+                 check=2)
     assert out.stderr.decode() == why
     # a look-alike of the leader's id, with a Cyrillic letter: refused as a new id
     out = node.d("registerWorker", "--id", "v\u0440s", "--token", c.token(), check=2)
@@ -108,7 +115,8 @@ def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_ke
     c.vps.start()
     new = RawPeer(c.port, key, protocol.route_identity("-new"), "127.0.0.10")
     try:
-        for raw, peer_id, token in ((legacy, "-old", None), (new, "-new", keys.parse_token(c.token())["secret"])):
+        for raw, peer_id, token in ((legacy, "-old", None),
+                                    (new, "-new", keys.parse_token(c.token())["secret"])):
             raw.wait_event(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             hello = {"t": "hello", "rid": peer_id, "id": peer_id, "hostname": "h", "version": "v",
                      "role": "worker", "pid": 1}
@@ -126,19 +134,21 @@ def test_a_peer_id_that_reads_as_an_option_is_refused_but_one_enrolled_before_ke
 
 
 
-def test_a_source_ip_or_advertised_address_that_is_not_an_ip_is_refused_before_anything_is_saved(empty_cluster):
+def test_a_source_ip_or_advertised_address_that_is_not_an_ip_is_refused_before_anything_is_saved(
+        empty_cluster):
     c = empty_cluster
     c.leader()
     node = c.worker("tablet", "127.0.0.6", register=False)
     for args in (("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip", "abc"),
-                 ("setPeerConfig", "--role", "worker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}",
-                  "--source-ip", "127.0.0.256"),
+                 ("setPeerConfig", "--role", "worker", "--id", "tablet", "--leader",
+                  f"127.0.0.1:{c.port}", "--source-ip", "127.0.0.256"),
                  ("setPeerConfig", "--role", "leader", "--id", "x", "--advertise", "my-vps")):
         out = node.d(*args, check=2)
         value = args[-1]
         assert out.stderr.decode() == f"Invalid {args[-2]} {value!r}: not an IP address\n", args
     assert json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["role"] is None
-    out = node.d("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip", "127.0.0.6", check=0)
+    out = node.d("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip",
+                 "127.0.0.6", check=0)
     assert out.stdout.startswith(b"Registered: tablet")
     with open(os.path.join(node.home, "config.json")) as f:
         cfg = json.load(f)
@@ -146,7 +156,8 @@ def test_a_source_ip_or_advertised_address_that_is_not_an_ip_is_refused_before_a
     with open(os.path.join(node.home, "config.json"), "w") as f:  # a hand edit
         json.dump(dict(cfg, source_ip="eth0 "), f)
     out = node.d("getPeerStatus", check=255)
-    assert out.stderr.decode().startswith(f"Bad configuration in {node.home}/config.json: source_ip 'eth0 ': "
+    assert out.stderr.decode().startswith(f"Bad configuration in {node.home}/config.json: "
+                                          "source_ip 'eth0 ': "
                                           "not an IP address\n")
 
 
@@ -156,9 +167,12 @@ def test_registering_while_the_local_daemon_is_down_says_it_registers_when_it_st
     c = empty_cluster
     c.leader()
     node = c.worker("tablet", "127.0.0.6", start=False)
-    out = node.d("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip", "127.0.0.6", check=255)
+    out = node.d("registerWorker", "--id", "tablet", "--token", c.token(), "--source-ip",
+                 "127.0.0.6", check=255)
     assert out.stderr.decode() == (
-        f"Failed to connect\n  hint: the daemon of this node is not running; the settings are saved, and it "
+        "Failed to connect\n  hint: the daemon of this node is not running; the settings are "
+        "saved, and it "
         f"registers with 127.0.0.1:{c.port} when it starts (`d daemon`, `systemctl start zpeer`)\n")
     node.start()
-    wait_for(lambda: c.online("tablet"), timeout=10, what="tablet registered once its daemon started")
+    wait_for(lambda: c.online("tablet"), timeout=10,
+             what="tablet registered once its daemon started")

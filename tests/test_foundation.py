@@ -14,12 +14,13 @@ OFFLINE_WITHIN_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 intervals + slack for process
 
 def test_state_dir_is_private_and_config_persists(tmp_path):
     node = Node(tmp_path, "n1")
-    out = node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", "127.0.0.1:45999", check=0)
+    out = node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", "127.0.0.1:45999",
+                 check=0)
     assert b"Saved: role=leader, id=vps, bind=127.0.0.1:45999" in out.stdout
     assert b"The daemon is not running" in out.stdout
     assert stat.S_IMODE(os.stat(node.home).st_mode) == 0o700
     status = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)
-    assert status["role"] == "leader" and status["id"] == "vps" and status["daemon"] == "not running"
+    assert (status["role"], status["id"], status["daemon"]) == ("leader", "vps", "not running")
 
 
 def test_registration_and_list_peers_from_leader_and_worker(cluster):
@@ -39,11 +40,13 @@ def test_registration_and_list_peers_from_leader_and_worker(cluster):
 def test_peers_cache_on_leader_and_workers(cluster):
     for node in (cluster.vps, cluster.desktop, cluster.laptop):
         path = os.path.join(node.home, "peers.cache")
-        wait_for(lambda: os.path.exists(path) and open(path).read() == "desktop\nlaptop\nvps\n",
+        wait_for(lambda path=path: os.path.exists(path)
+                 and open(path).read() == "desktop\nlaptop\nvps\n",
                  what=f"peers.cache on {node.name}")
     cluster.worker("tablet", "127.0.0.6")
     path = os.path.join(cluster.laptop.home, "peers.cache")
-    wait_for(lambda: open(path).read() == "desktop\nlaptop\ntablet\nvps\n", what="cache update on laptop")
+    wait_for(lambda: open(path).read() == "desktop\nlaptop\ntablet\nvps\n",
+             what="cache update on laptop")
 
 
 def test_get_peer_id_by_ip(cluster):
@@ -71,7 +74,8 @@ def test_offline_after_sigkill_and_sigstop(cluster):
     out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=255)
     assert out.stderr.startswith(b"Peer offline: laptop (last seen ")
     cluster.desktop.stop(signal.SIGSTOP)
-    wait_for(lambda: not cluster.online("desktop"), timeout=OFFLINE_WITHIN_S, what="desktop offline")
+    wait_for(lambda: not cluster.online("desktop"), timeout=OFFLINE_WITHIN_S,
+             what="desktop offline")
     cluster.desktop.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: cluster.online("desktop"), timeout=5, what="desktop back after SIGCONT")
 
@@ -120,7 +124,8 @@ def test_error_phrases(tmp_path, cluster):
     assert out.stderr.startswith(b"Not connected to leader\n")
 
 
-def test_a_bind_address_in_use_is_a_clear_error_and_a_live_change_to_it_changes_nothing(cluster, tmp_path):
+def test_a_bind_address_in_use_is_a_clear_error_and_a_live_change_to_it_changes_nothing(
+        cluster, tmp_path):
     import socket
     import subprocess
 
@@ -132,21 +137,24 @@ def test_a_bind_address_in_use_is_a_clear_error_and_a_live_change_to_it_changes_
         held.listen()
         taken = f"127.0.0.1:{held.getsockname()[1]}"
         why = f"Cannot listen on {taken}: Address already in use"
-        hint = ("  hint: another process may hold the port (`ss -ltnp`), or the address is not one of this "
-                "host's (`ip addr`; WireGuard up?): fix it with `d setPeerConfig --bind HOST:PORT`")
+        hint = ("  hint: another process may hold the port (`ss -ltnp`), or the address is not one "
+                "of this host's (`ip addr`; WireGuard up?): fix it with `d setPeerConfig --bind "
+                "HOST:PORT`")
         # a running leader: refused, and it keeps serving where it was, config.json included
         before = open(os.path.join(cluster.vps.home, "config.json"), "rb").read()
         out = cluster.vps.d("setPeerConfig", "--bind", taken, check=255)
         assert (out.stdout, out.stderr.decode()) == (b"", f"{why} (nothing changed)\n{hint}\n")
         assert open(os.path.join(cluster.vps.home, "config.json"), "rb").read() == before
-        wait_for(lambda: cluster.online("desktop") and cluster.online("laptop"), timeout=5, what="workers back")
-        out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo still", check=0)
+        wait_for(lambda: cluster.online("desktop") and cluster.online("laptop"), timeout=5,
+                 what="workers back")
+        out = cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo still",
+                                check=0)
         assert out.stdout == b"still\n"
         # a leader starting on it: the same words, exit 255, no traceback
         node = Node(tmp_path, "solo", "127.0.0.1")
         node.d("setPeerConfig", "--role", "leader", "--id", "solo", "--bind", taken, check=0)
-        daemon = subprocess.run(d_command() + ["daemon"], env=node.env, capture_output=True, timeout=20,
-                                stdin=subprocess.DEVNULL)
+        daemon = subprocess.run(d_command() + ["daemon"], env=node.env, capture_output=True,
+                                timeout=20, stdin=subprocess.DEVNULL)
         assert (daemon.returncode, daemon.stderr.decode().splitlines()[-2:]) == (255, [why, hint])
     finally:
         held.close()
@@ -171,7 +179,8 @@ def test_db_sanity_check_on_worker_that_was_leader(empty_cluster):
     out = c.vps.d("dbSanityCheck", "--dry-run", check=0).stdout.decode()
     assert "integrity: ok" in out and "leader-only peer: 2 rows, would delete" in out
     out = c.vps.d("dbSanityCheck", check=0).stdout.decode()
-    assert "leader-only peer: 2 rows, deleted" in out and "leader-only exec_log: 1 rows, deleted" in out
+    assert "leader-only peer: 2 rows, deleted" in out
+    assert "leader-only exec_log: 1 rows, deleted" in out
     out = c.vps.d("dbSanityCheck", check=0).stdout.decode()
     assert "leader-only peer: 0 rows" in out
 
@@ -193,7 +202,8 @@ def test_a_frozen_daemon_fails_a_call_at_its_deadline_and_the_next_call_works(tm
     from zpeer.wire.ipc import Client
 
     node = Node(tmp_path, "n1")
-    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}",
+           check=0)
     node.start()
     client = Client(node.home)
     try:
@@ -228,26 +238,31 @@ def test_a_zpeer_home_too_deep_for_a_unix_socket_is_a_clear_error(tmp_path):
                             stdin=subprocess.DEVNULL)
     assert (daemon.returncode, daemon.stderr.decode().splitlines()[-2:]) == (
         255, [why, "  hint: use a shorter ZPEER_HOME"])
-    cli = subprocess.run(d_command() + ["listPeers"], env=env, capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+    cli = subprocess.run(d_command() + ["listPeers"], env=env, capture_output=True, timeout=20,
+                         stdin=subprocess.DEVNULL)
     assert (cli.returncode, cli.stdout, cli.stderr.decode()) == (
         255, b"", f"Failed to connect\n  hint: {why}: use a shorter ZPEER_HOME\n")
 
 
 def test_seconds_that_are_not_finite_are_refused_and_a_bad_config_file_is_a_clear_error(tmp_path):
     node = Node(tmp_path, "n1")
-    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}",
+           check=0)
     path = os.path.join(node.home, "config.json")
     node.start()
     try:
         for flag, value, command in (("--heartbeat", "nan", ["setPeerConfig"]),
-                                     ("--timeout", "inf", ["execOnPeer", "--peer", "vps", "--shellCmd", "true"]),
-                                     ("--timeout", "nan", ["execOnPeer", "--peer", "vps", "--shellCmd", "true"]),
+                                     ("--timeout", "inf",
+                                      ["execOnPeer", "--peer", "vps", "--shellCmd", "true"]),
+                                     ("--timeout", "nan",
+                                      ["execOnPeer", "--peer", "vps", "--shellCmd", "true"]),
                                      ("--timeout", "nan", ["remotePull", "--peer", "vps"])):
             out = node.d(*command, flag, value, check=2)
-            assert out.stderr.decode().splitlines()[-1] == (
-                f"Error: Invalid value for '{flag}': {value!r} is not a number of seconds."), command
+            said = f"Error: Invalid value for '{flag}': {value!r} is not a number of seconds."
+            assert out.stderr.decode().splitlines()[-1] == said, command
         assert json.load(open(path))["heartbeat_s"] == 1.0
-        assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo alive", check=0).stdout == b"alive\n"
+        assert node.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo alive",
+                      check=0).stdout == b"alive\n"
     finally:
         node.stop()
     assert node.proc.returncode == 0
@@ -255,8 +270,10 @@ def test_seconds_that_are_not_finite_are_refused_and_a_bad_config_file_is_a_clea
     cfg = json.load(open(path))
     with open(path, "w") as f:  # a hand edit (json writes NaN, and Python's json reads it back)
         json.dump(dict(cfg, heartbeat_s=float("nan")), f)
-    why = (f"Bad configuration in {path}: heartbeat_s must be a number of seconds from 0.05 to 60, not nan\n"
-           "  hint: set it again with `d setPeerConfig` (see `d setPeerConfig --help`), or edit the file\n")
+    why = (f"Bad configuration in {path}: heartbeat_s must be a number of seconds from 0.05 to 60, "
+           "not nan\n"
+           "  hint: set it again with `d setPeerConfig` (see `d setPeerConfig --help`), or edit "
+           "the file\n")
     for args in (("daemon",), ("getPeerStatus",), ("setPeerConfig", "--role", "leader")):
         out = node.d(*args, check=255)
         assert out.stderr.decode() == why, args
@@ -267,7 +284,8 @@ def test_seconds_that_are_not_finite_are_refused_and_a_bad_config_file_is_a_clea
         f.write("{")
     out = node.d("getPeerStatus", check=255)
     assert out.stderr.decode() == (
-        f"Bad configuration in {path}: not JSON: Expecting property name enclosed in double quotes: line 1 "
+        f"Bad configuration in {path}: not JSON: Expecting property name enclosed in double "
+        "quotes: line 1 "
         "column 2 (char 1)\n  hint: fix the file, or remove it and set this node up again "
         "(`d setPeerConfig`, `d registerWorker`)\n")
     assert node.d("setPeerConfig", "--heartbeat", "0.5", check=255).stderr == out.stderr
@@ -279,35 +297,46 @@ def test_config_problem_names_each_value_a_hand_edit_can_break():
     good = dict(config.DEFAULTS, role="worker", id="laptop", leader="127.0.0.1:3520")
     assert config.config_problem(good) is None
     for change, problem in (
-            ({"heartbeat_s": True}, "heartbeat_s must be a number of seconds from 0.05 to 60, not True"),
-            ({"heartbeat_s": "1"}, "heartbeat_s must be a number of seconds from 0.05 to 60, not '1'"),
-            ({"heartbeat_s": float("inf")}, "heartbeat_s must be a number of seconds from 0.05 to 60, not inf"),
-            ({"heartbeat_budget": 0}, "heartbeat_budget must be a whole number from 1 to 1000000, not 0"),
-            ({"heartbeat_budget": 2.5}, "heartbeat_budget must be a whole number from 1 to 1000000, not 2.5"),
-            ({"history_rows": -5}, "history_rows must be a whole number from 0 to 1000000000, not -5"),
-            ({"history_rows": None}, "history_rows must be a whole number from 0 to 1000000000, not None"),
+            ({"heartbeat_s": True},
+             "heartbeat_s must be a number of seconds from 0.05 to 60, not True"),
+            ({"heartbeat_s": "1"},
+             "heartbeat_s must be a number of seconds from 0.05 to 60, not '1'"),
+            ({"heartbeat_s": float("inf")},
+             "heartbeat_s must be a number of seconds from 0.05 to 60, not inf"),
+            ({"heartbeat_budget": 0},
+             "heartbeat_budget must be a whole number from 1 to 1000000, not 0"),
+            ({"heartbeat_budget": 2.5},
+             "heartbeat_budget must be a whole number from 1 to 1000000, not 2.5"),
+            ({"history_rows": -5},
+             "history_rows must be a whole number from 0 to 1000000000, not -5"),
+            ({"history_rows": None},
+             "history_rows must be a whole number from 0 to 1000000000, not None"),
             ({"role": "boss"}, "role must be leader or worker, not 'boss'"),
             ({"id": "a b"}, "invalid peer id 'a b'"),
             ({"leader": 3520}, "leader 3520: not HOST[:PORT]"),
             ({"bind": "h:99999"}, "bind 'h:99999': bad port in 'h:99999'"),
             ({"group": ["wheel"]}, "group must be a string, not ['wheel']")):
         assert config.config_problem(dict(good, **change)) == problem
-    assert config.config_problem(dict(good, id="-old")) is None  # enrolled before ids had to start with a letter
+    # enrolled before ids had to start with a letter
+    assert config.config_problem(dict(good, id="-old")) is None
 
 
 def test_a_damaged_database_stops_a_leader_with_a_clear_error_and_a_worker_starts_afresh(tmp_path):
     leader = Node(tmp_path, "lead")
-    leader.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    leader.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind",
+             f"127.0.0.1:{free_port()}", check=0)
     db = os.path.join(leader.home, "zpeer.db")
     with open(db, "wb") as f:
         f.write(b"not sqlite at all" * 100)
     why = (f"Bad database {db}: file is not a database\n"
-           f"  hint: restore it from a backup, or move it away (`mv {db} {db}.bad`) to start with an "
+           f"  hint: restore it from a backup, or move it away (`mv {db} {db}.bad`) to start with "
+           "an "
            "empty registry: every worker must then enrol again (`d joinToken`)\n")
     out = leader.d("daemon", check=255)
     assert out.stderr.decode().endswith(why)
     out = leader.d("dbSanityCheck", check=1)
-    assert (out.stdout.decode(), out.stderr.decode()) == ("integrity: FAILED: file is not a database\n",
+    assert (out.stdout.decode(),
+            out.stderr.decode()) == ("integrity: FAILED: file is not a database\n",
                                                           why[why.index("  hint"):])
 
     worker = Node(tmp_path, "work")  # a worker's database holds nothing it needs: no manual step
@@ -326,19 +355,22 @@ def test_a_damaged_database_stops_a_leader_with_a_clear_error_and_a_worker_start
         worker.stop()
 
 
-def test_a_home_that_is_a_file_or_a_damaged_key_is_a_clear_error_and_a_stale_public_key_is_rewritten(tmp_path):
+def test_a_home_that_is_a_file_or_a_damaged_key_is_an_error_and_a_stale_public_key_is_rewritten(
+        tmp_path):
     afile = tmp_path / "afile"
     afile.write_bytes(b"")
     node = Node(tmp_path, "afile")
     why = (f"Cannot use ZPEER_HOME {afile}: Not a directory\n"
-           "  hint: ZPEER_HOME names the node's state directory: point it at a directory (or at none)\n")
-    for args in (("daemon",), ("getPeerStatus",), ("setPeerConfig", "--role", "leader", "--id", "vps"),
-                 ("dbSanityCheck",)):
+           "  hint: ZPEER_HOME names the node's state directory: point it at a directory (or at "
+           "none)\n")
+    for args in (("daemon",), ("getPeerStatus",),
+                 ("setPeerConfig", "--role", "leader", "--id", "vps"), ("dbSanityCheck",)):
         out = node.d(*args, check=255)
         assert out.stderr.decode().endswith(why), args
 
     node = Node(tmp_path, "n1")
-    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}", check=0)
+    node.d("setPeerConfig", "--role", "leader", "--id", "vps", "--bind", f"127.0.0.1:{free_port()}",
+           check=0)
     node.start()
     node.stop()
     public = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"]
@@ -349,12 +381,14 @@ def test_a_home_that_is_a_file_or_a_damaged_key_is_a_clear_error_and_a_stale_pub
     out = node.d("daemon", check=255)
     assert out.stderr.decode().endswith(
         f"Bad key file {key_path}: secret key must be a 40 byte z85 encoded string\n"
-        f"  hint: restore it from a backup, or remove it and curve.pub to make a new key pair: a new "
+        "  hint: restore it from a backup, or remove it and curve.pub to make a new key pair: a "
+        "new "
         "key is a new identity (a worker enrols again; a leader's workers all do)\n")
     with open(key_path, "wb") as f:
         f.write(secret)
     with open(os.path.join(node.home, "curve.pub"), "w") as f:
-        f.write("x" * 40 + "\n")  # a stale or hand-edited copy: getPeerStatus would show a wrong key
+        # a stale or hand-edited copy: getPeerStatus would show a wrong key
+        f.write("x" * 40 + "\n")
     node.start()
     node.stop()
     assert json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["public_key"] == public
@@ -363,8 +397,9 @@ def test_a_home_that_is_a_file_or_a_damaged_key_is_a_clear_error_and_a_stale_pub
 def test_demo_cleans_up_when_its_terminal_closes(tmp_path):
     # its daemons run in sessions of their own: a demo killed by SIGHUP left all three running
     base = None
-    demo = subprocess.Popen(d_command() + ["demo"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    demo = subprocess.Popen(d_command() + ["demo"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, TMPDIR=str(tmp_path)))
     try:
         first = demo.stdout.readline().decode()
         base = first.rsplit(" state in ", 1)[1].strip()
@@ -375,15 +410,18 @@ def test_demo_cleans_up_when_its_terminal_closes(tmp_path):
         assert demo.wait(30) == 130
         assert b"\ninterrupted: stopping the demo daemons\n" in demo.stderr.read()
         assert not os.path.exists(base)
-        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _has_home_under(pid, base)]
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit()
+                    and _has_home_under(pid, base)]
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
         demo.stdout.close()
         demo.stderr.close()
-        for pid in [p for p in os.listdir("/proc") if p.isdigit() and base and _has_home_under(p, base)]:
-            os.kill(int(pid), signal.SIGKILL)  # only if the demo failed to: its daemons, by their home
+        for pid in [p for p in os.listdir("/proc") if p.isdigit() and base
+                    and _has_home_under(p, base)]:
+            # only if the demo failed to: its daemons, by their home
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def _has_home_under(pid, base):

@@ -24,16 +24,18 @@ MIN_MESSAGES = 10_000
 RUN = os.urandom(3).hex()  # job ids unique to this run (targets remember job ids)
 JOB_IDS = [f"fz{RUN}.{i}" for i in range(6)]
 SAFE_COMMANDS = ["true", "echo fuzz", "exit 7", "cat", "printf '\\0\\377'", "echo err >&2"]
-PEER_IDS = ["desktop", "laptop", "vps", "fuzzer", "ghost", "", "all", "x" * 65, "dé", "a/b", "nul\x00"]
-SAFE_IPC_OPS = ["ping", "status", "peers", "peer_by_ip", "history", "exec_poll", "exec_wake", "exec_cancel",
-                "join_token", "nope", "", "op_ping", "__class__"]
+PEER_IDS = ["desktop", "laptop", "vps", "fuzzer", "ghost", "", "all", "x" * 65, "dé", "a/b",
+            "nul\x00"]
+SAFE_IPC_OPS = ["ping", "status", "peers", "peer_by_ip", "history", "exec_poll", "exec_wake",
+                "exec_cancel", "join_token", "nope", "", "op_ping", "__class__"]
 # IPC ops with effects a fuzz run must not have (remove peers, run commands, restart, ...)
 UNSAFE_IPC_OPS = set(op_names()) - set(SAFE_IPC_OPS)
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
           HealthCheck.function_scoped_fixture]
 # No shrinking: a batch is 150 messages and the daemons keep state between examples; a failure
 # names its one message instead (and the daemon logs say the rest).
-FUZZ = dict(deadline=None, database=None, suppress_health_check=HEALTH, phases=(Phase.explicit, Phase.generate))
+FUZZ = dict(deadline=None, database=None, suppress_health_check=HEALTH,
+            phases=(Phase.explicit, Phase.generate))
 
 # --- strategies ------------------------------------------------------------------------------
 # Flat strategies: nested recursive ones cost milliseconds per message, too slow for 10,000.
@@ -42,29 +44,36 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 63), 2 ** 64 - 
                     st.binary(max_size=8))
 anything = st.one_of(scalars, st.lists(scalars, max_size=3),
                      st.dictionaries(st.text(max_size=4), scalars, max_size=2))
-numbers = st.one_of(st.integers(-(2 ** 63), 2 ** 63 - 1), st.floats(allow_nan=True, allow_infinity=True),
+numbers = st.one_of(st.integers(-(2 ** 63), 2 ** 63 - 1),
+                    st.floats(allow_nan=True, allow_infinity=True),
                     st.sampled_from([0, -1, 0.01, 1e308, -1e308]))
 TARGETS = ["desktop", "laptop", "vps", "fuzzer"]
 peer_ids = st.one_of(st.sampled_from(TARGETS), st.sampled_from(TARGETS), st.sampled_from(TARGETS),
                      st.sampled_from(PEER_IDS), st.text(max_size=70))
 TYPED = {
-    protocol._STR: st.text(max_size=20), protocol._OPT_STR: st.one_of(st.none(), st.text(max_size=20)),
-    protocol._INT: st.one_of(st.integers(-(2 ** 63), 2 ** 63 - 1), st.sampled_from([0, -1, 2 ** 63 - 1])),
-    protocol._NUM: numbers, protocol._OPT_NUM: st.one_of(st.none(), numbers), protocol._BOOL: st.booleans(),
+    protocol._STR: st.text(max_size=20),
+         protocol._OPT_STR: st.one_of(st.none(), st.text(max_size=20)),
+    protocol._INT: st.one_of(st.integers(-(2 ** 63), 2 ** 63 - 1),
+                             st.sampled_from([0, -1, 2 ** 63 - 1])),
+    protocol._NUM: numbers, protocol._OPT_NUM: st.one_of(st.none(), numbers),
+         protocol._BOOL: st.booleans(),
     protocol._MAP: st.dictionaries(st.text(max_size=6), scalars, max_size=3),
     protocol._LIST: st.lists(st.one_of(st.sampled_from(JOB_IDS), scalars), max_size=4),
 }
 FIELDS = {
     "to": peer_ids, "id": peer_ids, "from": peer_ids,
     "job": st.one_of(st.sampled_from(JOB_IDS), st.sampled_from(JOB_IDS), st.text(max_size=70)),
-    "cmd": st.sampled_from(SAFE_COMMANDS), "dir": st.sampled_from([None, "/tmp", "/nonexistent", "/tmp\x00x", ""]),
+    "cmd": st.sampled_from(SAFE_COMMANDS),
+          "dir": st.sampled_from([None, "/tmp", "/nonexistent", "/tmp\x00x", ""]),
     "user": st.sampled_from([None, "nobody", "no-such-user", "a\x00b", ""]),
     "token": st.text(max_size=30), "side": st.sampled_from(["origin", "target", 7]),
-    "op": st.sampled_from(["peers", "peer_by_ip", "history", "audit", "nope", ""]),  # the leader's rpcs, and not
+    # the leader's rpcs, and not
+    "op": st.sampled_from(["peers", "peer_by_ip", "history", "audit", "nope", ""]),
 }
 # values a mutant puts in place of a field: every type, every bound
-ODD_VALUES = [None, True, 0, -1, 2 ** 63, 2 ** 64 - 1, -(2 ** 63), float("nan"), float("inf"), -1e308,
-              "", "x" * 65, "a\x00b", "desktop", "vps", b"\xff\x00", [], ["x", 1], {}, {"err": 1}, {1: 2}]
+ODD_VALUES = [None, True, 0, -1, 2 ** 63, 2 ** 64 - 1, -(2 ** 63), float("nan"), float("inf"),
+              -1e308, "", "x" * 65, "a\x00b", "desktop", "vps", b"\xff\x00", [], ["x", 1], {},
+              {"err": 1}, {1: 2}]
 TYPE_NAMES = sorted(protocol.PEER_MESSAGES)
 # what a member peer can make others act on comes more often: routed types, exec most of all
 WEIGHTED_TYPES = TYPE_NAMES + sorted(protocol.ROUTED_TYPES) * 2 + ["exec"] * 8 + ["rpc"] * 2
@@ -83,8 +92,9 @@ def field_value(draw, name, types):
 
 @st.composite
 def headers(draw):
-    """A peer header: mostly a known type with typed fields; missing, mistyped and extra ones too."""
-    header = {"t": mostly(draw, st.sampled_from(WEIGHTED_TYPES), st.one_of(st.text(max_size=8), scalars)),
+    """A peer header: mostly a known type with typed fields; missing, mistyped and extra ones."""
+    header = {"t": mostly(draw, st.sampled_from(WEIGHTED_TYPES),
+                          st.one_of(st.text(max_size=8), scalars)),
               "rid": mostly(draw, st.sampled_from(["r1", "r" * 64, "job.0"]),
                             st.one_of(st.text(max_size=70), scalars))}
     mtype = header["t"]
@@ -96,13 +106,16 @@ def headers(draw):
         header["job"] = draw(st.sampled_from(JOB_IDS))  # bounds how many commands the targets start
     for name in draw(st.lists(st.sampled_from(OPTIONAL_NAMES + ["zz"]), max_size=3)):
         # extras are where a schema-valid message hides a bad value: mistyped one time in three
-        header[name] = mostly(draw, FIELDS.get(name, TYPED.get(protocol.OPTIONAL_FIELDS.get(name), anything)),
+        header[name] = mostly(draw,
+                              FIELDS.get(name,
+                                         TYPED.get(protocol.OPTIONAL_FIELDS.get(name), anything)),
                               st.sampled_from(ODD_VALUES), odds=3)
     return header
 
 
 # sent once per batch, not generated: a 1 MiB repr would drown any failure report
-BIG_HEADER = [protocol.SIGNATURE, msgpack.packb({"t": "hb", "rid": "big", "pad": "x" * protocol.MAX_HEADER_BYTES})]
+BIG_HEADER = [protocol.SIGNATURE,
+              msgpack.packb({"t": "hb", "rid": "big", "pad": "x" * protocol.MAX_HEADER_BYTES})]
 
 
 def _encode(header, data, fallback):
@@ -172,7 +185,8 @@ def peer_batches(draw, size=30, variants=4):
     return batch
 
 
-IPC_FIELDS = ["sid", "ip", "peer", "limit", "pending", "stdin", "eof", "wait_s", "ttl", "id", "targets", "zz"]
+IPC_FIELDS = ["sid", "ip", "peer", "limit", "pending", "stdin", "eof", "wait_s", "ttl", "id",
+              "targets", "zz"]
 
 
 @st.composite
@@ -191,7 +205,8 @@ def ipc_batches(draw, size=20, variants=3):
         for _ in range(variants):
             h = dict(header)
             h[rnd.choice(IPC_FIELDS + ["op", "rid"])] = rnd.choice(ODD_VALUES)
-            if not isinstance(h.get("op"), str) or h["op"] == "join_token" or h["op"] in UNSAFE_IPC_OPS:
+            op = h.get("op")
+            if not isinstance(op, str) or op == "join_token" or op in UNSAFE_IPC_OPS:
                 h["op"] = "ping"
             frames = _encode(h, None, rnd.randbytes(8))
             if rnd.randrange(3) == 0:
@@ -250,14 +265,15 @@ def test_decoders_accept_only_well_typed_messages():
     with pytest.raises(protocol.ProtocolError, match="header too large"):
         protocol.decode(BIG_HEADER)
     assert counts["peer"] + counts["ipc"] >= MIN_MESSAGES, counts
-    assert counts["decoded"] >= counts["peer"] // 20, counts  # the generator gets past the decoder too
+    # the generator gets past the decoder too
+    assert counts["decoded"] >= counts["peer"] // 20, counts
 
 
 # --- live daemons -------------------------------------------------------------------------------
 def member_hello(member, rid="join", token=None):
     """The raw member's hello (a real worker says it on connect and whenever the leader asks)."""
-    hello = {"t": "hello", "rid": rid, "id": "fuzzer", "hostname": "fuzz", "version": "fuzz", "role": "worker",
-             "pid": os.getpid()}
+    hello = {"t": "hello", "rid": rid, "id": "fuzzer", "hostname": "fuzz", "version": "fuzz",
+             "role": "worker", "pid": os.getpid()}
     if token:
         hello["token"] = token
     member.send(hello)
@@ -288,9 +304,12 @@ def _healthy(c, extra_ids=b""):
     for node in (c.vps, c.desktop):
         out = node.d("listPeers", "--ids", check=0).stdout
         assert out.replace(extra_ids, b"") == b"desktop\nlaptop\nvps\n", out
-    assert c.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
-    assert c.laptop.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
-    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
+    assert c.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo ok",
+                       check=0).stdout == b"ok\n"
+    assert c.laptop.d("execOnPeer", "--peer", "vps", "--shellCmd", "echo ok",
+                      check=0).stdout == b"ok\n"
+    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok",
+                   check=0).stdout == b"ok\n"
 
 
 @pytest.fixture(scope="module")
@@ -312,13 +331,14 @@ def fuzzed(shared_cluster):
 
 def _exec(job, to):
     """A well-formed exec of `true` from the member."""
-    return {"t": "exec", "rid": "r1", "job": job, "to": to, "cmd": "true", "dir": None, "user": None,
-            "timeout": None, "stdin": False, "credit": 4, "ttl": 30}
+    return {"t": "exec", "rid": "r1", "job": job, "to": to, "cmd": "true", "dir": None,
+            "user": None, "timeout": None, "stdin": False, "credit": 4, "ttl": 30}
 
 
 # run first, so each kind of reply the test looks for comes whatever the generator draws
 EXPLICIT_MEMBER_BATCH = [protocol.encode(h) for h in (
-    {"t": "rpc", "rid": "r1", "op": "peers", "args": {}}, _exec(JOB_IDS[0], "desktop"), _exec(JOB_IDS[1], "ghost"))]
+    {"t": "rpc", "rid": "r1", "op": "peers", "args": {}}, _exec(JOB_IDS[0], "desktop"),
+                                                      _exec(JOB_IDS[1], "ghost"))]
 
 
 @pytest.mark.timeout(180)
@@ -360,7 +380,8 @@ def test_leader_and_workers_survive_generated_peer_messages(fuzzed):
     wait_for(lambda: c.member.barrier() and any(h.get("t") == "exit" for h in c.member.received),
              timeout=10, what="a generated exec to report its exit")
     kinds = {h.get("t") for h in c.member.received}
-    assert {"rpc_reply", "error", "hb", "exit"} <= kinds, kinds  # the explicit batch makes sure of these
+    # the explicit batch makes sure of these
+    assert {"rpc_reply", "error", "hb", "exit"} <= kinds, kinds
     started = sum(full_log(node).count("from fuzzer: pid") for node in (c.vps, c.desktop, c.laptop))
     print(f"{sum(counts.values())} messages; the targets started {started} generated commands")
     _healthy(c, extra_ids=b"fuzzer\n")
@@ -377,14 +398,15 @@ def test_flood_of_hellos_keeps_the_leader_serving(fuzzed):
         start = time.monotonic()
         for n in range(250):
             for i, raw in enumerate(flooders):
-                hello = {"t": "hello", "rid": f"h{n}", "id": f"flood{i}", "hostname": "h", "version": "v",
-                         "role": "worker", "pid": n}
+                hello = {"t": "hello", "rid": f"h{n}", "id": f"flood{i}", "hostname": "h",
+                         "version": "v", "role": "worker", "pid": n}
                 if n % 2:
                     hello["token"] = f"bogus{n}"
                 raw.send(hello)
             member_hello(c.member, rid=f"m{n}")  # known key: an accepted re-hello each time
         # while the flood is being read, members keep their heartbeats and the CLI is answered
-        assert c.vps.d("listPeers", "--ids", "--online", check=0).stdout == b"desktop\nfuzzer\nlaptop\nvps\n"
+        assert c.vps.d("listPeers", "--ids", "--online",
+                       check=0).stdout == b"desktop\nfuzzer\nlaptop\nvps\n"
         for raw in flooders:
             raw.barrier(timeout=30)
         elapsed = time.monotonic() - start

@@ -49,13 +49,15 @@ def test_identical_outputs_are_shown_once_and_the_rest_is_a_fan_out(shared_clust
     assert out.stdout == (group(b"desktop,laptop (2)", b"worker\n\xff no newline\n")
                           + group(b"vps (1)", b"leader\n"))
     streamed, summary = out.stderr.split(b"--\n")
-    assert sorted(streamed.splitlines()) == [b"desktop: err desktop", b"laptop: err laptop", b"vps: err vps"]
+    assert sorted(streamed.splitlines()) == [b"desktop: err desktop", b"laptop: err laptop",
+                                             b"vps: err vps"]
     assert summary == b"desktop: ok\nlaptop: rc 3\nvps: ok\n"
 
 
 def test_gather_names_peers_offline_or_silent_only_in_the_summary(shared_cluster):
     c = shared_cluster
-    out = c.vps.d("execOnPeer", "--peer", "vps,laptop", "-b", "--shellCmd", f"[ {NAME} = vps ] || echo hi", check=0)
+    out = c.vps.d("execOnPeer", "--peer", "vps,laptop", "-b", "--shellCmd",
+                  f"[ {NAME} = vps ] || echo hi", check=0)
     assert out.stdout == group(b"laptop (1)", b"hi\n")
     assert out.stderr == b"--\nvps: ok\nlaptop: ok\n"
 
@@ -69,7 +71,8 @@ def test_a_big_output_leaves_the_gathering_and_streams_whole(shared_cluster):
 
 
 def test_gather_and_json_do_not_mix(shared_cluster):
-    out = shared_cluster.vps.d("execOnPeer", "--peer", "all", "--gather", "--json", "--shellCmd", "true", check=2)
+    out = shared_cluster.vps.d("execOnPeer", "--peer", "all", "--gather", "--json", "--shellCmd",
+                               "true", check=2)
     assert b"--gather and --json do not mix" in out.stderr
 
 
@@ -80,9 +83,11 @@ def test_ctrl_c_still_prints_what_was_gathered(shared_cluster, tmp_path):
     marks.mkdir()
     proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "all", "--gather", "--shellCmd",
                                            f"echo before; touch {marks}/{NAME}; exec sleep 30"],
-                            env=c.vps.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=c.vps.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: len(os.listdir(marks)) == 3, timeout=15, what="the command to run on every peer")
+        wait_for(lambda: len(os.listdir(marks)) == 3, timeout=15,
+                 what="the command to run on every peer")
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=20)
     finally:

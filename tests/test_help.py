@@ -1,4 +1,4 @@
-"""`d CMD --help` of every command: a one-line summary, every flag, and an example, as users see it."""
+"""`d CMD --help` of every command: a one-line summary, every flag, an example, as users see it."""
 import os
 import re
 import subprocess
@@ -42,17 +42,20 @@ def test_command_help(name):
     for param in cmd.params:
         if isinstance(param, click.Option) and not param.hidden:
             for flag in param.opts + param.secondary_opts:
-                assert re.search(rf"(^|[\s,/]){re.escape(flag)}\b", text, re.M), f"{name}: {flag} not in --help"
+                assert re.search(rf"(^|[\s,/]){re.escape(flag)}\b", text,
+                                 re.M), f"{name}: {flag} not in --help"
         elif isinstance(param, click.Argument):
             try:  # click >= 8.2 wants the context
                 metavar = param.make_metavar(click.Context(cmd, info_name=name))
             except TypeError:
                 metavar = param.make_metavar()
-            assert metavar in text.splitlines()[0], f"{name}: argument {metavar} not in the usage line"
+            assert metavar in text.splitlines()[0], (f"{name}: argument {metavar} not in the usage "
+                                                     "line")
 
     shown = examples(text)
     assert shown, f"{name}: --help has no `Example:` section"
-    assert any(re.search(rf"(^|[\s;|&(=]|\$\()d {re.escape(name)}(\s|$)", line) for line in shown), \
+    assert any(re.search(rf"(^|[\s;|&(=]|\$\()d {re.escape(name)}(\s|$)",
+                         line) for line in shown), \
         f"{name}: no example runs `d {name}`: {shown}"
 
 
@@ -77,11 +80,13 @@ def test_the_exec_path_imports_nothing_it_does_not_use():
     startup time. No registry, daemon or deploy code, and no stdlib heavyweights it never uses."""
     code = ("import sys, zpeer.cli.app, zpeer.cli.execute, zpeer.wire.ipc; "
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('peewee', 'sqlite3', 'logging', 'subprocess', 'secrets', 'socket', 'uuid') or m.startswith('zpeer.'))))")
+            "('peewee', 'sqlite3', 'logging', 'subprocess', 'secrets', 'socket', 'uuid') or "
+            "m.startswith('zpeer.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [
         "uuid", "zpeer.cli", "zpeer.cli.app", "zpeer.cli.common", "zpeer.cli.exec_client",
-        "zpeer.cli.execute", "zpeer.cli.renderer", "zpeer.cli.sink", "zpeer.cli.stdio", "zpeer.config",
+        "zpeer.cli.execute", "zpeer.cli.renderer", "zpeer.cli.sink", "zpeer.cli.stdio",
+                                  "zpeer.config",
         "zpeer.errors", "zpeer.targets", "zpeer.wire", "zpeer.wire.ipc", "zpeer.wire.multipart",
         "zpeer.wire.protocol"]

@@ -30,7 +30,8 @@ def _journal(tmp_path):
 def test_a_recorded_group_is_ended_with_its_grandchildren(tmp_path, group):
     proc, child = group
     leftovers.Records(str(tmp_path)).record(proc.pid, "job-1")
-    assert _journal(tmp_path).startswith(f"+ {proc.pid} ") and _journal(tmp_path).endswith(" job-1\n")
+    assert _journal(tmp_path).startswith(f"+ {proc.pid} ")
+    assert _journal(tmp_path).endswith(" job-1\n")
     assert leftovers.end_leftovers(str(tmp_path)) == ["job-1"]
     assert proc.wait(timeout=5) in (-15, -9)
     wait_for(lambda: not pid_alive(child), timeout=2, what="the grandchild to end")
@@ -88,7 +89,8 @@ def test_a_cut_last_line_garbage_and_init_are_ignored(tmp_path, group):
 def test_groups_recorded_by_an_older_zpeer_one_file_each_are_ended_too(tmp_path, group):
     proc, child = group
     (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / str(proc.pid)).write_text(f"{leftovers._start_time(proc.pid)} job-legacy\n")
+    started = leftovers._start_time(proc.pid)
+    (tmp_path / "jobs" / str(proc.pid)).write_text(f"{started} job-legacy\n")
     assert leftovers.end_leftovers(str(tmp_path)) == ["job-legacy"]
     assert proc.wait(timeout=5) in (-15, -9)
     assert not (tmp_path / "jobs").exists()

@@ -46,9 +46,11 @@ def test_a_worker_that_streamed_goes_back_to_its_idle_size(cluster):
     worker = cluster.laptop
     cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "true", check=0)
     before = rss_kb(worker.proc.pid)[0]
-    out = subprocess.run(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd", "head -c 268435456 /dev/zero"],
-                         env=cluster.desktop.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, timeout=60)
+    out = subprocess.run(d_command()
+                         + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                            "head -c 268435456 /dev/zero"],
+                         env=cluster.desktop.env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
     assert out.returncode == 0, out.stderr
     # the heap keeps up to 8 MiB free while busy (memory.tune); idle for 2 s, it goes back
     wait_for(lambda: rss_kb(worker.proc.pid)[0] <= before + 4096, timeout=8,

@@ -35,9 +35,11 @@ def test_envelope_prefixes_identity():
     ([protocol.SIGNATURE, msgpack.packb([1, 2])], "header is not a map"),
     ([protocol.SIGNATURE, msgpack.packb({"t": "hb"})], "missing or bad rid"),
     ([protocol.SIGNATURE, msgpack.packb({"t": "nope", "rid": "x"})], "unknown message type"),
-    ([protocol.SIGNATURE, msgpack.packb({"t": "credit", "rid": "x", "job": "j", "to": "a", "n": "5"})],
+    ([protocol.SIGNATURE,
+      msgpack.packb({"t": "credit", "rid": "x", "job": "j", "to": "a", "n": "5"})],
      "credit: bad field 'n'"),
-    ([protocol.SIGNATURE, msgpack.packb({"t": "credit", "rid": "x", "job": "j", "to": "a", "n": True})],
+    ([protocol.SIGNATURE,
+      msgpack.packb({"t": "credit", "rid": "x", "job": "j", "to": "a", "n": True})],
      "credit: bad field 'n'"),
     ([protocol.SIGNATURE, msgpack.packb({"t": "cancel", "rid": "x", "job": "j" * 65, "to": "a"})],
      "cancel: job too long"),
@@ -49,10 +51,12 @@ def test_bad_frames_are_rejected(frames, message):
 
 def test_an_execs_command_and_directory_may_be_bytes_that_are_not_utf8():
     argv = b"printf caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands such argv over
-    assert protocol.os_text(argv) == b"printf caf\xe9" and protocol.os_text("printf café") == "printf café"
+    assert protocol.os_text(argv) == b"printf caf\xe9"
+    assert protocol.os_text("printf café") == "printf café"
     assert protocol.os_text(None) is None and protocol.shown(b"caf\xe9") == "caf\\xe9"
-    exec_ = {"t": "exec", "rid": "x", "job": "j", "to": "a", "cmd": b"printf caf\xe9", "dir": b"/tmp/caf\xe9",
-             "user": None, "timeout": None, "stdin": False, "credit": 1, "ttl": 30}
+    exec_ = {"t": "exec", "rid": "x", "job": "j", "to": "a", "cmd": b"printf caf\xe9",
+             "dir": b"/tmp/caf\xe9", "user": None, "timeout": None, "stdin": False, "credit": 1,
+             "ttl": 30}
     assert protocol.decode(frames_of(exec_)) == (exec_, None)
     with pytest.raises(protocol.ProtocolError, match="exec: NUL in cmd"):
         protocol.decode(frames_of(dict(exec_, cmd=b"true\x00")))
@@ -70,7 +74,8 @@ def test_truncated_header():
 def test_decode_request_needs_op():
     with pytest.raises(protocol.ProtocolError, match="missing op"):
         protocol.decode_request([protocol.SIGNATURE, msgpack.packb({"rid": "x"})])
-    assert protocol.decode_request([protocol.SIGNATURE, msgpack.packb({"rid": "x", "op": "ping"})])["op"] == "ping"
+    assert protocol.decode_request([protocol.SIGNATURE,
+                                    msgpack.packb({"rid": "x", "op": "ping"})])["op"] == "ping"
 
 
 def test_host_port_parsing():
@@ -142,10 +147,11 @@ def test_an_exit_that_names_a_pid_is_also_the_started_event():
     sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "pid": 42}, None)
     reply = sessions.poll(sid, b"ident", "r1")[-1].payload
     assert reply["events"] == [["w1", "s", 42], ["w1", "x", 0, "exit"]] and reply["done"] is True
-    assert protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0, "how": "exit",
-                              "pid": 42}) == "exit"
+    assert protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0,
+                              "how": "exit", "pid": 42}) == "exit"
     with pytest.raises(protocol.ProtocolError, match="bad field 'pid'"):
-        protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0, "how": "exit", "pid": "42"})
+        protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0, "how": "exit",
+                           "pid": "42"})
 
 
 def test_a_held_poll_is_answered_once_with_everything_a_turn_brought():
@@ -158,7 +164,8 @@ def test_a_held_poll_is_answered_once_with_everything_a_turn_brought():
         assert sessions.on_message("w1", header, data) == []  # the turn's other messages may follow
     (reply,) = sessions.wake_pending()
     assert type(reply) is Reply and reply[:2] == (b"ident", "r1")
-    assert reply.payload["events"] == [["w1", "s", 5], ["w1", "o", b"vps\n"], ["w1", "x", 0, "exit"]]
+    assert reply.payload["events"] == [["w1", "s", 5], ["w1", "o", b"vps\n"],
+                                       ["w1", "x", 0, "exit"]]
     assert reply.payload["done"]
     assert sessions.wake_pending() == [] and sid not in sessions.sessions
 
@@ -169,8 +176,10 @@ def test_the_pid_in_a_jobs_first_message_is_its_started_event_once():
     job = actions[0].header["job"]
     sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1, "pid": 7}, b"hi\n")
     assert sessions.sessions[sid].jobs["w1"].state == "running"
-    sessions.on_message("w1", {"t": "started", "job": job, "pid": 7}, None)  # a duplicate says nothing
-    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 1, "pid": 7}, None)
+    # a duplicate says nothing
+    sessions.on_message("w1", {"t": "started", "job": job, "pid": 7}, None)
+    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 1, "pid": 7},
+                        None)
     reply = sessions.poll(sid, b"ident", "r1")[-1].payload
     assert reply["events"] == [["w1", "s", 7], ["w1", "o", b"hi\n"], ["w1", "x", 0, "exit"]]
 
@@ -179,7 +188,8 @@ def test_session_messages_from_wrong_peer_are_ignored():
     sessions = OriginSessions("me", 1.0)
     sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
     job = actions[0].header["job"]
-    assert sessions.on_message("intruder", {"t": "exit", "job": job, "rc": 0, "how": "exit"}, None) == []
+    assert sessions.on_message("intruder", {"t": "exit", "job": job, "rc": 0, "how": "exit"},
+                               None) == []
     assert sessions.sessions[sid].jobs["w1"].state == "sent"
 
 
@@ -196,7 +206,8 @@ def test_target_overrunning_its_credit_is_stopped():
     sessions = OriginSessions("me", 1.0)
     sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
     job, window = actions[0].header["job"], actions[0].header["credit"]
-    assert sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1}, b"x" * window) == []
+    assert sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1},
+                               b"x" * window) == []
     actions = sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 2}, b"x")
     assert Send(messages.cancel(job, "w1")) in actions
     assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "flow_control"]
@@ -215,13 +226,17 @@ def test_lost_chunk_fails_the_job():
 def test_a_big_fan_out_keeps_its_counts_and_batch_order():
     sessions = OriginSessions("me", 1.0)
     targets = [f"p{i:04d}" for i in range(1000)]
-    sid, actions = sessions.open({"cmd": "true"}, targets, 300, 0, [("p0001", PeerOffline("Peer p0001 is offline"))])
+    sid, actions = sessions.open({"cmd": "true"}, targets, 300, 0,
+                                 [("p0001", PeerOffline("Peer p0001 is offline"))])
     session = sessions.sessions[sid]
     assert [a.header["to"] for a in actions] == [t for t in targets if t != "p0001"][:300]
     assert session.count == {"queued": 699, "sent": 300, "running": 0, "done": 1}
     sent = {a.header["to"]: a.header["job"] for a in actions}
-    more = sessions.on_message("p0000", {"t": "exit", "job": sent["p0000"], "rc": 0, "how": "exit", "pid": 7}, None)
-    assert [a.header["to"] for a in more if type(a) is Send] == ["p0301"]  # the next queued one, in order
+    more = sessions.on_message("p0000",
+                               {"t": "exit", "job": sent["p0000"], "rc": 0, "how": "exit",
+                                "pid": 7}, None)
+    # the next queued one, in order
+    assert [a.header["to"] for a in more if type(a) is Send] == ["p0301"]
     assert session.count == {"queued": 698, "sent": 300, "running": 0, "done": 2}
     assert session.running() == 300 and not session.finished()
 
@@ -242,7 +257,8 @@ def test_a_lost_leader_says_whether_the_command_was_known_to_start():
     sessions = OriginSessions("me", 1.0)
     sid, actions = sessions.open({"cmd": "true"}, ["w1", "w2"], 0, 0)
     jobs = {a.header["to"]: a.header["job"] for a in actions}
-    sessions.on_message("w1", {"t": "started", "job": jobs["w1"], "pid": 5}, None)  # w2's never came back
+    # w2's never came back
+    sessions.on_message("w1", {"t": "started", "job": jobs["w1"], "pid": 5}, None)
     sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}")
     reply = sessions.poll(sid, b"ident", "r1")[-1].payload
     failed = {e[0]: e[3] for e in reply["events"] if e[1] == "f"}

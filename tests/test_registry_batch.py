@@ -31,8 +31,10 @@ def test_audit_insert_then_update_in_one_flush(tmp_path):
     reg.log_exec("j2", rc=255, outcome="peer_lost")
     reg.flush(force=True)
     rows = {r.job: r for r in reg.history(limit=10)}
-    assert (rows["j1"].rc, rows["j1"].outcome, rows["j1"].bytes_out, rows["j1"].command) == (0, "exit", 3, "true")
-    assert (rows["j2"].rc, rows["j2"].outcome, rows["j2"].bytes_out, rows["j2"].directory) == (255, "peer_lost", 0, "/tmp")
+    assert (rows["j1"].rc, rows["j1"].outcome, rows["j1"].bytes_out,
+            rows["j1"].command) == (0, "exit", 3, "true")
+    assert (rows["j2"].rc, rows["j2"].outcome, rows["j2"].bytes_out,
+            rows["j2"].directory) == (255, "peer_lost", 0, "/tmp")
     assert [r.job for r in reg.history(peer="w2")] == ["j2"]
     reg.close()
 
@@ -52,7 +54,8 @@ def test_last_seen_batch_keeps_ip_when_none(tmp_path):
 
 
 def _rows(reg):
-    return reg.db.execute_sql("SELECT job, rc, outcome, command FROM exec_log ORDER BY job").fetchall()
+    query = "SELECT job, rc, outcome, command FROM exec_log ORDER BY job"
+    return reg.db.execute_sql(query).fetchall()
 
 
 def test_exit_queued_with_its_exec_makes_one_row_and_history_flushes_first(tmp_path):
@@ -94,29 +97,32 @@ import os, sys
 from zpeer.daemon.audit import AuditLog
 from zpeer.daemon.registry import Registry
 reg = AuditLog(Registry(sys.argv[1]))
-reg.log_exec("old", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1, directory=None,
-             command="echo written")
+reg.log_exec("old", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1,
+             directory=None, command="echo written")
 reg.flush(force=True)
 reg.log_exec("old", rc=3, outcome="exit", duration_s=0.5, bytes_out=8)
-reg.log_exec("new", started_at=2.0, origin="vps", origin_user="me", target="w2", fanout=1, directory="/",
-             command="echo only in the journal")
+reg.log_exec("new", started_at=2.0, origin="vps", origin_user="me", target="w2", fanout=1,
+             directory="/", command="echo only in the journal")
 os.kill(os.getpid(), 9)
 """
 
 
 def test_a_sigkilled_daemons_queued_audit_rows_are_written_by_the_next_one(tmp_path):
     db = str(tmp_path / "z.db")
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_FLUSH_WINDOW, db], capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_FLUSH_WINDOW, db], capture_output=True,
+                          timeout=60)
     assert proc.returncode == -9, proc.stderr
     with open(tmp_path / JOURNAL_FILE, "ab") as f:
         f.write(b"\x92\xa3cut")  # a record cut short by the kill: the replay stops there
     size = os.path.getsize(tmp_path / JOURNAL_FILE)
-    dry = Audited(db, replay=False)  # `d dbSanityCheck --dry-run` with the daemon down: writes nothing
+    # `d dbSanityCheck --dry-run` with the daemon down: writes nothing
+    dry = Audited(db, replay=False)
     assert _rows(dry) == [("old", None, None, "echo written")]
     dry.close()
     assert os.path.getsize(tmp_path / JOURNAL_FILE) == size
     reg = Audited(db)
-    assert _rows(reg) == [("new", None, None, "echo only in the journal"), ("old", 3, "exit", "echo written")]
+    assert _rows(reg) == [("new", None, None, "echo only in the journal"),
+                          ("old", 3, "exit", "echo written")]
     assert os.path.getsize(tmp_path / JOURNAL_FILE) == 0
     reg.close()
     assert _rows(Audited(db)) == _rows(reg)  # replayed once, not again
@@ -127,7 +133,8 @@ def test_after_a_failed_journal_write_rows_still_reach_sqlite_and_the_journal_re
     reg.log_exec("j1", started_at=1.0, origin="vps", origin_user=None, target="w1", fanout=1,
                  directory=None, command="true")
     os.close(reg._journal.fd)
-    reg._journal.fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail (EBADF), as on a broken disk
+    # writes now fail (EBADF), as on a broken disk
+    reg._journal.fd = os.open(os.devnull, os.O_RDONLY)
     reg.log_exec("j1", rc=0, outcome="exit", duration_s=0.01, bytes_out=0)
     assert reg._journal.broken
     os.close(reg._journal.fd)
@@ -151,8 +158,8 @@ def test_an_event_msgpack_cannot_hold_is_skipped_without_breaking_the_journal(tm
 def _started(reg, runs):
     """Audit the start of each (job, origin, target) run of `sleep 30`."""
     for job, origin, target in runs:
-        reg.log_exec(job, started_at=1.0, origin=origin, origin_user="root", target=target, fanout=1,
-                     directory=None, command="sleep 30")
+        reg.log_exec(job, started_at=1.0, origin=origin, origin_user="root", target=target,
+                     fanout=1, directory=None, command="sleep 30")
 
 
 def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_path):
@@ -163,18 +170,22 @@ def test_execs_of_a_lost_target_end_as_peer_lost_unless_their_exit_comes(tmp_pat
     reg.lost_target("laptop")
     reg.lost_target("laptop")  # twice (swept, then removed): nothing more to do
     reg.lost_target("nas")  # nothing ran there
-    reg.log_exec("a3", rc=137, outcome="killed", duration_s=9.0, bytes_out=0)  # its exit came after all
+    # its exit came after all
+    reg.log_exec("a3", rc=137, outcome="killed", duration_s=9.0, bytes_out=0)
     reg.flush(force=True)
     rows = {r.job: (r.rc, r.outcome) for r in reg.history(limit=10)}
-    assert rows == {"a1": (0, "exit"), "a2": (255, "peer_lost"), "a3": (137, "killed"), "b1": (None, None),
-                    "own": (None, None)}  # laptop's exec on itself: its origin lost nothing
+    assert rows == {"a1": (0, "exit"), "a2": (255, "peer_lost"), "a3": (137, "killed"),
+                    # laptop's exec on itself: its origin lost nothing
+                    "b1": (None, None), "own": (None, None)}
     assert reg._open_by_target == {"desktop": {"b1"}} and reg._open_target == {"b1": "desktop"}
     reg.close()
 
 
 def test_a_restarted_leader_ends_the_execs_its_predecessor_left_running(tmp_path):
     reg = Audited(str(tmp_path / "z.db"))
-    _started(reg, (("done", "vps", "w1"), ("open1", "vps", "w1"), ("open2", "w2", "w1"), ("own", "vps", "vps"),
+    _started(reg,
+             (("done", "vps", "w1"), ("open1", "vps", "w1"), ("open2", "w2", "w1"),
+              ("own", "vps", "vps"),
                    ("self", "w1", "w1")))
     reg.log_exec("done", rc=0, outcome="exit", duration_s=0.5, bytes_out=0)
     reg.log_exec("open2", bytes_out=10)  # output counted, no outcome yet
@@ -192,8 +203,8 @@ def test_a_restarted_leader_ends_the_execs_its_predecessor_left_running(tmp_path
 
 def _log(reg, first, count):
     for i in range(first, first + count):
-        reg.log_exec(f"j{i:06d}", started_at=float(i), origin="vps", origin_user="root", target="w1", fanout=1,
-                     directory=None, command=f"echo {i}")
+        reg.log_exec(f"j{i:06d}", started_at=float(i), origin="vps", origin_user="root",
+                     target="w1", fanout=1, directory=None, command=f"echo {i}")
 
 
 def _kept(reg):
@@ -201,7 +212,7 @@ def _kept(reg):
 
 
 def _prune_while_due(reg):
-    """Run the loop's flush() at each prune deadline, as the daemon's timer does; the turns taken."""
+    """Run the loop's flush() at each prune deadline, as the daemon's timer does; the turns."""
     turns = 0
     while reg.due() is not None:
         time.sleep(max(0.0, reg.due() - time.monotonic()))
@@ -247,8 +258,10 @@ def test_history_backlog_goes_in_batches_and_zero_keeps_all(tmp_path):
     assert reg.due() is None  # 0: keep everything, nothing to do
     assert len(_kept(reg)) == 2 * PRUNE_BATCH_ROWS + 10
     reg.keep_history(7)  # as a lowered --history-rows applies at once
-    assert _prune_while_due(reg) == 3  # 5,000 + 5,000 + 3 rows, a loop turn each, PRUNE_PAUSE_S apart
-    assert _kept(reg) == [f"j{i:06d}" for i in range(2 * PRUNE_BATCH_ROWS + 3, 2 * PRUNE_BATCH_ROWS + 10)]
+    # 5,000 + 5,000 + 3 rows, a loop turn each, PRUNE_PAUSE_S apart
+    assert _prune_while_due(reg) == 3
+    assert _kept(reg) == [f"j{i:06d}" for i in range(2 * PRUNE_BATCH_ROWS + 3,
+                                                     2 * PRUNE_BATCH_ROWS + 10)]
     reg.close()
 
 

@@ -78,8 +78,8 @@ class RawPeer:
         A hello whose id differs from our identity is always answered (rejected, no side effect);
         the leader reads and answers a connection in order, so its welcome comes last."""
         rid = os.urandom(8).hex()
-        self.send({"t": "hello", "rid": rid, "id": "not-my-identity", "hostname": "x", "version": "x",
-                   "role": "worker", "pid": 1})
+        self.send({"t": "hello", "rid": rid, "id": "not-my-identity", "hostname": "x",
+                   "version": "x", "role": "worker", "pid": 1})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.sock.poll(50):
@@ -98,12 +98,14 @@ class RawPeer:
         self.ctx.term()
 
 
-def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(shared_cluster, tmp_path):
+def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(
+        shared_cluster, tmp_path):
     c = shared_cluster
     tablet = c.worker("tablet", "127.0.0.6", register=False)
-    out = tablet.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}", "--leader-key",
-                   public_key(c.vps), "--source-ip", "127.0.0.6", check=0)
-    assert out.stdout == b"Pending: tablet waits for `d acceptPeer tablet` on the leader 127.0.0.1:%d\n" % c.port
+    out = tablet.d("registerWorker", "--id", "tablet", "--leader", f"127.0.0.1:{c.port}",
+                   "--leader-key", public_key(c.vps), "--source-ip", "127.0.0.6", check=0)
+    assert out.stdout == (b"Pending: tablet waits for `d acceptPeer tablet` on the leader "
+                          b"127.0.0.1:%d\n") % c.port
     assert c.vps.d("listPeers", "--pending", "--ids", check=0).stdout == b"tablet\n"
     assert c.vps.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
 
@@ -121,8 +123,10 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
     assert c.vps.d("acceptPeer", "tablet", check=0).stdout == b"Accepted: tablet\n"
     wait_for(lambda: c.online("tablet"), timeout=5, what="tablet online once accepted")
     assert c.vps.d("listPeers", "--pending", "--ids", check=0).stdout == b""
-    assert c.desktop.d("execOnPeer", "--peer", "tablet", "--shellCmd", "echo in", check=0).stdout == b"in\n"
-    assert tablet.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo out", check=0).stdout == b"out\n"
+    assert c.desktop.d("execOnPeer", "--peer", "tablet", "--shellCmd", "echo in",
+                       check=0).stdout == b"in\n"
+    assert tablet.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo out",
+                    check=0).stdout == b"out\n"
 
     # removal: a running exec fails at once and its process group dies, both directions refused
     running = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "tablet", "--shellCmd",
@@ -133,7 +137,8 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
         assert select.select([running.stdout], [], [], 10)[0], "the remote sleep did not start"
         pid = int(running.stdout.readline())
         assert c.vps.d("removePeer", "tablet", check=0).stdout == b"Removed: tablet (key revoked)\n"
-        removed = time.monotonic()  # after the removing CLI, whose own start is slow on a busy machine
+        # after the removing CLI, whose own start is slow on a busy machine
+        removed = time.monotonic()
         assert running.wait(timeout=5) == 255
         assert time.monotonic() - removed < 2.0
         assert running.stderr.read() == b"Peer tablet was removed\n"
@@ -142,12 +147,14 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
         running.wait()
         running.stdout.close()
         running.stderr.close()
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="removed peer's job killed")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5,
+             what="removed peer's job killed")
 
     def audit():
         rows = json.loads(c.vps.d("history", "--json", "--peer", "tablet", check=0).stdout)
         return [(r["rc"], r["outcome"]) for r in rows if r["command"] == "echo $$; exec sleep 30"]
-    wait_for(lambda: audit() == [(255, "peer_lost")], timeout=5, what="the audit row to say peer_lost")
+    wait_for(lambda: audit() == [(255, "peer_lost")], timeout=5,
+             what="the audit row to say peer_lost")
     assert c.vps.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
     assert c.desktop.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
     out = c.desktop.d("execOnPeer", "--peer", "tablet", "--shellCmd", f"touch {marker}", check=255)
@@ -156,7 +163,8 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
     wait_for(lambda: "refused our key at the handshake" in tablet.log(), timeout=10,
              what="the removed worker's redial to be refused")
     out = tablet.d("execOnPeer", "--peer", "desktop", "--shellCmd", f"touch {marker}", check=255)
-    assert out.stderr.startswith(b"Refused by the leader: removed by the leader\n  hint: removal revokes")
+    assert out.stderr.startswith(b"Refused by the leader: removed by the leader\n  hint: removal "
+                                 b"revokes")
     assert not marker.exists()
 
     # the key stays revoked across a restart: ZAP refuses it before any hello, tokens cannot help
@@ -165,7 +173,8 @@ def test_unenrolled_worker_can_do_nothing_until_accepted_and_removal_cuts_it(sha
     wait_for(lambda: b'"link": "removed"' in tablet.d("getPeerStatus", "--json").stdout, timeout=5,
              what="revoked key refused at the handshake")
     out = tablet.d("registerWorker", "--token", c.token(), "--source-ip", "127.0.0.6", check=255)
-    assert out.stderr.startswith(b"Refused by the leader: this peer's key was revoked on the leader\n")
+    assert out.stderr.startswith(b"Refused by the leader: this peer's key was revoked on the "
+                                 b"leader\n")
     assert not c.online("tablet")
     tablet.stop()
 
@@ -183,14 +192,18 @@ def test_join_tokens_valid_reused_expired_tampered(shared_cluster):
     c = shared_cluster
     token = c.token()
     first = c.worker("tok-a", "127.0.0.8", register=False)
-    out = first.d("registerWorker", "--id", "tok-a", "--token", token, "--source-ip", "127.0.0.8", check=0)
-    assert out.stdout == b"Registered: tok-a is a worker of 127.0.0.1:%d (enrolled with a join token)\n" % c.port
+    out = first.d("registerWorker", "--id", "tok-a", "--token", token, "--source-ip", "127.0.0.8",
+                  check=0)
+    assert out.stdout == (b"Registered: tok-a is a worker of 127.0.0.1:%d (enrolled with a join "
+                          b"token)\n") % c.port
 
     second = c.worker("tok-b", "127.0.0.9", register=False)  # a new key for every refusal below
 
     def refused(tok, reason):
-        out = second.d("registerWorker", "--id", "tok-b", "--token", tok, "--source-ip", "127.0.0.9", check=255)
-        assert out.stderr.startswith(b"Refused by the leader: join token refused: " + reason + b"\n"), out.stderr
+        out = second.d("registerWorker", "--id", "tok-b", "--token", tok, "--source-ip",
+                       "127.0.0.9", check=255)
+        assert out.stderr.startswith(b"Refused by the leader: join token refused: " + reason
+                                     + b"\n"), out.stderr
 
     refused(token, b"token already used")
     short = c.vps.d("joinToken", "--ttl", "1", check=0).stdout.decode().strip()
@@ -198,7 +211,8 @@ def test_join_tokens_valid_reused_expired_tampered(shared_cluster):
     wait_for(lambda: time.time() > issued_by + 1.05, timeout=3, what="the 1 s token to expire")
     refused(short, b"token expired")
     body = _token_body(c.token())
-    refused(_token(dict(body, s=body["s"][:-2] + ("AA" if body["s"][-2:] != "AA" else "BB"))), b"unknown token")
+    refused(_token(dict(body, s=body["s"][:-2] + ("AA" if body["s"][-2:] != "AA" else "BB"))),
+            b"unknown token")
     out = second.d("registerWorker", "--id", "tok-b", "--token", "zpeer1.bm90LWpzb24", check=2)
     assert out.stderr == b"Invalid join token: join token is damaged (cannot decode it)\n"
     assert c.vps.d("listPeers", "--pending", "--ids", check=0).stdout == b""
@@ -206,13 +220,15 @@ def test_join_tokens_valid_reused_expired_tampered(shared_cluster):
 
     # a token naming another leader key: the CURVE handshake with the real leader fails
     forged = _token(dict(body, k=zmq.curve_keypair()[0].decode()))
-    out = second.d("registerWorker", "--id", "tok-b", "--token", forged, "--source-ip", "127.0.0.9", check=255)
+    out = second.d("registerWorker", "--id", "tok-b", "--token", forged, "--source-ip", "127.0.0.9",
+                   check=255)
     assert out.stderr.startswith(b"Leader key mismatch: the leader at 127.0.0.1:%d" % c.port)
 
     # the untouched token of that same body still enrols (the refusals did not burn it)
-    out = second.d("registerWorker", "--id", "tok-b", "--token", _token(body), "--source-ip", "127.0.0.9",
-                   check=0)
-    assert out.stdout == b"Registered: tok-b is a worker of 127.0.0.1:%d (enrolled with a join token)\n" % c.port
+    out = second.d("registerWorker", "--id", "tok-b", "--token", _token(body), "--source-ip",
+                   "127.0.0.9", check=0)
+    assert out.stdout == (b"Registered: tok-b is a worker of 127.0.0.1:%d (enrolled with a join "
+                          b"token)\n") % c.port
     for node in (first, second):
         node.stop()
     for name in ("tok-a", "tok-b"):
@@ -224,15 +240,18 @@ def test_worker_pinned_to_another_leader_key(shared_cluster):
     node = c.worker("pinned", "127.0.0.7")
     right = json.loads(node.d("getPeerStatus", "--json", check=0).stdout)["leader_key"]
     node.d("setPeerConfig", "--leader-key", zmq.curve_keypair()[0].decode(), check=0)
-    mismatch = b"Leader key mismatch: the leader at 127.0.0.1:%d does not have the key this worker pinned" % c.port
+    mismatch = (b"Leader key mismatch: the leader at 127.0.0.1:%d does not have the key this "
+                b"worker pinned") % c.port
     status = wait_for(lambda: (lambda s: s if s["link"] == "key_mismatch" else None)(
-        json.loads(node.d("getPeerStatus", "--json").stdout)), timeout=5, what="key mismatch noticed")
+        json.loads(node.d("getPeerStatus", "--json").stdout)), timeout=5,
+                      what="key mismatch noticed")
     assert status["connected"] is False and status["link_reason"].encode() == mismatch
     assert b"link_reason: " + mismatch + b"\n" in node.d("getPeerStatus", check=0).stdout
     for args in (("listPeers",), ("execOnPeer", "--peer", "vps", "--shellCmd", "true")):
         out = node.d(*args, check=255)
         assert out.stderr.startswith(mismatch + b"\n  hint: ")
-    wait_for(lambda: not c.online("pinned"), timeout=5, what="the leader to drop the mispinned worker")
+    wait_for(lambda: not c.online("pinned"), timeout=5,
+             what="the leader to drop the mispinned worker")
     node.d("setPeerConfig", "--leader-key", right, check=0)
     wait_for(lambda: c.online("pinned"), timeout=5, what="back with the right key")
     node.stop()
@@ -247,12 +266,14 @@ def test_plain_zeromq_client_gets_nothing(shared_cluster):
         plain.send({"t": "hello", "rid": "r1", "id": "desktop", "hostname": "x", "version": "x",
                     "role": "worker", "pid": 1})
         # the leader ends the NULL-mechanism handshake: nothing was delivered either way
-        assert plain.wait_event(HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED) != zmq.EVENT_HANDSHAKE_SUCCEEDED
+        assert plain.wait_event(HANDSHAKE_FAILED
+                                | zmq.EVENT_DISCONNECTED) != zmq.EVENT_HANDSHAKE_SUCCEEDED
         assert plain.sock.poll(0) == 0
     finally:
         plain.close()
     assert c.online("desktop")
-    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
+    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok",
+                   check=0).stdout == b"ok\n"
 
 
 def test_file_modes_of_keys_db_and_socket(shared_cluster):
@@ -285,8 +306,10 @@ def _payloads(rng_bytes):
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         _zmtp_greeting(b"NULL") + rng_bytes(300),
         _zmtp_greeting(b"CURVE") + rng_bytes(300),
-        _zmtp_greeting(b"CURVE") + b"\x04\xc8\x05HELLO" + rng_bytes(199),  # a HELLO command of garbage
-        _zmtp_greeting(b"CURVE") + b"\x06" + (2 ** 62).to_bytes(8, "big"),  # absurd long-command size
+        # a HELLO command of garbage
+        _zmtp_greeting(b"CURVE") + b"\x04\xc8\x05HELLO" + rng_bytes(199),
+        # absurd long-command size
+        _zmtp_greeting(b"CURVE") + b"\x06" + (2 ** 62).to_bytes(8, "big"),
         _zmtp_greeting(b"PLAIN") + b"\x04\x1a\x05HELLO\x05admin\x05admin" + rng_bytes(8),
         b"\xff" + b"\xff" * 8 + b"\x7f" + rng_bytes(60),
         _zmtp_greeting(b"CURVE")[:11],  # a greeting cut short, then silence
@@ -337,32 +360,43 @@ def test_random_bytes_at_tcp_port_and_ipc_socket(shared_cluster):
     sent = 0
     for _ in range(20):
         sent += _throw_bytes(socket.AF_INET, ("127.0.0.1", c.port), _payloads(os.urandom))
-        sent += _throw_bytes(socket.AF_UNIX, os.path.join(c.vps.home, "d.sock"), _payloads(os.urandom))
-        sent += _throw_bytes(socket.AF_UNIX, os.path.join(c.desktop.home, "d.sock"), _payloads(os.urandom), 1)
+        sent += _throw_bytes(socket.AF_UNIX, os.path.join(c.vps.home, "d.sock"),
+                             _payloads(os.urandom))
+        sent += _throw_bytes(socket.AF_UNIX, os.path.join(c.desktop.home, "d.sock"),
+                             _payloads(os.urandom), 1)
     assert sent == 20 * 3 * len(_payloads(os.urandom))
     for node in (c.vps, c.desktop, c.laptop):
         assert node.proc.poll() is None, node.log()
     for node in (c.vps, c.desktop):
         assert node.d("listPeers", "--ids", "--online", check=0).stdout == b"desktop\nlaptop\nvps\n"
-    assert c.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
-    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok", check=0).stdout == b"ok\n"
+    assert c.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo ok",
+                       check=0).stdout == b"ok\n"
+    assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo ok",
+                   check=0).stdout == b"ok\n"
 
 
 def test_a_member_cannot_steer_another_origins_job(shared_cluster):
-    """Job ids are no secret (`d history` shows them): stdin, credit and cancel only from the origin."""
+    """Job ids are no secret (`d history` shows them): stdin, credit, cancel come from the origin
+    only."""
     c = shared_cluster
     member = RawPeer(c.port, public_key(c.vps), protocol.route_identity("mallory"), "127.0.0.80")
-    hello = {"t": "hello", "rid": "j", "id": "mallory", "hostname": "m", "version": "m", "role": "worker", "pid": 1}
+    hello = {"t": "hello", "rid": "j", "id": "mallory", "hostname": "m", "version": "m",
+             "role": "worker", "pid": 1}
     running = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd",
                                               'read line; echo "got $line"'],
-                               env=c.vps.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               env=c.vps.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
     try:
         member.send(dict(hello, token=keys.parse_token(c.token())["secret"]))
         assert member.barrier() and member.received[-1]["status"] == "accepted"
-        job = wait_for(lambda: next((r["job"] for r in json.loads(c.vps.d("history", "--json", check=0).stdout)
-                                     if r["rc"] is None and r["target"] == "desktop"), None), what="the job's id")
+        def running_job():
+            rows = json.loads(c.vps.d("history", "--json", check=0).stdout)
+            return next((r["job"] for r in rows if r["rc"] is None and r["target"] == "desktop"),
+                        None)
+        job = wait_for(running_job, what="the job's id")
         member.send(hello)  # (the leader may have swept the silent member offline meanwhile)
-        member.send({"t": "stdin", "rid": "s", "job": job, "to": "desktop", "eof": True}, b"injected\n")
+        member.send({"t": "stdin", "rid": "s", "job": job, "to": "desktop", "eof": True},
+                    b"injected\n")
         member.send({"t": "credit", "rid": "c", "job": job, "to": "desktop", "n": 1 << 30})
         member.send({"t": "cancel", "rid": "x", "job": job, "to": "desktop"})
         member.barrier()  # forwarded: desktop reads them before anything the leader sends it next
@@ -396,14 +430,16 @@ def test_connection_claiming_another_peers_id(shared_cluster, tmp_path):
             raw.send(exec_header("vps", f"touch {marker}", job="forged.1"))
             raw.send({"t": "rpc", "rid": "r1", "op": "peers", "args": {}})
             raw.send({"t": "hb", "rid": "r2"})
-            raw.send({"t": "hello", "rid": "r3", "id": "desktop", "hostname": "evil", "version": "x",
-                      "role": "worker", "pid": 1})
+            raw.send({"t": "hello", "rid": "r3", "id": "desktop", "hostname": "evil",
+                      "version": "x", "role": "worker", "pid": 1})
             raw.barrier()
-        assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo still", check=0).stdout == b"still\n"
+        assert c.vps.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo still",
+                       check=0).stdout == b"still\n"
         for raw in impostors:
             raw.barrier()
             kinds = [(h["t"], h.get("status")) for h in raw.received]
-            assert all(t == "welcome" and s in ("rejected", "pending") for t, s in kinds), raw.received
+            assert all(t == "welcome" and s in ("rejected", "pending") for t,
+                       s in kinds), raw.received
     finally:
         for raw in impostors:
             raw.close()
@@ -411,16 +447,19 @@ def test_connection_claiming_another_peers_id(shared_cluster, tmp_path):
     peers = json.loads(c.vps.d("listPeers", "--json", check=0).stdout)
     assert [(p["id"], p["ip"], p["online"]) for p in peers] == [
         ("desktop", "127.0.0.2", True), ("laptop", "127.0.0.4", True), ("vps", "127.0.0.1", True)]
-    assert c.laptop.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo after", check=0).stdout == b"after\n"
+    assert c.laptop.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo after",
+                      check=0).stdout == b"after\n"
 
 
-def test_control_characters_from_peers_and_commands_are_shown_escaped_never_sent_to_the_terminal(shared_cluster):
+def test_control_characters_from_peers_and_commands_are_shown_escaped_never_sent_to_the_terminal(
+        shared_cluster):
     """A member's free-text version, or a command line, may hold escape sequences (an OSC that
     retitles the admin's terminal, a newline that forges a table row): tables show them escaped."""
     c = shared_cluster
     member = RawPeer(c.port, public_key(c.vps), protocol.route_identity("inky"), "127.0.0.82")
-    hello = {"t": "hello", "rid": "j", "id": "inky", "hostname": "i", "version": "1.0\x1b]0;pwned\x07\nfake 1",
-             "role": "worker", "pid": 1, "token": keys.parse_token(c.token())["secret"]}
+    hello = {"t": "hello", "rid": "j", "id": "inky", "hostname": "i",
+             "version": "1.0\x1b]0;pwned\x07\nfake 1", "role": "worker", "pid": 1,
+             "token": keys.parse_token(c.token())["secret"]}
     try:
         member.send(hello)
         assert member.barrier() and member.received[-1]["status"] == "accepted"
@@ -436,5 +475,6 @@ def test_control_characters_from_peers_and_commands_are_shown_escaped_never_sent
     table = c.vps.d("history", "--peer", "desktop", "--limit", "1", check=0).stdout.decode()
     assert table.splitlines()[1].endswith("  echo a\\necho b\\t\\x1b[31mred")
     assert len(table.splitlines()) == 2
-    assert json.loads(c.vps.d("history", "--json", "--peer", "desktop", "--limit", "1", check=0).stdout)[0][
+    assert json.loads(c.vps.d("history", "--json", "--peer", "desktop", "--limit", "1",
+                              check=0).stdout)[0][
         "command"] == cmd

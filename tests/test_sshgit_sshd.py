@@ -23,7 +23,8 @@ def sshd(tmp_path_factory):
     wrapper_dir = tmp_path_factory.mktemp("sshbin")
     wrapper = wrapper_dir / "ssh"
     # real ssh, only pointed at the private sshd (port, key, no host key prompts)
-    argv = [shutil.which("ssh")] + server.base()[1:]  # the real ssh by path: the wrapper is "ssh" too
+    # the real ssh by path: the wrapper is "ssh" too
+    argv = [shutil.which("ssh")] + server.base()[1:]
     wrapper.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in argv) + ' "$@"\n')
     wrapper.chmod(0o755)
     yield server, str(wrapper_dir)
@@ -34,14 +35,15 @@ def ssh_cmd(sshd, directory, command):
     server, wrapper_dir = sshd
     env = dict(os.environ, PATH=f"{wrapper_dir}:{os.environ['PATH']}")
     script = f'. {shlex.quote(SSHGIT)}; sshCmd "$1" "$2" "$3"'
-    return subprocess.run(["bash", "-c", script, "sshCmd", server.target(), directory, command], env=env,
-                          capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    return subprocess.run(["bash", "-c", script, "sshCmd", server.target(), directory, command],
+                          env=env, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
 
 
 def test_quoting_of_directory_and_command_over_real_ssh(sshd, tmp_path):
     odd = tmp_path / "dir with 'quotes' \"and\" $vars `ticks`"
     odd.mkdir()
-    out = ssh_cmd(sshd, str(odd), """printf '%s|' "$PWD" 'it'"'"'s' "a  b" '$HOME' "\\`x\\`"; exit 7""")
+    out = ssh_cmd(sshd, str(odd),
+                  """printf '%s|' "$PWD" 'it'"'"'s' "a  b" '$HOME' "\\`x\\`"; exit 7""")
     assert out.returncode == 7, out.stderr
     assert out.stdout.decode() == f"{odd}|it's|a  b|$HOME|`x`|"
 

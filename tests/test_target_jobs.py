@@ -9,8 +9,8 @@ from zpeer.daemon.target import SEEN_JOBS_MAX, TargetJobs
 
 
 def _exec(job, cmd="true"):
-    return {"t": "exec", "job": job, "to": "w1", "cmd": cmd, "dir": None, "user": None, "timeout": None,
-            "stdin": False, "credit": 1 << 20, "ttl": 30, "ts": time.time()}
+    return {"t": "exec", "job": job, "to": "w1", "cmd": cmd, "dir": None, "user": None,
+            "timeout": None, "stdin": False, "credit": 1 << 20, "ttl": 30, "ts": time.time()}
 
 
 @pytest.fixture
@@ -51,18 +51,22 @@ def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(job
     assert not journal.exists()  # ended before it was recorded: no disk touched
     jobs.handle("vps", _exec("talks", "echo hi"), None)
     got = _until_done(jobs)
-    assert [(m["t"], "pid" in m) for m in got] == [("out", True), ("exit", False)]  # its output said "started"
+    # its output said "started"
+    assert [(m["t"], "pid" in m) for m in got] == [("out", True), ("exit", False)]
     jobs.handle("vps", _exec("silent", "sleep 5"), None)
     assert jobs.on_timer(time.monotonic(), 60) == []
     pid = jobs.jobs["silent"].cmd.pid
-    assert journal.read_text().split("\n")[1].startswith("- ")  # "talks": on disk with its output, off at its end
+    # "talks": on disk with its output, off at its end
+    assert journal.read_text().split("\n")[1].startswith("- ")
     later = jobs.on_timer(time.monotonic() + STARTED_DELAY_S + 0.001, 60)
     assert [m[0] for m in later] == [{"t": "started", "rid": "silent", "job": "silent", "to": "vps",
                                       "pid": pid}]
-    assert journal.read_text().split("\n")[2].startswith(f"+ {pid} ")  # on disk before "started" left
+    # on disk before "started" left
+    assert journal.read_text().split("\n")[2].startswith(f"+ {pid} ")
     assert jobs.on_timer(time.monotonic() + 1, 60) == []  # once
     jobs.cancel("silent", "vps")
-    assert _until_done(jobs)[-1]["how"] == "cancelled" and journal.read_text().endswith(f"- {pid}\n")
+    assert _until_done(jobs)[-1]["how"] == "cancelled"
+    assert journal.read_text().endswith(f"- {pid}\n")
 
 
 def test_a_cancel_that_overtakes_its_exec_stops_it_from_running(jobs):
@@ -85,7 +89,8 @@ def test_a_cancel_flood_does_not_make_a_job_runnable_twice(jobs):
     assert jobs.handle("vps", _exec("real"), None) == []
 
 
-def test_the_daemon_users_identity_is_looked_up_once_per_interval_and_each_job_gets_its_own_env(jobs):
+def test_the_daemon_users_identity_is_looked_up_once_per_interval_and_each_job_gets_its_own_env(
+        jobs):
     first = jobs._own_identity()
     assert jobs._own_identity() is not None and jobs.own[1] is first[0]  # cached: the same entry
     jobs.own = (time.monotonic() - 1,) + jobs.own[1:]  # as if OWN_IDENTITY_S had passed
@@ -93,7 +98,8 @@ def test_the_daemon_users_identity_is_looked_up_once_per_interval_and_each_job_g
     assert jobs.own[0] > time.monotonic()  # looked up again
     for job in ("env-a", "env-b"):
         jobs.handle("vps", _exec(job, 'echo "$ZPEER_JOB $HOME"'), None)
-    outputs = {m["job"]: bytes(data) for m, data in _until_done(jobs, with_data=True) if m["t"] == "out"}
+    outputs = {m["job"]: bytes(data) for m,
+               data in _until_done(jobs, with_data=True) if m["t"] == "out"}
     home = jobs.own[1].pw_dir
     assert outputs == {"env-a": f"env-a {home}\n".encode(), "env-b": f"env-b {home}\n".encode()}
     assert "ZPEER_JOB" not in jobs.own[2]  # the cached environment is copied, never changed
@@ -108,8 +114,10 @@ def _wait_readable(fd, limit_s=5):
     assert poller.poll(limit_s * 1000), f"fd {fd} never became readable"
 
 
-@pytest.mark.parametrize("linger_s", [None, 0.0])  # 0: a loaded loop that gets there after the deadline
-def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(jobs, linger_s, monkeypatch):
+# 0: a loaded loop that gets there after the deadline
+@pytest.mark.parametrize("linger_s", [None, 0.0])
+def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(
+        jobs, linger_s, monkeypatch):
     if linger_s is not None:
         monkeypatch.setattr(target, "EXIT_LINGER_S", linger_s)
     # the kernel closes stdout, then stderr, then reports the exit: the loop may wake on stdout
@@ -163,12 +171,14 @@ def test_fds_past_fd_setsize_are_fine(jobs):
 def test_an_exit_status_reaped_elsewhere_is_reported_as_lost_not_made_up(jobs):
     jobs.handle("vps", _exec("reaped", "exit 7"), None)
     pid = jobs.jobs["reaped"].cmd.pid
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7  # a stray handler in the daemon reaps it
+    # a stray handler in the daemon reaps it
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
     (msg,) = _until_done(jobs)
     assert msg == {"t": "error", "rid": "reaped", "job": "reaped", "to": "vps",
-                   "err": {"err": "exit_lost", "msg": "The exit status of the command on w1 was lost",
-                           "hint": "the command did run; something in the daemon's process reaped it "
-                                   "(see the daemon's log)"}}
+                   "err": {"err": "exit_lost",
+                           "msg": "The exit status of the command on w1 was lost",
+                           "hint": "the command did run; something in the daemon's process reaped "
+                                   "it (see the daemon's log)"}}
     jobs.handle("vps", _exec("kept", "exit 7"), None)
     assert [(m["t"], m["rc"]) for m in _until_done(jobs)] == [("exit", 7)]
 
@@ -179,7 +189,8 @@ def test_a_user_commands_status_comes_from_waitpid_not_popen_poll(reaped_elsewhe
     (started through subprocess) is reaped by the daemon itself, and Popen is told the outcome."""
     from zpeer.daemon.process import spawn
 
-    child = spawn(["/bin/bash", "-c", "exit 7"], "/", {"PATH": "/usr/bin:/bin"}, False, {"user": os.geteuid()})
+    child = spawn(["/bin/bash", "-c", "exit 7"], "/", {"PATH": "/usr/bin:/bin"}, False,
+                  {"user": os.geteuid()})
     try:
         assert child.popen is not None
         if reaped_elsewhere:
@@ -188,7 +199,8 @@ def test_a_user_commands_status_comes_from_waitpid_not_popen_poll(reaped_elsewhe
         while child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)  # polling a child for its exit, with a deadline
         expected = 255 if reaped_elsewhere else 7
-        assert (child.returncode, child.status_lost, child.popen.returncode) == (expected, reaped_elsewhere, expected)
+        assert (child.returncode, child.status_lost,
+                child.popen.returncode) == (expected, reaped_elsewhere, expected)
         assert child.popen.poll() == expected  # subprocess will not wait for it again
     finally:
         for fd in (child.stdout_fd, child.stderr_fd):

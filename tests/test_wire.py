@@ -1,4 +1,5 @@
-"""zpeer.wire.multipart over a real DEALER -> ROUTER pair: which frames are copied, which are zero-copy."""
+"""zpeer.wire.multipart over a real DEALER -> ROUTER pair: which frames are copied, which are
+zero-copy."""
 import pytest
 import zmq
 

@@ -14,7 +14,8 @@ DEFAULT_PORT = 3520
 DEFAULT_BIND = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 # Heartbeats per second the leader takes from the whole fleet: a larger fleet is told to beat less
-# often (as Consul stretches its TTLs), so 1,000 idle peers (every 3 s) cost the leader < 3 % of a core.
+# often (as Consul stretches its TTLs), so 1,000 idle peers (every 3 s) cost the leader < 3 % of a
+# core.
 DEFAULT_HEARTBEAT_BUDGET_PER_S = 350
 HEARTBEAT_RANGE_S = (0.05, 60)
 HEARTBEAT_BUDGET_RANGE = (1, 1000000)
@@ -55,7 +56,8 @@ def default_home():
     """The SPEC default state directory: /var/lib/zpeer for root, else XDG state dir."""
     if os.geteuid() == 0:
         return "/var/lib/zpeer"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
     return os.path.join(base, "zpeer")
 
 
@@ -138,8 +140,10 @@ def load(home=None, check=True):
         return cfg
     except NotADirectoryError as exc:
         raise BadHome(home or home_dir(), exc.strerror) from None
-    except PermissionError as exc:  # a --group member: the socket is open to them, the settings are not
-        raise BadHome(home or home_dir(), f"{CONFIG_FILE}: {exc.strerror}", "this node's settings are its "
+    # a --group member: the socket is open to them, the settings are not
+    except PermissionError as exc:
+        raise BadHome(home or home_dir(), f"{CONFIG_FILE}: {exc.strerror}",
+                      "this node's settings are its "
                       "owner's: run the command as that user (e.g. `sudo d ...`)") from None
     except (OSError, ValueError) as exc:
         reason = f"not JSON: {exc}" if isinstance(exc, ValueError) else exc.strerror
@@ -159,7 +163,8 @@ def config_problem(cfg):
     beat = cfg["heartbeat_s"]
     if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not low <= beat <= high:
         return f"heartbeat_s must be a number of seconds from {low} to {high}, not {beat!r}"
-    for name, (low, high) in (("heartbeat_budget", HEARTBEAT_BUDGET_RANGE), ("history_rows", HISTORY_ROWS_RANGE)):
+    for name, (low, high) in (("heartbeat_budget", HEARTBEAT_BUDGET_RANGE),
+                              ("history_rows", HISTORY_ROWS_RANGE)):
         value = cfg[name]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             return f"{name} must be a whole number from {low} to {high}, not {value!r}"
@@ -262,7 +267,8 @@ def default_peer_id():
     return socket.gethostname().split(".")[0] or "peer"
 
 
-PEER_ID_RULE = "ASCII letters, digits, '-', '_', '.', starting with a letter or digit; at most 64; not 'all'"
+PEER_ID_RULE = ("ASCII letters, digits, '-', '_', '.', starting with a letter or digit; "
+                "at most 64; not 'all'")
 
 
 def valid_peer_id(peer_id, new=True):

@@ -9,10 +9,10 @@ EXIT_USAGE = 2
 
 HINT_PEER_NOT_FOUND = ("run `d listPeers`; the peer must register with the leader first "
                        "(`d registerWorker` on that peer)")
-HINT_FAILED_TO_CONNECT = ("is `d daemon` running for this ZPEER_HOME? check `systemctl status zpeer`, "
-                          "`wg show`, `ping LEADER`")
-HINT_NOT_CONNECTED = ("the local daemon runs but has no link to its leader: check `d getPeerStatus`, "
-                      "`wg show`, `ping LEADER`, or restart the daemon")
+HINT_FAILED_TO_CONNECT = ("is `d daemon` running for this ZPEER_HOME? check `systemctl status "
+                          "zpeer`, `wg show`, `ping LEADER`")
+HINT_NOT_CONNECTED = ("the local daemon runs but has no link to its leader: check `d "
+                      "getPeerStatus`, `wg show`, `ping LEADER`, or restart the daemon")
 
 
 class ZpeerError(Exception):
@@ -198,8 +198,8 @@ class BadKey(_AtPath):
 
     code = "bad_key"
     form = "Bad key file {path}: {reason}"
-    hint = ("restore it from a backup, or remove it and curve.pub to make a new key pair: a new key is "
-            "a new identity (a worker enrols again; a leader's workers all do)")
+    hint = ("restore it from a backup, or remove it and curve.pub to make a new key pair: a new "
+            "key is a new identity (a worker enrols again; a leader's workers all do)")
 
 
 class Busy(ZpeerError):
@@ -209,15 +209,16 @@ class Busy(ZpeerError):
 
 
 _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
-                                      NotConnected, DirectoryNotFound, DirectoryDenied, KeyMismatch, NotAuthorized,
-                                      InvalidToken, NotLeader, NotConfigured, BadRequest,
-                                      RequestTimeout, ExitLost, BindFailed, OutputFailed, BadConfig,
-                                      BadDatabase, BadHome, BadKey, Busy)}
+                                      NotConnected, DirectoryNotFound, DirectoryDenied, KeyMismatch,
+                                      NotAuthorized, InvalidToken, NotLeader, NotConfigured,
+                                      BadRequest, RequestTimeout, ExitLost, BindFailed,
+                                      OutputFailed, BadConfig, BadDatabase, BadHome, BadKey, Busy)}
 
 
 def from_reply(reply):
     """Rebuild the exception a daemon encoded with `to_reply`."""
     cls = _BY_CODE.get(reply.get("err"), ZpeerError)
     err = ZpeerError.__new__(cls)
-    ZpeerError.__init__(err, str(reply.get("msg") or reply.get("err")), reply.get("hint") or cls.hint)
+    ZpeerError.__init__(err, str(reply.get("msg") or reply.get("err")),
+                        reply.get("hint") or cls.hint)
     return err

@@ -43,8 +43,9 @@ def resolve(cfg):
     repo = cfg.get("repo") or checkout
     build = cfg.get("build_cmd")
     if not build and repo:
-        # reinstall into the interpreter the daemon runs with: editable when it runs from that checkout
-        # (its version names the commit then), else a copy whose version names it (install_stamped)
+        # reinstall into the interpreter the daemon runs with: editable when it runs from that
+        # checkout (its version names the commit then), else a copy whose version names it
+        # (install_stamped)
         python = shlex.quote(sys.executable)
         if checkout and os.path.realpath(repo) == os.path.realpath(checkout):
             build = f"{python} -m pip install --quiet -e {shlex.quote(repo)}"
@@ -57,7 +58,8 @@ def resolve(cfg):
 def _head(repo, short=False):
     """The commit a git checkout is at, or None (not git, or git missing)."""
     try:
-        out = subprocess.run(["git", "-C", repo, "rev-parse"] + (["--short"] if short else []) + ["HEAD"],
+        out = subprocess.run(["git", "-C", repo, "rev-parse"] + (["--short"] if short else [])
+                             + ["HEAD"],
                              capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -83,9 +85,11 @@ def stamp_version(init_py, commit):
 
 
 def _copy_checkout(repo, dest):
-    """Copy what git would see of a checkout (tracked and untracked, not ignored, no .git) to dest."""
-    listed = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, check=True, timeout=60, stdin=subprocess.DEVNULL).stdout
+    """Copy what git sees of a checkout (tracked and untracked, not ignored, no .git) to dest."""
+    listed = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"],
+                            capture_output=True, check=True, timeout=60,
+                            stdin=subprocess.DEVNULL).stdout
     for rel in sorted({os.fsdecode(name) for name in listed.split(b"\0") if name}):
         src, dst = os.path.join(repo, rel), os.path.join(dest, rel)
         if os.path.isfile(src) or os.path.islink(src):  # skips deleted files and submodules
@@ -144,7 +148,8 @@ def refuse(message):
 
 
 if __name__ == "__main__":
-    # `python -m zpeer.recipes install REPO`: the default build of a peer that runs an installed copy
+    # `python -m zpeer.recipes install REPO`: the default build of a peer that runs an installed
+    # copy
     if len(sys.argv) != 3 or sys.argv[1] != "install":
         refuse("usage: python -m zpeer.recipes install REPO")
     sys.exit(install_stamped(sys.argv[2]))

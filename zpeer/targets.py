@@ -40,7 +40,8 @@ def peer_names(requested):
 
 
 def many_peers(requested):
-    """True when --peer names a list (more than one name, `all`, a pattern or a comma): lines get `ID: `."""
+    """True when --peer names a list (several names, `all`, a pattern or a comma): output lines
+    get `ID: ` prefixes."""
     names = peer_names(requested)
     return (len(names) > 1 or any(name == "all" or is_pattern(name) for name in names)
             or any("," in item for item in requested))
@@ -61,7 +62,8 @@ def resolve_targets(requested, known, exclude=()):
     against the known ids, less the --exclude ones. Every pattern must match and every
     excluded name must be a peer selected (a typo must not let the peer it meant run the
     command), and a peer must be left."""
-    targets = {}  # a dict keeps the order and answers "seen?" at once (1,000 peers: 0.5M list scans)
+    # a dict keeps the order and answers "seen?" at once (1,000 peers: 0.5M list scans)
+    targets = {}
     for name in peer_names(requested):
         for peer in _matches(name, known, "no peer id matches this pattern (`d listPeers`)"):
             targets.setdefault(peer, None)
@@ -99,11 +101,13 @@ def fold(ids):
         for width, group in groups.items():
             values = sorted(int(n) for n in group)
             first = prefix + str(values[0]).zfill(width)
-            names.append((first, first if len(values) == 1 else f"{prefix}[{_runs(values, width)}]"))
+            names.append((first,
+                          first if len(values) == 1 else f"{prefix}[{_runs(values, width)}]"))
     return ",".join(text for _, text in sorted(names))
 
 
-_TRAILING_NUMBER = re.compile(r"(.*?[^0-9])([0-9]+)$")  # a prefix that is not all digits, then digits
+# a prefix that is not all digits, then digits
+_TRAILING_NUMBER = re.compile(r"(.*?[^0-9])([0-9]+)$")
 
 
 def _runs(values, width):
@@ -161,11 +165,13 @@ def _expand(word):
             raise _bad_range(word)
         width = len(low) if low.startswith("0") else 0
         if int(high or low) - int(low) >= MAX_NAMES:
-            raise BadRequest(f"Too many peers named: {word} names more than {MAX_NAMES}", hint=RANGE_HINT)
+            raise BadRequest(f"Too many peers named: {word} names more than {MAX_NAMES}",
+                             hint=RANGE_HINT)
         values.extend(str(n).zfill(width) for n in range(int(low), int(high or low) + 1))
     tails = _expand(word[end + 1:])
     if len(values) * len(tails) > MAX_NAMES:
-        raise BadRequest(f"Too many peers named: {word} names more than {MAX_NAMES}", hint=RANGE_HINT)
+        raise BadRequest(f"Too many peers named: {word} names more than {MAX_NAMES}",
+                         hint=RANGE_HINT)
     return [word[:start] + value + tail for value in values for tail in tails]
 
 

@@ -16,8 +16,8 @@ def _open():
     directory = os.environ.get("ZPEER_TRACE")
     if not directory or not os.path.isdir(directory):
         return None
-    return os.open(os.path.join(directory, str(os.getpid())), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                   0o600)
+    return os.open(os.path.join(directory, str(os.getpid())),
+                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
 ENABLED = bool(os.environ.get("ZPEER_TRACE"))

@@ -19,8 +19,9 @@ DETECT_LIMIT_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 heartbeat intervals + slack for
 
 def run_parallel(calls, timeout=60):
     """Run several `d` commands at once: calls = [(node, args)]; returns CompletedProcess list."""
-    procs = [subprocess.Popen(d_command() + [str(a) for a in args], env=node.env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for node, args in calls]
+    procs = [subprocess.Popen(d_command() + [str(a) for a in args], env=node.env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for node, args in calls]
     results = []
     for proc, (_, args) in zip(procs, calls):
         out, err = proc.communicate(timeout=timeout)
@@ -35,8 +36,10 @@ def start_daemons(nodes):
         node.proc = subprocess.Popen(d_command() + ["daemon", "--log-level", "DEBUG"], env=node.env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
-    for node in nodes:  # the log line comes once the loop serves (cheaper than polling with the CLI)
-        wait_for(lambda: node.proc.poll() is not None or b"daemon serving" in open(node.log_path, "rb").read(),
+    # the log line comes once the loop serves (cheaper than polling with the CLI)
+    for node in nodes:
+        wait_for(lambda node=node: node.proc.poll() is not None
+                 or b"daemon serving" in open(node.log_path, "rb").read(),
                  what=f"{node.name} serving")
         assert node.proc.poll() is None, node.log()
 
@@ -44,15 +47,18 @@ def start_daemons(nodes):
 def add_workers(cluster, names_ips, leader_address=None):
     """Create, start and enrol many workers in parallel; leader_address overrides the token's."""
     nodes = [Node(cluster.base, name, ip) for name, ip in names_ips]
-    for node, out in zip(nodes, run_parallel([(n, ["setPeerConfig", "--heartbeat", TEST_HEARTBEAT_S])
+    for node, out in zip(nodes,
+                         run_parallel([(n, ["setPeerConfig", "--heartbeat", TEST_HEARTBEAT_S])
                                               for n in nodes])):
         assert out.returncode == 0, out
         cluster.nodes[node.name] = node
     start_daemons(nodes)
-    tokens = [o.stdout.decode().strip() for o in run_parallel([(cluster.vps, ["joinToken"])] * len(nodes))]
+    asked = run_parallel([(cluster.vps, ["joinToken"])] * len(nodes))
+    tokens = [o.stdout.decode().strip() for o in asked]
     calls = []
     for node, token in zip(nodes, tokens):
-        args = ["registerWorker", "--id", node.name, "--token", token, "--source-ip", node.source_ip]
+        args = ["registerWorker", "--id", node.name, "--token", token, "--source-ip",
+                node.source_ip]
         if leader_address:
             args += ["--leader", leader_address]
         calls.append((node, args))
@@ -77,8 +83,9 @@ class Stream:
 
     def __init__(self, node, *args):
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(d_command() + ["execOnPeer"] + [str(a) for a in args], env=node.env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(d_command() + ["execOnPeer"] + [str(a) for a in args],
+                                     env=node.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
         self.lines = []
         self.stderr = b""
         self.ended = None
@@ -143,7 +150,8 @@ def rss_kb(pid):
 
 def report(name, **numbers):
     """Print what a scenario measured (shown with -s or -rA)."""
-    text = ", ".join(f"{k}={v:.3f}s" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
+    text = ", ".join(f"{k}={v:.3f}s" if isinstance(v, float) else f"{k}={v}" for k,
+                     v in numbers.items())
     print(f"\n[chaos] {name}: {text}")
 
 

@@ -43,7 +43,8 @@ class _Pipe:
         try:
             if self.proxy.refusing:
                 raise ConnectionRefusedError("proxy refuses")
-            self.upstream = await asyncio.open_connection(self.proxy.upstream_host, self.proxy.upstream_port,
+            self.upstream = await asyncio.open_connection(self.proxy.upstream_host,
+                                                          self.proxy.upstream_port,
                                                           local_addr=(peer_ip, 0))
         except OSError:
             self.abort()
@@ -55,7 +56,7 @@ class _Pipe:
         self.abort()
 
     async def _pump(self, reader, writer):
-        """Copy bytes one way, honouring pause (bytes are held, as TCP retransmits them) and delay."""
+        """Copy bytes one way, honouring pause (bytes are held, as TCP retransmits them), delay."""
         queue = asyncio.Queue()
 
         async def deliver():
@@ -106,7 +107,8 @@ class ChaosProxy:
         self.loop = asyncio.new_event_loop()
         self.flowing = None
         self.server = None
-        self.thread = threading.Thread(target=self.loop.run_forever, name="chaos-proxy", daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="chaos-proxy",
+                                       daemon=True)
 
     def _call(self, coro_or_fn):
         """Run something on the proxy's loop and wait for its result."""

@@ -1,4 +1,4 @@
-"""Many zpeer WorkerLinks in one process, for reconnect-storm tests (50 daemons would cost too much).
+"""Many zpeer WorkerLinks in one process, for reconnect-storm tests (cheaper than 50 daemons).
 
 Usage: python swarm.py LEADER_ADDR LEADER_KEY COUNT HEARTBEAT_S SOURCE_IP
 Each link is the real zpeer.daemon.worker.WorkerLink (same socket options, same back-off). It prints

@@ -25,7 +25,8 @@ def _routes_while_broken(cluster, tag):
     count = 0
     for origin in (cluster.vps, cluster.desktop):
         for target in ("desktop", "laptop", "vps"):
-            out = origin.d("execOnPeer", "--peer", target, "--shellCmd", f"echo {tag}-{target}", check=0)
+            out = origin.d("execOnPeer", "--peer", target, "--shellCmd", f"echo {tag}-{target}",
+                           check=0)
             assert out.stdout == f"{tag}-{target}\n".encode()
             count += 1
     return count
@@ -85,8 +86,10 @@ def test_database_trouble_keeps_routing_and_catches_up(cluster, trouble):
         # a worker that restarts now must get back in (its row exists; the write can wait)
         cluster.laptop.kill()
         cluster.laptop.start()
-        wait_for(lambda: cluster.online("laptop"), timeout=10, what="laptop back while the db is broken")
-        assert cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo in", check=0).stdout == b"in\n"
+        wait_for(lambda: cluster.online("laptop"), timeout=10,
+                 what="laptop back while the db is broken")
+        assert cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo in",
+                                 check=0).stdout == b"in\n"
         assert cluster.vps.proc.poll() is None, cluster.vps.log()
         assert f"{shown} (will retry)".encode() in open(cluster.vps.log_path, "rb").read()
     finally:
@@ -95,5 +98,5 @@ def test_database_trouble_keeps_routing_and_catches_up(cluster, trouble):
     wait_for(lambda: len(_audited(cluster, "broken")) == count, timeout=10, what="audit caught up")
     wait_for(lambda: status(cluster.vps)["db_error"] is None, timeout=10, what="db_error cleared")
     caught_up = time.monotonic() - cleared
-    report(f"sqlite {fault.name}", error_shown=shown, reported_in=said, caught_up_after_clear=caught_up,
-           commands_while_broken=count)
+    report(f"sqlite {fault.name}", error_shown=shown, reported_in=said,
+           caught_up_after_clear=caught_up, commands_while_broken=count)

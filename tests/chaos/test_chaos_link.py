@@ -27,7 +27,8 @@ LINES = 400
 def _roamer(cluster, make_proxy):
     """A worker whose link to the leader goes through a chaos proxy."""
     proxy = make_proxy(cluster.port)
-    (node,) = add_workers(cluster, [("roamer", "127.0.0.6")], leader_address=f"127.0.0.1:{proxy.port}")
+    (node,) = add_workers(cluster, [("roamer", "127.0.0.6")],
+                          leader_address=f"127.0.0.1:{proxy.port}")
     wait_for(lambda: cluster.online("roamer"), what="roamer online through the proxy")
     assert cluster.vps.d("getPeerIdByIp", "127.0.0.6", check=0).stdout == b"roamer\n"
     return proxy, node
@@ -41,11 +42,12 @@ def test_delay_then_drops_complete_exactly_or_fail_clearly(cluster, chaos_proxy)
     proxy, roamer = _roamer(cluster, chaos_proxy)
     proxy.set_delay(0.05)  # 100 ms round trip on top of loopback
     started = time.monotonic()
-    out = cluster.vps.d("execOnPeer", "--peer", "roamer", "--shellCmd", "seq 1 20000; echo e >&2; exit 3", check=3)
+    out = cluster.vps.d("execOnPeer", "--peer", "roamer", "--shellCmd",
+                        "seq 1 20000; echo e >&2; exit 3", check=3)
     slow_rtt = time.monotonic() - started
     assert out.stdout == b"".join(b"%d\n" % i for i in range(1, 20001)) and out.stderr == b"e\n"
-    out = roamer.d("execOnPeer", "--peer", "desktop", "--shellCmd", "head -c 300000 /dev/zero | tr '\\0' z",
-                   check=0)
+    out = roamer.d("execOnPeer", "--peer", "desktop", "--shellCmd",
+                   "head -c 300000 /dev/zero | tr '\\0' z", check=0)
     assert out.stdout == b"z" * 300000
     proxy.set_delay(0)
 
@@ -53,7 +55,8 @@ def test_delay_then_drops_complete_exactly_or_fail_clearly(cluster, chaos_proxy)
     cmd = f"for i in $(seq 1 {LINES}); do echo line$i; sleep 0.002; done"
     for round_ in range(3):
         run = Stream(cluster.desktop, "--peer", "roamer", "--shellCmd", cmd)
-        run.wait_for_lines(lambda lines: len(lines) >= 20 * (round_ + 1), what="output flowing")
+        run.wait_for_lines(lambda lines, round_=round_: len(lines) >= 20 * (round_ + 1),
+                           what="output flowing")
         dropped = time.monotonic()
         proxy.drop()
         rc = run.wait(timeout=15)
@@ -68,18 +71,20 @@ def test_delay_then_drops_complete_exactly_or_fail_clearly(cluster, chaos_proxy)
             assert _expected().startswith(got[:got.rfind(b"\n") + 1])
             verdicts.append(f"failed in {run.ended - dropped:.2f}s")
         wait_for(lambda: cluster.online("roamer"), timeout=10, what="roamer back after the drop")
-        wait_for(lambda: status(roamer)["running_jobs"] == 0, timeout=10, what="no job left on roamer")
+        wait_for(lambda: status(roamer)["running_jobs"] == 0, timeout=10,
+                 what="no job left on roamer")
     out = cluster.vps.d("execOnPeer", "--peer", "roamer", "--shellCmd", "echo fine", check=0)
     assert out.stdout == b"fine\n"
-    report("link delay 50ms + 3 drops mid-stream", seq_20000_with_delay=slow_rtt, drops=", ".join(verdicts),
-           proxy_connections=len(proxy.accepts))
+    report("link delay 50ms + 3 drops mid-stream", seq_20000_with_delay=slow_rtt,
+           drops=", ".join(verdicts), proxy_connections=len(proxy.accepts))
 
 
 def test_paused_link_fails_in_time_and_heals_by_itself(cluster, chaos_proxy, tmp_path):
     proxy, roamer = _roamer(cluster, chaos_proxy)
     run = Stream(cluster.desktop, "--json", "--peer", "roamer", "--shellCmd",
                  f"echo $$ > {tmp_path}/pid; echo started; exec sleep 30")
-    run.wait_for_lines(lambda lines: b'"data": "started\\n"' in b"".join(lines), what="remote start")
+    run.wait_for_lines(lambda lines: b'"data": "started\\n"' in b"".join(lines),
+                       what="remote start")
     pid = int((tmp_path / "pid").read_text())
     try:
         paused = time.monotonic()
@@ -89,20 +94,23 @@ def test_paused_link_fails_in_time_and_heals_by_itself(cluster, chaos_proxy, tmp
         errors = [e for e in run.events() if e["event"] == "error"]
         assert rc == 255 and [e["code"] for e in errors] == ["peer_lost"], run.events()
         assert detect <= DETECT_LIMIT_S, detect
-        wait_for(lambda: not pid_alive(pid), timeout=DETECT_LIMIT_S + 2, what="roamer kills the orphaned job")
+        wait_for(lambda: not pid_alive(pid), timeout=DETECT_LIMIT_S + 2,
+                 what="roamer kills the orphaned job")
         orphan_killed = time.monotonic() - paused
         out = roamer.d("listPeers")
         assert out.returncode == 255 and out.stderr.startswith(b"Not connected to leader\n"), out
         resumed = time.monotonic()
         proxy.resume()
-        wait_for(lambda: cluster.online("roamer"), timeout=10, what="roamer back without any manual step")
+        wait_for(lambda: cluster.online("roamer"), timeout=10,
+                 what="roamer back without any manual step")
         recover = time.monotonic() - resumed
     finally:
         proxy.resume()
         kill_group(pid)
     out = roamer.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo across", check=0)
     assert out.stdout == b"across\n"
-    report("link paused (black hole)", detect=detect, orphan_killed=orphan_killed, recover_after_resume=recover)
+    report("link paused (black hole)", detect=detect, orphan_killed=orphan_killed,
+           recover_after_resume=recover)
 
 
 @pytest.mark.timeout(90)
@@ -113,9 +121,11 @@ def test_half_open_link_is_redialled_by_the_worker(cluster, chaos_proxy):
     dials = len(proxy.accepts)
     frozen = time.monotonic()
     proxy.freeze_open()
-    wait_for(lambda: len(proxy.accepts) > dials, timeout=DETECT_LIMIT_S + 2, what="the worker to redial")
+    wait_for(lambda: len(proxy.accepts) > dials, timeout=DETECT_LIMIT_S + 2,
+             what="the worker to redial")
     redial = time.monotonic() - frozen
-    wait_for(lambda: roamer.d("execOnPeer", "--peer", "desktop", "--shellCmd", "echo over the new link").stdout
+    wait_for(lambda: roamer.d("execOnPeer", "--peer", "desktop", "--shellCmd",
+                              "echo over the new link").stdout
              == b"over the new link\n", timeout=5, what="the new link to carry commands")
     out = cluster.desktop.d("execOnPeer", "--peer", "roamer", "--shellCmd", "echo back", check=0)
     assert out.stdout == b"back\n"
@@ -129,7 +139,8 @@ def test_no_reconnect_storm_from_50_workers_while_leader_down(cluster, chaos_pro
     proxy = chaos_proxy(cluster.port)
     key = status(cluster.vps)["public_key"]
     swarm = subprocess.Popen(SWARM + [f"127.0.0.1:{proxy.port}", key, "50", "0.3", "127.0.0.9"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
     try:
         def up(n, timeout):
             deadline = time.monotonic() + timeout
@@ -144,7 +155,8 @@ def test_no_reconnect_storm_from_50_workers_while_leader_down(cluster, chaos_pro
         wait_for(lambda: time.monotonic() > down + window_s, timeout=window_s + 1, interval=0.1,
                  what="the observation window")
         per_second = [proxy.attempts_between(down + s, down + s + 1) for s in range(int(window_s))]
-        busiest_100ms = max(proxy.attempts_between(down + 2 + t / 10, down + 2.1 + t / 10) for t in range(40))
+        busiest_100ms = max(proxy.attempts_between(down + 2 + t / 10, down + 2.1 + t / 10)
+                            for t in range(40))
         # without a back-off of its own each worker retried ~9 times a second forever (~430/s here)
         assert sum(per_second) <= 450 and max(per_second[3:]) <= 45, per_second
         assert busiest_100ms <= 25, busiest_100ms  # jitter: the 50 do not retry in lockstep
@@ -169,7 +181,8 @@ def test_link_reset_while_the_command_is_quiet_loses_nothing(cluster, chaos_prox
     run.wait_for_lines(lambda lines: lines == [b"before\n"], what="the command to start")
     dials = len(proxy.accepts)
     proxy.drop()
-    wait_for(lambda: len(proxy.accepts) > dials and cluster.online("roamer"), what="roamer back online")
+    wait_for(lambda: len(proxy.accepts) > dials and cluster.online("roamer"),
+             what="roamer back online")
     flag.write_text("")
     assert run.wait(timeout=10) == 5
     assert b"".join(run.lines) == b"before\nafter\n" and run.stderr == b""
@@ -191,4 +204,5 @@ def test_forwarder_with_its_upstream_down_is_not_a_key_mismatch(cluster, chaos_p
     out = roamer.d("listPeers")
     assert out.returncode == 255 and out.stderr.startswith(b"Not connected to leader\n"), out
     proxy.refuse(False)
-    wait_for(lambda: cluster.online("roamer"), timeout=10, what="roamer back once the forwarder reaches the leader")
+    wait_for(lambda: cluster.online("roamer"), timeout=10,
+             what="roamer back once the forwarder reaches the leader")

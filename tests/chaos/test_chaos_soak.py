@@ -31,19 +31,22 @@ def _check(result, expected):
 
 def _levels(cluster):
     """(rss KiB, open fds) of each daemon."""
-    return {n: (rss_kb(cluster.nodes[n].proc.pid), open_fds(cluster.nodes[n].proc.pid)) for n in NAMES}
+    return {n: (rss_kb(cluster.nodes[n].proc.pid),
+                open_fds(cluster.nodes[n].proc.pid)) for n in NAMES}
 
 
 def _idle(cluster):
     """No exec session or running job left on any daemon."""
-    return all(status(cluster.nodes[n])["exec_sessions"] == 0 and status(cluster.nodes[n])["running_jobs"] == 0
+    return all(status(cluster.nodes[n])["exec_sessions"] == 0
+               and status(cluster.nodes[n])["running_jobs"] == 0
                for n in NAMES)
 
 
 @pytest.fixture
 def size_allowed(request):
     """The full-size soak runs only when asked for with `-m slow` (the default run stays short)."""
-    if "slow" in request.node.keywords and "slow" not in (request.config.getoption("markexpr") or ""):
+    if "slow" in request.node.keywords and "slow" not in (request.config.getoption("markexpr")
+                                                          or ""):
         pytest.skip("full-size soak (5,000 + 500 execs, 10-20 min): run it with -m slow")
 
 
@@ -67,7 +70,8 @@ def test_soak_exact_outputs_and_no_leaks(size_allowed, cluster, sequential, conc
     started = time.monotonic()
     first = WARMUP + sequential
     for batch in range(first, first + concurrent, CONCURRENCY):
-        calls = [_call(cluster, i) for i in range(batch, min(batch + CONCURRENCY, first + concurrent))]
+        calls = [_call(cluster, i) for i in range(batch,
+                                                  min(batch + CONCURRENCY, first + concurrent))]
         for result, (_, _, *expected) in zip(run_parallel([(c[0], c[1]) for c in calls]), calls):
             _check(result, expected)
     conc_s = time.monotonic() - started
@@ -81,6 +85,8 @@ def test_soak_exact_outputs_and_no_leaks(size_allowed, cluster, sequential, conc
     history = cluster.vps.d("history", "--json", "--limit", "10000", check=0).stdout
     assert history.count(b'"job"') == WARMUP + sequential + concurrent
     report(f"soak {sequential} sequential + {concurrent} concurrent ({CONCURRENCY} at a time)",
-           sequential_total=seq_s, per_exec=f"{seq_s / sequential * 1000:.0f}ms", concurrent_total=conc_s,
-           rss_kb_before={n: v[0] for n, v in before.items()}, rss_kb_after={n: v[0] for n, v in after.items()},
-           fds_before={n: v[1] for n, v in before.items()}, fds_after={n: v[1] for n, v in after.items()})
+           sequential_total=seq_s, per_exec=f"{seq_s / sequential * 1000:.0f}ms",
+           concurrent_total=conc_s, rss_kb_before={n: v[0] for n, v in before.items()},
+           rss_kb_after={n: v[0] for n, v in after.items()},
+           fds_before={n: v[1] for n, v in before.items()},
+           fds_after={n: v[1] for n, v in after.items()})

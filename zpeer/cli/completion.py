@@ -1,20 +1,22 @@
-"""Shell completion for `d`: scripts for bash, zsh and fish generated from the click command tree."""
+"""Shell completion for `d`: bash, zsh and fish scripts generated from the click command tree."""
 import os
 import sys
 
 import click
 
 SHELLS = ("bash", "zsh", "fish")
-HEADER = "# {shell} completion for d (zpeer). Made by `python -m zpeer.cli.completion --write`; do not edit.\n"
+HEADER = ("# {shell} completion for d (zpeer). Made by `python -m zpeer.cli.completion --write`; "
+          "do not edit.\n")
 FILES = {"bash": "d.bash", "zsh": "_d", "fish": "d.fish"}
 
 
 def _kind(param):
-    """Classify what a parameter's value completes to: flag, peers, peer, choice, dir, file or any."""
+    """What a parameter's value completes to: flag, peers, peer, choice, dir, file or any."""
     if isinstance(param, click.Option):
         if param.is_flag or param.count:
             return "flag"
-        if "--peer" in param.opts or "--exclude" in param.opts:  # a list (comma-separated or repeated) where the option takes several
+        # a list (comma-separated or repeated) where the option takes several
+        if "--peer" in param.opts or "--exclude" in param.opts:
             listed = param.multiple or any(m in (param.metavar or "") for m in (",", "all"))
             return "peers" if listed else "peer"
     elif param.name in ("id", "peer", "peer_id"):  # e.g. acceptPeer ID: one id, no list, no `all`
@@ -37,7 +39,8 @@ class Param:
         self.choices = [str(c) for c in getattr(param.type, "choices", ())]
         self.multiple = bool(getattr(param, "multiple", False) or getattr(param, "count", False))
         self.nargs = param.nargs
-        self.label = (param.metavar or param.name.replace("_", " ")).replace(":", "\\:")  # zsh's message
+        # zsh's message
+        self.label = (param.metavar or param.name.replace("_", " ")).replace(":", "\\:")
         self.help = _first_line(getattr(param, "help", None) or param.name.replace("_", " "))
 
 
@@ -72,14 +75,16 @@ def _bkind(p):  # a parameter's entry in the bash kind table
 
 
 def render_bash(top, cmds):
-    """The bash script: tables from the click tree plus pure-bash code, so TAB costs well under 10 ms."""
+    """The bash script: tables from the click tree and pure-bash code (TAB starts no process)."""
     opts, kinds = [], []
     for c in [top] + cmds:
         key = c.name or "@"
         names = " ".join(n for p in c.opts for n in p.names)
         opts.append(f"    [{key}]='{names}'\n")
-        kinds += [f"    [{key}:{n}]='{_bkind(p)}'\n" for p in c.opts if p.kind != "flag" for n in p.names]
-        kinds += [f"    [{key}:#{i if a.nargs == 1 else '*'}]='{_bkind(a)}'\n" for i, a in enumerate(c.args)]
+        kinds += [f"    [{key}:{n}]='{_bkind(p)}'\n" for p in c.opts
+                  if p.kind != "flag" for n in p.names]
+        kinds += [f"    [{key}:#{i if a.nargs == 1 else '*'}]='{_bkind(a)}'\n" for i,
+                  a in enumerate(c.args)]
     return (HEADER.format(shell="bash") + BASH.replace("@CMDS@", " ".join(c.name for c in cmds))
             .replace("@OPTS@", "".join(opts)).replace("@KINDS@", "".join(kinds)))
 
@@ -191,9 +196,10 @@ def _zspecs(c):
 
 
 def render_zsh(top, cmds):
-    """The zsh script: autoloadable from $fpath as `_d`, or sourced (then it calls compdef itself)."""
+    """The zsh script: autoloaded from $fpath as `_d`, or sourced (then it calls compdef)."""
     join = " \\\n            "
-    described = "\n        ".join(f"'{_zq(c.name.replace(':', chr(92) + ':'))}:{_zq(c.help)}'" for c in cmds)
+    described = "\n        ".join(f"'{_zq(c.name.replace(':', chr(92) + ':'))}:{_zq(c.help)}'"
+                                   for c in cmds)
     branches = "".join(f"        {c.name}) _arguments -S{join}{join.join(_zspecs(c))} && ret=0 ;;\n"
                        for c in cmds)
     return (ZSH.replace("@HEADER@", HEADER.format(shell="zsh").rstrip("\n"))
@@ -259,26 +265,32 @@ def _fq(text):  # quote for a single-quoted fish word
 
 def _fparam(cond, p, names=""):
     """One fish `complete` line for an option (with its `names`) or a positional argument."""
-    value = {"peers": "-a '(__d_peers)'", "peer": "-a '(__d_peer_ids)'", "file": "-F", "choice": "-a "
-             + _fq(" ".join(p.choices)), "dir": "-a '(__fish_complete_directories)'"}.get(p.kind, "")
+    value = {"peers": "-a '(__d_peers)'", "peer": "-a '(__d_peer_ids)'", "file": "-F",
+             "choice": "-a "
+             + _fq(" ".join(p.choices)),
+             "dir": "-a '(__fish_complete_directories)'"}.get(p.kind, "")
     if names and p.kind not in ("flag", "file"):
         value = ("-x " + value).strip()  # takes a value, and not a file name
-    return " ".join(w for w in ("complete -c d -n", _fq(cond), names, value, "-d", _fq(p.help)) if w) + "\n"
+    return " ".join(w for w in ("complete -c d -n", _fq(cond), names, value, "-d", _fq(p.help))
+                    if w) + "\n"
 
 
 def _fnames(p):
-    return " ".join(f"-l {n[2:]}" if n[1] == "-" else f"-{'so'[len(n) > 2]} {n[1:]}" for n in p.names)
+    return " ".join(f"-l {n[2:]}" if n[1] == "-"
+                    else f"-{'so'[len(n) > 2]} {n[1:]}" for n in p.names)
 
 
 def render_fish(top, cmds):
     """The fish script: autoloaded from ~/.config/fish/completions/d.fish."""
     out = [HEADER.format(shell="fish"), FISH_HELPERS]
     out += [_fparam("__fish_use_subcommand", p, _fnames(p)) for p in top.opts]
-    out += [f"complete -c d -n __fish_use_subcommand -a {_fq(c.name)} -d {_fq(c.help)}\n" for c in cmds]
+    out += [f"complete -c d -n __fish_use_subcommand -a {_fq(c.name)} -d {_fq(c.help)}\n"
+            for c in cmds]
     for c in cmds:
         out.append(f"\n# {c.name}\n")
         out += [_fparam(f"__fish_seen_subcommand_from {c.name}", p, _fnames(p)) for p in c.opts]
-        out += [_fparam(f"__d_pos {c.name} {i if a.nargs == 1 else -1}", a) for i, a in enumerate(c.args)
+        out += [_fparam(f"__d_pos {c.name} {i if a.nargs == 1 else -1}", a) for i,
+                a in enumerate(c.args)
                 if a.kind in ("peer", "dir", "file", "choice")]
     return "".join(out)
 
@@ -320,7 +332,7 @@ complete -c d -f
 
 
 def render(shell, group=None):
-    """The completion script for `shell` (bash, zsh or fish) from `group`, by default the running CLI."""
+    """The completion script for `shell` (bash, zsh or fish) from `group` (default: this CLI)."""
     if group is None and click.get_current_context(silent=True) is not None:
         group = click.get_current_context().find_root().command  # `d completion`: the running tree
     if group is None:
@@ -344,11 +356,12 @@ def completion(shell):
 
 
 def main(argv=None):
-    """`python -m zpeer.cli.completion --write`: regenerate the committed scripts in completions/."""
+    """`python -m zpeer.cli.completion --write`: regenerate the scripts in completions/."""
     if (sys.argv[1:] if argv is None else argv) != ["--write"]:
         sys.stderr.write("usage: python -m zpeer.cli.completion --write\n")
         return 2
-    outdir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "completions")
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    outdir = os.path.join(checkout, "completions")
     for shell, name in FILES.items():
         with open(os.path.join(outdir, name), "w") as f:
             f.write(render(shell))

@@ -13,7 +13,8 @@ def install_path(shell):
     home = os.path.expanduser("~")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
     if shell == "bash":  # bash-completion >= 2 loads this directory lazily
-        user_dir = os.environ.get("BASH_COMPLETION_USER_DIR") or os.path.join(data, "bash-completion")
+        user_dir = (os.environ.get("BASH_COMPLETION_USER_DIR")
+                    or os.path.join(data, "bash-completion"))
         return os.path.join(user_dir, "completions", "d")
     if shell == "zsh":  # no standard user dir: ~/.zfunc is the common convention
         return os.path.join(os.environ.get("ZDOTDIR") or home, ".zfunc", "_d")
@@ -29,7 +30,8 @@ RC_HINTS = {"bash": "bash-completion loads it by itself; without that package ad
 
 
 @click.command("install-completion")
-@click.option("--shell", type=click.Choice(SHELLS), help="Shell to install for (default: from $SHELL).")
+@click.option("--shell", type=click.Choice(SHELLS),
+              help="Shell to install for (default: from $SHELL).")
 def install_completion(shell):
     """Install tab completion for your shell in its standard user location.
 
@@ -40,8 +42,9 @@ def install_completion(shell):
     """
     shell = shell or os.path.basename(os.environ.get("SHELL", ""))
     if shell not in SHELLS:
-        raise click.UsageError(f"cannot tell your shell from SHELL={os.environ.get('SHELL', '')!r}; "
-                               f"use --shell {'|'.join(SHELLS)}")
+        raise click.UsageError("cannot tell your shell from "
+                               f"SHELL={os.environ.get('SHELL', '')!r}; use --shell "
+                               f"{'|'.join(SHELLS)}")
     path = install_path(shell)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -49,6 +52,7 @@ def install_completion(shell):
             f.write(render(shell))
     except OSError as exc:  # a home that does not exist or is not ours (nobody's /nonexistent)
         raise ZpeerError(f"Cannot install the completion in {path}: {exc.strerror}",
-                         hint=f"`d completion {shell}` prints it: save it where your shell reads it") from None
+                         hint=f"`d completion {shell}` prints it: save it where your shell "
+                              "reads it") from None
     hint = RC_HINTS[shell].format(path=path, dir=os.path.dirname(path))
     click.echo(f"Installed {shell} completion for d in {path}\n{hint}\nOpen a new shell to use it.")

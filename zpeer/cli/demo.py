@@ -45,15 +45,16 @@ class Demo:
         """Run `d ARGS` on a node, echoing the command like a terminal transcript."""
         if show:
             print(f"\n[{name}]$ d {' '.join(shlex.quote(a) for a in args)}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "zpeer", *args], env=self.env(name), input=stdin,
-                              stdout=None if show else subprocess.PIPE, text=True)
+        proc = subprocess.run([sys.executable, "-m", "zpeer", *args], env=self.env(name),
+                              input=stdin, stdout=None if show else subprocess.PIPE, text=True)
         return proc
 
     def start(self, name):
         """Start a node's daemon and wait until it serves its socket."""
         log = open(os.path.join(self.base, f"{name}.log"), "w")
         proc = subprocess.Popen([sys.executable, "-m", "zpeer", "daemon"], env=self.env(name),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
         log.close()
         self.procs.append(proc)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -73,16 +74,19 @@ class Demo:
             self.start(name)
             token = self.d(leader, "joinToken", "--ttl", "60", show=False).stdout.strip()
             print(f"\n[{leader}]$ d joinToken --ttl 60\n{token[:40]}…")
-            if self.d(name, "registerWorker", "--id", name, "--token", token, "--source-ip", ip).returncode:
+            if self.d(name, "registerWorker", "--id", name, "--token", token, "--source-ip",
+                      ip).returncode:
                 return 1
         self.d(leader, "listPeers")
         self.d("laptop", "listPeers", "--json")
         self.d("desktop", "execOnPeer", "--peer", "laptop", "--directory", "/tmp", "--shellCmd",
                "echo \"hello from $(hostname) as $USER in $PWD\"")
-        self.d(leader, "execOnPeer", "--peer", "all", "--shellCmd", "echo up; echo oops >&2; exit 0")
+        self.d(leader, "execOnPeer", "--peer", "all", "--shellCmd",
+               "echo up; echo oops >&2; exit 0")
         rc = self.d("laptop", "execOnPeer", "--peer", "desktop", "--shellCmd", "exit 7").returncode
         print(f"(exit status {rc}: the remote one)")
-        self.d("desktop", "execOnPeer", "--peer", "vps", "--shellCmd", "wc -c", stdin="piped stdin\n")
+        self.d("desktop", "execOnPeer", "--peer", "vps", "--shellCmd", "wc -c",
+               stdin="piped stdin\n")
         self.d(leader, "history", "--limit", "5")
         return 0
 
@@ -105,13 +109,15 @@ def run_demo(keep=False):
     demo = Demo(keep)
     # a closed terminal (SIGHUP) or SIGTERM cleans up as Ctrl-C does: the daemons run in sessions
     # of their own, so nothing else would stop them (a SIGHUP that nohup ignored stays ignored)
-    stops = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL else [])
+    stops = [signal.SIGTERM] + ([signal.SIGHUP]
+                                if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL else [])
     previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in stops}
     try:
         rc = demo.run()
         if keep:
             pids = " ".join(str(p.pid) for p in demo.procs)
-            print(f"\nLeft running (--keep): ZPEER_HOME={demo.base}/NAME d …; stop with: kill {pids}")
+            print(f"\nLeft running (--keep): ZPEER_HOME={demo.base}/NAME d …; stop with: kill "
+                  f"{pids}")
             return rc
         print("\ndemo done: stopping the three daemons")
         return rc
@@ -126,7 +132,8 @@ def run_demo(keep=False):
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--keep", is_flag=True, help="Leave the demo cluster running (prints how to stop it).")
+@click.option("--keep", is_flag=True,
+              help="Leave the demo cluster running (prints how to stop it).")
 def demo(keep):
     """Start a leader and two workers on loopback, show them working, then stop them.
 

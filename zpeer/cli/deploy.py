@@ -21,18 +21,20 @@ from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.recipes import step_command
 from zpeer.targets import many_peers
 
-peer_option = click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
-                           help=PEER_HELP)
+peer_option = click.option("--peer", "peers", multiple=True, required=True,
+                           metavar="ID[,ID...]|all", help=PEER_HELP)
 exclude_option = click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
 timeout_option = click.option("--timeout", type=Seconds(0.001), metavar="SECONDS",
-                              help="Kill the step's remote process group after this long (exit 124).")
+                              help="Kill the step's remote process group after this long (exit "
+                                   "124).")
 
 
 def recipe_step_options(func):
     """The flags remotePull and remoteBd share with execOnPeer's fan-out."""
     for option in reversed([
             peer_option, exclude_option, timeout_option,
-            click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time."),
+            click.option("--batch", type=click.IntRange(1), metavar="N",
+                         help="Run on at most N peers at a time."),
             click.option("--json", "as_json", is_flag=True,
                          help="JSON Lines events (start/stdout/stderr/exit/error).")]):
         func = option(func)
@@ -44,14 +46,14 @@ def _recipe_step(step, peers, exclude, timeout, batch, as_json):
     from zpeer.cli.execute import run_exec
 
     # a recipe step reads no input: a `while read` loop around it keeps its own
-    sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch, as_json, no_stdin=True,
-                      exclude=exclude))
+    sys.exit(run_exec(client(), list(peers), step_command(step), None, timeout, None, batch,
+                      as_json, no_stdin=True, exclude=exclude))
 
 
 @click.command("remotePull", context_settings=CONTEXT)
 @recipe_step_options
 def remote_pull(peers, exclude, timeout, batch, as_json):
-    """Run each peer's own pull recipe (default `git pull --ff-only` in its repo); exit = its status.
+    """Run each peer's own pull recipe (default `git pull --ff-only` in its repo); exit = status.
 
     \b
     Examples:
@@ -87,11 +89,13 @@ def _rollout(peers, exclude, steps, batch, keep_going, wait, timeout):
         c.close()
     if not batches:
         fail(ZpeerError("No peers to deploy to", hint="`d listPeers` shows the registered peers"))
-    roll = Rollout(steps, keep_going=keep_going, wait_s=wait, timeout=timeout, multi=many_peers(peers))
+    roll = Rollout(steps, keep_going=keep_going, wait_s=wait, timeout=timeout,
+                   multi=many_peers(peers))
     sys.exit(roll.run(batches))
 
 
-wait_option = click.option("--wait", type=Seconds(1), default=120, show_default=True, metavar="SECONDS",
+wait_option = click.option("--wait", type=Seconds(1), default=120, show_default=True,
+                           metavar="SECONDS",
                            help="How long a restarted peer may take to come back.")
 
 
@@ -125,7 +129,7 @@ def remote_deploy_daemon(peers, exclude, batch, keep_going, wait, timeout):
               help="Restart N peers at a time (the leader always last, alone).")
 @wait_option
 def restart_daemon(peers, exclude, batch, wait):
-    """Restart a daemon in place (re-exec, or its restart recipe); running jobs are reported interrupted.
+    """Restart a daemon in place (re-exec, or its restart recipe); running jobs end interrupted.
 
     \b
     Examples:

@@ -26,14 +26,15 @@ def _daemon_call(op, **args):
 
 
 def run_step(step):
-    """Run one step of this peer's recipe; pull and build exec the command (exact output, status)."""
+    """Run one step of this peer's recipe; pull and build exec the command (its output, status)."""
     cfg = config.load()
     recipe = resolve(cfg)
     peer = cfg.get("id") or config.default_peer_id()
     repo = recipe["repo"]
     if step == "status":
         status = _daemon_call("status", timeout_s=5)
-        print(json.dumps({k: status.get(k) for k in ("id", "version", "pid", "started_at")}), flush=True)
+        print(json.dumps({k: status.get(k) for k in ("id", "version", "pid", "started_at")}),
+              flush=True)
         return
     if step == "restart":
         args = {"after_job": os.environ.get("ZPEER_JOB"), "cmd": recipe["restart_cmd"],

@@ -11,24 +11,31 @@ from zpeer.errors import FailedToConnect, ZpeerError
 
 
 @click.command("setPeerConfig", context_settings=CONTEXT)
-@click.option("--role", type=click.Choice(config.ROLES), help="leader (binds, holds the registry) or worker.")
+@click.option("--role", type=click.Choice(config.ROLES),
+              help="leader (binds, holds the registry) or worker.")
 @click.option("--id", "peer_id", metavar="ID", help="This node's peer id.")
-@click.option("--bind", metavar="HOST[:PORT]", help=f"Leader: address to listen on (default {config.DEFAULT_BIND}).")
-@click.option("--advertise", metavar="IP", help="Leader: its IP in the registry when bound to all addresses.")
+@click.option("--bind", metavar="HOST[:PORT]",
+              help=f"Leader: address to listen on (default {config.DEFAULT_BIND}).")
+@click.option("--advertise", metavar="IP",
+              help="Leader: its IP in the registry when bound to all addresses.")
 @click.option("--leader", metavar="HOST[:PORT]", help="Worker: the leader's address.")
-@click.option("--leader-key", metavar="KEY", help="Worker: the leader's CURVE public key (z85) to pin.")
-@click.option("--source-ip", metavar="IP", help="Worker: local address the leader connection leaves from.")
+@click.option("--leader-key", metavar="KEY",
+              help="Worker: the leader's CURVE public key (z85) to pin.")
+@click.option("--source-ip", metavar="IP",
+              help="Worker: local address the leader connection leaves from.")
 @click.option("--group", metavar="NAME", help="Unix group allowed to use the CLI socket (0770).")
 @click.option("--heartbeat", type=Seconds(*config.HEARTBEAT_RANGE_S), metavar="SECONDS",
               help="Heartbeat interval (default 1.0); peers are offline after 3 missed.")
-@click.option("--heartbeat-budget", type=click.IntRange(*config.HEARTBEAT_BUDGET_RANGE), metavar="N",
-              help=f"Leader: heartbeats/s it takes from all peers (default {config.DEFAULT_HEARTBEAT_BUDGET_PER_S}); "
-                   "bigger fleets beat less often.")
+@click.option("--heartbeat-budget", type=click.IntRange(*config.HEARTBEAT_BUDGET_RANGE),
+              metavar="N",
+              help="Leader: heartbeats/s it takes from all peers (default "
+                   f"{config.DEFAULT_HEARTBEAT_BUDGET_PER_S}); bigger fleets beat less often.")
 @click.option("--history-rows", type=click.IntRange(*config.HISTORY_ROWS_RANGE), metavar="N",
-              help=f"Leader: audit rows `d history` keeps, the newest (default {config.DEFAULT_HISTORY_ROWS}; "
-                   "0 keeps all).")
+              help="Leader: audit rows `d history` keeps, the newest (default "
+                   f"{config.DEFAULT_HISTORY_ROWS}; 0 keeps all).")
 @click.option("--repo", metavar="DIR", help="Deploy recipe: repository directory on this peer.")
-@click.option("--pull-cmd", metavar="CMD", help="Deploy recipe: pull command (default git pull --ff-only).")
+@click.option("--pull-cmd", metavar="CMD",
+              help="Deploy recipe: pull command (default git pull --ff-only).")
 @click.option("--build-cmd", metavar="CMD", help="Deploy recipe: build command.")
 @click.option("--restart-cmd", metavar="CMD", help="Deploy recipe: daemon restart command.")
 def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_ip, group, heartbeat,
@@ -52,10 +59,12 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
                 usage_error(f"Invalid {name} {value!r}: {exc}")
     _check_ips(advertise=advertise, source_ip=source_ip)
     if leader_key is not None and not keys.valid_z85_key(leader_key):
-        usage_error("Invalid --leader-key: expected the 40-character z85 key `d getPeerStatus` shows on the leader")
+        usage_error("Invalid --leader-key: expected the 40-character z85 key `d getPeerStatus` "
+                    "shows on the leader")
     changes = {"role": role, "id": peer_id, "bind": bind, "advertise": advertise, "leader": leader,
-               "leader_key": leader_key, "source_ip": source_ip, "group": group, "heartbeat_s": heartbeat,
-               "heartbeat_budget": heartbeat_budget, "history_rows": history_rows, "repo": repo, "pull_cmd": pull_cmd,
+               "leader_key": leader_key, "source_ip": source_ip, "group": group,
+               "heartbeat_s": heartbeat, "heartbeat_budget": heartbeat_budget,
+               "history_rows": history_rows, "repo": repo, "pull_cmd": pull_cmd,
                "build_cmd": build_cmd, "restart_cmd": restart_cmd}
     if all(v is None for v in changes.values()):
         usage_error("Nothing to set: see `d setPeerConfig --help`")
@@ -65,7 +74,8 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
     try:
         applied = _reload()
     except ZpeerError as err:
-        config.save(before)  # the running daemon went back to the previous settings: so does the file
+        # the running daemon went back to the previous settings: so does the file
+        config.save(before)
         err.message += " (nothing changed)"
         fail(err)
     click.echo(f"Saved: {shown}")
@@ -74,7 +84,7 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
 
 
 def _check_ips(**values):
-    """Exit 2 if an --advertise or --source-ip given is not an IP address (before anything is saved)."""
+    """Exit 2 if --advertise or --source-ip is not an IP address (before anything is saved)."""
     for name, value in values.items():
         if value is not None and not config.valid_ip(value):
             usage_error(f"Invalid --{name.replace('_', '-')} {value!r}: not an IP address")
@@ -95,9 +105,11 @@ def _reload():
 
 @click.command("registerWorker", context_settings=CONTEXT)
 @click.option("--id", "peer_id", metavar="ID", help="Peer id (default: this host's name).")
-@click.option("--token", metavar="TOKEN", help="Join token from `d joinToken` on the leader (accepted at once).")
+@click.option("--token", metavar="TOKEN",
+              help="Join token from `d joinToken` on the leader (accepted at once).")
 @click.option("--leader", metavar="HOST[:PORT]", help="Leader address (default: the token's).")
-@click.option("--leader-key", metavar="KEY", help="Leader public key when enrolling without a token.")
+@click.option("--leader-key", metavar="KEY",
+              help="Leader public key when enrolling without a token.")
 @click.option("--source-ip", metavar="IP", help="Local address to connect from.")
 def register_worker(peer_id, token, leader, leader_key, source_ip):
     """Register this node as a worker of a leader (with a token: accepted at once).
@@ -105,7 +117,7 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
     \b
     Examples:
       d registerWorker --token zpeer1.eyJhIjoi...
-      d registerWorker --id laptop --leader 10.0.0.1 --leader-key KEY   # then acceptPeer on the leader
+      d registerWorker --id laptop --leader 10.0.0.1 --leader-key KEY   # then d acceptPeer
     """
     from zpeer.wire import keys
 
@@ -124,9 +136,10 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
                     "or --leader HOST[:PORT]")
     leader_key = leader_key or cfg.get("leader_key")
     if not leader_key or not keys.valid_z85_key(leader_key):
-        usage_error("The leader's key is unknown: pass --token TOKEN (from `d joinToken` on the leader) "
-                    "or --leader-key KEY (`d getPeerStatus` on the leader shows it)")
-    peer_id = peer_id or (cfg["id"] if cfg.get("role") == "worker" and cfg.get("id") else config.default_peer_id())
+        usage_error("The leader's key is unknown: pass --token TOKEN (from `d joinToken` on the "
+                    "leader) or --leader-key KEY (`d getPeerStatus` on the leader shows it)")
+    peer_id = peer_id or (cfg["id"] if cfg.get("role") == "worker" and cfg.get("id")
+                          else config.default_peer_id())
     if not config.valid_peer_id(peer_id):
         usage_error(f"Invalid peer id: {peer_id!r} ({config.PEER_ID_RULE})")
     try:
@@ -137,8 +150,9 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
     config.update({"role": "worker", "id": peer_id, "leader": leader, "leader_key": leader_key,
                    "source_ip": source_ip, "token": secret})
     if not _reload():
-        fail(FailedToConnect(hint=f"the daemon of this node is not running; the settings are saved, and it "
-                                  f"registers with {leader} when it starts (`d daemon`, `systemctl start zpeer`)"))
+        fail(FailedToConnect(hint="the daemon of this node is not running; the settings are "
+                                  f"saved, and it registers with {leader} when it starts (`d "
+                                  "daemon`, `systemctl start zpeer`)"))
     result = call("register", wait_s=10.0, timeout_s=15)
     stored = config.load()
     stored["token"] = None  # one-time secret: never kept once the leader answered
@@ -146,12 +160,13 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
     if result["status"] == "registered":
         click.echo(f"Registered: {peer_id} is a worker of {result['leader']} ({result['reason']})")
     else:
-        click.echo(f"Pending: {peer_id} waits for `d acceptPeer {peer_id}` on the leader {result['leader']}")
+        click.echo(f"Pending: {peer_id} waits for `d acceptPeer {peer_id}` on the leader "
+                   f"{result['leader']}")
 
 
 @click.command("joinToken", context_settings=CONTEXT)
-@click.option("--ttl", type=click.IntRange(1, 30 * 86400), default=3600, show_default=True, metavar="SECONDS",
-              help="How long the token can be used (once).")
+@click.option("--ttl", type=click.IntRange(1, 30 * 86400), default=3600, show_default=True,
+              metavar="SECONDS", help="How long the token can be used (once).")
 def join_token(ttl):
     """Leader: print a one-time join token (leader address, key and secret) for a new worker.
 
@@ -164,7 +179,9 @@ def join_token(ttl):
 
 @click.command("acceptPeer", context_settings=CONTEXT)
 @click.argument("peer_id", metavar="ID")
-@click.option("--key", metavar="KEY", help="Accept only if the waiting key starts with KEY (from the peer's getPeerStatus).")
+@click.option("--key", metavar="KEY",
+              help="Accept only if the waiting key starts with KEY (the peer's getPeerStatus "
+                   "shows it).")
 def accept_peer(peer_id, key):
     """Leader: accept a pending peer's key so it can run and receive commands.
 

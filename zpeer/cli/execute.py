@@ -18,23 +18,32 @@ from zpeer.errors import FailedToConnect, OutputFailed, ZpeerError
 from zpeer.targets import many_peers
 
 
-@click.command("execOnPeer", context_settings=dict(CONTEXT, allow_extra_args=True))  # (to say: quote CMD)
-@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all", help=PEER_HELP)
+# (to say: quote CMD)
+@click.command("execOnPeer", context_settings=dict(CONTEXT, allow_extra_args=True))
+@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
+              help=PEER_HELP)
 @click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
 @click.option("--directory", metavar="PATH",
-              help="Working directory on the peer (default: home; `~/x` and relative paths start there).")
-@click.option("--shellCmd", "shell_cmd", required=True, metavar="CMD", help="Command line run with /bin/bash -c.")
+              help="Working directory on the peer (default: home; `~/x` and relative paths start "
+                   "there).")
+@click.option("--shellCmd", "shell_cmd", required=True, metavar="CMD",
+              help="Command line run with /bin/bash -c.")
 @click.option("--timeout", type=Seconds(0.001), metavar="SECONDS",
               help="Kill the remote process group after this long (exit 124).")
-@click.option("--user", metavar="NAME", help="Run as this user (the target daemon must run as root).")
-@click.option("--batch", type=click.IntRange(1), metavar="N", help="Run on at most N peers at a time.")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines events (start/stdout/stderr/exit/error).")
+@click.option("--user", metavar="NAME",
+              help="Run as this user (the target daemon must run as root).")
+@click.option("--batch", type=click.IntRange(1), metavar="N",
+              help="Run on at most N peers at a time.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines events (start/stdout/stderr/exit/error).")
 @click.option("-n", "--no-stdin", is_flag=True,
               help="Do not forward stdin, as ssh -n (a `while read` loop keeps its input).")
 @click.option("-b", "--gather", is_flag=True,
-              help="Print each distinct stdout once, under the peers that printed it, at the end (as clush -b).")
+              help="Print each distinct stdout once, under the peers that printed it, at the end "
+                   "(as clush -b).")
 @click.pass_context
-def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch, as_json, no_stdin, gather):
+def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch, as_json, no_stdin,
+                 gather):
     """Run CMD on peers; remote stdout/stderr stream here byte-exact; exit = remote status.
 
     \b
@@ -47,9 +56,9 @@ def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch
     if ctx.args:  # `--shellCmd echo hi`: ssh would have joined the words, bash -c would run `echo`
         import shlex
 
-        ctx.fail(f"Got unexpected extra argument{'s' if len(ctx.args) > 1 else ''} ({' '.join(ctx.args)}): "
-                 f"--shellCmd takes the whole command line as one argument; quote it: "
-                 f"--shellCmd {shlex.quote(' '.join([shell_cmd, *ctx.args]))}")
+        ctx.fail(f"Got unexpected extra argument{'s' if len(ctx.args) > 1 else ''} "
+                 f"({' '.join(ctx.args)}): --shellCmd takes the whole command line as one "
+                 f"argument; quote it: --shellCmd {shlex.quote(' '.join([shell_cmd, *ctx.args]))}")
     if gather and as_json:
         ctx.fail("--gather and --json do not mix: --json already keeps each peer's output apart")
     sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json,

@@ -38,7 +38,8 @@ class Gatherer(Renderer):
             super().data(peer, stream, data)
             return
         buf = self.held.setdefault(peer, bytearray())
-        if len(buf) + len(data) > GATHER_PEER_MAX_BYTES or self.total + len(data) > GATHER_TOTAL_MAX_BYTES:
+        if (len(buf) + len(data) > GATHER_PEER_MAX_BYTES
+                or self.total + len(data) > GATHER_TOTAL_MAX_BYTES):
             self.streamed.add(peer)
             self.total -= len(buf)
             del self.held[peer]
@@ -61,4 +62,6 @@ class Gatherer(Renderer):
         """Print the gathered outputs (once): at the end, and also after Ctrl-C or a lost daemon."""
         groups, self.held, self.total = self.groups(), {}, 0
         for header, out in groups:
-            write_all(self.out, RULE + header.encode() + b"\n" + RULE + out + (b"" if out.endswith(b"\n") else b"\n"))
+            write_all(self.out,
+                      RULE + header.encode() + b"\n" + RULE + out
+                      + (b"" if out.endswith(b"\n") else b"\n"))

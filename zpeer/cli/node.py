@@ -50,9 +50,10 @@ def get_peer_status(as_json):
         status["daemon"] = "running"
     except FailedToConnect:
         cfg = config.load()
-        status = {"role": cfg["role"], "id": cfg["id"], "leader": cfg["leader"], "bind": cfg["bind"],
-                  "connected": False, "link": "daemon not running", "daemon": "not running",
-                  "public_key": keys.read_public_key(), "home": config.home_dir(),
+        status = {"role": cfg["role"], "id": cfg["id"], "leader": cfg["leader"],
+                  "bind": cfg["bind"], "connected": False, "link": "daemon not running",
+                  "daemon": "not running", "public_key": keys.read_public_key(),
+                  "home": config.home_dir(),
                   "recipes": {k: cfg[k] for k in ("repo", "pull_cmd", "build_cmd", "restart_cmd")}}
         from zpeer import __version__
         status["version"] = __version__

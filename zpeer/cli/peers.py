@@ -11,7 +11,8 @@ from zpeer.errors import ZpeerError
 @click.command("listPeers", context_settings=CONTEXT)
 @click.option("--ids", is_flag=True, help="Only peer ids, one per line (for scripts).")
 @click.option("--online", is_flag=True, help="Only peers that are online.")
-@click.option("--json", "as_json", is_flag=True, help="JSON array of {id, ip, role, online, last_seen, version}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON array of {id, ip, role, online, last_seen, version}.")
 @click.option("--pending", is_flag=True, help="Leader: peers waiting for `d acceptPeer`.")
 def list_peers(ids, online, as_json, pending):
     """List the peers registered with the leader (asks the leader from any node).
@@ -32,7 +33,8 @@ def list_peers(ids, online, as_json, pending):
         keys_ = ("id", "ip", "role", "online", "last_seen", "version")
         click.echo(json.dumps([{k: p[k] for k in keys_} for p in peers], indent=2))
     else:
-        click.echo(peer_table(peers, result.get("leader_version"), 0 if pending else result.get("waiting", 0)))
+        click.echo(peer_table(peers, result.get("leader_version"),
+                              0 if pending else result.get("waiting", 0)))
 
 
 @click.command("getPeerIdByIp", context_settings=CONTEXT)
@@ -60,7 +62,8 @@ def get_peer_id_by_ip(ip):
 
 @click.command(context_settings=CONTEXT)
 @click.option("--peer", metavar="ID", help="Only execs that ran on (or came from) this peer.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Rows to show.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True,
+              help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array.")
 def history(peer, limit, as_json):
     """Show the leader's audit log of executed commands, newest first.

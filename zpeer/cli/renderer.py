@@ -56,7 +56,8 @@ class Renderer(OutputSink):
         whole = bytes(data) if buf is None else bytes(buf)
         lines = whole.split(b"\n")
         rest = lines.pop()
-        if len(whole) >= LINE_MAX_BYTES and (len(rest) >= LINE_MAX_BYTES or max(map(len, lines), default=0)
+        if len(whole) >= LINE_MAX_BYTES and (len(rest) >= LINE_MAX_BYTES
+                                             or max(map(len, lines), default=0)
                                              > LINE_MAX_BYTES):
             lines = [piece for line in lines + [rest] for piece in _cut(line)]
             rest = lines.pop() if len(lines[-1]) < LINE_MAX_BYTES else b""  # memory stays bounded
@@ -81,7 +82,8 @@ class Renderer(OutputSink):
     def exited(self, peer, rc, how):
         """A remote command ended."""
         self.flush_peer(peer)
-        word = {"timeout": "timeout", "cancelled": "cancelled"}.get(how, "ok" if rc == 0 else f"rc {rc}")
+        word = {"timeout": "timeout",
+                "cancelled": "cancelled"}.get(how, "ok" if rc == 0 else f"rc {rc}")
         self.results[peer] = (rc, word)
         if self.as_json:
             self._json({"event": "exit", "peer": peer, "rc": rc, "how": how})
@@ -92,10 +94,13 @@ class Renderer(OutputSink):
         word = {"peer_offline": "offline", "peer_not_found": "not found"}.get(code, "error")
         self.results[peer] = (EXIT_ZPEER_FAILURE, word)
         if self.as_json:
-            self._json({"event": "error", "peer": peer, "code": code, "message": message, "hint": hint})
+            self._json({"event": "error", "peer": peer, "code": code, "message": message,
+                        "hint": hint})
             return
         line = f"{peer}: {message}" if self.multi else message
-        write_all(self.err, line.encode() + b"\n" + (f"  hint: {hint}\n".encode() if hint and not self.multi else b""))
+        write_all(self.err,
+                  line.encode() + b"\n"
+                  + (f"  hint: {hint}\n".encode() if hint and not self.multi else b""))
 
     def summary(self, targets):
         """Per-peer outcome on stderr when more than one peer."""
@@ -103,8 +108,10 @@ class Renderer(OutputSink):
             return
         outcomes = [(peer, self.results.get(peer, (255, "no result"))[1]) for peer in targets]
         ok = [peer for peer, word in outcomes if word == "ok"]
-        lines = [f"{peer}: {word}" for peer, word in outcomes if word != "ok" or len(ok) <= SUMMARY_OK_PEERS_MAX]
-        if len(ok) > SUMMARY_OK_PEERS_MAX:  # hundreds of "ID: ok" lines would bury the ones that matter
+        lines = [f"{peer}: {word}" for peer,
+                 word in outcomes if word != "ok" or len(ok) <= SUMMARY_OK_PEERS_MAX]
+        # hundreds of "ID: ok" lines would bury the ones that matter
+        if len(ok) > SUMMARY_OK_PEERS_MAX:
             lines.append(f"{len(ok)} peers: ok")
         write_all(self.err, ("--\n" + "\n".join(lines) + "\n").encode())
 

@@ -1,4 +1,4 @@
-"""Origin side of deploys and restarts: recipe steps through exec, restart, wait for the peer's return.
+"""Origin side of deploys and restarts: recipe steps through exec, restart, wait for the peer.
 
 Steps run through the CLI's exec client (zpeer.cli.exec_client, as execOnPeer does), a Renderer
 showing their output. A fleet goes in batches, the leader last; a peer is done
@@ -74,7 +74,8 @@ class Rollout:
         for i, batch in enumerate(batches):
             if self.status and not self.keep_going:
                 for peer in (p for rest in batches[i:] for p in rest):
-                    _say(f"{peer}: skipped (stopped after a failure; --keep-going goes on)", err=True)
+                    _say(f"{peer}: skipped (stopped after a failure; --keep-going goes on)",
+                         err=True)
                 break
             self._batch(batch)
         return self.status
@@ -131,11 +132,12 @@ class Rollout:
         except (ValueError, IndexError):
             self._fail(peer, "restart", EXIT_ZPEER_FAILURE, f"unexpected answer {text[:200]!r}")
             return None
-        _say(f"{peer}: restarting ({info.get('how')}), was {printable(info.get('version'))}", err=True)
+        _say(f"{peer}: restarting ({info.get('how')}), was {printable(info.get('version'))}",
+             err=True)
         return info
 
     def _wait_back(self, before, started):
-        """Probe the peers until each answers from a new daemon and the leader lists it online again."""
+        """Probe the peers until each answers from a new daemon and the leader lists it online."""
         deadline = time.monotonic() + self.wait_s
         pending, back = dict(before), {}
         while pending:
@@ -145,32 +147,36 @@ class Rollout:
             try:
                 with _client() as client:
                     if probe:
-                        exec_step(client, probe, step_command("status"), cap, timeout=10, grace_s=PROBE_GRACE_S)
+                        exec_step(client, probe, step_command("status"), cap, timeout=10,
+                                  grace_s=PROBE_GRACE_S)
                     for peer in probe:
                         now = self._probe(peer, cap, pending[peer])
                         if now is not None:
                             back[peer] = now
                     if back:  # at once: a peer back is usually listed online already
-                        records = {r["id"]: r for r in client.call("peers", timeout_s=PROBE_GRACE_S)["peers"]}
+                        listed = client.call("peers", timeout_s=PROBE_GRACE_S)["peers"]
+                        records = {r["id"]: r for r in listed}
             except ZpeerError:
                 pass  # our own daemon, or its leader, is restarting: ask again
             for peer, now in list(back.items()):
                 record = records.get(peer) or {}
-                if peer in pending and record.get("online") and record.get("version") == now.get("version"):
+                if (peer in pending and record.get("online")
+                        and record.get("version") == now.get("version")):
                     del pending[peer]
                     self._report(peer, before[peer], now, started[peer])
             if pending and time.monotonic() >= deadline:
                 for peer, info in pending.items():
                     state = "not listed online by the leader" if peer in back else "not back online"
                     self._fail(peer, "verify", EXIT_ZPEER_FAILURE,
-                               f"{state} within {self.wait_s:g}s; it ran {printable(info.get('version'))}")
+                               f"{state} within {self.wait_s:g}s; it ran "
+                               f"{printable(info.get('version'))}")
                 return
             if pending:
                 time.sleep(PROBE_INTERVAL_S)  # pacing between probes, not waiting on a known event
 
     @staticmethod
     def _probe(peer, cap, info):
-        """The peer's new status if it answered from a daemon started after the restart, else None."""
+        """The peer's new status if a daemon started after the restart answered, else None."""
         if cap.results.get(peer, (None,))[0] != 0:
             return None
         try:
@@ -184,11 +190,13 @@ class Rollout:
     def _report(self, peer, info, now, started):
         """Print a peer's outcome once it is back."""
         took = time.monotonic() - started
-        old, new = printable(info.get("version")), printable(now.get("version"))  # a peer's free text
+        # a peer's free text
+        old, new = printable(info.get("version")), printable(now.get("version"))
         if not self.deploying:
             _say(f"{peer}: restarted {new} in {took:.1f}s")
         elif new == old and info.get("changed"):
-            # the pull brought commits, yet the daemon runs what it ran: the build did not install them
+            # the pull brought commits, yet the daemon runs what it ran: the build did not install
+            # them
             self._fail(peer, "verify", EXIT_OLD_VERSION,
                        f"came back with the old version {old} though the pull brought new commits")
         else:

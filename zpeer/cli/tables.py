@@ -39,7 +39,10 @@ def peer_table(peers, leader_version=None, waiting=0):
         version = p.get("version") or "-"
         if p.get("version_differs"):
             version += " *"
-        status = p.get("status") if p.get("status") == "pending" else ("online" if p["online"] else "offline")
+        if p.get("status") == "pending":
+            status = "pending"
+        else:
+            status = "online" if p["online"] else "offline"
         rows.append([p["id"], p.get("ip") or "-", p.get("role") or "-", status, seen, version])
     headers = ["PEER", "IP", "ROLE", "STATUS", "LAST SEEN", "VERSION"]
     if any("key" in p for p in peers):  # the pending list: show what would be accepted
@@ -50,15 +53,16 @@ def peer_table(peers, leader_version=None, waiting=0):
     if any(p.get("version_differs") for p in peers):
         text += f"\n* version differs from the leader's ({leader_version})"
     if waiting:
-        text += f"\n{waiting} peer{'s wait' if waiting > 1 else ' waits'} for `d acceptPeer`: `d listPeers --pending`"
+        verb = "peers wait" if waiting > 1 else "peer waits"
+        text += f"\n{waiting} {verb} for `d acceptPeer`: `d listPeers --pending`"
     return text
 
 
 def status_lines(status):
     """getPeerStatus as `key: value` lines."""
-    order = ["id", "role", "daemon", "version", "leader", "leader_address", "bind", "advertise", "source_ip",
-             "connected", "link", "link_reason", "peers_online", "heartbeat_s", "history_rows", "public_key", "leader_key",
-             "home", "db_error"]
+    order = ["id", "role", "daemon", "version", "leader", "leader_address", "bind", "advertise",
+             "source_ip", "connected", "link", "link_reason", "peers_online", "heartbeat_s",
+             "history_rows", "public_key", "leader_key", "home", "db_error"]
     lines = []
     for key in order:
         if key in status and status[key] not in (None, ""):
@@ -80,6 +84,6 @@ def history_table(rows):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
         rc = "-" if r["rc"] is None else str(r["rc"])
         duration = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
-        body.append([when, r["origin"] + (f"({r['user']})" if r["user"] else ""), r["target"], rc, duration,
-                     printable(r["command"] or "")[:60]])
+        body.append([when, r["origin"] + (f"({r['user']})" if r["user"] else ""), r["target"], rc,
+                     duration, printable(r["command"] or "")[:60]])
     return _table(["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"], body)

@@ -57,7 +57,7 @@ class Journal:
             log.warning("audit journal %s: cannot empty it: %s", self.path, exc)
 
     def replay(self):
-        """The events a previous daemon left unwritten, oldest first (the file stays until clear())."""
+        """The events a previous daemon left unwritten, oldest first (kept until clear())."""
         try:
             with open(self.path, "rb") as f:
                 raw = f.read(MAX_REPLAY_BYTES)
@@ -67,7 +67,8 @@ class Journal:
             log.warning("audit journal %s: cannot read it: %s", self.path, exc)
             return []
         events = []
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=MAX_REPLAY_BYTES)
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True,
+                                    max_buffer_size=MAX_REPLAY_BYTES)
         unpacker.feed(raw)
         try:
             for item in unpacker:

@@ -32,8 +32,9 @@ def prepare_spawning():
 # Python ignores SIGPIPE and SIGXFSZ itself and subprocess restores them. Ignoring SIGTTIN/SIGTTOU
 # decides whether the daemon's own terminal I/O from a background group stops it, and a fault's
 # handler that returns runs the faulting instruction again: with a handler both would spin.
-_KEEP_IGNORED = frozenset({signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSEGV,
-                           signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS})
+_KEEP_IGNORED = frozenset({signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTIN, signal.SIGTTOU,
+                           signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                           signal.SIGTRAP, signal.SIGSYS})
 
 
 def _ignore(_signum, _frame):

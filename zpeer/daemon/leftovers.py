@@ -82,7 +82,7 @@ class Records:
         self.size = 0
 
     def _rewrite(self, lines):
-        """Replace the journal by these lines (atomically: a crash leaves the old or the new one)."""
+        """Replace the journal by these lines (atomically: a crash leaves the old or the new)."""
         text = "".join(lines)
         try:
             with open(self.path + ".tmp", "w", encoding="utf-8") as f:
@@ -150,7 +150,8 @@ def end_leftovers(home):
         time.sleep(0.02)  # bounded, once at start-up, only when a predecessor died mid-command
     for pgid, job in ended:
         _signal_group(pgid, signal.SIGKILL)
-        log.warning("ended process group %d of job %s, left running by a daemon that died", pgid, job)
+        log.warning("ended process group %d of job %s, left running by a daemon that died", pgid,
+                    job)
     return [job for _, job in ended]
 
 

@@ -17,7 +17,8 @@ import logging
 
 log = logging.getLogger(__name__)
 
-MMAP_THRESHOLD_BYTES = 4 << 20  # above the 1 MiB output chunk (zpeer.daemon.target.READ_CHUNK_BYTES)
+# above the 1 MiB output chunk (zpeer.daemon.target.READ_CHUNK_BYTES)
+MMAP_THRESHOLD_BYTES = 4 << 20
 TRIM_THRESHOLD_BYTES = 8 << 20
 IDLE_TRIM_S = 2.0
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)

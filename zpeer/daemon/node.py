@@ -181,7 +181,8 @@ class Daemon:
     def interrupt_all(self, verb):
         """Report every job running here or for a local CLI as interrupted (the daemon `verb`:
         stopped, restarted)."""
-        message = f"Interrupted: the daemon on {self.id or 'this node'} {verb} while the command ran"
+        where = self.id or "this node"
+        message = f"Interrupted: the daemon on {where} {verb} while the command ran"
         self.dispatch(self.targets.interrupt(message, INTERRUPTED_HINT))
         self.dispatch(self.sessions.interrupt(message, INTERRUPTED_HINT, self.id))
 

@@ -43,7 +43,8 @@ def child_environment(user_entry, home):
 
 # Every disposition the command starts with is the default one, and no signal is blocked: the
 # daemon's own (Python ignores SIGPIPE) or its launcher's (a shell's ignored SIGQUIT) do not leak.
-# (glibc's posix_spawn leaves its own two reserved signals, 32 and 33, ignored: no program uses them.)
+# (glibc's posix_spawn leaves its own two reserved signals, 32 and 33, ignored: no program uses
+# them.)
 _DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 _cwd_fd = None  # the daemon's own working directory, to come back to after a spawn
 
@@ -52,7 +53,8 @@ class Child:
     """A started command: its pid, the daemon's ends of its pipes, and its status once reaped."""
 
     def __init__(self, pid, stdin_fd, stdout_fd, stderr_fd, popen=None):
-        self.pid, self.stdin_fd, self.stdout_fd, self.stderr_fd = pid, stdin_fd, stdout_fd, stderr_fd
+        self.pid = pid
+        self.stdin_fd, self.stdout_fd, self.stderr_fd = stdin_fd, stdout_fd, stderr_fd
         self.popen = popen  # the --user path starts through subprocess (told the outcome below)
         self.returncode = None
         self.status_lost = False  # reaped by someone else: returncode is then 255, not the real one
@@ -64,7 +66,8 @@ class Child:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
-                log.error("command pid %d was reaped by someone else: its exit code is lost", self.pid)
+                log.error("command pid %d was reaped by someone else: its exit code is lost",
+                          self.pid)
                 pid, status = self.pid, 255 << 8
                 self.status_lost = True
             if pid:
@@ -85,11 +88,13 @@ def working_directory(requested, entry, node_id, creds=None):
         if not os.path.isdir(directory):
             raise DirectoryNotFound(f"Directory not found on {node_id}: {shown(directory)}")
         if creds and not _enters(directory, creds):
-            raise DirectoryDenied(f"Permission denied on {node_id}: {entry.pw_name} cannot enter {shown(directory)}")
+            raise DirectoryDenied(f"Permission denied on {node_id}: {entry.pw_name} cannot enter "
+                                  f"{shown(directory)}")
         return directory, b""
     if os.path.isdir(entry.pw_dir or "") and (not creds or _enters(entry.pw_dir, creds)):
         return entry.pw_dir, b""
-    return "/", f"zpeer: cannot use home directory {entry.pw_dir} of {entry.pw_name}: running in /\n".encode()
+    notice = f"zpeer: cannot use home directory {entry.pw_dir} of {entry.pw_name}: running in /\n"
+    return "/", notice.encode()
 
 
 def _enters(directory, creds):
@@ -97,8 +102,9 @@ def _enters(directory, creds):
     every rule, ACLs included). A process: --user commands start through subprocess anyway."""
     try:
         return subprocess.run(["/bin/sh", "-c", 'cd -- "$1"', "sh", directory], env={}, cwd="/",
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=ENTER_CHECK_TIMEOUT_S, **creds).returncode == 0
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=ENTER_CHECK_TIMEOUT_S,
+                              **creds).returncode == 0
     except (OSError, subprocess.SubprocessError):  # cannot tell: the command's own cd error will
         return True
 
@@ -144,8 +150,10 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
         if notice:  # before the command starts, so it comes first
             os.write(err_w, notice)
         if creds:
-            popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin_r if with_stdin else subprocess.DEVNULL,
-                                     stdout=out_w, stderr=err_w, start_new_session=True, close_fds=True, **creds)
+            popen = subprocess.Popen(argv, cwd=cwd, env=env,
+                                     stdin=stdin_r if with_stdin else subprocess.DEVNULL,
+                                     stdout=out_w, stderr=err_w, start_new_session=True,
+                                     close_fds=True, **creds)
             pid = popen.pid
         else:
             popen = None

@@ -149,7 +149,8 @@ class Registry:
 
     def by_ip(self, ip):
         """Accepted peers whose observed IP is ip."""
-        return list(self.Peer.select().where((self.Peer.ip == ip) & (self.Peer.status == "accepted"))
+        peer = self.Peer
+        return list(peer.select().where((peer.ip == ip) & (peer.status == "accepted"))
                     .order_by(self.Peer.id))
 
     def upsert(self, peer_id, **fields):
@@ -206,7 +207,8 @@ class Registry:
     def note_error(self, exc):
         """Remember a database failure for getPeerStatus and the log."""
         while "cannot rollback" in str(exc) and exc.__context__ is not None:
-            exc = exc.__context__  # SQLite already rolled back after the real error: report that one
+            # SQLite already rolled back after the real error: report that one
+            exc = exc.__context__
         if str(exc) != self.last_error:
             log.error("database %s: %s (will retry)", self.path, exc)
         self.last_error = str(exc)
@@ -236,7 +238,8 @@ class Registry:
         lines = []
         result = self.db.execute_sql("PRAGMA integrity_check").fetchall()
         ok = result == [("ok",)]
-        lines.append("integrity: ok" if ok else "integrity: FAILED: " + "; ".join(r[0] for r in result))
+        lines.append("integrity: ok" if ok
+                     else "integrity: FAILED: " + "; ".join(r[0] for r in result))
         row = self.Meta.get_or_none(self.Meta.key == "schema_version")
         version = int(row.value) if row else None
         if version == SCHEMA_VERSION:

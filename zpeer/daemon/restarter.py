@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 LINGER_MS = 1000       # how long closing sockets may take to hand queued reports to the kernel
 REPORT_WAIT_MAX_S = 10.0  # a local CLI that never reads its step's exit does not block the restart
 DRAIN_MAX_S = 1.0      # time given to local CLIs to read the "interrupted" reports
-FLUSH_S = 0.1          # then serve a moment more: libzmq's linger alone sometimes drops the last replies
+# then serve a moment more: libzmq's linger alone sometimes drops the last replies
+FLUSH_S = 0.1
 RESTART_LOG = "restart.log"
-UNIT_ENV = ("PATH", "LANG")  # what a restart command run by systemd-run keeps of ours (+ ZPEER_HOME)
+# what a restart command run by systemd-run keeps of ours (+ ZPEER_HOME)
+UNIT_ENV = ("PATH", "LANG")
 
 
 def service_unit(invocation_id, parent_comm, cgroup):
@@ -32,9 +34,11 @@ def service_unit(invocation_id, parent_comm, cgroup):
     /proc/self/cgroup text when it is a systemd service, else None."""
     if not invocation_id:
         return None
-    if parent_comm != "systemd":  # started by hand from a shell inside a service: not ours to restart
+    # started by hand from a shell inside a service: not ours to restart
+    if parent_comm != "systemd":
         return None
-    units = [part for line in cgroup.splitlines() for part in line.strip().split("/") if part.endswith(".service")]
+    units = [part for line in cgroup.splitlines() for part in line.strip().split("/")
+             if part.endswith(".service")]
     # no unit in sight (a cgroup namespace hides it): the name contrib/zpeer.service installs
     unit = units[-1] if units and not units[-1].startswith("user@") else "zpeer.service"
     return unit, "/user@" in cgroup
@@ -71,14 +75,15 @@ def default_restart():
 
 
 def spawn_argv(cmd, found, systemd_run, cwd=None, env=None):
-    """The argv that runs a restart command; under systemd (found) through systemd-run when present."""
+    """The argv that runs a restart command; under systemd (found) through systemd-run if any."""
     argv = ["/bin/bash", "-c", cmd]
     if found and systemd_run:
-        # stopping the unit kills its whole cgroup: the command runs outside it, in a transient unit,
-        # which starts in the manager's directory and environment: hand it the daemon's
+        # stopping the unit kills its whole cgroup: the command runs outside it, in a transient
+        # unit, which starts in the manager's directory and environment: hand it the daemon's
         extra = [f"--working-directory={cwd}"] if cwd else []
         extra += [f"--setenv={name}={value}" for name, value in sorted((env or {}).items())]
-        argv = [systemd_run, "--quiet", "--collect"] + (["--user"] if found[1] else []) + extra + argv
+        manager = ["--user"] if found[1] else []
+        argv = [systemd_run, "--quiet", "--collect"] + manager + extra + argv
     return argv
 
 
@@ -114,7 +119,8 @@ class Restarter:
         """Move the scheduled restart on; called from the daemon's timers."""
         if self.spawned is not None and self.spawned.poll() is not None:
             if self.spawned.args[0] != "/bin/bash" and self.spawned.returncode == 0:
-                # systemd-run returns once the transient unit started; the command's output is in the journal
+                # systemd-run returns once the transient unit started; the command's output is in
+                # the journal
                 log.info("restart command handed to systemd in a transient unit")
             else:
                 log.warning("restart command exited %s and this daemon still runs: see %s",
@@ -126,7 +132,8 @@ class Restarter:
         if plan["state"] == "waiting":
             if not self._reported(plan["job"]) and now - plan["since"] < REPORT_WAIT_MAX_S:
                 return
-            if plan["cmd"]:  # the command stops us: nothing to drain, only the step's report to flush
+            # the command stops us: nothing to drain, only the step's report to flush
+            if plan["cmd"]:
                 plan["state"], plan["since"] = "flushing", now
             else:
                 self._interrupt_all()
@@ -159,8 +166,8 @@ class Restarter:
         with open(path, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} restart: {cmd}\n".encode())
             out.flush()
-            self.spawned = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                            start_new_session=True, close_fds=True)
+            self.spawned = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=out, start_new_session=True, close_fds=True)
         log.info("restart command started (pid %d): %s", self.spawned.pid, cmd)
 
     def _interrupt_all(self):

@@ -128,9 +128,9 @@ class WorkerLink(Link):
                                       "with a token from `d joinToken`")
         if self.state == "removed":  # removal revoked our key: no token can bring it back
             return NotAuthorized(f"Refused by the leader: {self.reason}",
-                                 hint="removal revokes this node's key: to enrol again, delete curve.key "
-                                      "and curve.pub in ZPEER_HOME, restart the daemon and "
-                                      "`d registerWorker --token` with a new token")
+                                 hint="removal revokes this node's key: to enrol again, delete "
+                                      "curve.key and curve.pub in ZPEER_HOME, restart the daemon "
+                                      "and `d registerWorker --token` with a new token")
         if self.state == "rejected":
             return NotAuthorized(f"Refused by the leader: {self.reason}")
         return NotConnected(hint=f"leader {self.leader_address}: "
@@ -179,7 +179,8 @@ class WorkerLink(Link):
         while self.monitor.poll(0):
             message = recv_monitor_message(self.monitor)
             event = message["event"]
-            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and int(message["value"]) == errno.ECONNRESET:
+            reset = int(message["value"]) == errno.ECONNRESET
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and reset:
                 # closed before the leader's greeting came: something that is not a zpeer leader
                 # (a TCP forwarder whose upstream is down) answered; a CURVE leader refusing our
                 # pinned key closes after our HELLO instead (EPIPE, or a protocol error)
@@ -190,11 +191,13 @@ class WorkerLink(Link):
                 if self.state == "key_mismatch":
                     self.state = "connecting"
                 self.hello()
-            elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                           zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 # the leader answered but could not complete CURVE with our pinned key
                 self.handshake_ok = False
                 if self.state != "key_mismatch":
-                    log.error("leader %s: CURVE handshake failed: Leader key mismatch", self.leader_address)
+                    log.error("leader %s: CURVE handshake failed: Leader key mismatch",
+                              self.leader_address)
                 self.state = "key_mismatch"
                 self.reason = self.link_error().message  # getPeerStatus shows it as link_reason
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -274,7 +277,8 @@ class WorkerLink(Link):
     def _adopt_interval(self, header):
         """Beat as often as the leader asks (it stretches the interval for big fleets)."""
         beat_s = header.get("hb")
-        if isinstance(beat_s, (int, float)) and 0.01 <= beat_s <= 3600 and beat_s != self.heartbeat_s:
+        valid = isinstance(beat_s, (int, float)) and 0.01 <= beat_s <= 3600
+        if valid and beat_s != self.heartbeat_s:
             self.next_beat += beat_s - self.heartbeat_s
             self.heartbeat_s = float(beat_s)
 

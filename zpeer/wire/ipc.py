@@ -39,11 +39,13 @@ class Client:
             allowed = False
         except OSError:
             too_long = config.socket_path_too_long(self.path)
-            raise FailedToConnect(hint=f"{too_long}: use a shorter ZPEER_HOME") if too_long else FailedToConnect()
+            if too_long:
+                raise FailedToConnect(hint=f"{too_long}: use a shorter ZPEER_HOME") from None
+            raise FailedToConnect() from None
         if not allowed:
-            raise FailedToConnect(hint=f"permission denied: {os.path.dirname(self.path)} is open to its owner and "
-                                       "the daemon's --group only (as root: `d setPeerConfig --group GROUP`, then "
-                                       "join that group)")
+            raise FailedToConnect(hint=f"permission denied: {os.path.dirname(self.path)} is open "
+                                       "to its owner and the daemon's --group only (as root: `d "
+                                       "setPeerConfig --group GROUP`, then join that group)")
         sock = self.ctx.socket(zmq.REQ)
         sock.linger = 0
         sock.setsockopt(zmq.IMMEDIATE, 1)  # POLLOUT only once a daemon accepted us
@@ -66,7 +68,8 @@ class Client:
             frames = protocol.encode(header)
         except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 (surrogateescape)
             raise BadRequest(f"Not valid UTF-8: {protocol.shown(protocol.os_text(exc.object))}",
-                             hint="only --shellCmd and --directory of execOnPeer may hold any bytes") from None
+                             hint="only --shellCmd and --directory of execOnPeer may hold any "
+                                  "bytes") from None
         multipart.send(self.sock, frames)
         timeout_ms = int(timeout_s * 1000) + 1
         if wake_fd is not None:
@@ -83,7 +86,8 @@ class Client:
         try:
             reply = protocol.unpack_header(frames[1], protocol.MAX_IPC_BYTES)
         except (protocol.ProtocolError, IndexError):
-            raise ZpeerError("Bad reply from the local daemon (is it another zpeer version?)") from None
+            raise ZpeerError("Bad reply from the local daemon (is it another zpeer version?)") \
+                from None
         if reply.get("err"):
             raise from_reply(reply)
         if len(frames) > 2:  # raw output (exec polls with raw=True): buffers, not copies
@@ -122,7 +126,7 @@ def reply_frames(identity, rid, payload, data_frames=()):
 
 
 def bind_cli_socket(ctx, home, group=None):
-    """The daemon's side: a ROUTER on d.sock, inside the 0700 state dir (no one else can reach it)."""
+    """The daemon's side: a ROUTER on d.sock, inside the 0700 state dir (closed to others)."""
     path = config.socket_path(home)
     too_long = config.socket_path_too_long(path)
     if too_long:  # libzmq would refuse with a traceback-worthy ZMQError
@@ -155,7 +159,8 @@ def socket_access(home, path, group):
     except KeyError:
         import logging  # here, not at the top: the CLI imports this module and never logs
 
-        logging.getLogger(__name__).error("group %s does not exist: CLI socket stays owner-only", group)
+        logging.getLogger(__name__).error("group %s does not exist: CLI socket stays owner-only",
+                                          group)
         return
     for target, mode in ((home, 0o710), (path, 0o770)):
         os.chown(target, -1, gid)
