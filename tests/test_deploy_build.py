@@ -43,6 +43,7 @@ def origin_with_two_commits(base):
     git("clone", "-q", origin, work)
     shutil.copytree(os.path.join(ROOT, "zpeer"), os.path.join(work, "zpeer"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(os.path.join(ROOT, "man"), os.path.join(work, "man"))
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(os.path.join(ROOT, name), work)
     git("add", "-A", cwd=work)
@@ -142,6 +143,10 @@ def test_default_build_reinstalls_zpeer_into_the_daemons_virtualenv(installed_wo
     init_py = os.path.join(os.path.dirname(installed(venv)[2]), "__init__.py")
     assert init_py.startswith(venv + os.sep)  # the virtualenv's own copy, not this checkout
     assert installed(venv) == ("0.1.0", None, init_py)
+    # the install puts the man page where `man d` finds it (PATH's ../share/man)
+    with open(os.path.join(venv, "share", "man", "man1", "d.1")) as page, \
+            open(os.path.join(ROOT, "man", "d.1")) as committed:
+        assert page.read() == committed.read()
     before = status(box)
     # README's `pip install .`: an installed copy knows no commit
     assert before["version"] == "0.1.0"
