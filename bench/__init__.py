@@ -1,1 +1,1 @@
-"""Benchmarks of zpeer on loopback: `python bench/run.py` (see README: Benchmarks)."""
+"""Benchmarks of zpeer on loopback: `python bench/run.py` (see bench/README.md)."""

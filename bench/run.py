@@ -337,7 +337,7 @@ def table(rows):
 
 def main(argv=None):
     """Run the benchmarks; exit 0 when they ran (targets are reported, not enforced)."""
-    p = argparse.ArgumentParser(description="zpeer benchmarks on loopback (see README: Benchmarks)")
+    p = argparse.ArgumentParser(description="zpeer benchmarks on loopback (see bench/README.md)")
     p.add_argument("--quick", action="store_true",
                    help="fewer runs, 128 MB stream, 3 s idle window (< 60 s)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

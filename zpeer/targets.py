@@ -62,7 +62,7 @@ def resolve_targets(requested, known, exclude=()):
     against the known ids, less the --exclude ones. Every pattern must match and every
     excluded name must be a peer selected (a typo must not let the peer it meant run the
     command), and a peer must be left."""
-    # a dict keeps the order and answers "seen?" at once (1,000 peers: 0.5M list scans)
+    # a dict keeps the order and answers "seen?" at once (a list would scan for each name)
     targets = {}
     for name in peer_names(requested):
         for peer in _matches(name, known, "no peer id matches this pattern (`d listPeers`)"):

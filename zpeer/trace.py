@@ -24,7 +24,7 @@ ENABLED = bool(os.environ.get("ZPEER_TRACE"))
 
 
 def mark(name, detail=None):
-    """Append one mark, `NAME` or `NAME:DETAIL` (one write, about 2 us; nothing when off)."""
+    """Append one mark, `NAME` or `NAME:DETAIL` (one write; nothing when off)."""
     global _fd, ENABLED
     if not ENABLED:
         return

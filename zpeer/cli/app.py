@@ -114,7 +114,8 @@ def _output_failed(exc):
 
 
 def _fast_exit(code):
-    """Flush and leave without the interpreter's teardown (it cost a short command ~10 ms)."""
+    """Flush and leave without the interpreter's teardown (a noticeable part of a short command's
+    time)."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # `d listPeers --ids | head -1`: quiet, as a tool killed by SIGPIPE

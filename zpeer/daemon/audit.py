@@ -22,7 +22,7 @@ AUDIT_RETRY_S = 1.0  # after a failed audit write
 OPEN_EXECS_MAX = 100_000  # execs without an outcome tracked for lost_target (about 20 MB at most)
 # audit rows written between two prunes (the table holds up to this many extra)
 PRUNE_EVERY_ROWS = 1000
-# audit rows one prune deletes at most (about 20 ms): a backlog takes several
+# audit rows one prune deletes at most (it holds the loop briefly): a backlog takes several
 PRUNE_BATCH_ROWS = 5000
 PRUNE_PAUSE_S = 0.05  # between those prunes, so the loop keeps serving
 
@@ -174,7 +174,7 @@ class AuditLog:
         batch, self._queue = self._queue, []
         self._inserts = {}
         try:
-            with self.db.atomic():  # prepared statements: a peewee query per row cost ~1 ms
+            with self.db.atomic():  # prepared statements, not a peewee query per row
                 connection = self.db.connection()
                 for sql, rows in statements(self.model, batch):
                     connection.executemany(sql, rows)

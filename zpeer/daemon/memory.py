@@ -3,15 +3,14 @@
 Output moves in chunks of up to 1 MiB, allocated and freed all the time: the pipe read on the
 target, libzmq's message on each side of each hop. With glibc's defaults such a chunk gets an
 mmap of its own (until glibc's dynamic threshold rises) or the top of the heap, which glibc hands
-back to the OS whenever more than its trim threshold is free there. During a 256 MB stream the
-worker's heap shrank and grew 457 times (brk), and each chunk page-faulted its pages in again.
-Reading a pipe into fresh 1 MiB buffers took 0.9-1.1 s of CPU per GB so, against 0.27-0.33 s
-with the thresholds below; a 1 GB stream cost the worker's loop 1.1 s of CPU, against 0.6-0.7 s.
+back to the OS whenever more than its trim threshold is free there: while streaming, the heap
+shrinks and grows with every few chunks, and each chunk page-faults its pages in again, which
+costs more CPU than the copying itself (bench/README.md has the figures).
 
 `tune()` serves allocations up to MMAP_THRESHOLD_BYTES from the heap, which keeps up to
-TRIM_THRESHOLD_BYTES free at its top. A daemon that streamed would then sit 5-7 MB above its
-idle size, so `Trimmer` hands free heap back (`malloc_trim`) once the daemon has had no job and
-no session for IDLE_TRIM_S. On a C library without mallopt (musl) both do nothing.
+TRIM_THRESHOLD_BYTES free at its top. A daemon that streamed then sits a few MB above its idle
+size, so `Trimmer` hands free heap back (`malloc_trim`) once the daemon has had no job and no
+session for IDLE_TRIM_S. On a C library without mallopt (musl) both do nothing.
 """
 import logging
 

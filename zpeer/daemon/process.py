@@ -133,8 +133,8 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
     /dev/null); OSError if it cannot start. `creds` (user, group, extra_groups) switch user;
     `notice` goes first on its stderr (a few bytes: the pipe holds them).
 
-    The daemon's own user's commands go through posix_spawn (vfork + exec: 0.1 ms less of the
-    daemon's CPU per command than subprocess.Popen, which also wraps each pipe in a file object).
+    The daemon's own user's commands go through posix_spawn (vfork + exec: less of the daemon's
+    CPU per command than subprocess.Popen, which also wraps each pipe in a file object).
     posix_spawn has no chdir, so the daemon steps into `cwd` for the spawn and back out: its
     other threads (libzmq's, the ZAP handler) use no relative paths. Every fd of the daemon is
     close-on-exec (Python's, libzmq's, SQLite's; inherited ones are marked at start by

@@ -64,8 +64,8 @@ class WorkerLink(Link):
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
         # No ZMTP pings: our heartbeats already cross the link each interval, and tick() redials a
-        # link that stays silent (half-open: the leader's host vanished without a FIN). At 1,000
-        # peers the pings were half of the leader's idle CPU.
+        # link that stays silent (half-open: the leader's host vanished without a FIN); pings on
+        # top would wake the leader once more per peer and interval.
         sock.curve_serverkey = cfg["leader_key"].encode()
         sock.curve_publickey, sock.curve_secretkey = public, secret
         self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)

@@ -1,16 +1,16 @@
 """Moving multipart messages on and off ZeroMQ sockets at the least cost.
 
 pyzmq's zero-copy path (`copy=False`) wraps every frame in a `zmq.Frame` object, which costs
-more than copying a small frame: on a 2-core machine a heartbeat (3 frames in, 3 out) took about
-twice as long that way. Output chunks (up to 1 MiB) are the opposite case. So the small frames that
-open every zpeer message (routing identity, signature, header map) are copied, and frames from a
-given index on (output, stdin) are received zero-copy; a frame whose metadata is needed (the
-CURVE key as User-Id, Peer-Address, SRCFD) is received as a `zmq.Frame` too.
+more than copying a small frame (a heartbeat's frames, say); output chunks (up to 1 MiB) are the
+opposite case. So the small frames that open every zpeer message (routing identity, signature,
+header map) are copied, and frames from a given index on (output, stdin) are received zero-copy;
+a frame whose metadata is needed (the CURVE key as User-Id, Peer-Address, SRCFD) is received as
+a `zmq.Frame` too.
 """
 import zmq
 
 ZERO_COPY_MIN_BYTES = 64 * 1024  # pyzmq's own copy threshold: below it a "zero-copy" send copies
-_SNDMORE = int(zmq.SNDMORE)  # plain ints: send_multipart's enum flag arithmetic cost 2-3 us a frame
+_SNDMORE = int(zmq.SNDMORE)  # a plain int: flag arithmetic on pyzmq's enum costs a call a frame
 
 
 def send(sock, frames, flags=0):
