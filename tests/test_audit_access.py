@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import Node, free_port, wait_for
+from helpers.nodes import Node, free_port, wait_for
 
 
 def history(node, *args):

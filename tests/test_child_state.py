@@ -5,7 +5,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import Node, d_command, free_port, run_python
+from helpers.nodes import Node, d_command, free_port, run_python
 
 
 def _launcher_state(inherited_fd):

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import d_command
+from helpers.nodes import d_command
 
 from zpeer.cli import completion as comp
 from zpeer.cli.app import cli as real_cli

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.tools import shells
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,13 +71,6 @@ def fakes(tmp_path):
         return out
     return env, calls
 
-
-def shells():
-    """The shells users source the helpers from; the missing ones are skipped, saying so."""
-    return [pytest.param(sh,
-                         marks=pytest.mark.skipif(shutil.which(sh) is None,
-                                                  reason=f"{sh} not installed"))
-            for sh in ("bash", "zsh", "sh")]
 
 
 def run(shell, file, script, env, **kw):

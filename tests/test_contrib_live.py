@@ -5,24 +5,17 @@ tests/test_contrib.py checks the exact argv the helpers give `d` (with a fake `d
 """
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, d_command, wait_for
+from helpers.nodes import ROOT, d_command, wait_for
+from helpers.tools import shells
 
 HELPERS = os.path.join(ROOT, "contrib", "zpeer.sh")
 # Each remote command tells which daemon ran it: children inherit the daemon's ZPEER_HOME.
 WHO = 'basename "$ZPEER_HOME"'
 
-
-def shells():
-    """The shells users source the helpers from; a missing one is skipped, saying so."""
-    return [pytest.param(sh,
-                         marks=pytest.mark.skipif(shutil.which(sh) is None,
-                                                  reason=f"{sh} not installed"))
-            for sh in ("bash", "zsh", "sh")]
 
 
 def run(shell, node_env, script, input=None):

@@ -11,17 +11,11 @@ import re
 import subprocess
 
 import pytest
-from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node, wait_for
+from helpers.nodes import ROOT, TEST_HEARTBEAT_S, Cluster, Node, status, wait_for
+from helpers.tools import git
 
-GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c",
-       "init.defaultBranch=main"]
 DEPLOYED = re.compile(rb"^(\S+): deployed (\S+) \(was (\S+)\) in \d+\.\ds\n$")
 
-
-def git(*args, cwd=None):
-    """Run git quietly; returns stdout text."""
-    return subprocess.run(GIT + list(args), cwd=cwd, check=True, capture_output=True, text=True,
-                          timeout=30).stdout
 
 
 class Fleet(Cluster):
@@ -87,10 +81,6 @@ class Fleet(Cluster):
         peers = json.loads((via or self.vps).d("listPeers", "--json", check=0).stdout)
         return {p["id"]: (p["online"], p["version"]) for p in peers}
 
-
-def status(node):
-    """getPeerStatus --json of a node."""
-    return json.loads(node.d("getPeerStatus", "--json", check=0).stdout)
 
 
 @pytest.fixture
@@ -255,7 +245,7 @@ def test_rolling_deploy_keep_going_deploys_the_leader_last(fleet):
 def test_restart_daemon_reports_running_jobs_as_interrupted(fleet):
     import subprocess as sp
 
-    from conftest import d_command
+    from helpers.nodes import d_command
 
     def start_exec(node, target):
         return sp.Popen(d_command()

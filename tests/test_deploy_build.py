@@ -18,22 +18,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TEST_HEARTBEAT_S, Cluster, Node
+from helpers.nodes import ROOT, TEST_HEARTBEAT_S, Cluster, Node, status
+from helpers.tools import git
 
 from zpeer import recipes
 
-GIT = ["git", "-c", "user.name=zpeer tests", "-c", "user.email=tests@zpeer.invalid", "-c",
-       "init.defaultBranch=main"]
 DEPS = ("pyzmq", "msgpack", "click", "peewee", "pip")  # what zpeer imports, and what its build runs
 MARKER = 'MARKER = "second commit"\n'
 WORKER_IP = "127.0.0.7"
 PIP_NOTICE = re.compile(r"\n(?:\[notice\] [^\n]*\n)+")
 
-
-def git(*args, cwd=None):
-    """Run git quietly; returns stdout text."""
-    return subprocess.run(GIT + list(args), cwd=cwd, check=True, capture_output=True, text=True,
-                          timeout=30).stdout
 
 
 def origin_with_two_commits(base):
@@ -131,10 +125,6 @@ def installed_worker(tmp_path):
     finally:
         cluster.stop()
 
-
-def status(node):
-    """getPeerStatus --json of a node."""
-    return json.loads(node.d("getPeerStatus", "--json", check=0).stdout)
 
 
 @pytest.mark.timeout(120)

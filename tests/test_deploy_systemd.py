@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TEST_HEARTBEAT_S, Cluster, Node, d_command, pid_alive, wait_for
+from helpers.nodes import TEST_HEARTBEAT_S, Cluster, Node, d_command, pid_alive, status, wait_for
 
 from zpeer.daemon.restarter import restart_for, service_unit, spawn_argv
 
@@ -233,10 +233,6 @@ def supervised(tmp_path):
     finally:
         cluster.stop()
 
-
-def status(node):
-    """getPeerStatus --json of a node."""
-    return json.loads(node.d("getPeerStatus", "--json", check=0).stdout)
 
 
 def test_a_systemd_service_is_restarted_with_systemctl_outside_its_unit(supervised):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import doc_walk as doc
 import pytest
-from conftest import ROOT, TEST_HEARTBEAT_S, Node, d_command, wait_for
+from helpers.nodes import ROOT, TEST_HEARTBEAT_S, Node, d_command, wait_for
 
 REPO = Path(ROOT)
 # The address of each node the guide names (the fixture's, plus nas that joins in the guide).

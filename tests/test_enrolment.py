@@ -3,7 +3,7 @@ import json
 import os
 
 import zmq
-from conftest import wait_for
+from helpers.nodes import wait_for
 
 
 def test_pending_then_accepted_without_token(empty_cluster):

@@ -10,7 +10,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import ROOT, d_command, wait_for
+from helpers.nodes import ROOT, d_command, wait_for
 
 ROUTES = [("vps", "desktop"), ("desktop", "vps"), ("desktop", "laptop"), ("laptop", "laptop"),
           ("vps", "vps")]
@@ -95,22 +95,18 @@ def test_command_and_directory_bytes_that_are_not_utf8_pass_exactly(shared_clust
     odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
     os.mkdir(odd)
     cmd = b"printf '%s|' \xe9t\xe9 \"$PWD\"; exit 3"
-
-    def d(origin, *args, rc):
-        proc = subprocess.run(d_command() + list(args), env=shared_cluster.nodes[origin].env,
-                              capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
-        assert proc.returncode == rc, proc.stderr
-        return proc
+    nodes = shared_cluster.nodes
     # through the leader; a worker on itself
     for origin, target in (("vps", "desktop"), ("laptop", "laptop")):
-        out = d(origin, "execOnPeer", "--peer", target, "--directory", odd, "--shellCmd", cmd, rc=3)
+        out = nodes[origin].d("execOnPeer", "--peer", target, "--directory", odd, "--shellCmd",
+                              cmd, check=3)
         assert (out.stdout, out.stderr) == (b"\xe9t\xe9|" + odd + b"|", b"")
-    out = d("vps", "execOnPeer", "--peer", "desktop", "--directory", odd + b"x", "--shellCmd",
-            "true", rc=255)
+    out = nodes["vps"].d("execOnPeer", "--peer", "desktop", "--directory", odd + b"x",
+                         "--shellCmd", "true", check=255)
     shown = odd.replace(b"\xe9", b"\\xe9")
     assert out.stderr == b"Directory not found on desktop: " + shown + b"x\n"
-    out = d("vps", "execOnPeer", "--peer", "desktop", "--user", b"r\xffoot", "--shellCmd", "true",
-            rc=255)
+    out = nodes["vps"].d("execOnPeer", "--peer", "desktop", "--user", b"r\xffoot", "--shellCmd",
+                         "true", check=255)
     assert out.stderr == (b"Not valid UTF-8: r\\xffoot\n"
                           b"  hint: only --shellCmd and --directory of execOnPeer may hold any "
                           b"bytes\n")

@@ -7,7 +7,7 @@ import stat
 import subprocess
 import time
 
-from conftest import TEST_HEARTBEAT_S, Node, d_command, free_port, wait_for
+from helpers.nodes import TEST_HEARTBEAT_S, Node, d_command, free_port, wait_for
 
 OFFLINE_WITHIN_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 intervals + slack for process scheduling
 
@@ -129,7 +129,7 @@ def test_a_bind_address_in_use_is_a_clear_error_and_a_live_change_to_it_changes_
     import socket
     import subprocess
 
-    from conftest import d_command
+    from helpers.nodes import d_command
 
     held = socket.socket()
     try:
@@ -189,7 +189,7 @@ def test_second_daemon_refuses(cluster):
     proc = cluster.vps
     import subprocess
 
-    from conftest import d_command
+    from helpers.nodes import d_command
 
     second = subprocess.run(d_command() + ["daemon"], env=proc.env, capture_output=True, timeout=10)
     assert second.returncode == 255
@@ -227,7 +227,7 @@ def test_a_frozen_daemon_fails_a_call_at_its_deadline_and_the_next_call_works(tm
 def test_a_zpeer_home_too_deep_for_a_unix_socket_is_a_clear_error(tmp_path):
     import subprocess
 
-    from conftest import d_command
+    from helpers.nodes import d_command
 
     home = tmp_path / ("x" * max(1, 110 - len(str(tmp_path))))
     sock = f"{home}/d.sock"

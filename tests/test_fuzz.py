@@ -12,7 +12,7 @@ import time
 import msgpack
 import pytest
 import zmq
-from conftest import wait_for
+from helpers.nodes import wait_for
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from test_security import RawPeer, public_key

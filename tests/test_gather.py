@@ -5,7 +5,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import d_command, wait_for
+from helpers.nodes import d_command, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

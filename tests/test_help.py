@@ -6,7 +6,7 @@ import sys
 
 import click
 import pytest
-from conftest import d_command
+from helpers.nodes import d_command
 
 from zpeer.cli.app import all_commands
 

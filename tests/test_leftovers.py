@@ -3,7 +3,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import pid_alive, wait_for
+from helpers.nodes import pid_alive, wait_for
 
 from zpeer.daemon import leftovers
 

@@ -4,7 +4,7 @@ import json
 import time
 
 import pytest
-from conftest import TEST_HEARTBEAT_S, wait_for
+from helpers.nodes import TEST_HEARTBEAT_S, wait_for
 
 from zpeer.daemon.peer_table import beat_interval_s
 

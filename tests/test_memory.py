@@ -1,7 +1,7 @@
 """The daemon's heap settings and the trim after a busy spell (zpeer.daemon.memory)."""
 import subprocess
 
-from conftest import d_command, run_python, wait_for
+from helpers.nodes import d_command, run_python, wait_for
 
 from bench.cluster import rss_kb
 from zpeer.daemon import memory

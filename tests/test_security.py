@@ -15,7 +15,7 @@ import time
 
 import msgpack
 import zmq
-from conftest import d_command, wait_for
+from helpers.nodes import d_command, wait_for
 from zmq.utils.monitor import recv_monitor_message
 
 from zpeer.wire import keys, protocol

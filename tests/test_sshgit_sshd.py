@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers.nodes import ROOT
 
 sys.path.insert(0, ROOT)
 from bench.baselines import LocalSsh  # noqa: E402  (the bench's private sshd: own keys and config)

@@ -1,7 +1,7 @@
 """Helpers for the chaos suite: many daemons at once, streamed CLI calls, process probes.
 
-Built on tests/conftest.py (Node, Cluster, wait_for). Nothing here mocks zpeer: daemons are real
-`d daemon` processes and every command goes through the real `d` CLI.
+Built on tests/helpers/nodes.py (Node, Cluster, wait_for). Nothing here mocks zpeer: daemons are
+real `d daemon` processes and every command goes through the real `d` CLI.
 """
 import json
 import os
@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import TEST_HEARTBEAT_S, Node, d_command, pid_alive, wait_for  # noqa: F401 (pid_alive: for the chaos tests)
+from helpers.nodes import TEST_HEARTBEAT_S, Node, d_command, pid_alive, status, wait_for  # noqa: F401 (pid_alive: for the chaos tests)
 from proxy import ChaosProxy
 
 DETECT_LIMIT_S = 3 * TEST_HEARTBEAT_S + 1.0  # 3 heartbeat intervals + slack for 2 busy cores
@@ -72,10 +72,6 @@ def online_ids(node):
     out = node.d("listPeers", "--ids", "--online")
     return set(out.stdout.decode().split()) if out.returncode == 0 else None
 
-
-def status(node):
-    """`d getPeerStatus --json` as a dict."""
-    return json.loads(node.d("getPeerStatus", "--json", check=0).stdout)
 
 
 class Stream:

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-from conftest import wait_for
 from fleet import report, status
+from helpers.nodes import wait_for
 
 HOLD_LOCK = ("import sqlite3, sys\n"
              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import time
 
-from conftest import d_command, wait_for
 from fleet import (
     DETECT_LIMIT_S,
     Stream,
@@ -15,6 +14,7 @@ from fleet import (
     report,
     status,
 )
+from helpers.nodes import d_command, wait_for
 
 # the leader's sweep or the origin's own silence limit, whichever notices first
 CLEAR = {p: (f"Peer {p} disconnected mid-command",

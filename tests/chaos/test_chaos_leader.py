@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-from conftest import wait_for
 from fleet import (
     DETECT_LIMIT_S,
     Stream,
@@ -17,6 +16,7 @@ from fleet import (
     pid_alive,
     report,
 )
+from helpers.nodes import wait_for
 
 TARGETS = [f"w{i:02d}" for i in range(1, 21)]
 FAST = set(TARGETS[:10])  # these finish before the fault; the others are still running

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-from conftest import wait_for
 from fleet import (  # noqa: F401
     DETECT_LIMIT_S,
     Stream,
@@ -19,6 +18,7 @@ from fleet import (  # noqa: F401
     report,
     status,
 )
+from helpers.nodes import wait_for
 
 SWARM = [sys.executable, __file__.rsplit("/", 1)[0] + "/swarm.py"]
 LINES = 400

@@ -7,8 +7,8 @@ sequential + 500 concurrent) is marked slow and runs only when asked:
 import time
 
 import pytest
-from conftest import wait_for
 from fleet import open_fds, report, rss_kb, run_parallel, status
+from helpers.nodes import wait_for
 
 NAMES = ("vps", "desktop", "laptop")
 ROUTES = [(o, t) for o in NAMES for t in NAMES]  # every origin to every target, itself included
