@@ -1,0 +1,151 @@
+"""The leader's state without sockets: the hello rule, enrolment on a real registry file, the
+table of verified peers, and the channel windows."""
+import time
+
+import pytest
+
+from zpeer.daemon.enrolment import MAX_PENDING, Enrolment, decide_hello, token_verdict
+from zpeer.daemon.peer_table import PeerTable
+from zpeer.daemon.registry import Registry
+from zpeer.daemon.zap import KeyPolicy
+from zpeer.errors import BadRequest, PeerNotFound, ZpeerError
+from zpeer.wire import keys
+from zpeer.wire.channel import Credit, Intake
+
+ROUTE = b"laptop/" + b"0" * 32
+
+
+class Row:
+    """A registry row as decide_hello reads it."""
+
+    def __init__(self, key, status):
+        self.key, self.status = key, status
+
+
+@pytest.mark.parametrize("peer_id, claimed, route, row, token, pending, verdict", [
+    ("laptop", "laptop", ROUTE, None, False, 0, ("pending", "join")),
+    ("laptop", "laptop", ROUTE, Row("K", "accepted"), False, 0, ("accepted", "known")),
+    ("laptop", "laptop", ROUTE, Row("other", "accepted"), False, 0, ("pending", "rekey")),
+    ("laptop", "laptop", ROUTE, Row("other", "accepted"), True, 0, ("pending", "token")),
+    ("laptop", "laptop", ROUTE, None, True, MAX_PENDING, ("pending", "token")),
+    ("laptop", "laptop", ROUTE, None, False, MAX_PENDING, ("rejected", "full")),
+    ("laptop", "laptop", ROUTE, Row("K", "removed"), False, MAX_PENDING, ("pending", "join")),
+    ("laptop", "laptop", b"laptop", None, False, 0, ("rejected", "malformed")),
+    ("laptop", "desktop", ROUTE, None, False, 0, ("rejected", "malformed")),
+    ("vps", "vps", b"vps/" + b"0" * 32, None, False, 0, ("rejected", "malformed")),
+    ("-x", "-x", b"-x/" + b"0" * 32, None, False, 0, ("rejected", "malformed")),
+    ("-x", "-x", b"-x/" + b"0" * 32, Row("K", "accepted"), False, 0, ("accepted", "known")),
+])
+def test_the_hello_rule(peer_id, claimed, route, row, token, pending, verdict):
+    got = decide_hello(peer_id, claimed, route, "vps", "K", token, row, pending)
+    assert (got.status, got.step) == verdict
+
+
+def test_a_token_is_accepted_only_when_the_registry_took_it():
+    assert token_verdict(None)[:2] == ("accepted", "enrolled with a join token")
+    assert token_verdict("token expired")[:2] == ("rejected", "join token refused: token expired")
+
+
+@pytest.fixture
+def enrolment(tmp_path):
+    registry = Registry(str(tmp_path / "zpeer.db"))
+    table = PeerTable("vps", 1.0)
+    yield Enrolment("vps", registry, table, KeyPolicy()), registry, table
+    registry.close()
+
+
+def hello(peer_id="laptop", token=None):
+    header = {"t": "hello", "rid": "r", "id": peer_id, "hostname": "h", "version": "1",
+              "role": "worker", "pid": 1}
+    if token:
+        header["token"] = token
+    return header
+
+
+def test_a_new_id_waits_and_acceptance_binds_the_key_that_asked(enrolment):
+    e, registry, _ = enrolment
+    verdict = e.on_hello(ROUTE, "laptop", "K1", "127.0.0.4", hello())
+    assert (verdict.status, verdict.step) == ("pending", "join")
+    assert registry.get("laptop").status == "pending" and e.waiting == {"laptop": ROUTE}
+    with pytest.raises(BadRequest, match="The key waiting for laptop is K1, not K2"):
+        e.accept("laptop", key="K2")
+    result, route = e.accept("laptop", key="K1")
+    assert result == {"id": "laptop", "status": "accepted"} and route == ROUTE
+    assert e.on_hello(ROUTE, "laptop", "K1", "127.0.0.4", hello()).step == "known"
+
+
+def test_a_token_binds_at_once_and_only_once(enrolment):
+    e, registry, _ = enrolment
+    token, secret_hash = keys.make_token("127.0.0.1:3520", "x" * 40)
+    registry.add_token(secret_hash, 60)
+    secret = keys.parse_token(token)["secret"]
+    verdict = e.on_hello(ROUTE, "laptop", "K1", "127.0.0.4", hello(token=secret))
+    assert verdict.status == "accepted" and registry.get("laptop").key == "K1"
+    again = e.on_hello(b"tablet/" + b"1" * 32, "tablet", "K2", "127.0.0.6",
+                       hello("tablet", token=secret))
+    assert again[:2] == ("rejected", "join token refused: token already used")
+
+
+def test_a_known_id_with_a_new_key_waits_and_its_acceptance_revokes_the_old_key(enrolment):
+    e, registry, table = enrolment
+    registry.upsert("laptop", key="OLD", status="accepted")
+    table.admit("laptop", "OLD", "127.0.0.4", ROUTE, None, time.monotonic())
+    verdict = e.on_hello(ROUTE, "laptop", "NEW", "127.0.0.9", hello())
+    assert verdict.step == "rekey" and table.route_of("laptop") is None  # its route was taken
+    assert [r["key"] for r in e.pending_records("1")] == ["NEW"] and e.waiting_count() == 1
+    e.accept("laptop")
+    assert registry.get("laptop").key == "NEW" and "OLD" in e.policy.revoked
+
+
+def test_revocation_refuses_the_key_and_the_leader_itself_cannot_be_removed(enrolment):
+    e, registry, _ = enrolment
+    registry.upsert("laptop", key="K", status="accepted")
+    assert e.revoke("laptop") == {"id": "laptop", "status": "removed"}
+    assert "K" in e.policy.revoked and not e.policy.callback("*", b"K")
+    with pytest.raises(PeerNotFound):
+        e.revoke("laptop")
+    with pytest.raises(ZpeerError, match="The leader cannot remove itself"):
+        e.revoke("vps")
+
+
+def test_the_table_knows_who_is_online_until_silence_or_a_closed_connection():
+    table = PeerTable("vps", 1.0)
+    now = time.monotonic()
+    table.admit("a", "KA", "127.0.0.2", b"a/1", 7, now)
+    table.admit("b", "KB", "127.0.0.3", b"b/1", 8, now - 10)
+    assert table.verified("a", "KA", b"a/1") is not None
+    assert table.verified("a", "KB", b"a/1") is None and table.verified("a", "KA", b"a/2") is None
+    assert table.online("vps") and table.count_online() == 2
+    table.disconnected(7)  # its connection closed: offline for new work, its jobs may wait
+    assert not table.online("a") and table.may_return("a")
+    assert table.sweep(now) == ["b"] and not table.may_return("b")
+
+
+def test_a_big_fleet_is_told_to_beat_less_often_and_old_intervals_count_meanwhile():
+    table = PeerTable("vps", 1.0)
+    for i in range(1000):
+        table.admit(f"p{i}", "K", None, b"r", None, time.monotonic())
+    now = time.monotonic()
+    table.retune(now, 1.0, 350)
+    assert table.beat_s == 3.0 and table.silence_limit_s(now) == 9.0
+    for i in range(900):
+        table.drop(f"p{i}")
+    table.retune(now, 1.0, 350)
+    assert table.beat_s == 1.0 and table.silence_limit_s(now) == 9.0  # some still beat at 3 s
+
+
+def test_credit_stays_within_the_window_whatever_the_receiver_claims():
+    credit = Credit(100)
+    credit.sent(60)
+    assert credit.room() == 40
+    credit.acknowledged(1000)
+    credit.acknowledged(-50)
+    assert credit.room() == 100
+
+
+def test_intake_refuses_more_than_was_allowed_and_gives_credit_back_in_quarters():
+    intake = Intake(100)
+    assert intake.fits(100) and not intake.fits(101)
+    intake.take(100)
+    assert intake.consumed(10) == 0 and intake.consumed(15) == 25
+    assert intake.fits(25) and not intake.fits(26)

@@ -1,0 +1,298 @@
+"""The origin side of the channels without sockets: OriginSessions takes what the CLI and the
+targets say and returns the actions the daemon would carry out."""
+import os
+import time
+
+import pytest
+
+from zpeer.daemon import origin
+from zpeer.daemon.actions import Reply, Send
+from zpeer.daemon.origin import SILENCE_SCAN_S, STDIN_WINDOW_BYTES, OriginSessions
+from zpeer.errors import PeerOffline
+from zpeer.wire import messages, protocol
+
+
+def test_session_flow_credit_and_finish():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    (send,) = actions
+    header = send.header
+    assert type(send) is Send and header["t"] == "exec" and header["to"] == "w1"
+    job = header["job"]
+    window = header["credit"]
+    sessions.on_message("w1", {"t": "started", "job": job, "pid": 5}, None)
+    sessions.on_message("w1", {"t": "out", "job": job, "fd": 1}, b"x" * (window // 2))
+    actions = sessions.poll(sid, b"ident", "r1")
+    credit = [a for a in actions if type(a) is Send]
+    assert credit[0].header == {"t": "credit", "rid": job, "job": job, "to": "w1", "n": window // 2}
+    reply = [a for a in actions if type(a) is Reply][0].payload
+    assert [e[1] for e in reply["events"]] == ["s", "o"] and reply["done"] is False
+    assert sessions.on_message("w1", {"t": "exit", "job": job, "rc": 3, "how": "exit"}, None) == []
+    reply = sessions.poll(sid, b"ident", "r2")[-1].payload
+    assert reply["events"] == [["w1", "x", 3, "exit"]] and reply["done"] is True
+    assert sid not in sessions.sessions
+
+
+def test_an_exit_that_names_a_pid_is_also_the_started_event():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    job = actions[0].header["job"]
+    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "pid": 42}, None)
+    reply = sessions.poll(sid, b"ident", "r1")[-1].payload
+    assert reply["events"] == [["w1", "s", 42], ["w1", "x", 0, "exit"]] and reply["done"] is True
+    assert protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0,
+                              "how": "exit", "pid": 42}) == "exit"
+    with pytest.raises(protocol.ProtocolError, match="bad field 'pid'"):
+        protocol.validate({"t": "exit", "rid": "r", "job": job, "to": "me", "rc": 0, "how": "exit",
+                           "pid": "42"})
+
+
+def test_a_held_poll_is_answered_once_with_everything_a_turn_brought():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "hostname"}, ["w1"], 0, 0)
+    job = actions[0].header["job"]
+    assert sessions.poll(sid, b"ident", "r1", wait_s=0.5) == []  # held: nothing to say yet
+    for header, data in (({"t": "out", "job": job, "fd": 1, "seq": 1, "pid": 5}, b"vps\n"),
+                         ({"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 1}, None)):
+        assert sessions.on_message("w1", header, data) == []  # the turn's other messages may follow
+    (reply,) = sessions.wake_pending()
+    assert type(reply) is Reply and reply[:2] == (b"ident", "r1")
+    assert reply.payload["events"] == [["w1", "s", 5], ["w1", "o", b"vps\n"],
+                                       ["w1", "x", 0, "exit"]]
+    assert reply.payload["done"]
+    assert sessions.wake_pending() == [] and sid not in sessions.sessions
+
+
+def test_the_pid_in_a_jobs_first_message_is_its_started_event_once():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "echo hi; sleep 1"}, ["w1"], 0, 0)
+    job = actions[0].header["job"]
+    sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1, "pid": 7}, b"hi\n")
+    assert sessions.sessions[sid].jobs["w1"].state == "running"
+    # a duplicate says nothing
+    sessions.on_message("w1", {"t": "started", "job": job, "pid": 7}, None)
+    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 1, "pid": 7},
+                        None)
+    reply = sessions.poll(sid, b"ident", "r1")[-1].payload
+    assert reply["events"] == [["w1", "s", 7], ["w1", "o", b"hi\n"], ["w1", "x", 0, "exit"]]
+
+
+def test_session_messages_from_wrong_peer_are_ignored():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    job = actions[0].header["job"]
+    assert sessions.on_message("intruder", {"t": "exit", "job": job, "rc": 0, "how": "exit"},
+                               None) == []
+    assert sessions.sessions[sid].jobs["w1"].state == "sent"
+
+
+def test_batch_limits_concurrency():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["a", "b", "c"], 2, 0)
+    assert [a.header["to"] for a in actions] == ["a", "b"]
+    job_a = actions[0].header["job"]
+    more = sessions.on_message("a", {"t": "exit", "job": job_a, "rc": 0, "how": "exit"}, None)
+    assert [a.header["to"] for a in more if type(a) is Send] == ["c"]
+
+
+def test_target_overrunning_its_credit_is_stopped():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
+    job, window = actions[0].header["job"], actions[0].header["credit"]
+    assert sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1},
+                               b"x" * window) == []
+    actions = sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 2}, b"x")
+    assert Send(messages.cancel(job, "w1")) in actions
+    assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "flow_control"]
+
+
+def test_lost_chunk_fails_the_job():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
+    job = actions[0].header["job"]
+    sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1}, b"a")
+    actions = sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 3}, b"c")
+    assert Send(messages.cancel(job, "w1")) in actions
+    assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "output_lost"]
+
+
+def test_a_big_fan_out_keeps_its_counts_and_batch_order():
+    sessions = OriginSessions("me", 1.0)
+    targets = [f"p{i:04d}" for i in range(1000)]
+    sid, actions = sessions.open({"cmd": "true"}, targets, 300, 0,
+                                 [("p0001", PeerOffline("Peer p0001 is offline"))])
+    session = sessions.sessions[sid]
+    assert [a.header["to"] for a in actions] == [t for t in targets if t != "p0001"][:300]
+    assert session.count == {"queued": 699, "sent": 300, "running": 0, "done": 1}
+    sent = {a.header["to"]: a.header["job"] for a in actions}
+    more = sessions.on_message("p0000",
+                               {"t": "exit", "job": sent["p0000"], "rc": 0, "how": "exit",
+                                "pid": 7}, None)
+    # the next queued one, in order
+    assert [a.header["to"] for a in more if type(a) is Send] == ["p0301"]
+    assert session.count == {"queued": 698, "sent": 300, "running": 0, "done": 2}
+    assert session.running() == 300 and not session.finished()
+
+
+def test_a_silent_target_is_found_by_the_next_scan():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "sleep 9"}, ["w1", "w2"], 0, 0)
+    now = time.monotonic()
+    assert [a for a in sessions.on_timer(now) if type(a) is Send] == []
+    sessions.sessions[sid].jobs["w2"].last_word = now - sessions.silence_limit_s - 1
+    later = now + SILENCE_SCAN_S  # scans are SILENCE_SCAN_S apart, not one per loop turn
+    cancels = [a.header for a in sessions.on_timer(later) if type(a) is Send]
+    assert [(c["t"], c["to"]) for c in cancels] == [("cancel", "w2")]
+    assert sessions.sessions[sid].count == {"queued": 0, "sent": 1, "running": 0, "done": 1}
+
+
+def test_a_lost_leader_says_whether_the_command_was_known_to_start():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1", "w2"], 0, 0)
+    jobs = {a.header["to"]: a.header["job"] for a in actions}
+    # w2's never came back
+    sessions.on_message("w1", {"t": "started", "job": jobs["w1"], "pid": 5}, None)
+    sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}")
+    reply = sessions.poll(sid, b"ident", "r1")[-1].payload
+    failed = {e[0]: e[3] for e in reply["events"] if e[1] == "f"}
+    assert failed == {"w1": "Lost the leader: w1 unreachable mid-command",
+                      "w2": "Lost the leader: w2 unreachable before the command was known to start "
+                            "(it may or may not have run)"}
+
+
+def _open(targets=("w1",), batch=0, pid=0, first_poll=None, failures=()):
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "cat", "stdin": True}, list(targets), batch, pid,
+                                 list(failures), first_poll)
+    return sessions, sid, actions
+
+
+def test_an_open_held_as_the_first_poll_answers_with_the_sid_and_what_opened():
+    first = (b"cli", "r0", 0.5, True, {"targets": ["w1", "gone"], "room": STDIN_WINDOW_BYTES})
+    sessions, sid, actions = _open(("w1", "gone"), first_poll=first,
+                                   failures=[("gone", PeerOffline("Peer offline: gone"))])
+    assert [type(a) for a in actions] == [Send, Reply]  # the exec, and an answer: news came
+    reply = actions[-1]
+    assert reply[:2] == (b"cli", "r0")
+    assert reply.payload["sid"] == sid and reply.payload["targets"] == ["w1", "gone"]
+    (failed,) = reply.payload["events"]
+    assert failed[:4] == ["gone", "f", "peer_offline", "Peer offline: gone"]
+    job = actions[0].header["job"]
+    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "pid": 3}, None)
+    later = sessions.poll(sid, b"cli", "r1")[-1].payload
+    assert "sid" not in later and later["done"] is True  # what opened is said once
+
+
+def test_a_first_poll_with_nothing_to_say_is_held():
+    first = (b"cli", "r0", 0.5, True, {"targets": ["w1"], "room": STDIN_WINDOW_BYTES})
+    sessions, sid, actions = _open(first_poll=first)
+    assert [type(a) for a in actions] == [Send]
+    assert sessions.sessions[sid].waiter[:2] == (b"cli", "r0")
+
+
+def test_stdin_goes_to_every_running_job_and_room_follows_the_slowest():
+    sessions, sid, actions = _open(("a", "b"))
+    jobs = {a.header["to"]: a.header["job"] for a in actions}
+    sent = sessions.poll(sid, b"cli", "r1", stdin=b"x" * 1000, wait_s=0)
+    stdin = [a for a in sent if type(a) is Send]
+    assert [(a.header["t"], a.header["to"], a.data) for a in stdin] == [
+        ("stdin", "a", b"x" * 1000), ("stdin", "b", b"x" * 1000)]
+    assert sent[-1].payload["room"] == STDIN_WINDOW_BYTES - 1000
+    sessions.on_message("a", messages.stdin_ack(jobs["a"], "me", 1000), None)
+    assert sessions.sessions[sid].stdin_room() == STDIN_WINDOW_BYTES - 1000  # b still holds it
+    sessions.on_message("b", messages.stdin_ack(jobs["b"], "me", 600), None)
+    assert sessions.sessions[sid].stdin_room() == STDIN_WINDOW_BYTES - 400
+    eof = sessions.poll(sid, b"cli", "r2", eof=True, wait_s=0)
+    assert [a.header["eof"] for a in eof if type(a) is Send] == [True, True]
+
+
+def test_a_cli_waiting_for_stdin_room_is_answered_when_an_ack_makes_some():
+    sessions, sid, actions = _open()
+    job = actions[0].header["job"]
+    sessions.poll(sid, b"cli", "r1", stdin=b"x" * STDIN_WINDOW_BYTES, wait_s=0)
+    assert sessions.poll(sid, b"cli", "r2", wait_s=0.5, need_room=True) == []  # full: held
+    (reply,) = sessions.on_message("w1", messages.stdin_ack(job, "me", 4096), None)
+    assert type(reply) is Reply and reply.payload["room"] == 4096
+
+
+def test_output_given_to_the_cli_goes_back_as_credit_a_quarter_window_at_a_time():
+    sessions, sid, actions = _open()
+    job, window = actions[0].header["job"], actions[0].header["credit"]
+    chunk = window // 8
+    credits = []
+    for seq in range(1, 5):
+        sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": seq}, b"x" * chunk)
+        credits += [a.header["n"] for a in sessions.poll(sid, b"cli", f"r{seq}", wait_s=0)
+                    if type(a) is Send]
+    assert credits == [2 * chunk, 2 * chunk]
+
+
+def test_raw_polls_hand_the_received_buffers_over_as_frames():
+    sessions, sid, actions = _open()
+    job = actions[0].header["job"]
+    data = memoryview(b"frame bytes")
+    sessions.on_message("w1", {"t": "out", "job": job, "fd": 2, "seq": 1}, data)
+    reply = sessions.poll(sid, b"cli", "r1", wait_s=0, raw=True)[-1]
+    assert reply.payload["events"] == [["w1", "e", 0]] and reply.frames == [data]
+
+
+def test_cancel_ends_queued_jobs_here_and_cancels_the_sent_ones():
+    sessions, sid, actions = _open(("a", "b", "c"), batch=1)
+    assert [a.header["to"] for a in actions] == ["a"]
+    out = sessions.cancel(sid)
+    assert [a.header for a in out if type(a) is Send] == [messages.cancel(actions[0].header["job"],
+                                                                          "a")]
+    events = sessions.sessions[sid].events
+    assert [e for e in events if e[1] == "x"] == [["b", "x", 130, "cancelled"],
+                                                  ["c", "x", 130, "cancelled"]]
+    assert sessions.on_message("a", {"t": "exit", "job": actions[0].header["job"], "rc": 130,
+                                     "how": "cancelled"}, None) == []  # nothing more launches
+
+
+def test_an_interrupted_daemon_cancels_remote_jobs_and_fails_every_one_for_its_cli():
+    sessions, sid, actions = _open(("me", "a", "b"), batch=2)
+    out = sessions.interrupt("Interrupted: the daemon on me stopped", "hint", keep_target="me")
+    cancels = [a.header["to"] for a in out if type(a) is Send]
+    assert cancels == ["a"]  # its own job ends with it; b was still queued
+    failed = {e[0]: e[2] for e in sessions.sessions[sid].events if e[1] == "f"}
+    assert failed == {"me": "peer_lost", "a": "peer_lost", "b": "interrupted"}
+
+
+def test_a_lost_leader_fails_the_jobs_on_other_peers_not_on_this_node():
+    sessions, sid, actions = _open(("me", "a"))
+    sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}", exclude="me")
+    states = {j.target: j.state for j in sessions.sessions[sid].jobs.values()}
+    assert states == {"me": "sent", "a": "done"}
+
+
+def test_keepalives_name_the_jobs_still_wanted_per_target():
+    sessions, sid, actions = _open(("a", "b"))
+    jobs = {a.header["to"]: a.header["job"] for a in actions}
+    sessions.on_message("b", {"t": "exit", "job": jobs["b"], "rc": 0, "how": "exit"}, None)
+    assert [a.header for a in sessions.keepalives()] == [messages.alive("a", [jobs["a"]],
+                                                                        "origin")]
+
+
+def test_a_session_whose_cli_died_is_cancelled_and_then_forgotten(monkeypatch):
+    sessions, sid, actions = _open(pid=2 ** 22 + 12345)  # no such process
+    monkeypatch.setattr(origin, "_pid_alive", lambda pid: pid == os.getpid())
+    session = sessions.sessions[sid]
+    session.last_poll -= origin.CLI_SILENCE_S + 1
+    out = sessions.on_timer(time.monotonic())
+    assert [a.header["t"] for a in out] == ["cancel"] and session.cancelled
+    sessions.on_message("w1", {"t": "exit", "job": actions[0].header["job"], "rc": 130,
+                               "how": "cancelled"}, None)
+    sessions.on_timer(time.monotonic())
+    assert sid not in sessions.sessions and sessions.reported(actions[0].header["job"])
+
+
+def test_every_message_a_session_sends_is_valid_on_the_wire():
+    sessions, sid, actions = _open(("a",))
+    job = actions[0].header["job"]
+    sessions.on_message("a", {"t": "out", "job": job, "fd": 1, "seq": 1}, b"x" * (1 << 21))
+    sent = actions + sessions.poll(sid, b"cli", "r", stdin=b"in", wait_s=0)
+    sent += sessions.cancel(sid) + sessions.keepalives()
+    headers = [a.header for a in sent if type(a) is Send]
+    assert {h["t"] for h in headers} == {"exec", "stdin", "credit", "cancel", "alive"}
+    for header in headers:
+        protocol.validate(header)
