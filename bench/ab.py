@@ -43,7 +43,8 @@ def start(tree, source_ip, swarm_ips=(), peers=0):
     to `peers`); (cluster, leader, worker, client)."""
     if _which(tree) != os.path.realpath(tree):
         raise SystemExit(f"{tree}: `python -m zpeer` would not import this tree's zpeer")
-    c = cluster.Cluster(env={"PYTHONPATH": tree})
+    c = cluster.Cluster(env={"PYTHONPATH": tree},
+                        swarm_script=os.path.join(tree, "bench", "swarm.py"))
     try:
         lead = c.start_leader()
         worker = c.start_worker("w1", source_ip)

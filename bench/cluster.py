@@ -146,9 +146,10 @@ class Node:
 class Cluster:
     """A leader on 127.0.0.1 and workers connecting from their own 127.0.0.x."""
 
-    def __init__(self, heartbeat_s=HEARTBEAT_S, base=None, env=None):
+    def __init__(self, heartbeat_s=HEARTBEAT_S, base=None, env=None, swarm_script=SWARM_SCRIPT):
         self.base = base or tempfile.mkdtemp(prefix="zpeer-bench-")
         self.env = dict(env or {})  # added to the environment of every process it starts
+        self.swarm_script = swarm_script  # a tree's own: its worker code, as that tree writes it
         self.own_base = base is None
         self.heartbeat_s = heartbeat_s
         self.port = free_port()
@@ -188,9 +189,9 @@ class Cluster:
         """A swarm process of `count` workers, one join token each; returns it once registered."""
         tokens = [self.token() for _ in range(count)]
         log = open(os.path.join(self.base, f"swarm-{prefix}.log"), "ab")
-        proc = subprocess.Popen([sys.executable, SWARM_SCRIPT, "--first-ip", first_ip, "--prefix",
-                                 prefix, "--heartbeat", str(self.heartbeat_s), "--ready-timeout",
-                                 str(timeout)],
+        proc = subprocess.Popen([sys.executable, self.swarm_script, "--first-ip", first_ip,
+                                 "--prefix", prefix, "--heartbeat", str(self.heartbeat_s),
+                                 "--ready-timeout", str(timeout)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 env=dict(os.environ, **self.env))
         log.close()

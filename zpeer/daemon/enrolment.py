@@ -83,8 +83,10 @@ class Enrolment:
         row = self.registry.get(peer_id)
         token = header.get("token")
         has_token = isinstance(token, str) and bool(token)
+        # the pending requests are counted only where the rule looks at them (a new id, no token)
+        pending = len(self.registry.peers("pending")) if row is None and not has_token else 0
         verdict = decide_hello(peer_id, header["id"], route, self.own_id, key, has_token, row,
-                               self._pending_count(row))
+                               pending)
         if verdict.step == "malformed":
             return verdict
         if verdict.step == "token":
@@ -115,10 +117,6 @@ class Enrolment:
         if verdict.status == "pending":  # bounded: MAX_PENDING new ids, or ids of the registry
             self.waiting[peer_id] = route
         return verdict
-
-    def _pending_count(self, row):
-        """Pending requests now, when a new id's hello must be counted against MAX_PENDING."""
-        return 0 if row is not None else len(self.registry.peers("pending"))
 
     def _bind(self, peer_id, key, ip, row, fields, verdict):
         """Write an accepted binding (a reconnect that changed nothing writes nothing)."""
