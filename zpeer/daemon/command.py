@@ -12,6 +12,8 @@ import time
 
 PIPE_SIZE_BYTES = 1 << 20
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
+EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
+EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut after this
 RC_TIMEOUT = 124
 RC_CANCELLED = 130
 
@@ -75,6 +77,48 @@ class Command:
         self.kill_group(signal.SIGTERM)
         self.kill_group(signal.SIGCONT)  # a stopped group must wake to die
         self.kill_at = time.monotonic() + KILL_GRACE_S
+
+    def fds_to_poll(self, can_send):
+        """(fd, want_write) pairs to wait on: the output pipes while output may be sent,
+        stdin while bytes wait for it, the pidfd until the shell exited."""
+        items = [(fd, False) for fd in self.pipes.values()] if can_send else []
+        if self.stdin_fd is not None and self.stdin_buf:
+            items.append((self.stdin_fd, True))
+        if self.pidfd is not None and self.exited_at is None:
+            items.append((self.pidfd, False))
+        return items
+
+    def read(self, num, limit):
+        """Up to `limit` bytes of output stream `num`: the bytes, b"" at its end (the pipe is
+        closed then), or None when it has nothing now."""
+        try:
+            data = os.read(self.pipes[num], limit)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self.close_pipe(num)
+            return b""
+        self.last_data_at = time.monotonic()
+        return data
+
+    def drained(self, now, can_send):
+        """After the shell's exit: close the pipes with nothing more to give (idle for a grace,
+        or cut after EXIT_DRAIN_MAX_S; a killed command's only once its buffered output is
+        out); True when none is left."""
+        for num, fd in list(self.pipes.items()):
+            pending = pending_bytes(fd)
+            idle_since = max(self.exited_at, self.last_data_at or 0)
+            if self.how != "exit":
+                # killed: deliver what is already buffered if the reader keeps up, no more
+                if pending == 0 or not can_send:
+                    self.close_pipe(num)
+            elif pending == 0 and now - idle_since > EXIT_IDLE_GRACE_S:
+                self.close_pipe(num)  # a background child holds the pipe open but is silent
+            elif now - self.exited_at > EXIT_DRAIN_MAX_S and can_send:
+                self.close_pipe(num)  # a background child keeps writing after the shell exited
+        return not self.pipes
 
     def close_pipe(self, num):
         """Stop reading one output pipe."""

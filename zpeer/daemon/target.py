@@ -17,7 +17,7 @@ from collections import OrderedDict
 from zpeer import trace
 from zpeer.daemon import leftovers
 from zpeer.daemon.actions import Send
-from zpeer.daemon.command import RC_CANCELLED, Command, pending_bytes
+from zpeer.daemon.command import RC_CANCELLED, Command
 from zpeer.daemon.process import child_environment, spawn, working_directory
 from zpeer.errors import BadRequest, ExitLost, ZpeerError
 from zpeer.logsetup import RateLimited
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 _LIMITER = RateLimited()  # for logs about peers steering jobs that are not theirs
 
 READ_CHUNK_BYTES = 1 << 20  # a pipe's size (PIPE_SIZE_BYTES): one read takes what it holds
-EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
-EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut after this
 EXIT_LINGER_S = 0.001  # an output pipe closed: how long to wait for the shell's exit in place
 SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
 # cancels that overtook their exec, per (origin, job): kept apart, so a flood of cancels for
@@ -194,13 +192,7 @@ class TargetJobs:
         """(fd, want_write) pairs the loop must poll: output pipes with credit, stdin, pidfds."""
         items = []
         for ch in self.jobs.values():
-            cmd = ch.cmd
-            if ch.output.room() > 0:
-                items.extend((fd, False) for fd in cmd.pipes.values())
-            if cmd.stdin_fd is not None and cmd.stdin_buf:
-                items.append((cmd.stdin_fd, True))
-            if cmd.pidfd is not None and cmd.exited_at is None:
-                items.append((cmd.pidfd, False))
+            items.extend(ch.cmd.fds_to_poll(ch.output.room() > 0))
         return items
 
     def on_ready(self, ready):
@@ -256,20 +248,13 @@ class TargetJobs:
         return out
 
     def _read(self, ch, num):
-        """Read one chunk (bounded by the channel's credit) from a pipe."""
+        """Read one chunk (bounded by the channel's credit) of an output stream."""
         cmd = ch.cmd
-        try:
-            data = os.read(cmd.pipes[num], min(READ_CHUNK_BYTES, ch.output.room()))
-        except BlockingIOError:
-            return []
-        except OSError:
-            data = b""
+        data = cmd.read(num, min(READ_CHUNK_BYTES, ch.output.room()))
         if not data:
-            cmd.close_pipe(num)
             return []
         ch.output.sent(len(data))
         ch.bytes_out += len(data)
-        cmd.last_data_at = time.monotonic()
         ch.seq += 1
         # its first message says "started" too
         pid = cmd.pid if self._announce(ch) else None
@@ -286,18 +271,7 @@ class TargetJobs:
         if cmd.exited_at is None:
             return []
         now = time.monotonic()
-        for num, fd in list(cmd.pipes.items()):
-            pending = pending_bytes(fd)
-            idle_since = max(cmd.exited_at, cmd.last_data_at or 0)
-            if cmd.how != "exit":
-                # killed: deliver what is already buffered if the reader keeps up, no more
-                if pending == 0 or ch.output.room() <= 0:
-                    cmd.close_pipe(num)
-            elif pending == 0 and now - idle_since > EXIT_IDLE_GRACE_S:
-                cmd.close_pipe(num)  # a background child holds the pipe open but is silent
-            elif now - cmd.exited_at > EXIT_DRAIN_MAX_S and ch.output.room() > 0:
-                cmd.close_pipe(num)  # a background child keeps writing after the shell exited
-        if cmd.pipes:
+        if not cmd.drained(now, ch.output.room() > 0):
             return []
         del self.jobs[ch.job]
         if ch.recorded:
