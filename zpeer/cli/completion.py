@@ -184,10 +184,16 @@ def _zspecs(c):
     """The _arguments specs of one command: options (with `=value` forms) then positionals."""
     specs = []
     for p in c.opts:
-        excl = "*" if p.multiple else ("(" + " ".join(p.names) + ")" if len(p.names) > 1 else "")
+        if p.multiple:
+            excl = "*"  # may repeat
+        else:  # its names exclude each other
+            excl = "(" + " ".join(p.names) + ")" if len(p.names) > 1 else ""
         for n in p.names:
-            suffix = "" if p.kind == "flag" else ("=" if n.startswith("--") else "+")
-            value = "" if p.kind == "flag" else f":{_zq(p.label)}:{_zq(_zaction(p))}"
+            if p.kind == "flag":
+                suffix = value = ""
+            else:
+                suffix = "=" if n.startswith("--") else "+"
+                value = f":{_zq(p.label)}:{_zq(_zaction(p))}"
             specs.append(f"'{excl}{n}{suffix}[{_zq(p.help, True)}]{value}'")
     for i, a in enumerate(c.args):
         pos = str(i + 1) if a.nargs == 1 else "*"
