@@ -30,10 +30,46 @@ class Closed:
         """Nothing buffered."""
 
 
+class FdStream:
+    """A standard stream written straight to its file descriptor, every byte of every write: a
+    descriptor that is non-blocking (a pipe or socket a parent set up so, as rsync does) or that
+    takes less than was offered is written again once it has room, never taken as done."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self._poll = None
+
+    def write(self, data):
+        """Write all of data, waiting for room as often as the descriptor asks."""
+        view = memoryview(data).cast("B")
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:
+                self._wait_room()
+
+    def _wait_room(self):
+        """Until the descriptor can take more (its reader read, or left: then the write fails)."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.fd, select.POLLOUT)
+        self._poll.poll()
+
+    def flush(self):
+        """Nothing is buffered here."""
+
+
 def binary(name):
-    """The binary buffer of sys.stdout or sys.stderr, or a Closed stand-in when there is none."""
+    """sys.stdout or sys.stderr as an FdStream, or a Closed stand-in when there is none (a stream
+    without a descriptor, as a test runner's capture, writes through its own buffer)."""
     stream = getattr(sys, name)
-    return stream.buffer if stream is not None else Closed(name)
+    if stream is None:
+        return Closed(name)
+    try:
+        stream.flush()  # what Python buffered goes first
+        return FdStream(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return stream.buffer
 
 
 def write_all(target, data):
@@ -64,7 +100,10 @@ def read_available(fd, size):
     most 64 KiB a read: reading on while more is there sends fewer, bigger chunks."""
     parts, got = [], 0
     while got < size and select.select([fd], [], [], 0)[0]:
-        part = os.read(fd, size - got)
+        try:
+            part = os.read(fd, size - got)
+        except BlockingIOError:  # a non-blocking stdin that select() called ready too soon
+            break
         if not part:
             if not parts:
                 return b""
