@@ -219,6 +219,30 @@ def test_ctrl_c_kills_remote_group(shared_cluster, tmp_path):
     wait_for(lambda: _pid_gone(pid), timeout=5, what="remote child killed")
 
 
+STUBBORN = '(trap "" TERM; exec sleep 60) & echo $! > {pidfile}; echo ready; sleep 100'
+
+
+@pytest.mark.parametrize("end", ["timeout", "ctrl-c", "client killed"])
+def test_the_whole_group_ends_with_members_that_ignore_sigterm(shared_cluster, tmp_path, end):
+    """--timeout, Ctrl-C and a CLI that dies: the remote process group ends whole, also a member
+    that ignores SIGTERM and outlives bash (it gets the SIGKILL that follows the grace)."""
+    pidfile = tmp_path / f"{end.replace(' ', '-')}.pid"
+    args = ["execOnPeer", "--peer", "laptop", "--shellCmd", STUBBORN.format(pidfile=pidfile)]
+    if end == "timeout":
+        args[1:1] = ["--timeout", "1"]
+    proc = subprocess.Popen(d_command() + args, env=shared_cluster.desktop.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"
+    member = int(pidfile.read_text())
+    if end == "ctrl-c":
+        proc.send_signal(signal.SIGINT)
+    elif end == "client killed":
+        proc.kill()
+    assert proc.wait(20) == {"timeout": 124, "ctrl-c": 130, "client killed": -9}[end]
+    wait_for(lambda: _pid_gone(member), timeout=10, what="the stubborn member killed")
+
+
 def test_a_second_ctrl_c_leaves_at_once_even_if_the_daemon_does_not_answer(cluster):
     """As ssh's `~.`: the first Ctrl-C asks for the remote command's end and waits for it; a second
     one leaves now (here the origin's daemon is frozen: no answer would come for 10 s)."""

@@ -3,8 +3,10 @@ import os
 import time
 
 import pytest
+from helpers.nodes import pid_alive, wait_for
 
 from zpeer.daemon import target
+from zpeer.daemon.command import KILL_GRACE_S
 from zpeer.daemon.target import SEEN_JOBS_MAX, TargetJobs
 
 
@@ -66,6 +68,10 @@ def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(job
     assert jobs.on_timer(time.monotonic() + 1, 60) == []  # once
     jobs.cancel("silent", "vps")
     assert _until_done(jobs)[-1]["how"] == "cancelled"
+    # a stopped job's group stays on record until its SIGKILL (a member may outlive the shell)
+    assert not journal.read_text().endswith(f"- {pid}\n")
+    jobs.on_timer(time.monotonic() + KILL_GRACE_S, 60)
+    jobs.forget_finished()
     assert journal.read_text().endswith(f"- {pid}\n")
 
 
@@ -205,3 +211,23 @@ def test_a_user_commands_status_comes_from_waitpid_not_popen_poll(reaped_elsewhe
     finally:
         for fd in (child.stdout_fd, child.stderr_fd):
             os.close(fd)
+
+
+@pytest.mark.parametrize("stop", ["timeout", "cancel"])
+def test_a_stopped_jobs_whole_group_ends_also_after_bash_has_exited(jobs, tmp_path, stop):
+    """A member that ignores SIGTERM and outlives bash still gets the group's SIGKILL."""
+    pidfile = tmp_path / "pid"
+    msg = _exec("stubborn", f'(trap "" TERM; exec sleep 60) & echo $! > {pidfile}; sleep 100')
+    if stop == "timeout":
+        msg["timeout"] = 0.3
+    jobs.handle("vps", msg, None)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the member's pid")
+    member = int(pidfile.read_text())
+    if stop == "cancel":
+        jobs.cancel("stubborn", "vps")
+    (done,) = [m for m in _until_done(jobs) if m["t"] == "exit"]
+    assert done["how"] == ("timeout" if stop == "timeout" else "cancelled")
+    assert pid_alive(member)  # it ignored SIGTERM, and bash is gone
+    wait_for(lambda: (jobs.on_timer(time.monotonic(), 60), not pid_alive(member))[1],
+             timeout=5, what="the SIGKILL that follows the grace")
+    assert jobs.pending_kills == []

@@ -72,6 +72,9 @@ class TargetJobs:
         self.seen = OrderedDict()  # job id -> True: at-most-once across retries/reconnects
         self.early_cancels = OrderedDict()  # (origin, job) -> True: cancelled before its exec came
         self.finished = []  # process groups of ended jobs whose records forget_finished() removes
+        # (SIGKILL time, pgid, recorded) of stopped jobs whose shell is gone: what is left of their
+        # group (a member that ignores SIGTERM) still gets its SIGKILL
+        self.pending_kills = []
         self.is_root = os.geteuid() == 0 if run_as_root is None else run_as_root
         self.own = None  # (monotonic expiry, passwd entry, environment) of the daemon's user
 
@@ -274,7 +277,9 @@ class TargetJobs:
         if not cmd.drained(now, ch.output.room() > 0):
             return []
         del self.jobs[ch.job]
-        if ch.recorded:
+        if cmd.kill_at is not None:  # stopped, and its SIGKILL is still due
+            self.pending_kills.append((cmd.kill_at, cmd.pid, ch.recorded))
+        elif ch.recorded:
             self.finished.append(cmd.pid)
         rc = cmd.rc()
         cmd.release()
@@ -352,6 +357,8 @@ class TargetJobs:
     def on_timer(self, now, origin_timeout_s):
         """Timeouts, SIGKILL escalation, orphaned jobs, and drain grace; returns actions."""
         out = []
+        if self.pending_kills and min(self.pending_kills)[0] <= now:
+            self._kill_leftover_groups(now)
         for ch in list(self.jobs.values()):
             cmd = ch.cmd
             if ch.deadline and now >= ch.deadline and cmd.how == "exit":
@@ -369,9 +376,21 @@ class TargetJobs:
             out.extend(self._maybe_finish(ch))
         return out
 
+    def _kill_leftover_groups(self, now):
+        """SIGKILL the groups of stopped jobs whose grace is over (their shell is gone already)."""
+        due = [k for k in self.pending_kills if k[0] <= now]
+        self.pending_kills = [k for k in self.pending_kills if k[0] > now]
+        for _, pgid, recorded in due:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if recorded:
+                self.finished.append(pgid)
+
     def next_deadline(self):
         """Earliest monotonic time at which on_timer has work."""
-        times = []
+        times = [min(self.pending_kills)[0]] if self.pending_kills else []
         for ch in self.jobs.values():
             cmd = ch.cmd
             if ch.announce_at is not None:
@@ -422,4 +441,5 @@ class TargetJobs:
             ch.cmd.release()
             self.records.forget(ch.cmd.pid)
         self.jobs.clear()
+        self._kill_leftover_groups(float("inf"))
         self.forget_finished()
