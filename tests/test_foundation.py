@@ -30,7 +30,9 @@ def test_registration_and_list_peers_from_leader_and_worker(cluster):
         peers = json.loads(node.d("listPeers", "--json", check=0).stdout)
         assert [(p["id"], p["ip"], p["role"]) for p in peers] == expected
         assert all(p["online"] is True for p in peers)
-        assert all(set(p) == {"id", "ip", "role", "online", "last_seen", "version"} for p in peers)
+        # the contract's keys, and the wall clock's difference to the leader's (shown only)
+        assert all(set(p) == {"id", "ip", "role", "online", "last_seen", "version",
+                              "clock_offset_s"} for p in peers)
         assert node.d("listPeers", "--ids", check=0).stdout == b"desktop\nlaptop\nvps\n"
     table = cluster.desktop.d("listPeers", check=0).stdout.decode().splitlines()
     assert table[0].split() == ["PEER", "IP", "ROLE", "STATUS", "LAST", "SEEN", "VERSION"]

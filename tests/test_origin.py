@@ -153,11 +153,47 @@ def test_a_lost_leader_says_whether_the_command_was_known_to_start():
     # w2's never came back
     sessions.on_message("w1", {"t": "started", "job": jobs["w1"], "pid": 5}, None)
     sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}")
-    reply = sessions.poll(sid, b"ident", "r1")[-1].payload
+    reply = sessions.poll(sid, b"ident", "r1", wait_s=0)[-1].payload
     failed = {e[0]: e[3] for e in reply["events"] if e[1] == "f"}
-    assert failed == {"w1": "Lost the leader: w1 unreachable mid-command",
-                      "w2": "Lost the leader: w2 unreachable before the command was known to start "
+    assert failed == {"w1": "Lost the leader: w1 unreachable mid-command"}
+    # w2's exec may still start until its ttl is over: only then is it reported
+    give_up = time.monotonic() + sessions.exec_ttl_s + origin.GIVE_UP_MARGIN_S
+    assert sessions.on_timer(give_up - 0.1) == [] and sessions.sessions[sid].jobs["w2"].doom
+    sessions.on_timer(give_up + SILENCE_SCAN_S)
+    reply = sessions.poll(sid, b"ident", "r2", wait_s=0)[-1].payload
+    failed = {e[0]: e[3] for e in reply["events"] if e[1] == "f"}
+    assert failed == {"w2": "Lost the leader: w2 unreachable before the command was known to start "
                             "(it may or may not have run)"}
+
+
+def test_a_target_that_answers_after_it_was_lost_carries_on():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    job = actions[0].header["job"]
+    sessions.peer_lost("w1", "Peer {peer} disconnected {when}")
+    assert sessions.sessions[sid].jobs["w1"].doom is not None
+    sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit", "pid": 4}, None)
+    reply = sessions.poll(sid, b"ident", "r1", wait_s=0)[-1].payload
+    assert reply["events"] == [["w1", "s", 4], ["w1", "x", 0, "exit"]] and reply["done"]
+
+
+def test_a_leader_that_could_not_send_the_exec_fails_it_at_once_but_a_lost_target_only_later():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "true"}, ["off", "lost"], 0, 0)
+    jobs = {a.header["to"]: a.header["job"] for a in actions}
+    offline = {"err": "peer_offline", "msg": "Peer offline: off (last seen 3s ago)"}
+    sessions.on_message("off", messages.error(jobs["off"], "me", offline), None)
+    lost = {"err": "peer_lost", "msg": "Peer lost disconnected mid-command"}
+    sessions.on_message("lost", messages.error(jobs["lost"], "me", lost), None)
+    states = {j.target: (j.state, j.doom is not None) for j in sessions.sessions[sid].jobs.values()}
+    assert states == {"off": ("done", False), "lost": ("sent", True)}
+
+
+def test_an_exec_says_how_long_it_may_take_to_start():
+    sessions = OriginSessions("me", 0.3)
+    sid, (send,) = sessions.open({"cmd": "true"}, ["w1"], 0, 0)
+    assert send.header["ttl"] == sessions.exec_ttl_s < sessions.silence_limit_s
+    assert "ts" not in send.header  # no wall clock: no host compares its clock with another's
 
 
 def _open(targets=("w1",), batch=0, pid=0, first_poll=None, failures=()):
@@ -260,9 +296,12 @@ def test_an_interrupted_daemon_cancels_remote_jobs_and_fails_every_one_for_its_c
 
 def test_a_lost_leader_fails_the_jobs_on_other_peers_not_on_this_node():
     sessions, sid, actions = _open(("me", "a"))
+    jobs = {a.header["to"]: a.header["job"] for a in actions}
+    for peer in ("me", "a"):
+        sessions.on_message(peer, {"t": "started", "job": jobs[peer], "pid": 5}, None)
     sessions.peer_lost(None, "Lost the leader: {peer} unreachable {when}", exclude="me")
     states = {j.target: j.state for j in sessions.sessions[sid].jobs.values()}
-    assert states == {"me": "sent", "a": "done"}
+    assert states == {"me": "running", "a": "done"}
 
 
 def test_keepalives_name_the_jobs_still_wanted_per_target():

@@ -131,6 +131,15 @@ class RequestTimeout(ZpeerError):
     code = "timeout"
 
 
+class TooLate(ZpeerError):
+    """An exec reached its target after the time its origin waits for a sign of it: it is not
+    started, so a command the CLI gave up on never runs later."""
+
+    code = "too_late"
+    hint = ("nothing ran: the link to that peer is slow or was interrupted; run the command again "
+            "(`d listPeers` shows whether the peer is online)")
+
+
 class ExitLost(ZpeerError):
     """The command ran but its exit status was reaped by something else in the daemon."""
 
@@ -211,7 +220,7 @@ class Busy(ZpeerError):
 _BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
                                       NotConnected, DirectoryNotFound, DirectoryDenied, KeyMismatch,
                                       NotAuthorized, InvalidToken, NotLeader, NotConfigured,
-                                      BadRequest, RequestTimeout, ExitLost, BindFailed,
+                                      BadRequest, RequestTimeout, TooLate, ExitLost, BindFailed,
                                       OutputFailed, BadConfig, BadDatabase, BadHome, BadKey, Busy)}
 
 

@@ -30,8 +30,8 @@ def list_peers(ids, online, as_json, pending):
         for p in peers:
             click.echo(p["id"])
     elif as_json:
-        keys_ = ("id", "ip", "role", "online", "last_seen", "version")
-        click.echo(json.dumps([{k: p[k] for k in keys_} for p in peers], indent=2))
+        keys_ = ("id", "ip", "role", "online", "last_seen", "version", "clock_offset_s")
+        click.echo(json.dumps([{k: p.get(k) for k in keys_} for p in peers], indent=2))
     else:
         click.echo(peer_table(peers, result.get("leader_version"),
                               0 if pending else result.get("waiting", 0)))

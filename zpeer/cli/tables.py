@@ -3,6 +3,8 @@ import time
 
 from zpeer.peerinfo import ago
 
+CLOCK_NOTE_S = 2.0  # a peer's clock this far from the leader's gets a line under listPeers
+
 # C0, DEL and C1 controls: what a peer's free text or a command line may hold that a terminal
 # would act on (an OSC retitles it, a newline forges a row); JSON output keeps them as they are
 _ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
@@ -52,6 +54,11 @@ def peer_table(peers, leader_version=None, waiting=0):
     text = _table(headers, rows)
     if any(p.get("version_differs") for p in peers):
         text += f"\n* version differs from the leader's ({leader_version})"
+    skewed = [p for p in peers if abs(p.get("clock_offset_s") or 0) >= CLOCK_NOTE_S]
+    for p in skewed:  # worth a word; nothing in zpeer depends on the clocks agreeing
+        offset = p["clock_offset_s"]
+        text += (f"\n{printable(p['id'])}'s clock is {abs(offset):g} s "
+                 f"{'ahead of' if offset > 0 else 'behind'} the leader's")
     if waiting:
         verb = "peers wait" if waiting > 1 else "peer waits"
         text += f"\n{waiting} {verb} for `d acceptPeer`: `d listPeers --pending`"
@@ -62,7 +69,7 @@ def status_lines(status):
     """getPeerStatus as `key: value` lines."""
     order = ["id", "role", "daemon", "version", "leader", "leader_address", "bind", "advertise",
              "source_ip", "connected", "link", "link_reason", "peers_online", "heartbeat_s",
-             "history_rows", "public_key", "leader_key", "home", "db_error"]
+             "clock_offset_s", "history_rows", "public_key", "leader_key", "home", "db_error"]
     lines = []
     for key in order:
         if key in status and status[key] not in (None, ""):

@@ -22,6 +22,7 @@ from zpeer.daemon.links import Link
 from zpeer.daemon.peer_table import PeerTable
 from zpeer.daemon.queries import FleetQueries
 from zpeer.daemon.registry import DB_ERRORS
+from zpeer.daemon.stamps import boot_s, spend, transit_s
 from zpeer.daemon.zap import KeyPolicy
 from zpeer.errors import (
     BindFailed,
@@ -107,10 +108,19 @@ class LeaderLink(Link):
 
     # --- sending -------------------------------------------------------------------------
     def send(self, peer_id, header, data=None):
-        """Send to a verified peer by its route; False if it cannot take it now."""
-        route = self.table.route_of(peer_id)
-        if route is None:
+        """Send to a verified peer by its route (an exec with the peer's last stamp, see
+        zpeer.daemon.stamps); False if it cannot take it now."""
+        entry = self.table.live.get(peer_id)
+        if entry is None:
             return False
+        route = entry.route
+        now = header["tx"] = boot_s()
+        if header["t"] == "exec":
+            if entry.tx is None:
+                header.pop("echo", None)
+                header.pop("held", None)
+            else:
+                header["echo"], header["held"] = entry.tx, now - entry.tx_at
         try:
             frames = protocol.envelope(route, protocol.encode(header, data))
             # marked before: the receiver may run before send() returns
@@ -168,11 +178,16 @@ class LeaderLink(Link):
             self._unverified(identity, peer_id, key, header)
             return None
         entry.rx = time.monotonic()
+        now = boot_s()
+        if isinstance(header.get("tx"), (int, float)):
+            entry.tx, entry.tx_at = header["tx"], now
         trace.mark("lead.recv", mtype)
         self.registry.touch(peer_id, entry.ip)
         if mtype == "hb":
+            if isinstance(header.get("offset"), (int, float)):
+                entry.clock_offset_s = header["offset"]
             self.send(peer_id, messages.heartbeat_reply(header["rid"], self.registry.generation,
-                                                        self.table.beat_s))
+                                                        self.table.beat_s, time.time()))
             return None
         if mtype == "rpc":
             self._rpc(peer_id, header)
@@ -182,6 +197,8 @@ class LeaderLink(Link):
         if data is not None:
             data = data.buffer  # zero-copy memoryview of the output bytes
         header["from"] = peer_id
+        if mtype == "exec":  # the leg from its origin to here
+            spend(header, transit_s(header.get("echo"), header.get("held"), now))
         self.audit.observe(peer_id, header)
         if header["to"] == self.id:
             return peer_id, header, data
@@ -211,7 +228,9 @@ class LeaderLink(Link):
             # its event is queued, so it cannot be reused before): read them before fd names
             # this one
             self.on_monitor()
-            self.table.admit(peer_id, key, ip, identity, fd, time.monotonic())
+            entry = self.table.admit(peer_id, key, ip, identity, fd, time.monotonic())
+            if isinstance(header.get("tx"), (int, float)):
+                entry.tx, entry.tx_at = header["tx"], boot_s()
             log.info("peer %s online from %s (%s)", peer_id, ip, verdict.reason)
         self._send_raw(identity, messages.welcome(header["rid"], verdict.status, self.id,
                                                   self.registry.generation, verdict.reason,
@@ -336,8 +355,15 @@ class LeaderLink(Link):
         """Rows for listPeers: the accepted peers, or the requests that wait for acceptance."""
         if pending:
             return self.enrolment.pending_records(self.version)
-        return [peer_record(r, self.table.online(r.id), self.registry.last_seen(r), self.version)
-                for r in self.registry.peers("accepted")]
+        records = []
+        for row in self.registry.peers("accepted"):
+            online = self.table.online(row.id)
+            record = peer_record(row, online, self.registry.last_seen(row), self.version)
+            entry = self.table.live.get(row.id) if online else None
+            offset = 0.0 if row.id == self.id else entry and entry.clock_offset_s
+            record["clock_offset_s"] = None if offset is None else round(offset, 1)
+            records.append(record)
+        return records
 
     def accept(self, peer_id, key=None):
         """acceptPeer: bind the waiting key; the peer is called back to say hello at once."""
@@ -365,7 +391,7 @@ class LeaderLink(Link):
         return {"bind": cfg["bind"], "advertise": cfg.get("advertise"), "leader": self.id,
                 "leader_address": self.address, "connected": True, "link": "serving",
                 "peers_online": self.table.count_online(), "heartbeat_s": self.table.beat_s,
-                "history_rows": cfg["history_rows"]}
+                "history_rows": cfg["history_rows"], "clock_offset_s": 0.0}
 
     def as_leader(self):
         """This link: leader-only commands run here."""

@@ -30,7 +30,8 @@ SESSION_WINDOW_BYTES = 32 << 20   # shared by the jobs of a fan-out
 MIN_WINDOW_BYTES = 64 << 10
 POLL_REPLY_MAX_BYTES = 2 << 20
 POLL_WAIT_MAX_S = 0.5
-EXEC_TTL_S = 60.0                 # an exec older than this on arrival is dropped, not run late
+# after the exec's ttl, this much longer before a job sent and never heard of counts as lost
+GIVE_UP_MARGIN_S = 0.25
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
 CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
 SESSION_ORPHAN_S = 60.0
@@ -59,7 +60,8 @@ def _pid_alive(pid):
 class OriginJob:
     """One target's channel of a session."""
 
-    __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "seq")
+    __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "seq",
+                 "doom")
 
     def __init__(self, job, target, window):
         self.job, self.target = job, target
@@ -68,6 +70,9 @@ class OriginJob:
         self.output = Intake(window)  # streams 1 and 2, as this end receives them
         self.stdin = Credit(STDIN_WINDOW_BYTES)  # stream 0, as this end sends it
         self.seq = 0  # out messages received, to detect a chunk lost in transit
+        # (when, code, message, hint): its target was lost while its exec may still start; the
+        # failure is said once the exec's ttl has passed (zpeer.daemon.stamps)
+        self.doom = None
 
 
 class Session:
@@ -143,6 +148,23 @@ class OriginSessions:
         """No word from a target for this long means it is gone (3 heartbeat intervals)."""
         return 3 * self.heartbeat_s + 0.5
 
+    @property
+    def exec_ttl_s(self):
+        """How long an exec may take to reach its target and start there: less than the
+        silence limit, so that no job this node gives up on can start afterwards."""
+        return 2 * self.heartbeat_s + 0.5
+
+    def _lose(self, session, job, code, message, hint="", now=None):
+        """Fail a job whose target is gone, but a job sent and never heard of only once its
+        exec can no longer start (until then it may still: its target may come back)."""
+        now = time.monotonic() if now is None else now
+        give_up_at = (job.sent_at or 0) + self.exec_ttl_s + GIVE_UP_MARGIN_S
+        if job.state == "sent" and now < give_up_at:
+            if job.doom is None:
+                job.doom = (give_up_at, code, message, hint)
+            return
+        session.fail(job, code, message, hint)
+
     def open(self, spec, targets, batch, cli_pid, failures=(), first_poll=None):
         """Create a session; `failures` are (peer, error) already known (unknown, offline).
         With first_poll = (identity, rid, wait_s, raw, opened), the CLI's open request is held
@@ -181,7 +203,7 @@ class OriginSessions:
             job.last_word = job.sent_at
             running += 1
             actions.append(Send(messages.exec_open(job.job, job.target, session.spec,
-                                                   session.window, EXEC_TTL_S, time.time())))
+                                                   session.window, self.exec_ttl_s)))
         return actions
 
     def on_message(self, peer, header, data):
@@ -195,6 +217,8 @@ class OriginSessions:
             return []
         job.last_word = time.monotonic()
         mtype = header["t"]
+        if mtype != "error":
+            job.doom = None  # it answers: whatever the leader saw, the target is there
         if mtype in ("started", "out", "exit") and job.state == "sent" \
                 and header.get("pid") is not None:
             # a job's first message names its pid: "started", or its first output or exit
@@ -229,8 +253,12 @@ class OriginSessions:
             return []
         elif mtype == "error":
             err = header["err"]
-            session.fail(job, str(err.get("err")), str(err.get("msg")),
-                         str(err.get("hint") or ""))
+            code, text, hint = str(err.get("err")), str(err.get("msg")), str(err.get("hint") or "")
+            if code == "peer_lost":  # the leader lost the target, with the exec perhaps on its way
+                when = LOST_WHEN.get(job.state, "mid-command")  # what this end knows of it
+                self._lose(session, job, code, f"Peer {job.target} disconnected {when}", hint)
+            else:  # the exec never left (offline, unknown), or the target refused it: it never runs
+                session.fail(job, code, text, hint)
         actions = []
         if job.state == "done":
             actions.extend(self._launch(session))
@@ -342,7 +370,7 @@ class OriginSessions:
                     actions.append(Send(messages.cancel(job.job, job.target)))
                 elif job.state == "queued":
                     session.fail(job, "interrupted", message, hint)
-        return actions + self.peer_lost(None, message)
+        return actions + self.peer_lost(None, message, defer=False)
 
     def _drop(self, session):
         """Forget a finished session."""
@@ -359,17 +387,24 @@ class OriginSessions:
                 found[1].last_word = now
         return []
 
-    def peer_lost(self, peer, message, exclude=None):
-        """A target (or, with peer None, our leader link) is gone: fail its running jobs at once.
-        `message` may say {peer} and {when}: mid-command, or before the job was known to start."""
+    def peer_lost(self, peer, message, exclude=None, defer=True):
+        """A target (or, with peer None, our leader link) is gone: fail its running jobs at once,
+        and the ones sent and never heard of once their exec can no longer start (at once when
+        not `defer`: this daemon stops). `message` may say {peer} and {when}: mid-command, or
+        before the job was known to start."""
         actions = []
+        now = time.monotonic()
         for session in list(self.sessions.values()):
             for job in session.jobs.values():
                 if job.target == exclude:
                     continue
                 if job.state in ACTIVE and (peer is None or job.target == peer):
                     when = LOST_WHEN.get(job.state, "mid-command")
-                    session.fail(job, "peer_lost", message.format(peer=job.target, when=when))
+                    text = message.format(peer=job.target, when=when)
+                    if defer:
+                        self._lose(session, job, "peer_lost", text, now=now)
+                    else:
+                        session.fail(job, "peer_lost", text)
                     actions.extend(self._launch(session))
             actions.extend(self._wake(session))
         return actions
@@ -387,7 +422,10 @@ class OriginSessions:
         limit_s = self.silence_limit_s
         for session in list(self.sessions.values()):
             for job in session.jobs.values() if scan and session.running() else ():
-                if job.state in ACTIVE and now - job.last_word > limit_s:
+                if job.doom is not None and now >= job.doom[0] and job.state in ACTIVE:
+                    session.fail(job, *job.doom[1:])
+                    actions.extend(self._launch(session))
+                elif job.state in ACTIVE and now - job.last_word > limit_s:
                     what = "did not answer" if job.state == "sent" else "was lost mid-command"
                     actions.append(Send(messages.cancel(job.job, job.target)))
                     session.fail(job, "peer_lost",

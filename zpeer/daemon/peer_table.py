@@ -23,11 +23,14 @@ def beat_interval_s(base_s, peers, budget_per_s):
 class Entry:
     """A verified peer's connection: its key, address, route and when it was last heard."""
 
-    __slots__ = ("key", "ip", "rx", "route", "fd", "gone")
+    __slots__ = ("key", "ip", "rx", "route", "fd", "gone", "tx", "tx_at", "clock_offset_s")
 
     def __init__(self, key, ip, rx, route, fd):
         self.key, self.ip, self.rx, self.route, self.fd = key, ip, rx, route, fd
         self.gone = False  # its connection closed; it may still come back within the limit
+        # its last stamp and when it came, on the leader's clock (zpeer.daemon.stamps)
+        self.tx = self.tx_at = None
+        self.clock_offset_s = None  # its wall clock less the leader's, as it measured (shown)
 
 
 class PeerTable:
@@ -42,10 +45,11 @@ class PeerTable:
         self.slow_s, self.slow_until = 0.0, 0.0  # a longer interval some workers may still use
 
     def admit(self, peer_id, key, ip, route, fd, now):
-        """A peer's hello was accepted on this connection: it is online from here."""
-        self.live[peer_id] = Entry(key, ip, now, route, fd)
+        """A peer's hello was accepted on this connection: it is online from here; its entry."""
+        entry = self.live[peer_id] = Entry(key, ip, now, route, fd)
         if fd is not None:
             self.fds[fd] = (peer_id, route)
+        return entry
 
     def verified(self, peer_id, key, route):
         """The peer's entry if this key and route are the ones its accepted hello bound."""

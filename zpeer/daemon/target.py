@@ -19,7 +19,7 @@ from zpeer.daemon import leftovers
 from zpeer.daemon.actions import Send
 from zpeer.daemon.command import RC_CANCELLED, Command
 from zpeer.daemon.process import child_environment, spawn, working_directory
-from zpeer.errors import BadRequest, ExitLost, ZpeerError
+from zpeer.errors import BadRequest, ExitLost, TooLate, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.wire import messages
 from zpeer.wire.channel import Credit
@@ -91,10 +91,11 @@ class TargetJobs:
                             from_peer)
             return []
         if mtype == "exec":
-            if header.get("ts") and time.time() > header["ts"] + header["ttl"]:
-                log.warning("exec %s from %s arrived too late: dropped", job, from_peer)
-                late = {"err": "timeout", "msg": "Request expired before delivery"}
-                return [Send(messages.error(job, from_peer, late))]
+            if not header["ttl"] > 0:  # its origin may have given up: it must never start now
+                log.warning("exec %s from %s arrived too late: not started", job, from_peer)
+                late = TooLate(f"Not run on {self.node_id}: the command reached it too late (its "
+                               "origin could have given up on it by then)")
+                return [Send(messages.error(job, from_peer, late.to_reply()))]
             return self.start(header, from_peer)
         if mtype == "credit":
             self.credit(job, header["n"])

@@ -19,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, trace
 from zpeer.daemon.links import Link
+from zpeer.daemon.stamps import boot_s, spend, transit_s
 from zpeer.errors import (
     KeyMismatch,
     NotAuthorized,
@@ -85,6 +86,10 @@ class WorkerLink(Link):
         self.gen = None
         self.next_beat = time.monotonic()
         self.rpcs = {}  # rid -> (deadline, callback(result, error))
+        # the leader's last stamp and when it came (zpeer.daemon.stamps), on this host's clock
+        self.leader_tx = self.leader_tx_at = None
+        self.beat_sent_at = None  # when the last heartbeat left (its reply gives the round trip)
+        self.clock_offset_s = None  # this host's wall clock less the leader's (shown only)
         self.was_connected = False
 
     def close(self, linger_ms=0):
@@ -141,6 +146,7 @@ class WorkerLink(Link):
         """Send to the leader; False when the link is down (nothing is queued for later)."""
         if not force and not self.connected():
             return False
+        header["tx"] = boot_s()
         try:
             frames = protocol.encode(header, data)
             trace.mark("work.send", header["t"])
@@ -232,6 +238,9 @@ class WorkerLink(Link):
             log.warning("dropped malformed message from the leader: %s", exc)
             return None
         self.last_rx = time.monotonic()
+        now = boot_s()
+        if isinstance(header.get("tx"), (int, float)):
+            self.leader_tx, self.leader_tx_at = header["tx"], now
         mtype = header["t"]
         trace.mark("work.recv", mtype)
         if mtype == "welcome":
@@ -239,6 +248,7 @@ class WorkerLink(Link):
         elif mtype == "hb":
             self.gen = header.get("gen", self.gen)
             self._adopt_interval(header)
+            self._clock(header, now)
         elif mtype == "rehello":
             self.hello()
         elif mtype == "bye":
@@ -254,8 +264,18 @@ class WorkerLink(Link):
         elif mtype in protocol.ROUTED_TYPES and isinstance(header.get("from"), str):
             if data is not None:
                 data = data.buffer
+            if mtype == "exec":  # its last leg: from the leader to here
+                spend(header, transit_s(header.get("echo"), header.get("held"), now))
             return header["from"], header, data
         return None
+
+    def _clock(self, header, now):
+        """The wall clocks' difference, from a heartbeat's reply (for people: nothing depends
+        on it)."""
+        wall = header.get("wall")
+        if isinstance(wall, (int, float)) and self.beat_sent_at is not None:
+            round_trip_s = now - self.beat_sent_at
+            self.clock_offset_s = time.time() - round_trip_s / 2 - wall
 
     def _welcome(self, header):
         """The leader's answer to hello."""
@@ -306,7 +326,8 @@ class WorkerLink(Link):
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_s
             if self.handshake_ok and self.state == "registered":
-                self.send(messages.heartbeat(), force=True)
+                self.beat_sent_at = boot_s()
+                self.send(messages.heartbeat(self.clock_offset_s), force=True)
             elif self.handshake_ok and self.state in ("pending", "connecting"):
                 self.hello()
         for rid, (deadline, callback) in list(self.rpcs.items()):
@@ -338,7 +359,9 @@ class WorkerLink(Link):
         return True
 
     def send_toward(self, header, data=None):
-        """Everything goes through the leader."""
+        """Everything goes through the leader; an exec carries the leader's last stamp."""
+        if header["t"] == "exec" and self.leader_tx is not None:
+            header["echo"], header["held"] = self.leader_tx, boot_s() - self.leader_tx_at
         return self.send(header, data)
 
     def witness(self, header):
@@ -379,8 +402,13 @@ class WorkerLink(Link):
         return {"leader": cfg.get("leader"), "leader_key": cfg.get("leader_key"),
                 "source_ip": cfg.get("source_ip"), "connected": self.usable(),
                 "link": self.state, "link_reason": self.shown_reason(),
-                "heartbeat_s": self.heartbeat_s}
+                "heartbeat_s": self.heartbeat_s, "clock_offset_s": _rounded(self.clock_offset_s)}
 
     def as_worker(self):
         """This link: worker-only commands run here."""
         return self
+
+
+def _rounded(seconds):
+    """A clock difference as shown: tenths of a second, or None when not measured yet."""
+    return None if seconds is None else round(seconds, 1)

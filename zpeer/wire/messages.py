@@ -36,14 +36,17 @@ def rehello(rid):
     return {"t": "rehello", "rid": rid}
 
 
-def heartbeat():
-    """A worker's heartbeat."""
-    return {"t": "hb", "rid": new_rid()}
+def heartbeat(clock_offset_s=None):
+    """A worker's heartbeat, with its wall clock's difference to the leader's when it knows it."""
+    header = {"t": "hb", "rid": new_rid()}
+    if clock_offset_s is not None:
+        header["offset"] = clock_offset_s
+    return header
 
 
-def heartbeat_reply(rid, gen, beat_s):
-    """The leader's answer: the peer set's generation and the interval to beat at."""
-    return {"t": "hb", "rid": rid, "gen": gen, "hb": beat_s}
+def heartbeat_reply(rid, gen, beat_s, wall):
+    """The leader's answer: the peer set's generation, the interval to beat at, its wall clock."""
+    return {"t": "hb", "rid": rid, "gen": gen, "hb": beat_s, "wall": wall}
 
 
 def bye(reason):
@@ -67,10 +70,10 @@ def rpc_error(rid, error):
 
 
 # --- channels (zpeer.wire.channel) ---------------------------------------------------------
-def exec_open(job, to, spec, credit, ttl_s, ts):
-    """Open an exec channel: run spec (cmd, dir, user, timeout, stdin, ...) on `to`."""
-    header = {"t": "exec", "rid": job, "job": job, "to": to, "credit": credit, "ttl": ttl_s,
-              "ts": ts}
+def exec_open(job, to, spec, credit, ttl_s):
+    """Open an exec channel: run spec (cmd, dir, user, timeout, stdin, ...) on `to`, if it can
+    start within ttl_s of leaving (zpeer.daemon.stamps)."""
+    header = {"t": "exec", "rid": job, "job": job, "to": to, "credit": credit, "ttl": ttl_s}
     header.update(spec)
     return header
 
