@@ -165,3 +165,41 @@ def test_a_user_outside_the_group_is_told_it_is_a_permission_not_a_missing_daemo
     finally:
         node.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_workers_exec_on_itself_that_ends_while_the_leader_is_down_reaches_the_history(cluster):
+    """The copies a worker sends of what it runs on itself wait for the leader: the row gets
+    its status once the leader is back (before, it stayed without one for ever)."""
+    go = cluster.laptop.home + "/go"
+    run = subprocess.Popen(cluster.laptop.command + ["execOnPeer", "--peer", "laptop",
+                                                     "--shellCmd",
+                                                     f"until [ -e {go} ]; do sleep 0.05; done; "
+                                                     "exit 3"],
+                           env=cluster.laptop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: [r for r in history(cluster.vps) if r["target"] == "laptop"],
+                 what="the exec's row")
+        cluster.vps.stop()
+        open(go, "w").close()
+        assert run.wait(20) == 3, run.stderr.read()
+    finally:
+        run.kill()
+        run.wait()
+    cluster.vps.start()
+    wait_for(lambda: cluster.online("laptop"), what="laptop back")
+    rows = wait_for(lambda: [r for r in history(cluster.vps)
+                             if r["target"] == "laptop" and r["rc"] is not None],
+                    timeout=15, what="the row's status after the leader came back")
+    assert [(r["origin"], r["rc"], r["outcome"]) for r in rows] == [("laptop", 3, "exit")]
+
+
+def test_the_history_says_what_a_fan_outs_cli_said_for_each_peer(cluster):
+    cluster.laptop.stop()
+    wait_for(lambda: not cluster.online("laptop"), what="laptop offline")
+    out = cluster.vps.d("execOnPeer", "--peer", "all", "--shellCmd", "echo said", check=255)
+    assert b"laptop: Peer offline: laptop" in out.stderr
+    rows = wait_for(lambda: [r for r in history(cluster.vps) if r["command"] == "echo said"
+                             and r["rc"] is not None] or None, what="the fan-out's rows")
+    seen = sorted((r["target"], r["rc"], r["outcome"]) for r in rows)
+    assert seen == [("desktop", 0, "exit"), ("laptop", 255, "peer_offline"), ("vps", 0, "exit")]

@@ -244,6 +244,7 @@ class LeaderLink(Link):
             # a worker's copy is hostile input like any header: typed before it reaches SQLite
             if isinstance(copy, dict) and _valid_audit_copy(copy):
                 self.audit.observe(peer_id, copy)
+            self.send(peer_id, messages.rpc_result(header["rid"], {}))  # taken: not again
             return
         try:
             reply = messages.rpc_result(header["rid"], self.queries.answer(op, args))

@@ -268,6 +268,9 @@ class Daemon:
             self.handle_peer(*self.local.popleft())
         self.dispatch(self.sessions.wake_pending())
         self.timers(time.monotonic())
+        if self.sessions.verdicts:  # what this node's CLIs were told, for the audit
+            for header in self.sessions.take_verdicts():
+                self.link.witness(header)
 
     def _poller_for(self, link, items):
         """The poller for this turn, rebuilt only when what must be polled changed."""

@@ -78,8 +78,11 @@ class OriginJob:
 class Session:
     """A CLI exec call: its jobs, buffered events and the CLI request being held."""
 
-    def __init__(self, sid, spec, targets, batch, cli_pid):
+    def __init__(self, sid, spec, targets, batch, cli_pid, verdicts):
         self.sid, self.spec, self.batch, self.cli_pid = sid, spec, batch, cli_pid
+        # (job, this session if the exec was never sent, err or None: cancelled) of the ends this
+        # node decided, for the audit
+        self.verdicts = verdicts
         self.window = (SINGLE_WINDOW_BYTES if len(targets) <= 1 else
                        max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
         self.jobs = {t: OriginJob(f"{sid}.{i}", t, self.window) for i, t in enumerate(targets)}
@@ -124,10 +127,14 @@ class Session:
         self.events.append(event)
         self.buffered += size
 
-    def fail(self, job, code, message, hint=""):
-        """A job ended in a zpeer failure (exit 255 for it); nothing once it is done."""
+    def fail(self, job, code, message, hint="", told=False):
+        """A job ended in a zpeer failure (exit 255 for it); nothing once it is done. What this
+        end decides (not `told` by a peer's error) is a verdict for the audit too."""
         if job.state == "done":
             return
+        if not told:
+            self.verdicts.append((job, self if job.state == "queued" else None,
+                                  {"err": code, "msg": message}))
         self.move(job, "done")
         self.event([job.target, "f", code, message, hint or ""])
 
@@ -139,6 +146,7 @@ class OriginSessions:
         self.node_id = node_id
         self.heartbeat_s = heartbeat_s
         self.sessions = {}
+        self.verdicts = []  # see Session.verdicts; take_verdicts() empties it
         self.by_job = {}  # job id -> (session, OriginJob)
         self.woken = {}  # sid -> session with news from its targets this turn (wake_pending)
         self.next_scan = 0.0  # monotonic time of the next scan for silent targets (on_timer)
@@ -171,7 +179,7 @@ class OriginSessions:
         as the session's first poll and answered with its first events, the sid and `opened`
         merged in. Returns (sid, actions)."""
         sid = uuid.uuid4().hex[:12]
-        session = Session(sid, spec, targets, batch, cli_pid)
+        session = Session(sid, spec, targets, batch, cli_pid, self.verdicts)
         self.sessions[sid] = session
         for peer, err in failures:
             session.fail(session.jobs[peer], err.code, err.message, err.hint)
@@ -258,7 +266,7 @@ class OriginSessions:
                 when = LOST_WHEN.get(job.state, "mid-command")  # what this end knows of it
                 self._lose(session, job, code, f"Peer {job.target} disconnected {when}", hint)
             else:  # the exec never left (offline, unknown), or the target refused it: it never runs
-                session.fail(job, code, text, hint)
+                session.fail(job, code, text, hint, told=True)
         actions = []
         if job.state == "done":
             actions.extend(self._launch(session))
@@ -352,6 +360,7 @@ class OriginSessions:
         actions = []
         for job in session.jobs.values():
             if job.state == "queued":
+                session.verdicts.append((job, session, None))
                 session.move(job, "done")
                 session.event([job.target, "x", 130, "cancelled"])
             elif job.state in ACTIVE:
@@ -445,6 +454,23 @@ class OriginSessions:
                 if session.count["done"] == len(session.jobs) or silent > SESSION_ORPHAN_S:
                     self._drop(session)
         return actions
+
+    def take_verdicts(self):
+        """The ends this node decided since the last call, as the messages that would have said
+        them (an exec first for a job never sent), for the audit: what a CLI was told is what the
+        history says."""
+        headers = []
+        for job, unsent, err in self.verdicts:
+            if unsent is not None:
+                headers.append(messages.exec_open(job.job, job.target, unsent.spec,
+                                                  unsent.window, self.exec_ttl_s))
+            if err is None:
+                headers.append(messages.exit_status(job.job, self.node_id, 130, "cancelled", 0,
+                                                    0.0, 0))
+            else:
+                headers.append(messages.error(job.job, self.node_id, err))
+        self.verdicts.clear()
+        return headers
 
     def keepalives(self):
         """One alive message per target peer listing the jobs we still want."""

@@ -18,6 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, trace
+from zpeer.daemon.audit_copies import AuditCopies
 from zpeer.daemon.links import Link
 from zpeer.daemon.stamps import boot_s, spend, transit_s
 from zpeer.errors import (
@@ -90,6 +91,8 @@ class WorkerLink(Link):
         self.leader_tx = self.leader_tx_at = None
         self.beat_sent_at = None  # when the last heartbeat left (its reply gives the round trip)
         self.clock_offset_s = None  # this host's wall clock less the leader's (shown only)
+        self.audit_copies = AuditCopies()  # of the jobs this worker runs on itself
+        self.leader_acks_audit = False  # a leader from before acknowledgments takes each copy once
         self.was_connected = False
 
     def close(self, linger_ms=0):
@@ -254,6 +257,8 @@ class WorkerLink(Link):
         elif mtype == "bye":
             self.state, self.reason = "removed", header["reason"]
             log.error("leader says bye: %s", header["reason"])
+        elif mtype == "rpc_reply" and header["rid"] in self.audit_copies.in_flight:
+            self.audit_copies.acknowledged(header["rid"])
         elif mtype == "rpc_reply":
             pending = self.rpcs.pop(header["rid"], None)
             if pending:
@@ -284,6 +289,7 @@ class WorkerLink(Link):
         self.reason = str(header.get("reason", ""))
         self._adopt_interval(header)
         self.gen = header.get("gen")
+        self.leader_acks_audit = header.get("acks") is True
         if status == "accepted":
             self.state = "registered"
             self.token = None  # one-time: the key is bound now
@@ -293,6 +299,8 @@ class WorkerLink(Link):
             self.state = "rejected"
         if self.state != previous:
             log.info("leader %s: %s (%s)", header.get("leader"), self.state, self.reason)
+        if self.state == "registered":  # what waited for the leader goes now
+            self._send_audit_copies(time.monotonic())
 
     def _adopt_interval(self, header):
         """Beat as often as the leader asks (it stretches the interval for big fleets)."""
@@ -328,6 +336,7 @@ class WorkerLink(Link):
             if self.handshake_ok and self.state == "registered":
                 self.beat_sent_at = boot_s()
                 self.send(messages.heartbeat(self.clock_offset_s), force=True)
+                self._send_audit_copies(now)
             elif self.handshake_ok and self.state in ("pending", "connecting"):
                 self.hello()
         for rid, (deadline, callback) in list(self.rpcs.items()):
@@ -366,9 +375,24 @@ class WorkerLink(Link):
 
     def witness(self, header):
         """The leader keeps the audit: an exec this worker runs on itself never crosses it, so
-        the worker tells it (exec, exit, error of such a job)."""
-        if header["to"] == self.id and header["t"] in AUDIT_TYPES:
+        the worker tells it (exec, exit, error of such a job), until the leader took it."""
+        if header["to"] != self.id or header["t"] not in AUDIT_TYPES:
+            return
+        if not self.leader_acks_audit:
             self.send(messages.rpc("audit", {"header": dict(header)}))
+            return
+        self.audit_copies.add(header)
+        self._send_audit_copies(time.monotonic())
+
+    def _send_audit_copies(self, now):
+        """Send the audit copies that are due (new ones, and again the ones not acknowledged)."""
+        if not self.audit_copies.jobs or not self.connected(now):
+            return
+        for job, part, header in self.audit_copies.due(now):
+            rpc = messages.rpc("audit", {"header": header})
+            if not self.send(rpc):
+                return
+            self.audit_copies.sent(rpc["rid"], job, part, now)
 
     def refusal(self, to):
         """The link's state is why nothing leaves."""

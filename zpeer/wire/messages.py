@@ -23,9 +23,10 @@ def hello(peer_id, hostname, version, pid, token=None):
 
 
 def welcome(rid, status, leader, gen, reason, beat_s=None):
-    """The leader's answer to a hello: accepted, pending or rejected (with why)."""
+    """The leader's answer to a hello: accepted, pending or rejected (with why). `acks`: this
+    leader acknowledges audit copies (a worker keeps each until then)."""
     header = {"t": "welcome", "rid": rid, "status": status, "leader": leader, "gen": gen,
-              "reason": reason}
+              "reason": reason, "acks": True}
     if beat_s is not None:
         header["hb"] = beat_s
     return header
