@@ -217,7 +217,8 @@ def test_a_user_commands_status_comes_from_waitpid_not_popen_poll(reaped_elsewhe
 def test_a_stopped_jobs_whole_group_ends_also_after_bash_has_exited(jobs, tmp_path, stop):
     """A member that ignores SIGTERM and outlives bash still gets the group's SIGKILL."""
     pidfile = tmp_path / "pid"
-    msg = _exec("stubborn", f'(trap "" TERM; exec sleep 60) & echo $! > {pidfile}; sleep 100')
+    # The member writes its pid once its trap is set: a cancel that came sooner would end it.
+    msg = _exec("stubborn", f'(trap "" TERM; echo $BASHPID > {pidfile}; exec sleep 60) & sleep 100')
     if stop == "timeout":
         msg["timeout"] = 0.3
     jobs.handle("vps", msg, None)
