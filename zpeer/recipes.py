@@ -32,9 +32,10 @@ def step_command(step):
 
 
 def zpeer_checkout():
-    """The git checkout this zpeer runs from, or None when it runs from an installed copy."""
+    """The git checkout (or worktree: its .git is a file) this zpeer runs from, or None when it
+    runs from an installed copy."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return root if os.path.isdir(os.path.join(root, ".git")) else None
+    return root if os.path.exists(os.path.join(root, ".git")) else None
 
 
 def resolve(cfg):

@@ -27,7 +27,7 @@ def full_version():
     if override:
         return override
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, ".git")):
+    if not os.path.exists(os.path.join(root, ".git")):
         return __version__
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],

@@ -13,7 +13,8 @@ import time
 PIPE_SIZE_BYTES = 1 << 20
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
 EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
-EXIT_DRAIN_MAX_S = 5.0   # and a pipe that keeps producing after the exit is cut after this
+# and a pipe that keeps producing after the exit (more than it held then) is cut after this
+EXIT_DRAIN_MAX_S = 5.0
 RC_TIMEOUT = 124
 RC_CANCELLED = 130
 
@@ -55,6 +56,8 @@ class Command:
         self.exited_at = None
         self.lingered = False  # TargetJobs waited for its exit in place once (its _linger)
         self.last_data_at = None
+        self.held_at_exit = {}  # stream -> bytes its pipe held when the shell exited
+        self.read_after_exit = {}  # stream -> bytes read from it since
         self.how = "exit"  # or timeout / cancelled
         self.kill_at = None
 
@@ -101,6 +104,8 @@ class Command:
             self.close_pipe(num)
             return b""
         self.last_data_at = time.monotonic()
+        if self.exited_at is not None:
+            self.read_after_exit[num] = self.read_after_exit.get(num, 0) + len(data)
         return data
 
     def drained(self, now, can_send):
@@ -116,7 +121,8 @@ class Command:
                     self.close_pipe(num)
             elif pending == 0 and now - idle_since > EXIT_IDLE_GRACE_S:
                 self.close_pipe(num)  # a background child holds the pipe open but is silent
-            elif now - self.exited_at > EXIT_DRAIN_MAX_S and can_send:
+            elif (now - self.exited_at > EXIT_DRAIN_MAX_S and can_send
+                  and self.read_after_exit.get(num, 0) > self.held_at_exit.get(num, 0)):
                 self.close_pipe(num)  # a background child keeps writing after the shell exited
         return not self.pipes
 
@@ -151,6 +157,7 @@ class Command:
         """Collect the shell's exit status once it is gone."""
         if self.exited_at is None and self.proc.poll() is not None:
             self.exited_at = time.monotonic()
+            self.held_at_exit = {num: pending_bytes(fd) for num, fd in self.pipes.items()}
             if self.pidfd is not None:
                 os.close(self.pidfd)
                 self.pidfd = None

@@ -19,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 from zpeer import config, trace
 from zpeer.daemon.enrolment import Enrolment
 from zpeer.daemon.links import Link
+from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
 from zpeer.daemon.peer_table import PeerTable
 from zpeer.daemon.queries import FleetQueries
 from zpeer.daemon.registry import DB_ERRORS
@@ -40,10 +41,13 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 5.0  # last-seen times reach the registry this often (one transaction)
 BIND_RETRY_S = 2.0
-# ZMTP pings from the leader's side only reap the pipes of hosts that vanished without a FIN
-# (liveness is the workers' heartbeats, which the leader answers): they can be rare, and each
-# one costs the leader a wake-up per peer
-LEADER_ZMTP_PING_S = 10.0
+# The kernel's keepalive probes reap the connections of hosts that vanished without a FIN
+# (liveness is the workers' heartbeats, which the leader answers), and a user timeout those
+# whose data stays unacknowledged. Not ZMTP pings: libzmq 4.3's ping timer writes on an engine
+# that handover has left with a read error, and the leader aborts (`!_io_error`,
+# stream_engine_base.cpp; docs/troubleshooting.md)
+LEADER_KEEPALIVE_IDLE_S = 10.0
+KEEPALIVE_PROBES = 3
 SNDHWM = 20000
 RCVHWM = 20000
 AUDIT_TYPES = ("exec", "exit", "error")
@@ -70,6 +74,8 @@ class LeaderLink(Link):
         self.enrolment = Enrolment(self.id, registry, self.table, self.policy)
         self.queries = FleetQueries(self, registry, audit)
         self.limiter = RateLimited()
+        self.pacers = {}  # peer id -> Pacer: our bulk to it (zpeer.daemon.pacing)
+        self.waiting = set()  # peers whose pacer holds bulk
         now = time.monotonic()
         self.next_flush = now + FLUSH_INTERVAL_S
         self.next_sweep = now + self.heartbeat_s
@@ -108,11 +114,33 @@ class LeaderLink(Link):
 
     # --- sending -------------------------------------------------------------------------
     def send(self, peer_id, header, data=None):
-        """Send to a verified peer by its route (an exec with the peer's last stamp, see
-        zpeer.daemon.stamps); False if it cannot take it now."""
+        """Send to a verified peer, its bulk paced; False if it cannot take it now."""
         entry = self.table.live.get(peer_id)
         if entry is None:
             return False
+        pacer = self.pacers.get(peer_id)
+        if pacer is None:
+            return self._put(peer_id, entry, header, data)
+        return self._send_paced(peer_id, pacer, pacer.push(header, data), header)
+
+    def _send_paced(self, peer_id, pacer, ready, header=None):
+        """Send what a peer's pacer released; False if `header` was among them and could not
+        go."""
+        entry = self.table.live.get(peer_id)
+        ok = True
+        for item, data in ready:
+            sent = entry is not None and self._put(peer_id, entry, item, data)
+            if item is header:
+                ok = sent
+        if pacer.queues:
+            self.waiting.add(peer_id)
+        else:
+            self.waiting.discard(peer_id)
+        return ok
+
+    def _put(self, peer_id, entry, header, data):
+        """Put a message on the socket for a verified peer by its route (an exec with the
+        peer's last stamp, see zpeer.daemon.stamps); False if it cannot take it now."""
         route = entry.route
         now = header["tx"] = boot_s()
         if header["t"] == "exec":
@@ -126,6 +154,9 @@ class LeaderLink(Link):
             # marked before: the receiver may run before send() returns
             trace.mark("lead.send", header["t"])
             multipart.send(self.sock, frames, zmq.NOBLOCK)
+            pacer = self.pacers.get(peer_id)
+            if pacer is not None:
+                pacer.handing(frames[1:], time.monotonic())
             return True
         except zmq.ZMQError as exc:
             # EHOSTUNREACH (gone) or EAGAIN (HWM): the peer is not keeping up
@@ -231,10 +262,42 @@ class LeaderLink(Link):
             entry = self.table.admit(peer_id, key, ip, identity, fd, time.monotonic())
             if isinstance(header.get("tx"), (int, float)):
                 entry.tx, entry.tx_at = header["tx"], boot_s()
+            self._new_connection(peer_id, fd)
             log.info("peer %s online from %s (%s)", peer_id, ip, verdict.reason)
         self._send_raw(identity, messages.welcome(header["rid"], verdict.status, self.id,
                                                   self.registry.generation, verdict.reason,
                                                   self.table.beat_s))
+
+    def _new_connection(self, peer_id, fd):
+        """A peer's hello came over a (new) connection: its bulk is paced on that one; what
+        waits for the peer stays queued."""
+        pacer = self.pacers.get(peer_id)
+        if pacer is None:
+            pacer = self.pacers[peer_id] = Pacer()
+        pacer.attach(fd)
+        self._send_paced(peer_id, pacer, pacer.release(time.monotonic()))
+
+    def release_bulk(self, now):
+        """The bulk that has room on its peer's connection now goes."""
+        for peer_id in list(self.waiting):
+            pacer = self.pacers[peer_id]
+            if pacer.due(now):
+                self._send_paced(peer_id, pacer, pacer.release(now))
+
+    def chunk_bytes(self, to):
+        """The output chunk for the hop to peer `to`."""
+        pacer = self.pacers.get(to)
+        return CHUNK_MAX_BYTES if pacer is None else pacer.chunk_bytes()
+
+    def backlogged(self, to):
+        """True while the hop to `to` has bulk waiting."""
+        pacer = self.pacers.get(to)
+        return pacer is not None and pacer.backlogged()
+
+    def _forget_peer(self, peer_id):
+        """A peer left the table: what was queued for it will not leave."""
+        self.pacers.pop(peer_id, None)
+        self.waiting.discard(peer_id)
 
     def _rpc(self, peer_id, header):
         """A worker's RPC: a fleet query, or its audit copy of an exec it ran on itself."""
@@ -281,6 +344,9 @@ class LeaderLink(Link):
                 fd = int(recv_monitor_message(self.monitor)["value"])
             except (zmq.ZMQError, ValueError, KeyError):
                 continue
+            owner = self.table.fds.get(fd)
+            if owner is not None and owner[0] in self.pacers:
+                self.pacers[owner[0]].detach(fd)
             self.table.disconnected(fd)
 
     # --- liveness ------------------------------------------------------------------------
@@ -299,14 +365,18 @@ class LeaderLink(Link):
         gone = self.table.sweep(now)
         for peer_id in gone:
             self.audit.lost_target(peer_id)
+            self._forget_peer(peer_id)
+        for peer_id in [p for p in self.pacers if p not in self.table.live]:
+            self._forget_peer(peer_id)  # dropped (its route taken, say): not coming back
         if now >= self.next_flush:
             self.registry.flush()
             self.next_flush = now + FLUSH_INTERVAL_S
         return gone
 
     def next_deadline(self):
-        """The next sweep."""
-        return self.next_sweep
+        """The next sweep, or sooner a pacer's look at its connection."""
+        retries = [self.pacers[p].next_deadline() for p in self.waiting]
+        return min([self.next_sweep] + [r for r in retries if r is not None])
 
     def check_target(self, peer_id):
         """Raise PeerNotFound / PeerOffline unless a message can go to peer_id now."""
@@ -378,6 +448,7 @@ class LeaderLink(Link):
         result = self.enrolment.revoke(peer_id)
         self.send(peer_id, messages.bye("removed by the leader"))
         self.table.drop(peer_id)
+        self._forget_peer(peer_id)
         self.audit.lost_target(peer_id)
         return result
 
@@ -416,9 +487,12 @@ def _router_socket(ctx, address, public, secret, heartbeat_s):
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
-    ping_s = max(LEADER_ZMTP_PING_S, 10 * heartbeat_s)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, int(ping_s * 1000))
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(ping_s * 3000))
+    idle_s = max(LEADER_KEEPALIVE_IDLE_S, 10 * heartbeat_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, max(1, round(idle_s)))
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, max(1, round(idle_s / KEEPALIVE_PROBES)))
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_PROBES)
+    sock.setsockopt(zmq.TCP_MAXRT, int(idle_s * 2000))  # TCP_USER_TIMEOUT on Linux
     sock.curve_server = True
     sock.curve_publickey, sock.curve_secretkey = public, secret
     try:

@@ -9,7 +9,11 @@ the role.
     adopt(cfg, changed)     apply changed settings in place; False when the link must be rebuilt
     receive()               one message from the socket: (from_peer, header, data) when it is
                             for this node, None when the link dealt with it
-    send_toward(h, data)    send a message on its way to h["to"]; False if it cannot go now
+    send_toward(h, data)    send a message on its way to h["to"] (bulk paced, see
+                            zpeer.daemon.pacing); False if it cannot go now
+    release_bulk(now)       each loop turn: paced bulk that has room now goes
+    chunk_bytes(to)         how much output a target reads into one message for peer `to`
+    backlogged(to)          True while bulk for `to` waits here: read no more output for it
     witness(header)         what this node sends, for the audit
     refusal(to)             the error for a message to `to` that cannot leave now
     precheck(targets)       (target, error) for targets a new exec cannot reach at all
@@ -21,6 +25,7 @@ the role.
     status()                getPeerStatus's fields for this role
     as_leader(), as_worker()  the link itself, or the error for a command of the other role
 """
+from zpeer.daemon.pacing import CHUNK_MAX_BYTES
 from zpeer.errors import NotConfigured, NotLeader
 
 
@@ -54,6 +59,17 @@ class Link:
 
     def witness(self, header):
         """A message this node sends (the audit sees it where it is kept)."""
+
+    def release_bulk(self, now):
+        """Send the paced bulk that has room now (a node with no role paces none)."""
+
+    def chunk_bytes(self, to):
+        """How much output a target reads into one message for peer `to`."""
+        return CHUNK_MAX_BYTES
+
+    def backlogged(self, to):
+        """True while bulk for peer `to` waits on this node."""
+        return False
 
     def refusal(self, to):
         """Why a message for peer `to` cannot leave this node now."""

@@ -123,6 +123,7 @@ class Daemon:
         else:
             self.link = NullLink(self.id)
             log.info("no role configured yet: serving the CLI only")
+        self.targets.hops = self.link  # how much output its targets read, per origin's hop
         self.peers_cache.forget()
 
     def _set_heartbeat(self, heartbeat_s):
@@ -267,6 +268,8 @@ class Daemon:
         while self.local:
             self.handle_peer(*self.local.popleft())
         self.dispatch(self.sessions.wake_pending())
+        if link is self.link:
+            link.release_bulk(time.monotonic())
         self.timers(time.monotonic())
         if self.sessions.verdicts:  # what this node's CLIs were told, for the audit
             for header in self.sessions.take_verdicts():

@@ -77,6 +77,9 @@ class TargetJobs:
         self.pending_kills = []
         self.is_root = os.geteuid() == 0 if run_as_root is None else run_as_root
         self.own = None  # (monotonic expiry, passwd entry, environment) of the daemon's user
+        # the hops output leaves by (the node's link): how much to read for an origin, and
+        # whether its hop has bulk waiting (zpeer.daemon.links)
+        self.hops = None
 
     def handle(self, from_peer, header, data):
         """A channel message for the target side (exec, credit, stdin, cancel, alive from an
@@ -196,8 +199,14 @@ class TargetJobs:
         """(fd, want_write) pairs the loop must poll: output pipes with credit, stdin, pidfds."""
         items = []
         for ch in self.jobs.values():
-            items.extend(ch.cmd.fds_to_poll(ch.output.room() > 0))
+            items.extend(ch.cmd.fds_to_poll(self._may_read(ch)))
         return items
+
+    def _may_read(self, ch):
+        """True if the job's output may be read now: credit from its origin, room on the hop."""
+        if ch.output.room() <= 0:
+            return False
+        return self.hops is None or not self.hops.backlogged(ch.origin)
 
     def on_ready(self, ready):
         """Handle a set of ready fds; returns actions."""
@@ -206,14 +215,14 @@ class TargetJobs:
             cmd = ch.cmd
             closed = False
             for num, fd in list(cmd.pipes.items()):
-                if fd in ready and ch.output.room() > 0:
+                if fd in ready and self._may_read(ch):
                     # a second read when the first drained the pipe: a command's EOF is usually
                     # right behind its last output (one loop turn less for `hostname`)
                     for _ in range(2):
                         before = ch.bytes_out
                         got = self._read(ch, num)
                         out.extend(got)
-                        if (not got or ch.output.room() <= 0
+                        if (not got or not self._may_read(ch)
                                 or ch.bytes_out - before >= READ_CHUNK_BYTES):
                             break
                     closed = closed or num not in cmd.pipes
@@ -254,7 +263,8 @@ class TargetJobs:
     def _read(self, ch, num):
         """Read one chunk (bounded by the channel's credit) of an output stream."""
         cmd = ch.cmd
-        data = cmd.read(num, min(READ_CHUNK_BYTES, ch.output.room()))
+        chunk = READ_CHUNK_BYTES if self.hops is None else self.hops.chunk_bytes(ch.origin)
+        data = cmd.read(num, min(chunk, ch.output.room()))
         if not data:
             return []
         ch.output.sent(len(data))

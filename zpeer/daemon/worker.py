@@ -20,6 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from zpeer import config, trace
 from zpeer.daemon.audit_copies import AuditCopies
 from zpeer.daemon.links import Link
+from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
 from zpeer.daemon.stamps import boot_s, spend, transit_s
 from zpeer.errors import (
     KeyMismatch,
@@ -93,6 +94,7 @@ class WorkerLink(Link):
         self.clock_offset_s = None  # this host's wall clock less the leader's (shown only)
         self.audit_copies = AuditCopies()  # of the jobs this worker runs on itself
         self.leader_acks_audit = False  # a leader from before acknowledgments takes each copy once
+        self.pacer = Pacer()  # our bulk to the leader (zpeer.daemon.pacing)
         self.was_connected = False
 
     def close(self, linger_ms=0):
@@ -154,6 +156,7 @@ class WorkerLink(Link):
             frames = protocol.encode(header, data)
             trace.mark("work.send", header["t"])
             multipart.send(self.sock, frames, zmq.NOBLOCK)
+            self.pacer.handing(frames, time.monotonic())
             return True
         except zmq.ZMQError:
             return False
@@ -199,6 +202,7 @@ class WorkerLink(Link):
                 self.failures = 0
                 if self.state == "key_mismatch":
                     self.state = "connecting"
+                self.pacer.detach()  # a new connection: its fd comes with its first message
                 self.hello()
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
                            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
@@ -215,6 +219,7 @@ class WorkerLink(Link):
                 if self.state != "removed":  # keep the leader's own words when its bye came first
                     self.state, self.reason = "removed", "this peer's key was revoked on the leader"
             elif event == zmq.EVENT_DISCONNECTED:
+                self.pacer.detach(int(message["value"]))
                 if not self.handshake_ok:
                     self._back_off()
                 self.handshake_ok = False
@@ -234,7 +239,12 @@ class WorkerLink(Link):
 
     def receive(self):
         """Read one message; returns (from_peer, header, data) for routed ones, else None."""
-        frames = multipart.recv(self.sock, zmq.NOBLOCK, data_from=2, max_frames=3)
+        # the first message on a connection names its fd, which the pacer watches
+        meta_at = 0 if self.pacer.fd is None else None
+        frames = multipart.recv(self.sock, zmq.NOBLOCK, data_from=2, meta_at=meta_at,
+                                max_frames=3)
+        if meta_at is not None:
+            self._attach(frames[0])
         try:
             header, data = protocol.decode(frames)
         except protocol.ProtocolError as exc:
@@ -348,12 +358,14 @@ class WorkerLink(Link):
         lost = self.was_connected and not up
         if lost:
             log.warning("lost the leader at %s", self.leader_address)
+            self.pacer.clear()
         self.was_connected = up
         return [None] if lost else []
 
     def next_deadline(self):
         """When tick() next has work."""
-        return min(self.next_beat, self.reconnect_at or self.next_beat)
+        return min(self.next_beat, self.reconnect_at or self.next_beat,
+                   self.pacer.next_deadline() or self.next_beat)
 
     # --- what a worker's role does (zpeer.daemon.links) ----------------------------------
     def adopt(self, cfg, changed):
@@ -368,10 +380,40 @@ class WorkerLink(Link):
         return True
 
     def send_toward(self, header, data=None):
-        """Everything goes through the leader; an exec carries the leader's last stamp."""
+        """Everything goes through the leader, bulk paced; an exec carries the leader's last
+        stamp."""
         if header["t"] == "exec" and self.leader_tx is not None:
             header["echo"], header["held"] = self.leader_tx, boot_s() - self.leader_tx_at
-        return self.send(header, data)
+        return self._send_paced(self.pacer.push(header, data), header)
+
+    def _send_paced(self, ready, header=None):
+        """Send what the pacer released; False if `header` was among them and could not go."""
+        ok = True
+        for item, data in ready:
+            sent = self.send(item, data)
+            if item is header:
+                ok = sent
+        return ok
+
+    def _attach(self, frame):
+        """Pace on the connection this frame came over."""
+        try:
+            self.pacer.attach(frame.get(zmq.SRCFD))
+        except zmq.ZMQError:
+            pass
+
+    def release_bulk(self, now):
+        """The bulk that has room on the connection now goes."""
+        if self.pacer.due(now):
+            self._send_paced(self.pacer.release(now))
+
+    def chunk_bytes(self, to):
+        """The output chunk for peer `to`: its hop is the leader's, unless it is this node."""
+        return CHUNK_MAX_BYTES if to == self.id else self.pacer.chunk_bytes()
+
+    def backlogged(self, to):
+        """True while bulk for peer `to` waits on the hop: read no more output for it now."""
+        return to != self.id and self.pacer.backlogged()
 
     def witness(self, header):
         """The leader keeps the audit: an exec this worker runs on itself never crosses it, so

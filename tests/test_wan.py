@@ -1,0 +1,175 @@
+"""Real links: workers behind relays on network namespaces (tests/helpers/netlab.py), with real
+TCP, a kernel token bucket for a slow uplink and a userspace relay for delay.
+
+Each test makes its own namespaces and relays and removes them, and stops every daemon it
+started, by its own handles. They need root and /dev/net/tun (CI has both); elsewhere they are
+skipped with the reason.
+"""
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from helpers import curve_stream, netlab
+from helpers.netlab import LEADER_IP, Lab, in_namespace
+from helpers.nodes import wait_for
+from helpers.wan import LEADER_PORT, WanCluster
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WAN_HEARTBEAT_S = 1.0  # the default: what users run
+SLOW_UPLINK_MBIT = 1
+STREAM_LINES = 120000  # `seq 1 120000`: 763 KB, about 6 s at 1 Mbit/s
+# the promise is 1 s, and so the median; any one probe (a CLI started on a loaded machine) has
+# until well within the silence limit (bench/wan.py measures the latencies)
+PROBE_MAX_S = 3.0
+RTT_ONE_WAY_MS = 50
+
+why_not = netlab.unavailable()
+pytestmark = pytest.mark.skipif(why_not is not None, reason=why_not or "")
+
+
+@pytest.fixture
+def lab():
+    """A fresh lab; every namespace and relay it made is gone afterwards."""
+    with Lab() as made:
+        yield made
+
+
+@pytest.fixture
+def wan(lab, tmp_path):
+    """A cluster on the lab: the leader `vps` only (tests add workers with their links)."""
+    cluster = WanCluster(tmp_path, lab, heartbeat_s=WAN_HEARTBEAT_S)
+    try:
+        cluster.leader()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def seq_bytes(n):
+    """What `seq 1 N` prints."""
+    return "".join(f"{i}\n" for i in range(1, n + 1)).encode()
+
+
+@pytest.mark.timeout(90)
+def test_a_slow_uplink_streams_while_control_and_probes_keep_moving(wan):
+    """A worker on a 1 Mbit/s uplink streams flat out: the stream completes byte-exact, the
+    worker stays online throughout, and a probe to it from another node answers within about
+    a second each time (on aec630a: exit 255 `disconnected mid-command`, probes "did not
+    answer")."""
+    laptop = wan.worker("laptop", uplink_mbit=SLOW_UPLINK_MBIT)
+    desktop = wan.worker("desktop")
+    out_path = os.path.join(str(wan.base), "stream.out")
+    with open(out_path, "wb") as out:
+        stream = subprocess.Popen(wan.vps.command + ["execOnPeer", "--peer", "laptop",
+                                                     "--shellCmd", f"seq 1 {STREAM_LINES}"],
+                                  env=wan.vps.env, stdout=out, stderr=subprocess.PIPE)
+    probes, offline = [], []
+    try:
+        while stream.poll() is None:
+            started = time.monotonic()
+            probe = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo probe")
+            probes.append((time.monotonic() - started, probe.returncode, probe.stdout,
+                           probe.stderr[-300:]))
+            if not wan.online("laptop"):
+                offline.append(time.monotonic())
+        err = stream.stderr.read()
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+        stream.wait(10)
+        stream.stderr.close()
+    assert (stream.returncode, err) == (0, b"")
+    with open(out_path, "rb") as f:
+        assert f.read() == seq_bytes(STREAM_LINES)
+    assert len(probes) >= 3, probes
+    assert [p[1:3] for p in probes] == [(0, b"probe\n")] * len(probes), probes
+    assert max(p[0] for p in probes) < PROBE_MAX_S, probes
+    assert statistics.median(p[0] for p in probes) < 1.0, probes
+    assert offline == []
+    assert laptop.proc.poll() is None
+
+
+@pytest.mark.timeout(90)
+def test_a_stream_through_the_leader_from_a_peer_100ms_away_keeps_near_plain_curvezmq(wan):
+    """5 MB from a peer behind a 100 ms round trip to another peer, through the leader:
+    byte-exact and within a small factor of a plain CurveZMQ stream over the same link (on
+    aec630a: 15x; bench/ measures the ratio)."""
+    laptop = wan.worker("laptop", delay_ms=RTT_ONE_WAY_MS)
+    desktop = wan.worker("desktop")
+    payload = os.urandom(5_000_000)
+    path = os.path.join(str(wan.base), "payload.bin")
+    with open(path, "wb") as f:
+        f.write(payload)
+    baseline_s = curve_stream.baseline_s(wan.lab, laptop.link, len(payload), wan.base)
+    started = time.monotonic()
+    got = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", f"cat {path}", timeout=60)
+    took_s = time.monotonic() - started
+    assert (got.returncode, got.stderr) == (0, b"")
+    assert got.stdout == payload
+    # the CLI's start and the exec's round trip come on top of the stream; a bound a loaded
+    # machine keeps (bench/wan.py measures the ratio)
+    assert took_s < 6 * baseline_s + 2.0, (took_s, baseline_s)
+
+
+@pytest.mark.timeout(120)
+def test_fifty_concurrent_clis_to_a_peer_100ms_away_all_succeed(wan):
+    """50 CLIs at once, 109 KB of output each, to a peer behind a 100 ms round trip: every one
+    exits 0 with its exact bytes (on aec630a: 16-50 of 50 failed "did not answer")."""
+    wan.worker("laptop", delay_ms=RTT_ONE_WAY_MS)
+    desktop = wan.worker("desktop")
+    path = os.path.join(str(wan.base), "out.bin")
+    payload = os.urandom(109_000)
+    with open(path, "wb") as f:
+        f.write(payload)
+    results = [None] * 50
+
+    def run(i):
+        results[i] = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", f"cat {path}",
+                               timeout=90)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(100)
+    failed = [(i, r.returncode, r.stderr[-200:]) for i, r in enumerate(results)
+              if r is None or r.returncode != 0 or r.stdout != payload]
+    assert failed == []
+    wait_for(lambda: wan.online("laptop"), what="laptop to stay online")
+
+
+HANDOVER_CLIENT = os.path.join(HERE, "helpers", "handover_client.py")
+HANDOVER_ROUNDS = 20
+HANDOVER_UPLINK_MBIT = 4
+HANDOVER_MESSAGE_BYTES = 400_000  # 0.8 s at 4 Mbit/s: the new connection's handshake ends first
+OLD_ZMTP_PING_S = 10.0  # aec630a's leader pinged every 10 s: its abort came at the next ping
+
+
+@pytest.mark.timeout(120)
+def test_the_leader_lives_through_routes_taken_back_mid_message(wan, lab):
+    """A connection on a slow uplink hands its route to a new one (a worker's redial) while
+    its message is half-received, then ends with a reset, 20 times: the leader stays alive and
+    answers, past the time of its old ZMTP ping (on aec630a it aborted at that ping: `Assertion
+    failed: !_io_error (src/stream_engine_base.cpp:310)`; reverting the fix fails this test)."""
+    link = lab.link()
+    link.uplink_rate(HANDOVER_UPLINK_MBIT)
+    with open(os.path.join(wan.vps.home, "curve.pub")) as f:
+        leader_key = f.read().strip()
+    started = time.monotonic()
+    client = subprocess.run(
+        [sys.executable, HANDOVER_CLIENT, f"{LEADER_IP}:{LEADER_PORT}", leader_key,
+         str(HANDOVER_ROUNDS), str(HANDOVER_MESSAGE_BYTES)],
+        capture_output=True, text=True, timeout=90, preexec_fn=in_namespace(link.ns))
+    assert wan.vps.proc.poll() is None, f"the leader ended: {wan.vps.proc.returncode}"
+    assert (client.returncode, client.stdout.splitlines()[-1:]) == (0, ["done"]), client.stderr
+    mid_message = client.stdout.count("mid-message")
+    assert mid_message >= HANDOVER_ROUNDS // 2, client.stdout  # the scenario, most of the time
+    # the old engines' timers would fire within their interval: the leader must outlive it
+    while time.monotonic() < started + OLD_ZMTP_PING_S + 2 * WAN_HEARTBEAT_S:
+        assert wan.vps.proc.poll() is None, wan.vps.proc.returncode
+        assert wan.vps.d("listPeers", "--ids").returncode == 0
+    assert wan.vps.proc.poll() is None

@@ -1,0 +1,112 @@
+"""Pacing of bulk data on one hop, so that control never waits behind it.
+
+Everything a node sends on a hop (a worker to its leader, the leader to one peer) shares one TCP
+connection, and a message waits behind every byte queued before it: in libzmq's pipe and in the
+kernel's send buffer. So bulk (the data of "out" and "stdin" messages) is handed to libzmq only
+as far as the hop's connection has room (zpeer.daemon.hop_window: a small multiple of what the
+link carries in a round trip, and about QUEUE_TARGET_S of it unsent); the rest waits here, one
+queue per job, released in turn. Control (heartbeats, credit, cancels, alive, RPCs) goes at
+once and so waits behind about that much bulk, and TCP's own congestion control keeps the link
+full. A job's exit or error waits behind its own queued output, never behind another job's.
+
+The loop looks again at a hop whose bulk waits after about the time its excess takes to leave
+(`retry_at`). A hop whose descriptor is unknown (before the first message on a new connection)
+or is no Linux TCP socket sends bulk unpaced.
+"""
+import time
+from collections import OrderedDict, deque
+
+from zpeer.daemon.hop_window import HopWindow
+
+BULK_TYPES = frozenset({"out", "stdin"})
+BEHIND_OUTPUT = frozenset({"exit", "error"})  # these must not overtake their job's output
+CHUNK_MIN_BYTES = 4 << 10
+CHUNK_MAX_BYTES = 1 << 20
+
+
+class Pacer:
+    """The bulk a node sends on one hop: its queues, released as the hop has room."""
+
+    def __init__(self):
+        self.window = HopWindow()
+        self.queues = OrderedDict()  # job -> deque of (header, data), in turn order
+        self.queued_bytes = 0
+        self.retry_at = None  # when to look again at the connection, while bulk waits
+
+    @property
+    def fd(self):
+        """The hop's connection (None: unknown, bulk goes unpaced)."""
+        return self.window.fd
+
+    def attach(self, fd):
+        """The hop's connection is the one behind fd (a new connection: new fd)."""
+        self.window.attach(fd)
+
+    def detach(self, fd=None):
+        """The connection behind fd (or the hop's, whatever it is) closed."""
+        self.window.detach(fd)
+
+    def handing(self, frames, now):
+        """A message of these frames goes to libzmq for this hop's connection."""
+        self.window.handing(frames, now)
+
+    def chunk_bytes(self):
+        """How much output a target should read into one message for this hop."""
+        if self.window.fd is None:
+            return CHUNK_MAX_BYTES
+        return min(CHUNK_MAX_BYTES, max(CHUNK_MIN_BYTES, self.window.lowat // 2))
+
+    def backlogged(self):
+        """True while a lowat's worth of bulk waits here: its producers should pause."""
+        return self.window.fd is not None and self.queued_bytes >= self.window.lowat
+
+    def push(self, header, data):
+        """Take a message for the hop; returns the ones to send now, in order."""
+        job = header.get("job")
+        mtype = header["t"]
+        if job in self.queues:
+            if mtype not in BULK_TYPES and mtype not in BEHIND_OUTPUT:
+                return [(header, data)]  # credit, cancel, alive overtake
+        elif self.window.fd is None or mtype not in BULK_TYPES or data is None:
+            return [(header, data)]
+        queue = self.queues.get(job)
+        if queue is None:
+            queue = self.queues[job] = deque()
+        queue.append((header, data))
+        self.queued_bytes += len(data) if data is not None else 0
+        return self.release(time.monotonic())
+
+    def release(self, now):
+        """The queued messages the connection has room for now, one job's at a time."""
+        if not self.queues:
+            return []
+        room, self.retry_at = self.window.room(now)
+        out = []
+        while self.queues and (room is None or room > 0):
+            job, queue = next(iter(self.queues.items()))
+            header, data = queue.popleft()
+            if data is not None:
+                n = len(data)
+                self.queued_bytes -= n
+                if room is not None:
+                    room -= n
+            if queue:
+                self.queues.move_to_end(job)
+            else:
+                del self.queues[job]
+            out.append((header, data))
+        return out
+
+    def next_deadline(self):
+        """When to look at the connection again, while bulk waits (None: nothing waits)."""
+        return self.retry_at if self.queues else None
+
+    def due(self, now):
+        """True when bulk waits and it is time to look at the connection again."""
+        return bool(self.queues) and (self.retry_at is None or now >= self.retry_at)
+
+    def clear(self):
+        """The hop is gone: nothing queued will leave."""
+        self.queues.clear()
+        self.queued_bytes = 0
+        self.retry_at = None
