@@ -24,7 +24,8 @@ def test_session_flow_credit_and_finish():
     sessions.on_message("w1", {"t": "out", "job": job, "fd": 1}, b"x" * (window // 2))
     actions = sessions.poll(sid, b"ident", "r1")
     credit = [a for a in actions if type(a) is Send]
-    assert credit[0].header == {"t": "credit", "rid": job, "job": job, "to": "w1", "n": window // 2}
+    assert credit[0].header == {"t": "credit", "rid": job, "job": job, "to": "w1", "n": window // 2,
+                                "total": window // 2}
     reply = [a for a in actions if type(a) is Reply][0].payload
     assert [e[1] for e in reply["events"]] == ["s", "o"] and reply["done"] is False
     assert sessions.on_message("w1", {"t": "exit", "job": job, "rc": 3, "how": "exit"}, None) == []
@@ -106,12 +107,44 @@ def test_target_overrunning_its_credit_is_stopped():
     assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "flow_control"]
 
 
-def test_lost_chunk_fails_the_job():
+def _out(job, seq, data):
+    return {"t": "out", "job": job, "fd": 1, "seq": seq}, data
+
+
+def test_a_chunk_lost_on_the_way_is_taken_from_the_resend_in_order_and_once():
+    """A gap holds what follows it (and the exit) until the target sends the missing chunk
+    again; a chunk that comes twice is taken once; the alive says what was taken."""
     sessions = OriginSessions("me", 1.0)
     sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
     job = actions[0].header["job"]
-    sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 1}, b"a")
-    actions = sessions.on_message("w1", {"t": "out", "job": job, "fd": 1, "seq": 3}, b"c")
+    session = sessions.sessions[sid]
+    sessions.on_message("w1", *_out(job, 1, b"a"))
+    assert sessions.on_message("w1", *_out(job, 4, b"d")) == []  # 2 and 3 are missing: kept
+    exit_header = {"t": "exit", "job": job, "rc": 0, "how": "exit", "seq": 4}
+    assert sessions.on_message("w1", exit_header, None) == []  # held: its output is not all here
+    (alive,) = sessions.keepalives()
+    assert (alive.header["jobs"], alive.header["got"], alive.header["acked"],
+            alive.header["gaps"]) == ([job], [1], [0], {job: [4, [2, 3]]})
+    sessions.on_message("w1", *_out(job, 1, b"a"))  # sent again: already taken
+    sessions.on_message("w1", *_out(job, 3, b"c"))
+    assert session.events[-1][1:] == ["o", b"a"] and session.count["done"] == 0
+    sessions.on_message("w1", *_out(job, 2, b"b"))  # the gap fills: 2, 3, 4 and the exit go on
+    assert sessions.keepalives() == []
+    reply = sessions.poll(sid, b"ident", "r1", wait_s=0)[-1].payload
+    assert [e[1:] for e in reply["events"]] == [["o", b"a"], ["o", b"b"], ["o", b"c"],
+                                                ["o", b"d"], ["x", 0, "exit"]]
+    assert reply["done"] is True
+
+
+def test_a_chunk_that_never_comes_again_fails_the_job_at_the_silence_limit():
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
+    job = actions[0].header["job"]
+    sessions.on_message("w1", *_out(job, 1, b"a"))
+    sessions.on_message("w1", *_out(job, 3, b"c"))
+    later = time.monotonic() + sessions.silence_limit_s + SILENCE_SCAN_S
+    sessions.sessions[sid].jobs["w1"].last_word = later  # the target talks: only the gap is old
+    actions = sessions.on_timer(later)
     assert Send(messages.cancel(job, "w1")) in actions
     assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "output_lost"]
 
@@ -309,7 +342,7 @@ def test_keepalives_name_the_jobs_still_wanted_per_target():
     jobs = {a.header["to"]: a.header["job"] for a in actions}
     sessions.on_message("b", {"t": "exit", "job": jobs["b"], "rc": 0, "how": "exit"}, None)
     assert [a.header for a in sessions.keepalives()] == [messages.alive("a", [jobs["a"]],
-                                                                        "origin")]
+                                                                        "origin", [0], [0])]
 
 
 def test_a_session_whose_cli_died_is_cancelled_and_then_forgotten(monkeypatch):

@@ -101,7 +101,7 @@ def test_bulk_waits_for_room_and_control_overtakes_it(connection):
     first = out("a.0", 1000)
     assert pacer.push(*first) == []
     assert pacer.backlogged() is False and pacer.queued_bytes == 1000
-    credit = messages.credit("a.0", "target", 4096)
+    credit = messages.credit("a.0", "target", 4096, 4096)
     assert pacer.push(credit, None) == [(credit, None)]
     beat = messages.heartbeat()
     assert pacer.push(beat, None) == [(beat, None)]

@@ -232,3 +232,59 @@ def test_a_stopped_jobs_whole_group_ends_also_after_bash_has_exited(jobs, tmp_pa
     wait_for(lambda: (jobs.on_timer(time.monotonic(), 60), not pid_alive(member))[1],
              timeout=5, what="the SIGKILL that follows the grace")
     assert jobs.pending_kills == []
+
+
+def _alive(jobs_got_acked):
+    """An origin's alive naming jobs with what it took and the credit it gave."""
+    ids = [j for j, _, _ in jobs_got_acked]
+    return {"t": "alive", "to": "w1", "jobs": ids, "side": "origin",
+            "got": [g for _, g, _ in jobs_got_acked], "acked": [a for _, _, a in jobs_got_acked]}
+
+
+def test_what_an_origin_lacks_goes_again_until_its_alive_shows_it_has_it(jobs):
+    """Output the origin's alive says it lacks, and the exit, are sent again (once per resend
+    interval); credit lets go of what the origin has; an alive without the job forgets it."""
+    jobs.resend_after_s = 0.0
+    jobs.handle("vps", _exec("chatty", "printf one; sleep 0.2; printf two"), None)
+    sent = _until_done(jobs, with_data=True)
+    outs = [(h["seq"], bytes(d)) for h, d in sent if h["t"] == "out"]
+    assert outs == [(1, b"one"), (2, b"two")]
+    (final,) = [h for h, _ in sent if h["t"] == "exit"]
+    assert final["seq"] == 2
+    assert jobs.keepalives()[0].header["jobs"] == ["chatty"]  # still held: the origin may lack it
+    # the origin took seq 1 and gave credit for it: seq 2 and the exit go again
+    again = jobs.handle("vps", _alive([("chatty", 1, 3)]), None)
+    assert [(a.header["t"], a.header.get("seq"), bytes(a.data or b"")) for a in again] == [
+        ("out", 2, b"two"), ("exit", 2, b"")]
+    # everything taken and counted: only the exit, whose arrival no credit shows
+    again = jobs.handle("vps", _alive([("chatty", 2, 6)]), None)
+    assert [a.header["t"] for a in again] == ["exit"]
+    assert jobs.handle("vps", _alive([]), None) == []  # the origin has its end: let go
+    assert jobs.keepalives() == []
+    assert jobs.handle("vps", _alive([("chatty", 0, 0)]), None) == []
+
+
+def test_nothing_goes_again_before_the_origin_could_have_had_it(jobs):
+    jobs.resend_after_s = 60.0
+    jobs.handle("vps", _exec("chatty", "echo one"), None)
+    _until_done(jobs)
+    assert jobs.handle("vps", _alive([("chatty", 0, 0)]), None) == []
+    jobs.closed.expire(time.monotonic() + 2 * 60.0 + 1)
+    assert jobs.keepalives() == []
+
+
+def test_past_a_gap_only_the_chunks_the_origin_names_go_again(jobs):
+    jobs.resend_after_s = 0.0
+    jobs.handle("vps", _exec("three", "printf a; sleep 0.1; printf b; sleep 0.1; printf c"), None)
+    sent = _until_done(jobs, with_data=True)
+    assert [(h["seq"], bytes(d)) for h, d in sent if h["t"] == "out"] == [(1, b"a"), (2, b"b"),
+                                                                         (3, b"c")]
+    alive = dict(_alive([("three", 0, 0)]), gaps={"three": [3, [1]]})  # it holds 2 and 3
+    again = jobs.handle("vps", alive, None)
+    assert [(a.header["t"], a.header.get("seq")) for a in again] == [("out", 1), ("exit", 3)]
+    alive = dict(_alive([("three", 1, 1)]), gaps={"three": [3, None]})  # too many to name
+    again = jobs.handle("vps", alive, None)
+    assert [(a.header["t"], a.header.get("seq")) for a in again] == [("out", 2), ("out", 3),
+                                                                    ("exit", 3)]
+    malformed = dict(_alive([("three", 1, 1)]), gaps={"three": ["x", 5]}, got=["y"])
+    assert [a.header["t"] for a in jobs.handle("vps", malformed, None)] == ["exit"]

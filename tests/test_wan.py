@@ -173,3 +173,74 @@ def test_the_leader_lives_through_routes_taken_back_mid_message(wan, lab):
         assert wan.vps.proc.poll() is None, wan.vps.proc.returncode
         assert wan.vps.d("listPeers", "--ids").returncode == 0
     assert wan.vps.proc.poll() is None
+
+
+ROAM_LINES = 12
+ROAM_COMMAND = f"for i in $(seq 1 {ROAM_LINES}); do echo line $i; sleep 0.4; done"
+
+
+def listed_ip(cluster, name):
+    """The IP the leader lists for a peer."""
+    import json
+
+    out = cluster.vps.d("listPeers", "--json")
+    assert out.returncode == 0, out
+    return {p["id"]: p["ip"] for p in json.loads(out.stdout)}[name]
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_that_roams_to_a_new_address_keeps_its_command_and_output(wan):
+    """The laptop's address changes while a command prints a line every 0.4 s: the command
+    runs to its end, every line arrives once and in order, exit 0, and listPeers shows the new
+    address (on aec630a: killed, exit 255). Its link goes silent at the move, the worker
+    redials within 2 intervals, and what the old connection lost is sent again."""
+    laptop = wan.worker("laptop")
+    old_ip = laptop.link.address
+    assert listed_ip(wan, "laptop") == old_ip
+    proc = subprocess.Popen(wan.vps.command + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                               ROAM_COMMAND],
+                            env=wan.vps.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"line 1\n"
+        laptop.link.move(3)
+        rest, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    expected = b"".join(b"line %d\n" % i for i in range(2, ROAM_LINES + 1))
+    assert (proc.returncode, rest, err) == (0, expected, b"")
+    new_ip = laptop.link.address
+    assert new_ip != old_ip
+    wait_for(lambda: listed_ip(wan, "laptop") == new_ip, timeout=10, what="the new address")
+    assert wan.online("laptop")
+
+
+OUTAGE_S = 1.8  # under the 3 intervals after which a peer is offline, past the redial at 2
+OUTAGE_LINES = 30
+
+
+@pytest.mark.timeout(60)
+def test_a_link_silent_for_less_than_the_limit_keeps_the_command_and_every_byte(wan):
+    """The laptop's link drops every packet for 1.8 s while a command prints a line every
+    0.2 s: the worker redials, what the old connection lost is sent again, and the output
+    arrives whole, once, in order, exit 0 (on aec630a the redial came with the job's loss)."""
+    laptop = wan.worker("laptop")
+    command = f"for i in $(seq 1 {OUTAGE_LINES}); do echo line $i; sleep 0.2; done"
+    proc = subprocess.Popen(wan.vps.command + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                               command],
+                            env=wan.vps.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for i in (1, 2, 3):
+            assert proc.stdout.readline() == b"line %d\n" % i
+        laptop.link.down()
+        time.sleep(OUTAGE_S)  # the outage itself: how long the link stays silent
+        laptop.link.up()
+        rest, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    expected = b"".join(b"line %d\n" % i for i in range(4, OUTAGE_LINES + 1))
+    assert (proc.returncode, rest, err) == (0, expected, b"")
+    assert wan.online("laptop")

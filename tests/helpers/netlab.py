@@ -120,8 +120,9 @@ class WanLink:
         """The worker's address changes to 10.201.INDEX.NEW_HOST (roaming): the old one is gone
         and its connections go silent, as when a laptop changes networks."""
         new = f"10.201.{self.index}.{new_host}"
-        ip("-n", self.ns, "addr", "add", f"{new}/24", "dev", self.worker_dev)
+        # the old one first: a secondary address of its subnet would go with it
         ip("-n", self.ns, "addr", "del", f"{self.address}/24", "dev", self.worker_dev)
+        ip("-n", self.ns, "addr", "add", f"{new}/24", "dev", self.worker_dev)
         ip("-n", self.ns, "route", "replace", f"{LEADER_IP}/32", "dev", self.worker_dev,
            "src", new)
         self.address = new

@@ -127,8 +127,10 @@ class Daemon:
         self.peers_cache.forget()
 
     def _set_heartbeat(self, heartbeat_s):
-        """The node's heartbeat interval: keepalives, and the silence limit of its sessions."""
+        """The node's heartbeat interval: keepalives, the silence limit of its sessions, and
+        when its targets send again what an origin lacks (zpeer.daemon.resend)."""
         self.heartbeat_s = self.sessions.heartbeat_s = heartbeat_s
+        self.targets.resend_after_s = 2 * heartbeat_s
 
     @property
     def role(self):

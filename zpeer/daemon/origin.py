@@ -21,7 +21,7 @@ from collections import deque
 
 from zpeer.daemon.actions import Reply, Send
 from zpeer.wire import messages
-from zpeer.wire.channel import STDOUT, Credit, Intake
+from zpeer.wire.channel import STDOUT, Credit, Intake, Sequencer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ LOST_WHEN = {"running": "mid-command",
 # how often jobs are checked for silent targets (the limit is seconds): every job on every loop
 # turn would make a fan-out's cost quadratic
 SILENCE_SCAN_S = 0.1
+GAPS_LISTED_MAX = 64  # missing chunks an alive names per job (more: the target sends all again)
 ACTIVE = ("sent", "running")
 
 
@@ -60,7 +61,7 @@ def _pid_alive(pid):
 class OriginJob:
     """One target's channel of a session."""
 
-    __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "seq",
+    __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "order",
                  "doom")
 
     def __init__(self, job, target, window):
@@ -69,7 +70,7 @@ class OriginJob:
         self.sent_at = self.last_word = None
         self.output = Intake(window)  # streams 1 and 2, as this end receives them
         self.stdin = Credit(STDIN_WINDOW_BYTES)  # stream 0, as this end sends it
-        self.seq = 0  # out messages received, to detect a chunk lost in transit
+        self.order = Sequencer()  # its output, taken once and in order
         # (when, code, message, hint): its target was lost while its exec may still start; the
         # failure is said once the exec's ttl has passed (zpeer.daemon.stamps)
         self.doom = None
@@ -233,27 +234,21 @@ class OriginSessions:
             session.move(job, "running")
             session.event([job.target, "s", header["pid"]])
         if mtype in ("out", "exit"):
-            expected = job.seq + (mtype == "out")
-            if header.get("seq", expected) != expected:
-                # a chunk went missing (link flap, full queue): never hand the user silently
-                # cut output
-                session.fail(job, "output_lost", f"Output from {job.target} was lost in transit",
-                             "the link to that peer dropped messages; the command may have "
-                             "completed")
-                return [Send(messages.cancel(job.job, job.target))] + self._wake(session)
-        if mtype == "out" and data is not None:
-            size = len(data)
-            if not job.output.fits(size):
+            if mtype == "out" and not job.output.fits(len(data or b"") + job.order.early_bytes):
                 # a target that ignores its credit would grow our memory without bound: stop it
                 session.fail(job, "flow_control",
                              f"Peer {job.target} sent more output than allowed")
                 return [Send(messages.cancel(job.job, job.target))] + self._wake(session)
-            job.seq += 1
-            job.output.take(size)
-            session.event([job.target, "o" if header["fd"] == STDOUT else "e", data], size)
-        elif mtype == "exit":
-            session.move(job, "done")
-            session.event([job.target, "x", header["rc"], header["how"]])
+            # each chunk once and in order; after a gap (a chunk lost on a redial) the rest
+            # waits for the target to send it again, as our alive asks (zpeer.wire.channel)
+            for ready_header, ready_data in job.order.arrive(header, data, job.last_word):
+                if ready_header["t"] == "out":
+                    self._take_output(session, job, ready_header, ready_data)
+                elif ready_header.get("seq", job.order.taken) != job.order.taken:
+                    return self._output_lost(session, job)  # it counts output never sent
+                else:
+                    session.move(job, "done")
+                    session.event([job.target, "x", ready_header["rc"], ready_header["how"]])
         elif mtype == "stdin_ack":
             job.stdin.acknowledged(header["n"])
             if session.wants_room and session.stdin_room() > 0:
@@ -274,6 +269,23 @@ class OriginSessions:
         # exit arrive together and make one reply, not a reply and another poll
         self.woken[session.sid] = session
         return actions
+
+    @staticmethod
+    def _take_output(session, job, header, data):
+        """A chunk of output in its order: to the CLI's events."""
+        if data is None:
+            return
+        size = len(data)
+        job.output.take(size)
+        session.event([job.target, "o" if header["fd"] == STDOUT else "e", data], size)
+
+    def _output_lost(self, session, job):
+        """A chunk of the job's output is gone for good: never hand the user silently cut
+        output; returns actions."""
+        session.fail(job, "output_lost", f"Output from {job.target} was lost in transit",
+                     "the link to that peer dropped messages; the command may have completed")
+        actions = [Send(messages.cancel(job.job, job.target))] + self._wake(session)
+        return actions + self._launch(session)
 
     def wake_pending(self):
         """Answer the held polls of sessions that got news this turn; returns actions."""
@@ -327,7 +339,8 @@ class OriginSessions:
                 if job and job.state in ACTIVE:
                     grant = job.output.consumed(n)
                     if grant:
-                        actions.append(Send(messages.credit(job.job, job.target, grant)))
+                        actions.append(Send(messages.credit(job.job, job.target, grant,
+                                                            job.output.granted)))
                 if session.raw:  # the received frame's buffer goes out as it is: zero-copy
                     frames.append(event[2])
                     event = [event[0], event[1], len(frames) - 1]
@@ -434,6 +447,9 @@ class OriginSessions:
                 if job.doom is not None and now >= job.doom[0] and job.state in ACTIVE:
                     session.fail(job, *job.doom[1:])
                     actions.extend(self._launch(session))
+                elif job.state in ACTIVE and job.order.gap_since is not None \
+                        and now - job.order.gap_since > limit_s:
+                    actions.extend(self._output_lost(session, job))
                 elif job.state in ACTIVE and now - job.last_word > limit_s:
                     what = "did not answer" if job.state == "sent" else "was lost mid-command"
                     actions.append(Send(messages.cancel(job.job, job.target)))
@@ -477,8 +493,14 @@ class OriginSessions:
         wanted = {}
         for session in self.sessions.values():
             for job in session.active():
-                wanted.setdefault(job.target, []).append(job.job)
-        return [Send(messages.alive(peer, jobs, "origin")) for peer, jobs in wanted.items()]
+                jobs, got, acked, gaps = wanted.setdefault(job.target, ([], [], [], {}))
+                jobs.append(job.job)
+                got.append(job.order.taken)
+                acked.append(job.output.granted)
+                if job.order.gap_since is not None:
+                    gaps[job.job] = [job.order.have(), job.order.missing(GAPS_LISTED_MAX)]
+        return [Send(messages.alive(peer, jobs, "origin", got, acked, gaps or None))
+                for peer, (jobs, got, acked, gaps) in wanted.items()]
 
     def next_deadline(self):
         """Earliest held-poll deadline."""

@@ -19,6 +19,7 @@ from zpeer.daemon import leftovers
 from zpeer.daemon.actions import Send
 from zpeer.daemon.command import RC_CANCELLED, Command
 from zpeer.daemon.process import child_environment, spawn, working_directory
+from zpeer.daemon.resend import Closed, Unacked, wanted_of
 from zpeer.errors import BadRequest, ExitLost, TooLate, ZpeerError
 from zpeer.logsetup import RateLimited
 from zpeer.wire import messages
@@ -38,6 +39,8 @@ EARLY_CANCELS_MAX = 1000
 # "started" message of its own (a short command then sends one message through the leader, not
 # two)
 STARTED_DELAY_S = 0.02
+DEFAULT_RESEND_AFTER_S = 2.0  # twice the default heartbeat
+CLOSED_KEEP_MIN_S = 1.0  # an ended job's end is kept at least this long (zpeer.daemon.resend)
 STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (origin.STDIN_WINDOW_BYTES)
 # a change to the daemon user's passwd entry or /run/user dir is seen this late (each exec would
 # otherwise look both up)
@@ -48,7 +51,7 @@ class TargetChannel:
     """One job this node runs for an origin: the channel's state around its command."""
 
     __slots__ = ("job", "origin", "cmd", "output", "started", "deadline", "bytes_out", "seq",
-                 "last_origin_word", "announce_at", "recorded")
+                 "last_origin_word", "announce_at", "recorded", "unacked")
 
     def __init__(self, job, origin, cmd, timeout_s, credit):
         self.job, self.origin, self.cmd = job, origin, cmd
@@ -60,6 +63,7 @@ class TargetChannel:
         self.last_origin_word = self.started
         self.announce_at = None  # when the target must say "started" at the latest
         self.recorded = False  # its process group is in jobs.journal (zpeer.daemon.leftovers)
+        self.unacked = Unacked()  # output sent and not yet covered by the origin's credit
 
 
 class TargetJobs:
@@ -80,6 +84,10 @@ class TargetJobs:
         # the hops output leaves by (the node's link): how much to read for an origin, and
         # whether its hop has bulk waiting (zpeer.daemon.links)
         self.hops = None
+        self.closed = Closed()  # ended jobs whose origins may lack their end (zpeer.daemon.resend)
+        # what an origin lacks and was sent this long ago goes again (the node sets it from its
+        # heartbeat: an origin's alive comes each interval)
+        self.resend_after_s = DEFAULT_RESEND_AFTER_S
 
     def handle(self, from_peer, header, data):
         """A channel message for the target side (exec, credit, stdin, cancel, alive from an
@@ -101,18 +109,20 @@ class TargetJobs:
                 return [Send(messages.error(job, from_peer, late.to_reply()))]
             return self.start(header, from_peer)
         if mtype == "credit":
-            self.credit(job, header["n"])
+            self.credit(job, header["n"], header.get("total"))
         elif mtype == "stdin":
             return self.stdin(job, bytes(data or b""), header["eof"])
         elif mtype == "cancel":
             self.cancel(job, from_peer)
         elif mtype == "alive":
-            self.alive(from_peer, [j for j in header["jobs"] if isinstance(j, str)])
+            return self.alive(from_peer, wanted_of(header))
         return []
 
     def keepalives(self, extra=None):
         """One alive message per origin listing the jobs we run for it (plus `extra` ones)."""
         jobs = self.jobs_by_origin()
+        for origin, ids in self.closed.by_origin().items():
+            jobs.setdefault(origin, []).extend(ids)
         for origin, job in extra or ():
             jobs.setdefault(origin, []).append(job)
         return [Send(messages.alive(origin, ids, "target")) for origin, ids in jobs.items()]
@@ -272,7 +282,9 @@ class TargetJobs:
         ch.seq += 1
         # its first message says "started" too
         pid = cmd.pid if self._announce(ch) else None
-        return [Send(messages.output(ch.job, ch.origin, num, ch.seq, pid), data)]
+        header = messages.output(ch.job, ch.origin, num, ch.seq, pid)
+        ch.unacked.sent(header, data, time.monotonic())
+        return [Send(header, data)]
 
     @staticmethod
     def _stdin_ack(ch, n):
@@ -298,14 +310,19 @@ class TargetJobs:
         if cmd.proc.status_lost and cmd.how == "exit":
             # never pass a made-up code off as the command's
             lost = ExitLost(f"The exit status of the command on {self.node_id} was lost")
-            return [Send(messages.error(ch.job, ch.origin, lost.to_reply()))]
-        # its first message: the exit says "started" too
-        pid = None
-        if ch.announce_at is not None:
-            ch.announce_at = None
-            pid = cmd.pid
-        return [Send(messages.exit_status(ch.job, ch.origin, rc, cmd.how, ch.bytes_out,
-                                          now - ch.started, ch.seq, pid))]
+            final = Send(messages.error(ch.job, ch.origin, lost.to_reply()))
+        else:
+            # its first message: the exit says "started" too
+            pid = None
+            if ch.announce_at is not None:
+                ch.announce_at = None
+                pid = cmd.pid
+            final = Send(messages.exit_status(ch.job, ch.origin, rc, cmd.how, ch.bytes_out,
+                                              now - ch.started, ch.seq, pid))
+        # until the origin shows it has the end: a link that drops it loses nothing
+        self.closed.keep(ch.job, ch.origin, ch.unacked, final, now,
+                         max(CLOSED_KEEP_MIN_S, 2 * self.resend_after_s))
+        return [final]
 
     def forget_finished(self):
         """Drop the on-disk records of jobs that ended (after their exits left: off the fast
@@ -314,11 +331,13 @@ class TargetJobs:
             self.records.forget(pgid)
         self.finished.clear()
 
-    def credit(self, job, n):
-        """The origin consumed output: allow n more bytes."""
+    def credit(self, job, n, total=None):
+        """The origin consumed output: allow n more bytes (or up to `total` given in all)."""
         ch = self.jobs.get(job)
         if ch:
-            ch.output.acknowledged(n)
+            if not isinstance(total, int):  # an origin that does not count: n is all there is
+                total = ch.unacked.acked + n
+            ch.output.acknowledged(ch.unacked.acknowledge_to(total))
             ch.last_origin_word = time.monotonic()
 
     def stdin(self, job, data, eof):
@@ -357,19 +376,31 @@ class TargetJobs:
             while len(self.early_cancels) > EARLY_CANCELS_MAX:
                 self.early_cancels.popitem(last=False)
 
-    def alive(self, origin, jobs):
-        """The origin still wants these jobs."""
+    def alive(self, origin, wanted):
+        """The origin still wants these jobs: `wanted` maps each to what it says it has
+        (zpeer.daemon.resend.Wanted); returns the output and ends it lacks, again."""
         now = time.monotonic()
-        for job in jobs:
+        out = []
+        for job, has in wanted.items():
             ch = self.jobs.get(job)
             if ch and ch.origin == origin:
                 ch.last_origin_word = now
+                if has.acked is not None:
+                    ch.output.acknowledged(ch.unacked.acknowledge_to(has.acked))
+                again = ch.unacked.due(has, now, self.resend_after_s)
+                if again:
+                    log.info("job %s: %d chunks sent again for %s", job, len(again), origin)
+                out.extend(again)
+        if self.closed.jobs:
+            out.extend(self.closed.on_alive(origin, wanted, now, self.resend_after_s))
+        return out
 
     def on_timer(self, now, origin_timeout_s):
         """Timeouts, SIGKILL escalation, orphaned jobs, and drain grace; returns actions."""
         out = []
         if self.pending_kills and min(self.pending_kills)[0] <= now:
             self._kill_leftover_groups(now)
+        self.closed.expire(now)
         for ch in list(self.jobs.values()):
             cmd = ch.cmd
             if ch.deadline and now >= ch.deadline and cmd.how == "exit":

@@ -1,7 +1,7 @@
 """Worker role: a CURVE DEALER whose identity is `ID/SECRET`, connected to the pinned leader.
 
 It says hello on every (re)connect (seen through the socket monitor), heartbeats every
-interval, notices a silent leader within 3 intervals, and carries RPCs to the leader. libzmq
+interval, redials a leader silent for 2 intervals, and carries RPCs to the leader. libzmq
 reconnects by itself with exponential back-off (RECONNECT_IVL/_MAX) while connecting is refused;
 a connection that dies before its CURVE handshake (leader down behind a TCP forwarder, wrong
 key) would be retried every RECONNECT_IVL forever, so the link backs off itself, with jitter.
@@ -37,6 +37,13 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 5000
 BACKOFF_MAX_S = 5.0  # our own back-off after connections that die before the handshake
 HWM = 20000
+# A link silent this many intervals is redialled, and redialled again every REDIAL_RETRY_S
+# until a connection is up (a fresh SYN, not the kernel's backed-off retry of the last one):
+# the peer is offline for new work after 3, and its jobs (run here or started here) are lost
+# after JOBS_SILENCE_BEATS, as its origins and targets lose them on their own clocks
+REDIAL_SILENCE_BEATS = 2
+REDIAL_RETRY_S = 0.5
+JOBS_SILENCE_BEATS = 4
 AUDIT_TYPES = ("exec", "exit", "error")  # what the leader's audit records of a job
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -81,6 +88,7 @@ class WorkerLink(Link):
         self.retries = 0  # connection attempts that failed (refused, unreachable), ever
         self.reconnect_at = None  # set while the endpoint is down for our back-off
         self.redial_at = 0.0  # a silent link is redialled at most once per silence limit
+        self.redialled_at = None  # the last redial, while no connection is up since
         self.state = "connecting"  # registered | pending | rejected | key_mismatch | removed
         self.reason = ""
         self.handshake_ok = False
@@ -95,7 +103,7 @@ class WorkerLink(Link):
         self.audit_copies = AuditCopies()  # of the jobs this worker runs on itself
         self.leader_acks_audit = False  # a leader from before acknowledgments takes each copy once
         self.pacer = Pacer()  # our bulk to the leader (zpeer.daemon.pacing)
-        self.was_connected = False
+        self.held_jobs = False
 
     def close(self, linger_ms=0):
         """Close the socket and its monitor (queued messages get linger_ms to leave)."""
@@ -199,6 +207,7 @@ class WorkerLink(Link):
                 self.handshake_ok = False
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_ok = True
+                self.redialled_at = None
                 self.failures = 0
                 if self.state == "key_mismatch":
                     self.state = "connecting"
@@ -320,13 +329,33 @@ class WorkerLink(Link):
             self.next_beat += beat_s - self.heartbeat_s
             self.heartbeat_s = float(beat_s)
 
+    def holds_jobs(self, now):
+        """Registered and heard from within JOBS_SILENCE_BEATS intervals: the jobs across the
+        link are kept."""
+        return (self.state == "registered" and self.last_rx is not None
+                and now - self.last_rx <= JOBS_SILENCE_BEATS * self.heartbeat_s)
+
+    def _redial_at(self):
+        """When a silent link is redialled: after REDIAL_SILENCE_BEATS intervals, before its
+        jobs are lost, so that a peer whose address changed (roaming) or whose connection went
+        half-open is back in time to keep them; then every REDIAL_RETRY_S while none is up."""
+        if self.reconnect_at is not None or self.last_rx is None:
+            return None
+        if self.handshake_ok:
+            return max(self.last_rx + REDIAL_SILENCE_BEATS * self.heartbeat_s, self.redial_at)
+        if self.redialled_at is not None and self.holds_jobs(time.monotonic()):
+            return self.redialled_at + REDIAL_RETRY_S
+        return None
+
     def _redial_if_silent(self, now):
-        """A handshaken link silent for 3 intervals may be half-open: drop it and connect again."""
-        limit = 3 * self.heartbeat_s
-        if (self.handshake_ok and self.reconnect_at is None and self.last_rx is not None
-                and now - self.last_rx > limit and now >= self.redial_at):
-            log.warning("leader %s silent for %.1fs: reconnecting", self.leader_address, limit)
-            self.redial_at = now + limit
+        """A link silent for REDIAL_SILENCE_BEATS intervals: connect again (and again)."""
+        redial_at = self._redial_at()
+        if redial_at is not None and now >= redial_at:
+            if self.handshake_ok:
+                log.warning("leader %s silent for %.1fs: reconnecting", self.leader_address,
+                            now - self.last_rx)
+            self.redial_at = now + REDIAL_SILENCE_BEATS * self.heartbeat_s
+            self.redialled_at = now
             self.handshake_ok = False
             try:
                 self.sock.disconnect(self.endpoint)
@@ -336,11 +365,15 @@ class WorkerLink(Link):
 
     def tick(self, now):
         """Heartbeats, re-hello while pending, expired RPCs; returns [None] when the leader was
-        just lost."""
+        just lost (its jobs are)."""
         if self.reconnect_at is not None and now >= self.reconnect_at:
             self.reconnect_at = None
             self.sock.connect(self.endpoint)
-        self._redial_if_silent(now)
+        # messages not read yet (this process was stopped, or busy): the link is not silent,
+        # we are late, and a redial would drop them unread
+        unread = bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        if not unread:
+            self._redial_if_silent(now)
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_s
             if self.handshake_ok and self.state == "registered":
@@ -354,18 +387,22 @@ class WorkerLink(Link):
                 del self.rpcs[rid]
                 callback(None, RequestTimeout("The leader did not answer in time")
                          if self.connected(now) else self.link_error())
-        up = self.connected(now)
-        lost = self.was_connected and not up
+        up = self.holds_jobs(now) or (unread and self.held_jobs)
+        lost = self.held_jobs and not up
         if lost:
             log.warning("lost the leader at %s", self.leader_address)
             self.pacer.clear()
-        self.was_connected = up
+        self.held_jobs = up
         return [None] if lost else []
 
     def next_deadline(self):
         """When tick() next has work."""
+        lost_at = self.next_beat
+        if self.held_jobs and self.last_rx is not None:  # the leader's loss is said on time
+            lost_at = self.last_rx + JOBS_SILENCE_BEATS * self.heartbeat_s + 0.001
         return min(self.next_beat, self.reconnect_at or self.next_beat,
-                   self.pacer.next_deadline() or self.next_beat)
+                   self.pacer.next_deadline() or self.next_beat,
+                   self._redial_at() or self.next_beat, lost_at)
 
     # --- what a worker's role does (zpeer.daemon.links) ----------------------------------
     def adopt(self, cfg, changed):

@@ -46,14 +46,18 @@ Rules every kind of channel keeps:
   - A cancel that overtakes its exec is remembered, and that exec never starts.
   - A target that hears nothing from the origin for the silence limit kills the job; an origin
     that hears nothing from the target fails the channel (zpeer failure, 255).
-  - Output is numbered: a gap in seq (a chunk lost on the way) fails the channel rather than
-    hand the user cut output; output beyond the window given fails it too.
+  - Output is numbered and taken once, in order (`Sequencer`): what comes after a gap (a chunk
+    lost on the way, say by a redial) waits, and the exit with it, while the origin's alive
+    says what it lacks and the target sends that again (zpeer.daemon.resend); a gap that
+    stays for the silence limit fails the channel rather than hand the user cut output.
+    Output beyond the window given fails it too.
   - An exec older than its ttl when it arrives is refused, never run late.
 A kind of work is what the target runs for an open and which of these streams it uses; the
 exec kind (`/bin/bash -c CMD` on pipes) is the one there is.
 """
 
 STDIN, STDOUT, STDERR = 0, 1, 2
+EARLY_CHUNKS_MAX = 1 << 16  # chunks kept past a gap (their bytes are within the window)
 OUTPUT_STREAMS = (STDOUT, STDERR)
 
 
@@ -109,3 +113,67 @@ class Intake:
         grant, self.owed = self.owed, 0
         self.granted += grant
         return grant
+
+
+class Sequencer:
+    """The output of one channel as its receiver takes it: each chunk once, in seq order, the
+    exit after the output it counts; what comes early waits (within the window: the sender
+    never has more unacknowledged)."""
+
+    __slots__ = ("taken", "early", "early_bytes", "held_exit", "gap_since")
+
+    def __init__(self):
+        self.taken = 0  # the last seq taken in order
+        self.early = {}  # seq -> (header, data) that came after a gap
+        self.early_bytes = 0
+        self.held_exit = None  # an exit that came before all the output it counts
+        self.gap_since = None  # since when something is missing
+
+    def arrive(self, header, data, now):
+        """An out or exit came; returns what may be taken now, in order: (header, data)
+        pairs."""
+        seq = header.get("seq")
+        if header["t"] == "exit":
+            if seq is None or seq <= self.taken:
+                return [(header, data)]  # all it counts is here (a bad count is the taker's)
+            self.held_exit = header
+            self.gap_since = self.gap_since or now
+            return []
+        if seq is None:
+            seq = self.taken + 1
+        if seq <= self.taken or seq in self.early:
+            return []  # sent again, and here already
+        if seq > self.taken + 1:
+            if len(self.early) >= EARLY_CHUNKS_MAX:
+                return []  # not kept: it comes again with the rest
+            self.early[seq] = (header, data)
+            self.early_bytes += len(data or b"")
+            self.gap_since = self.gap_since or now
+            return []
+        ready = [(header, data)]
+        self.taken = seq
+        while self.taken + 1 in self.early:
+            self.taken += 1
+            early = self.early.pop(self.taken)
+            self.early_bytes -= len(early[1] or b"")
+            ready.append(early)
+        if self.held_exit is not None and self.held_exit["seq"] <= self.taken:
+            ready.append((self.held_exit, None))
+            self.held_exit = None
+        if not self.early and self.held_exit is None:
+            self.gap_since = None
+        return ready
+
+    def have(self):
+        """The highest seq this end holds (taken or waiting)."""
+        return max(self.early, default=self.taken)
+
+    def missing(self, limit):
+        """Up to `limit` seqs missing below the highest held, or None when there are more."""
+        gaps = []
+        for seq in range(self.taken + 1, self.have()):
+            if seq not in self.early:
+                if len(gaps) == limit:
+                    return None
+                gaps.append(seq)
+        return gaps

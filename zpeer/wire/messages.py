@@ -92,9 +92,10 @@ def output(job, to, stream, seq, pid=None):
     return header
 
 
-def credit(job, to, n):
-    """The origin's reader consumed n bytes of output: the target may send that much more."""
-    return {"t": "credit", "rid": job, "job": job, "to": to, "n": n}
+def credit(job, to, n, total):
+    """The origin's reader consumed n bytes of output: the target may send that much more
+    (`total`: the credit given in all, which a lost credit message cannot change)."""
+    return {"t": "credit", "rid": job, "job": job, "to": to, "n": n, "total": total}
 
 
 def stdin(job, to, eof):
@@ -130,7 +131,15 @@ def error(job, to, err, sender=None):
     return header
 
 
-def alive(to, jobs, side):
+def alive(to, jobs, side, got=None, acked=None, gaps=None):
     """The jobs the sender still holds with `to`: side "origin" (it waits for them) or
-    "target" (it runs them)."""
-    return {"t": "alive", "rid": "alive", "to": to, "jobs": jobs, "side": side}
+    "target" (it runs them). An origin says, per job, the last output seq it took in order
+    (`got`) and all the credit it gave (`acked`), and for a job with a gap (`gaps`) the highest
+    seq it holds and the seqs missing below it (None: too many to name): what the target
+    sends again."""
+    header = {"t": "alive", "rid": "alive", "to": to, "jobs": jobs, "side": side}
+    if got is not None:
+        header["got"], header["acked"] = got, acked
+    if gaps:
+        header["gaps"] = gaps
+    return header
