@@ -149,3 +149,16 @@ def test_intake_refuses_more_than_was_allowed_and_gives_credit_back_in_quarters(
     intake.take(100)
     assert intake.consumed(10) == 0 and intake.consumed(15) == 25
     assert intake.fits(25) and not intake.fits(26)
+
+
+def test_an_older_connection_of_a_verified_peer_is_known_by_its_key_until_it_is_dropped():
+    """After a redial's handover, what comes over the peer's old connection (libzmq renamed its
+    route) is the peer's by its key; a rebound key or a dropped peer is no one's."""
+    table = PeerTable("vps", 1.0)
+    table.admit("laptop", "K1", "10.201.1.2", b"laptop/aa", 5, 0.0)
+    assert table.by_key("K1")[0] == "laptop"
+    assert table.by_key("K2") == (None, None)
+    table.admit("laptop", "K2", "10.201.1.3", b"laptop/bb", 6, 1.0)  # rebound to a new key
+    assert table.by_key("K1") == (None, None) and table.by_key("K2")[0] == "laptop"
+    table.drop("laptop")
+    assert table.by_key("K2") == (None, None)

@@ -6,6 +6,7 @@ started, by its own handles. They need root and /dev/net/tun (CI has both); else
 skipped with the reason.
 """
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_a_slow_uplink_streams_while_control_and_probes_keep_moving(wan):
 def test_a_stream_through_the_leader_from_a_peer_100ms_away_keeps_near_plain_curvezmq(wan):
     """5 MB from a peer behind a 100 ms round trip to another peer, through the leader:
     byte-exact and within a small factor of a plain CurveZMQ stream over the same link (on
-    aec630a: 15x; bench/ measures the ratio)."""
+    aec630a: 15x; bench/wan.py measures the ratio)."""
     laptop = wan.worker("laptop", delay_ms=RTT_ONE_WAY_MS)
     desktop = wan.worker("desktop")
     payload = os.urandom(5_000_000)
@@ -110,9 +111,9 @@ def test_a_stream_through_the_leader_from_a_peer_100ms_away_keeps_near_plain_cur
     took_s = time.monotonic() - started
     assert (got.returncode, got.stderr) == (0, b"")
     assert got.stdout == payload
-    # the CLI's start and the exec's round trip come on top of the stream; a bound a loaded
-    # machine keeps (bench/wan.py measures the ratio)
-    assert took_s < 6 * baseline_s + 2.0, (took_s, baseline_s)
+    # the CLI's start and the exec's round trip come on top of the stream (bench/wan.py: 1.8x
+    # of the baseline with them); a bound a loaded machine keeps
+    assert took_s < 3 * baseline_s + 1.0, (took_s, baseline_s)
 
 
 @pytest.mark.timeout(120)
@@ -145,7 +146,7 @@ def test_fifty_concurrent_clis_to_a_peer_100ms_away_all_succeed(wan):
 HANDOVER_CLIENT = os.path.join(HERE, "helpers", "handover_client.py")
 HANDOVER_ROUNDS = 20
 HANDOVER_UPLINK_MBIT = 4
-HANDOVER_MESSAGE_BYTES = 400_000  # 0.8 s at 4 Mbit/s: the new connection's handshake ends first
+HANDOVER_MESSAGE_BYTES = 500_000  # 1 s at 4 Mbit/s: the new connection's handshake ends first
 OLD_ZMTP_PING_S = 10.0  # aec630a's leader pinged every 10 s: its abort came at the next ping
 
 
@@ -167,7 +168,8 @@ def test_the_leader_lives_through_routes_taken_back_mid_message(wan, lab):
     assert wan.vps.proc.poll() is None, f"the leader ended: {wan.vps.proc.returncode}"
     assert (client.returncode, client.stdout.splitlines()[-1:]) == (0, ["done"]), client.stderr
     mid_message = client.stdout.count("mid-message")
-    assert mid_message >= HANDOVER_ROUNDS // 2, client.stdout  # the scenario, most of the time
+    # the scenario, often (a loaded leader may finish its handshake only after the message)
+    assert mid_message >= HANDOVER_ROUNDS // 4, client.stdout
     # the old engines' timers would fire within their interval: the leader must outlive it
     while time.monotonic() < started + OLD_ZMTP_PING_S + 2 * WAN_HEARTBEAT_S:
         assert wan.vps.proc.poll() is None, wan.vps.proc.returncode
@@ -244,3 +246,27 @@ def test_a_link_silent_for_less_than_the_limit_keeps_the_command_and_every_byte(
     expected = b"".join(b"line %d\n" % i for i in range(4, OUTAGE_LINES + 1))
     assert (proc.returncode, rest, err) == (0, expected, b"")
     assert wan.online("laptop")
+
+
+@pytest.mark.timeout(60)
+def test_a_suspended_laptop_never_runs_a_command_its_cli_was_told_failed(wan, tmp_path):
+    """The laptop is SIGSTOPped (a closed lid); an exec to it from another peer fails with 255
+    after the silence limit, saying it may or may not have run; after SIGCONT the exec that
+    waited in its queue does not start (on aec630a it ran 19.5 s later), and a new one runs
+    once."""
+    laptop = wan.worker("laptop")
+    desktop = wan.worker("desktop")
+    marker = tmp_path / "ran"
+    command = f"echo once >> {marker}"
+    laptop.proc.send_signal(signal.SIGSTOP)
+    try:
+        out = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", command, timeout=30)
+        assert out.returncode == 255 and b"may or may not have run" in out.stderr, out
+    finally:
+        laptop.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: wan.online("laptop"), what="the laptop back online")
+    assert wan.vps.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo probe").stdout \
+        == b"probe\n"
+    assert not marker.exists(), "the command ran after its CLI was told it failed"
+    assert desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", command).returncode == 0
+    assert marker.read_text() == "once\n"

@@ -3,7 +3,7 @@
     python handover_client.py ADDRESS:PORT SERVER_PUBLIC_KEY ROUNDS BYTES
 
 Each round a CurveZMQ DEALER sends one message of BYTES over a slow uplink; once the kernel has
-seen a third of it acknowledged, a second DEALER with the same routing identity connects (the
+seen a quarter of it acknowledged, a second DEALER with the same routing identity connects (the
 leader's ROUTER_HANDOVER gives it the route), and the first one's message still arrives whole.
 That is what a worker that redials on a slow link does. Then the first connection ends with a
 reset (a process killed, a NAT that forgot it). Prints "round N" after each, "done" at the end.
@@ -80,7 +80,7 @@ def one_round(ctx, endpoint, server_key, number, size):
     first.connect(endpoint)
     fd = wait_event(monitor, zmq.EVENT_CONNECTED, deadline)
     first.send(b"z" * size)
-    wait_acked(fd, size // 3, deadline)
+    wait_acked(fd, size // 4, deadline)
     second = dealer(ctx, identity, server_key)
     second_monitor = second.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     second.connect(endpoint)

@@ -36,7 +36,7 @@ RATE_WINDOW_S = 1.0  # the rate is the best the kernel measured busy within this
 BASE_QUIET_S = 0.05  # an idle connection this long: libzmq's count starts again (no drift)
 QUEUEING_RTTS, QUEUEING_SLACK_S = 2, 0.005  # a round trip beyond this: a queue builds
 GROW_INTERVAL_MIN_S = 0.01
-GROWTH = 2  # per round trip while nothing queues, as TCP's slow start
+GROWTH = 3  # per round trip while nothing queues, near BBR startup (2.89)
 
 
 class HopWindow:
@@ -52,6 +52,7 @@ class HopWindow:
         self.handed_at = 0.0
         self.grown_at = 0.0  # when the limits last grew
         self.last_bulk_at = 0.0
+        self.rate = 0  # bytes per second, as the kernel last measured it
 
     def attach(self, fd):
         """The hop's connection is the one behind fd (a new connection: new fd)."""
@@ -89,12 +90,15 @@ class HopWindow:
             self.handed, self.written_base = 0, state.written
         in_libzmq = max(0, self.handed - (state.written - self.written_base))
         room = min(self.lowat - state.notsent, self.cap - state.queued) - in_libzmq
-        if room > 0:
-            return room, None
-        # about when the excess has left, at the rate the kernel last measured
-        rate = state.delivery_rate or MIN_LOWAT_BYTES / QUEUE_TARGET_S
+        self.rate = state.delivery_rate
+        return room, (None if room > 0 else self.retry_at(now, room))
+
+    def retry_at(self, now, room):
+        """When to look again at a connection `room` bytes short (0 or less): about when the
+        excess has left, at the rate the kernel last measured."""
+        rate = self.rate or MIN_LOWAT_BYTES / QUEUE_TARGET_S
         wait_s = (1 - room) / rate
-        return room, now + min(RETRY_MAX_S, max(RETRY_MIN_S, wait_s))
+        return now + min(RETRY_MAX_S, max(RETRY_MIN_S, wait_s))
 
     def _follow(self, state, now):
         """Keep lowat and cap with what the kernel measures of the connection."""

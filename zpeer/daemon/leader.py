@@ -205,6 +205,11 @@ class LeaderLink(Link):
                 self.registry.note_error(exc)
             return None
         entry = self.table.verified(peer_id, key, identity)
+        if entry is None and identity[:1] == b"\0":
+            # libzmq named the route: a newer connection took the peer's own (a redial), and
+            # what was on its way over this one still counts
+            owner, entry = self.table.by_key(key)
+            peer_id = owner or peer_id
         if entry is None:
             self._unverified(identity, peer_id, key, header)
             return None

@@ -95,6 +95,8 @@ class Pacer:
             else:
                 del self.queues[job]
             out.append((header, data))
+        if self.queues and self.retry_at is None:  # the room is spent: look again when it is back
+            self.retry_at = self.window.retry_at(now, room)
         return out
 
     def next_deadline(self):

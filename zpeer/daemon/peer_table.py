@@ -39,6 +39,7 @@ class PeerTable:
     def __init__(self, own_id, heartbeat_s):
         self.own_id = own_id
         self.live = {}  # peer id -> Entry
+        self.keys = {}  # CURVE key -> peer id, of the entries in live
         self.fds = {}  # socket fd -> (peer id, route) of the connection a verified hello came over
         self.heartbeat_s = heartbeat_s
         self.beat_s = heartbeat_s  # the interval workers are told (stretched for big fleets)
@@ -46,7 +47,11 @@ class PeerTable:
 
     def admit(self, peer_id, key, ip, route, fd, now):
         """A peer's hello was accepted on this connection: it is online from here; its entry."""
+        previous = self.live.get(peer_id)
+        if previous is not None:
+            self.keys.pop(previous.key, None)
         entry = self.live[peer_id] = Entry(key, ip, now, route, fd)
+        self.keys[key] = peer_id
         if fd is not None:
             self.fds[fd] = (peer_id, route)
         return entry
@@ -58,6 +63,16 @@ class PeerTable:
             return None
         return entry
 
+    def by_key(self, key):
+        """(peer id, entry) of the verified peer this key is bound to, or (None, None): what
+        comes over a peer's older connection, whose route a newer one took (handover), is
+        still the peer's (CURVE proved the key)."""
+        peer_id = self.keys.get(key)
+        entry = self.live.get(peer_id) if peer_id is not None else None
+        if entry is None or entry.key != key:
+            return None, None
+        return peer_id, entry
+
     def route_of(self, peer_id):
         """The routing identity to send to a verified peer by, or None."""
         entry = self.live.get(peer_id)
@@ -68,6 +83,7 @@ class PeerTable:
         entry = self.live.pop(peer_id, None)
         if entry is not None:
             self.fds.pop(entry.fd, None)
+            self.keys.pop(entry.key, None)
 
     def disconnected(self, fd):
         """The connection behind fd closed: its peer is offline for new work at once."""

@@ -18,6 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, trace
+from zpeer.daemon import tcp_state
 from zpeer.daemon.audit_copies import AuditCopies
 from zpeer.daemon.links import Link
 from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
@@ -347,10 +348,23 @@ class WorkerLink(Link):
             return self.redialled_at + REDIAL_RETRY_S
         return None
 
+    def _leader_host_answers(self):
+        """True if the leader's kernel has acknowledged all we wrote (our last heartbeat too):
+        the path works and its daemon is only slow, which a new connection would not mend."""
+        state = tcp_state.read(self.pacer.fd)
+        return state is not None and state.unacked == 0 and state.notsent == 0
+
     def _redial_if_silent(self, now):
-        """A link silent for REDIAL_SILENCE_BEATS intervals: connect again (and again)."""
+        """A link silent for REDIAL_SILENCE_BEATS intervals: connect again (and again). Before
+        the silence limit only if the path itself is silent (a roamed address, a dead route):
+        a redial's own gap would make a slow leader lose us."""
         redial_at = self._redial_at()
         if redial_at is not None and now >= redial_at:
+            limit_at = self.last_rx + JOBS_SILENCE_BEATS * self.heartbeat_s
+            if self.handshake_ok and now < limit_at - self.heartbeat_s \
+                    and self._leader_host_answers():
+                self.redial_at = limit_at - self.heartbeat_s  # the old rule: at 3 intervals
+                return
             if self.handshake_ok:
                 log.warning("leader %s silent for %.1fs: reconnecting", self.leader_address,
                             now - self.last_rx)
