@@ -12,6 +12,7 @@ for delay), real TCP between them, all removed afterwards. Rows, medians over th
   leader, against a plain CurveZMQ stream over the same link.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,60 +44,59 @@ def seq_bytes(n):
     return "".join(f"{i}\n" for i in range(1, n + 1)).encode()
 
 
-def slow_uplink_run(base):
-    """One stream over a 1 Mbit/s uplink with probes alongside; (stream s, curve s, probes)."""
+@contextlib.contextmanager
+def lab_cluster(base, **laptop_link):
+    """A lab with a leader, a laptop behind the link asked for and a desktop behind a plain
+    one: (lab, cluster, laptop, desktop); all of it stopped and removed afterwards."""
     with netlab.Lab() as lab:
         cluster = WanCluster(base, lab, heartbeat_s=HEARTBEAT_S)
         try:
             cluster.leader()
-            laptop = cluster.worker("laptop", uplink_mbit=SLOW_UPLINK_MBIT)
-            desktop = cluster.worker("desktop")
-            expected = seq_bytes(STREAM_LINES)
-            curve_s = curve_stream.baseline_s(lab, laptop.link, len(expected), base)
-            started = time.monotonic()
-            stream = subprocess.Popen(
-                cluster.vps.command + ["execOnPeer", "--peer", "laptop", "--shellCmd",
-                                       f"seq 1 {STREAM_LINES}"],
-                env=cluster.vps.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            probes = []
-            reader = _Reader(stream.stdout)
-            while stream.poll() is None:
-                probe_started = time.monotonic()
-                probe = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo probe")
-                if probe.returncode == 0:
-                    probes.append(time.monotonic() - probe_started)
-            took_s = time.monotonic() - started
-            got = reader.join()
-            if stream.returncode != 0 or got != expected:
-                raise RuntimeError(f"the stream failed: rc {stream.returncode}, "
-                                   f"{len(got)} of {len(expected)} bytes")
-            return took_s, curve_s, probes
+            yield lab, cluster, cluster.worker("laptop", **laptop_link), cluster.worker("desktop")
         finally:
             cluster.stop()
+
+
+def slow_uplink_run(base):
+    """One stream over a 1 Mbit/s uplink with probes alongside; (stream s, curve s, probes)."""
+    with lab_cluster(base, uplink_mbit=SLOW_UPLINK_MBIT) as (lab, cluster, laptop, desktop):
+        expected = seq_bytes(STREAM_LINES)
+        curve_s = curve_stream.baseline_s(lab, laptop.link, len(expected), base)
+        started = time.monotonic()
+        stream = subprocess.Popen(
+            cluster.vps.command + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                   f"seq 1 {STREAM_LINES}"],
+            env=cluster.vps.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        probes = []
+        reader = _Reader(stream.stdout)
+        while stream.poll() is None:
+            probe_started = time.monotonic()
+            probe = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", "echo probe")
+            if probe.returncode == 0:
+                probes.append(time.monotonic() - probe_started)
+        took_s = time.monotonic() - started
+        got = reader.join()
+        if stream.returncode != 0 or got != expected:
+            raise RuntimeError(f"the stream failed: rc {stream.returncode}, "
+                               f"{len(got)} of {len(expected)} bytes")
+        return took_s, curve_s, probes
 
 
 def relay_run(base):
     """5 MB from a peer 100 ms away through the leader; (zpeer s, curve s)."""
-    with netlab.Lab() as lab:
-        cluster = WanCluster(base, lab, heartbeat_s=HEARTBEAT_S)
-        try:
-            cluster.leader()
-            laptop = cluster.worker("laptop", delay_ms=RELAY_ONE_WAY_MS)
-            desktop = cluster.worker("desktop")
-            payload = os.urandom(RELAY_BYTES)
-            path = os.path.join(str(base), "payload.bin")
-            with open(path, "wb") as f:
-                f.write(payload)
-            curve_s = curve_stream.baseline_s(lab, laptop.link, len(payload), base)
-            started = time.monotonic()
-            got = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", f"cat {path}",
-                            timeout=120)
-            took_s = time.monotonic() - started
-            if got.returncode != 0 or got.stdout != payload:
-                raise RuntimeError(f"the relay failed: rc {got.returncode}")
-            return took_s, curve_s
-        finally:
-            cluster.stop()
+    with lab_cluster(base, delay_ms=RELAY_ONE_WAY_MS) as (lab, _, laptop, desktop):
+        payload = os.urandom(RELAY_BYTES)
+        path = os.path.join(str(base), "payload.bin")
+        with open(path, "wb") as f:
+            f.write(payload)
+        curve_s = curve_stream.baseline_s(lab, laptop.link, len(payload), base)
+        started = time.monotonic()
+        got = desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", f"cat {path}",
+                        timeout=120)
+        took_s = time.monotonic() - started
+        if got.returncode != 0 or got.stdout != payload:
+            raise RuntimeError(f"the relay failed: rc {got.returncode}")
+        return took_s, curve_s
 
 
 class _Reader:

@@ -82,7 +82,8 @@ complete -c d -n '__fish_seen_subcommand_from getPeerStatus' -s h -l help -d 'Sh
 
 # registerWorker
 complete -c d -n '__fish_seen_subcommand_from registerWorker' -l id -x -d 'Peer id (default: this host\'s name).'
-complete -c d -n '__fish_seen_subcommand_from registerWorker' -l token -x -d 'Join token from `d joinToken` on the leader (accepted at once).'
+complete -c d -n '__fish_seen_subcommand_from registerWorker' -l token -x -d 'Join token from `d joinToken` on the leader (accepted at once); `-`...'
+complete -c d -n '__fish_seen_subcommand_from registerWorker' -l token-file -F -d 'Read the join token from FILE (it then never stands in the process ...'
 complete -c d -n '__fish_seen_subcommand_from registerWorker' -l leader -x -d 'Leader address (default: the token\'s).'
 complete -c d -n '__fish_seen_subcommand_from registerWorker' -l leader-key -x -d 'Leader public key when enrolling without a token.'
 complete -c d -n '__fish_seen_subcommand_from registerWorker' -l source-ip -x -d 'Local address to connect from.'
@@ -90,6 +91,8 @@ complete -c d -n '__fish_seen_subcommand_from registerWorker' -s h -l help -d 'S
 
 # joinToken
 complete -c d -n '__fish_seen_subcommand_from joinToken' -l ttl -x -d 'How long the token can be used (once).'
+complete -c d -n '__fish_seen_subcommand_from joinToken' -l id -x -d 'The one peer id the token may enrol.'
+complete -c d -n '__fish_seen_subcommand_from joinToken' -l replace -d 'With --id: the token may rebind that id, already accepted, to a new...'
 complete -c d -n '__fish_seen_subcommand_from joinToken' -s h -l help -d 'Show this message and exit.'
 
 # listPeers

@@ -203,3 +203,29 @@ def test_the_history_says_what_a_fan_outs_cli_said_for_each_peer(cluster):
                              and r["rc"] is not None] or None, what="the fan-out's rows")
     seen = sorted((r["target"], r["rc"], r["outcome"]) for r in rows)
     assert seen == [("desktop", 0, "exit"), ("laptop", 255, "peer_offline"), ("vps", 0, "exit")]
+
+
+def test_the_audit_records_the_user_the_kernel_names_not_the_one_a_client_claims(cluster):
+    """On aec630a the audit's local user was whatever the CLI said (a `--group` member could be
+    recorded as `alice`): the daemon asks the kernel who is on the other end of the socket."""
+    import pwd
+
+    from zpeer.wire.ipc import Client
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    client = Client(cluster.desktop.home)
+    try:
+        reply = client.call("exec_open", targets=["laptop"], cmd="echo claimed", dir=None,
+                            user=None, timeout=None, exclude=[], batch=0, stdin=False,
+                            pid=os.getpid(), ouser="alice", wait_s=0, raw=False)
+        sid = reply["sid"]
+        while not reply.get("done"):
+            reply = client.call("exec_poll", sid=sid, wait_s=1.0, raw=False)
+    finally:
+        client.close()
+
+    def row():
+        rows = [r for r in history(cluster.vps) if r["command"] == "echo claimed"]
+        return rows[0] if rows and rows[0]["rc"] is not None else None
+
+    assert wait_for(row, what="the audit row")["user"] == me != "alice"

@@ -176,3 +176,55 @@ def test_registering_while_the_local_daemon_is_down_says_it_registers_when_it_st
     node.start()
     wait_for(lambda: c.online("tablet"), timeout=10,
              what="tablet registered once its daemon started")
+
+
+def test_a_token_given_on_stdin_or_in_a_file_never_stands_in_the_process_list(empty_cluster,
+                                                                               tmp_path):
+    """On aec630a `registerWorker --token` put the token in /proc/PID/cmdline, where a local
+    user used it first: `--token -` reads it from stdin, `--token-file FILE` from a file; a
+    missing, empty or doubled one is a usage error (2) that changes nothing."""
+    c = empty_cluster
+    c.leader()
+    tablet = c.worker("tablet", "127.0.0.6", register=False)
+    token_file = tmp_path / "zpeer.token"
+    for args, why in (((), "No join token given: stdin (--token -) is empty"),
+                      (("--token-file", str(token_file)),
+                       f"Cannot read --token-file {token_file}: No such file or directory")):
+        out = tablet.d("registerWorker", "--id", "tablet", *(args or ("--token", "-")),
+                       input=b"", check=2)
+        assert out.stderr.decode().splitlines()[0] == why
+    token_file.write_text("\n")
+    out = tablet.d("registerWorker", "--token-file", str(token_file), check=2)
+    assert out.stderr.decode().splitlines()[0] == \
+        f"No join token given: --token-file {token_file} is empty"
+    out = tablet.d("registerWorker", "--token", "x", "--token-file", str(token_file), check=2)
+    assert out.stderr.decode().splitlines()[0] == \
+        "Give the join token once: --token or --token-file, not both"
+    assert not c.online("tablet")
+    out = tablet.d("registerWorker", "--id", "tablet", "--token", "-", "--source-ip", "127.0.0.6",
+                   input=(c.token() + "\n").encode(), check=0)
+    assert out.stdout.startswith(b"Registered: tablet is a worker of ")
+    laptop = c.worker("laptop", "127.0.0.4", register=False)
+    token_file.write_text(c.token() + "\n")
+    out = laptop.d("registerWorker", "--id", "laptop", "--token-file", str(token_file),
+                   "--source-ip", "127.0.0.4", check=0)
+    assert out.stdout.startswith(b"Registered: laptop is a worker of ")
+    wait_for(lambda: c.online("tablet") and c.online("laptop"), what="both enrolled")
+
+
+def test_a_token_made_for_an_id_enrols_that_id_only(empty_cluster):
+    c = empty_cluster
+    c.leader()
+    out = c.vps.d("joinToken", "--replace", check=2)
+    assert out.stderr.decode().splitlines()[0] == \
+        "--replace needs --id ID: a token rebinds the one id it is for"
+    for_nas = c.vps.d("joinToken", "--id", "nas", check=0).stdout.decode().strip()
+    tablet = c.worker("tablet", "127.0.0.6", register=False)
+    out = tablet.d("registerWorker", "--id", "tablet", "--token", "-", "--source-ip", "127.0.0.6",
+                   input=(for_nas + "\n").encode(), check=255)
+    assert out.stderr.decode().startswith("Refused by the leader: join token refused: token is "
+                                          "for peer nas")
+    nas = c.worker("nas", "127.0.0.5", register=False)
+    out = nas.d("registerWorker", "--id", "nas", "--token", "-", "--source-ip", "127.0.0.5",
+                input=(for_nas + "\n").encode(), check=0)
+    assert out.stdout.startswith(b"Registered: nas is a worker of ")

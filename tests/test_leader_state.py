@@ -106,6 +106,17 @@ def test_revocation_refuses_the_key_and_the_leader_itself_cannot_be_removed(enro
         e.revoke("laptop")
     with pytest.raises(ZpeerError, match="The leader cannot remove itself"):
         e.revoke("vps")
+    # a hello with the revoked key (on a connection still open, with a fresh token) changes
+    # nothing: on aec630a it turned the row pending and the token re-enrolled the key
+    token, secret_hash = keys.make_token("127.0.0.1:3520", "x" * 40)
+    registry.add_token(secret_hash, 60)
+    secret = keys.parse_token(token)["secret"]
+    for header in (hello(), hello(token=secret), hello("other", token=secret)):
+        verdict = e.on_hello(ROUTE, header["id"], "K", "127.0.0.4", header)
+        assert (verdict.status, verdict.step) == ("rejected", "revoked")
+    assert registry.get("laptop").status == "removed" and registry.get("other") is None
+    registry.upsert("laptop", key="K-new", status="accepted")  # the id enrolled again, anew
+    assert "K" in registry.revoked_keys()  # the old key stays revoked for the next leader
 
 
 def test_the_table_knows_who_is_online_until_silence_or_a_closed_connection():
@@ -162,3 +173,56 @@ def test_an_older_connection_of_a_verified_peer_is_known_by_its_key_until_it_is_
     assert table.by_key("K1") == (None, None) and table.by_key("K2")[0] == "laptop"
     table.drop("laptop")
     assert table.by_key("K2") == (None, None)
+
+
+def test_accept_refuses_to_guess_when_more_than_one_key_asked_under_an_id(enrolment):
+    """On aec630a an attacker's hellos as `nas` every 5 ms made `d acceptPeer nas` bind the
+    attacker's key: with several keys asking, acceptPeer lists them and wants --key, which may
+    pick any of them, not only the last."""
+    e, registry, _ = enrolment
+    e.on_hello(ROUTE, "laptop", "Kreal", "127.0.0.4", hello())
+    e.on_hello(ROUTE, "laptop", "Kevil", "127.0.0.66", hello())
+    with pytest.raises(BadRequest, match=r"More than one key asked to join as laptop: Kreal "
+                                         r"\(from 127.0.0.4\), Kevil \(from 127.0.0.66\)"):
+        e.accept("laptop")
+    assert registry.get("laptop").status == "pending"
+    result, route = e.accept("laptop", key="Kre")
+    assert result == {"id": "laptop", "status": "accepted"} and route is None
+    row = registry.get("laptop")
+    assert (row.key, row.ip, row.status) == ("Kreal", "127.0.0.4", "accepted")
+    assert "Kevil" not in e.policy.revoked  # it was never bound: nothing to revoke
+
+
+def _token(registry, bound_id=None, replace=False):
+    token, secret_hash = keys.make_token("127.0.0.1:3520", "x" * 40)
+    registry.add_token(secret_hash, 60, bound_id, replace)
+    return keys.parse_token(token)["secret"]
+
+
+def test_a_token_enrols_only_its_id_and_rebinds_an_accepted_one_only_when_made_to(enrolment):
+    """On aec630a a token read from another user's process list took over the accepted id
+    `laptop` (a token bound any id to any key): a token made with --id enrols that id only, and
+    none rebinds an accepted id to another key unless made with --id ID --replace."""
+    e, registry, table = enrolment
+    registry.upsert("laptop", key="K1", status="accepted")
+    table.admit("laptop", "K1", "127.0.0.4", ROUTE, None, time.monotonic())
+    nas_only = _token(registry, "nas")
+    verdict = e.on_hello(ROUTE, "laptop", "K1", "127.0.0.4", hello(token=nas_only))
+    assert verdict.step == "known"  # its own key: the token is not even looked at
+    mallory = b"mallory/" + b"1" * 32
+    verdict = e.on_hello(mallory, "mallory", "KM", "127.0.0.66", hello("mallory", nas_only))
+    assert verdict[:2] == ("rejected", "join token refused: token is for peer nas")
+    plain = _token(registry)
+    verdict = e.on_hello(b"laptop/" + b"9" * 32, "laptop", "KM", "127.0.0.66",
+                         hello(token=plain))
+    assert verdict[:2] == ("rejected", "join token refused: peer id laptop is bound to another "
+                                       "key (a token from `d joinToken --id laptop --replace` "
+                                       "rebinds it)")
+    assert registry.get("laptop").key == "K1" and table.route_of("laptop") == ROUTE
+    verdict = e.on_hello(b"tablet/" + b"1" * 32, "tablet", "KT", "127.0.0.6",
+                         hello("tablet", plain))  # still unused: it enrols a new id
+    assert verdict.status == "accepted" and registry.get("tablet").key == "KT"
+    replace = _token(registry, "laptop", replace=True)
+    verdict = e.on_hello(ROUTE, "laptop", "K2", "127.0.0.9", hello(token=replace))
+    assert verdict.status == "accepted" and registry.get("laptop").key == "K2"
+    assert "K1" in e.policy.revoked and table.route_of("laptop") is None  # the old one is out

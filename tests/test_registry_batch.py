@@ -275,3 +275,33 @@ def test_a_small_history_limit_is_kept_closely_and_history_never_shows_more(tmp_
     assert [r.job for r in reg.history(limit=100)] == [f"j{i:06d}" for i in (6, 5, 4, 3, 2)]
     assert len(_kept(reg)) == 5
     reg.close()
+
+
+def _exec_header(job, to, cmd):
+    return {"t": "exec", "job": job, "to": to, "cmd": cmd, "dir": None, "ouser": "root"}
+
+
+def test_a_peer_cannot_rewrite_another_peers_history_row(tmp_path):
+    """On aec630a a compromised worker hid a command (its row turned into `uptime`, rc 0),
+    turned an `exit 7` into rc 0 and replaced another peer's row: exits and errors now count
+    only from the job's target (or the leader itself), and another origin's exec under a known
+    job id is a row of its own, in one flush or across flushes."""
+    reg = Audited(str(tmp_path / "z.db"))
+    reg.observe("vps", _exec_header("j1", "laptop", "exit 7"))
+    reg.observe("mallory", _exec_header("j1", "laptop", "uptime"))  # the same id, queued
+    reg.observe("mallory", {"t": "exit", "job": "j1", "to": "vps", "rc": 0, "how": "exit"})
+    reg.flush(force=True)
+    reg.observe("mallory", _exec_header("j1", "mallory", "uptime"))  # written: still its own
+    reg.observe("mallory", {"t": "exit", "job": "j1", "to": "vps", "rc": 0, "how": "exit"})
+    reg.observe("mallory", {"t": "error", "job": "j1", "to": "vps", "err": {"err": "made_up"}})
+    reg.flush(force=True)
+    assert _rows(reg) == [("j1", None, None, "exit 7"), ("j1@mallory", None, None, "uptime")]
+    reg.observe("laptop", {"t": "exit", "job": "j1", "to": "vps", "rc": 7, "how": "exit"})
+    reg.flush(force=True)
+    assert _rows(reg)[0] == ("j1", 7, "exit", "exit 7")  # from its target
+    reg.observe("vps", _exec_header("j2", "laptop", "true"))
+    reg.observe("vps", {"t": "error", "job": "j2", "to": "vps", "err": {"err": "peer_offline"}},
+                trusted=True)
+    reg.flush(force=True)
+    assert _rows(reg)[2] == ("j2", 255, "peer_offline", "true")  # what the leader's CLI was told
+    reg.close()

@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import msgpack
+import pytest
 import zmq
 from helpers.nodes import d_command, wait_for
 from zmq.utils.monitor import recv_monitor_message
@@ -38,9 +39,9 @@ def exec_header(to, cmd, job="evil.0"):
 class RawPeer:
     """A hand-driven DEALER to the leader: its own CURVE key pair (or plain), any identity."""
 
-    def __init__(self, port, leader_key, identity, source_ip, curve=True):
+    def __init__(self, port, leader_key, identity, source_ip, curve=True, keypair=None):
         self.ctx = zmq.Context()
-        self.public, self.secret = zmq.curve_keypair()
+        self.public, self.secret = keypair or zmq.curve_keypair()
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.setsockopt(zmq.IDENTITY, identity)
@@ -478,3 +479,150 @@ def test_control_characters_from_peers_and_commands_are_shown_escaped_never_sent
     assert json.loads(c.vps.d("history", "--json", "--peer", "desktop", "--limit", "1",
                               check=0).stdout)[0][
         "command"] == cmd
+
+
+ZMTP_CURVE_GREETING = (b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0")
+                       + b"\0" + b"\0" * 31)
+HUGE_FRAME_BYTES = 60 << 20
+SENT_PER_CONNECTION = 16 << 20
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+
+def test_connections_without_a_key_cannot_make_the_leader_hold_memory(empty_cluster):
+    """Five raw TCP connections each announce a 60 MB handshake frame and send 16 MB of it: on
+    aec630a the leader held ~59 MiB for each (MAXMSGSIZE 64 MiB applied to handshake frames,
+    and the handshake had 30 s); now each is cut at the frame's size, and the leader's RSS
+    stays where it was."""
+    c = empty_cluster
+    c.leader()
+    pid = c.vps.proc.pid
+    before = _rss_kib(pid)
+    conns, refused = [], 0
+    try:
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", c.port), timeout=5)
+            conns.append(s)
+            header = ZMTP_CURVE_GREETING + b"\x06" + HUGE_FRAME_BYTES.to_bytes(8, "big")
+            try:
+                s.sendall(header + b"H" * SENT_PER_CONNECTION)
+            except OSError:  # cut: the leader hung up at the frame's size
+                refused += 1
+        grown_kib = _rss_kib(pid) - before
+        for s in conns:  # the leader closes each of them (no key, a frame over its limit)
+            s.settimeout(10)
+            try:
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+    finally:
+        for s in conns:
+            s.close()
+    assert c.vps.proc.poll() is None, c.vps.log()
+    assert grown_kib < 20 * 1024, f"the leader grew by {grown_kib} KiB ({refused} refused)"
+    assert c.vps.d("listPeers", "--ids").returncode == 0
+
+
+def test_a_removed_peers_connection_ends_and_its_key_stays_refused_for_good(empty_cluster):
+    """On aec630a removePeer left the connection open: a hello on it turned the row from
+    removed to pending, a new token re-enrolled the revoked key, and after a leader restart the
+    key was no longer refused at the handshake. Now the connection ends (after the bye), and
+    the key stays refused, after a restart too, with or without a token."""
+    c = empty_cluster
+    c.leader()
+    hello = {"t": "hello", "rid": "j", "id": "mallory", "hostname": "m", "version": "m",
+             "role": "worker", "pid": 1}
+    peer = RawPeer(c.port, public_key(c.vps), protocol.route_identity("mallory"), "127.0.0.81")
+    try:
+        peer.wait_event(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        peer.send(dict(hello, token=keys.parse_token(c.token())["secret"]))
+        assert peer.barrier() and peer.received[-1]["status"] == "accepted"
+        assert c.vps.d("removePeer", "mallory", check=0).returncode == 0
+        peer.wait_event(zmq.EVENT_DISCONNECTED)  # the leader ended the connection
+        # libzmq dials again by itself, and the handshake refuses the revoked key
+        assert peer.wait_event(HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED) & HANDSHAKE_FAILED
+    finally:
+        peer.close()
+    c.vps.stop()
+    c.vps.start()
+    again = RawPeer(c.port, public_key(c.vps), protocol.route_identity("mallory"), "127.0.0.81",
+                    keypair=(peer.public, peer.secret))
+    try:
+        assert again.wait_event(HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED) \
+            & HANDSHAKE_FAILED
+    finally:
+        again.close()
+    assert b"mallory" not in c.vps.d("listPeers", "--pending", "--ids", check=0).stdout
+
+
+def test_history_never_shows_a_long_or_reordered_command_as_a_harmless_one():
+    """On aec630a `true` + 60 spaces + `; touch ...` showed as `true`, and bidi controls
+    passed as they are (a terminal then shows the text reordered): a cut has a visible mark,
+    and bidi controls are escapes."""
+    from zpeer.cli.tables import history_table
+
+    rows = [{"time": 0, "origin": "vps", "user": "root", "target": "laptop", "rc": 0,
+             "duration_s": 0.01, "command": command}
+            for command in ("true" + " " * 60 + "; touch /tmp/x", "echo \u202eevil\u202c ok")]
+    table = history_table(rows).splitlines()
+    assert table[1].endswith("true" + " " * 55 + "…")
+    assert table[2].endswith("echo \\u202eevil\\u202c ok")
+    assert all("\u202e" not in line and "\u202c" not in line for line in table)
+
+
+def test_a_newline_in_a_command_cannot_forge_a_line_of_the_targets_log(shared_cluster):
+    """On aec630a a newline in a command wrote a line of its own into the target's log."""
+    forged = "2026-01-01 00:00:00,000 WARNING zpeer.daemon.leader: peer mallory accepted"
+    shared_cluster.desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd",
+                             f"true\n: {forged}\n", check=0)
+    wait_for(lambda: "true\\n: 2026-01-01" in shared_cluster.laptop.log(),
+             what="the command in the target's log, escaped")
+    assert not any(line.startswith((forged, ": " + forged))
+                   for line in shared_cluster.laptop.log().splitlines())
+
+
+@pytest.mark.parametrize("made", ["another user's", "group-writable"])
+def test_a_daemon_refuses_a_state_directory_another_user_can_write(tmp_path, made):
+    """On aec630a a root daemon used a ZPEER_HOME another user could write: a planted symlink
+    made it truncate and chmod a root-only file, a planted jobs.journal line made its next start
+    kill a root process group. It now refuses to start there (255), touching nothing."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    if made == "another user's":
+        os.chown(home, 65534, 65534)
+        why = f"it belongs to uid 65534, not to this daemon's user (uid {os.geteuid()})"
+    else:
+        os.chmod(home, 0o770)
+        why = "its group or others may write in it (mode 0770)"
+    (home / "jobs.journal").write_text("+ 1 0 planted\n")
+    proc = subprocess.run(d_command() + ["daemon"], env=dict(os.environ, ZPEER_HOME=str(home)),
+                          capture_output=True, timeout=20)
+    assert proc.returncode == 255
+    assert proc.stderr.decode().startswith(f"Cannot use ZPEER_HOME {home}: {why}")
+    assert sorted(os.listdir(home)) == ["jobs.journal"]
+
+
+@pytest.mark.parametrize("name", ["jobs.journal", "audit.journal", "config.json.{pid}.tmp"])
+def test_a_link_planted_in_the_state_directory_is_never_written_through(tmp_path, name):
+    """On aec630a a symlink planted at a temp name made root truncate and chmod a root-only
+    file: every file of the node's state is opened without following links (the link goes,
+    a file of its own takes its place)."""
+    from zpeer import config
+
+    victim = tmp_path / "victim"
+    victim.write_text("root only\n")
+    victim.chmod(0o600)
+    path = tmp_path / name.format(pid=os.getpid())
+    path.symlink_to(victim)
+    if name.endswith(".tmp"):
+        config.write_private(str(tmp_path / "config.json"), b"{}\n")
+    else:
+        fd = config.open_private(str(path), append=True)
+        os.write(fd, b"line\n")
+        os.close(fd)
+        assert path.read_bytes() == b"line\n" and not path.is_symlink()
+    assert victim.read_text() == "root only\n" and stat.S_IMODE(victim.stat().st_mode) == 0o600

@@ -39,7 +39,7 @@ def _until_done(jobs, limit_s=5, with_data=False):
 def test_an_exec_runs_once_even_when_it_arrives_twice(jobs):
     assert jobs.handle("vps", _exec("j1", "sleep 5"), None) == []  # started comes later (below)
     assert jobs.handle("vps", _exec("j1", "sleep 5"), None) == []
-    assert list(jobs.jobs) == ["j1"]
+    assert list(jobs.jobs) == [("vps", "j1")]
 
 
 def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(jobs, tmp_path):
@@ -47,7 +47,7 @@ def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(job
 
     journal = tmp_path / "jobs.journal"
     jobs.handle("vps", _exec("quick", "true"), None)
-    pid = jobs.jobs["quick"].cmd.pid
+    pid = jobs.jobs["vps", "quick"].cmd.pid
     (done,) = _until_done(jobs)  # one message: the exit names the pid a "started" would have
     assert (done["t"], done["job"], done["pid"], done["rc"]) == ("exit", "quick", pid, 0)
     assert not journal.exists()  # ended before it was recorded: no disk touched
@@ -57,7 +57,7 @@ def test_started_leaves_with_the_first_output_or_exit_or_after_a_short_delay(job
     assert [(m["t"], "pid" in m) for m in got] == [("out", True), ("exit", False)]
     jobs.handle("vps", _exec("silent", "sleep 5"), None)
     assert jobs.on_timer(time.monotonic(), 60) == []
-    pid = jobs.jobs["silent"].cmd.pid
+    pid = jobs.jobs["vps", "silent"].cmd.pid
     # "talks": on disk with its output, off at its end
     assert journal.read_text().split("\n")[1].startswith("- ")
     later = jobs.on_timer(time.monotonic() + STARTED_DELAY_S + 0.001, 60)
@@ -84,14 +84,15 @@ def test_a_cancel_that_overtakes_its_exec_stops_it_from_running(jobs):
 
 def test_only_the_origin_can_cancel_ahead_of_its_exec(jobs):
     jobs.handle("mallory", {"t": "cancel", "job": "j3", "to": "w1"}, None)
-    assert jobs.handle("desktop", _exec("j3", "sleep 5"), None) == [] and "j3" in jobs.jobs
+    assert jobs.handle("desktop", _exec("j3", "sleep 5"), None) == []
+    assert ("desktop", "j3") in jobs.jobs
 
 
 def test_a_cancel_flood_does_not_make_a_job_runnable_twice(jobs):
     jobs.handle("vps", _exec("real"), None)
     for i in range(SEEN_JOBS_MAX + 100):
         jobs.handle("mallory", {"t": "cancel", "job": f"made-up-{i}", "to": "w1"}, None)
-    assert "real" in jobs.seen and len(jobs.early_cancels) <= 1000
+    assert ("vps", "real") in jobs.seen and len(jobs.early_cancels) <= 1000
     assert jobs.handle("vps", _exec("real"), None) == []
 
 
@@ -129,7 +130,7 @@ def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(
     # the kernel closes stdout, then stderr, then reports the exit: the loop may wake on stdout
     # alone, and must not need a turn for each of the other two
     jobs.handle("vps", _exec("short", "echo hi; exit 3"), None)
-    rj = jobs.jobs["short"].cmd
+    rj = jobs.jobs["vps", "short"].cmd
     _wait_readable(rj.pidfd)  # exited (not reaped): both pipes are closed by now
     got = jobs.on_ready({rj.pipes[1]})  # its output, its EOF, stderr's and the exit: one turn
     assert [(m["t"], bytes(d or b"")) for m, d in got] == [("out", b"hi\n"), ("exit", b"")]
@@ -139,7 +140,7 @@ def test_a_commands_end_is_handled_in_the_turn_that_sees_its_first_pipe_close(
 
 def test_a_command_that_closes_its_output_and_lives_on_costs_the_loop_no_wait(jobs):
     jobs.handle("vps", _exec("mute", "exec >&- 2>&-; sleep 0.3; exit 4"), None)
-    rj = jobs.jobs["mute"].cmd
+    rj = jobs.jobs["vps", "mute"].cmd
     _wait_readable(rj.pipes[1])  # EOF on stdout while the shell sleeps
     start = time.monotonic()
     assert jobs.on_ready({rj.pipes[1]}) == []
@@ -163,7 +164,7 @@ def test_fds_past_fd_setsize_are_fine(jobs):
         while len(held) < 1100:
             held.append(os.dup(base))
         jobs.handle("vps", _exec("high", "echo hi; exit 5"), None)
-        rj = jobs.jobs["high"].cmd
+        rj = jobs.jobs["vps", "high"].cmd
         assert min(rj.pipes.values()) > 1024
         _wait_readable(rj.pidfd)
         got = jobs.on_ready({rj.pipes[1]})
@@ -176,7 +177,7 @@ def test_fds_past_fd_setsize_are_fine(jobs):
 
 def test_an_exit_status_reaped_elsewhere_is_reported_as_lost_not_made_up(jobs):
     jobs.handle("vps", _exec("reaped", "exit 7"), None)
-    pid = jobs.jobs["reaped"].cmd.pid
+    pid = jobs.jobs["vps", "reaped"].cmd.pid
     # a stray handler in the daemon reaps it
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
     (msg,) = _until_done(jobs)
@@ -288,3 +289,36 @@ def test_past_a_gap_only_the_chunks_the_origin_names_go_again(jobs):
                                                                     ("exit", 3)]
     malformed = dict(_alive([("three", 1, 1)]), gaps={"three": ["x", 5]}, got=["y"])
     assert [a.header["t"] for a in jobs.handle("vps", malformed, None)] == ["exit"]
+
+
+def test_an_exec_that_claims_endless_credit_gets_the_largest_window_any_origin_gives(jobs):
+    """An exec with credit 2**62 that never reads made the leader buffer 3.18 GB on aec630a:
+    the target takes no more credit than WINDOW_MAX_BYTES."""
+    from zpeer.wire.channel import WINDOW_MAX_BYTES
+
+    msg = _exec("greedy", "sleep 5")
+    msg["credit"] = 2 ** 62
+    jobs.handle("vps", msg, None)
+    assert jobs.jobs["vps", "greedy"].output.room() == WINDOW_MAX_BYTES
+    msg = _exec("negative", "sleep 5")
+    msg["credit"] = -5
+    jobs.handle("vps", msg, None)
+    assert jobs.jobs["vps", "negative"].output.room() == 0
+    jobs.handle("vps", {"t": "credit", "job": "greedy", "to": "w1", "n": 2 ** 62,
+                        "total": 2 ** 62}, None)
+    assert jobs.jobs["vps", "greedy"].output.room() == WINDOW_MAX_BYTES  # credit never widens it
+
+
+def test_another_origins_job_id_is_another_job(jobs):
+    """A peer that learned (or guessed) another origin's next job id and sent it first made the
+    target drop the real exec as already seen (aec630a): jobs are (origin, job id), and what a
+    peer sends under another origin's id reaches only a job of its own."""
+    jobs.handle("mallory", _exec("SID.1", "sleep 5"), None)
+    jobs.handle("vps", _exec("SID.1", "sleep 5"), None)
+    assert sorted(jobs.jobs) == [("mallory", "SID.1"), ("vps", "SID.1")]
+    jobs.handle("mallory", {"t": "cancel", "job": "SID.1", "to": "w1"}, None)
+    jobs.handle("mallory", {"t": "cancel", "job": "SID.2", "to": "w1"}, None)  # an early cancel
+    assert jobs.jobs["vps", "SID.1"].cmd.how == "exit"  # the origin's own job runs on
+    assert jobs.jobs["mallory", "SID.1"].cmd.how == "cancelled"
+    jobs.handle("vps", _exec("SID.2", "true"), None)  # mallory's early cancel is not vps's
+    assert ("vps", "SID.2") in jobs.jobs

@@ -181,6 +181,24 @@ ROAM_LINES = 12
 ROAM_COMMAND = f"for i in $(seq 1 {ROAM_LINES}); do echo line $i; sleep 0.4; done"
 
 
+def run_across(cluster, command, lines, event):
+    """Run command on the laptop from the leader's CLI; once its first `lines` lines are in,
+    make `event` happen; (exit status, the rest of stdout, stderr)."""
+    proc = subprocess.Popen(cluster.vps.command + ["execOnPeer", "--peer", "laptop",
+                                                   "--shellCmd", command],
+                            env=cluster.vps.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for i in range(1, lines + 1):
+            assert proc.stdout.readline() == b"line %d\n" % i
+        event()
+        rest, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, rest, err
+
+
 def listed_ip(cluster, name):
     """The IP the leader lists for a peer."""
     import json
@@ -199,19 +217,9 @@ def test_a_peer_that_roams_to_a_new_address_keeps_its_command_and_output(wan):
     laptop = wan.worker("laptop")
     old_ip = laptop.link.address
     assert listed_ip(wan, "laptop") == old_ip
-    proc = subprocess.Popen(wan.vps.command + ["execOnPeer", "--peer", "laptop", "--shellCmd",
-                                               ROAM_COMMAND],
-                            env=wan.vps.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stdout.readline() == b"line 1\n"
-        laptop.link.move(3)
-        rest, err = proc.communicate(timeout=40)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    returncode, rest, err = run_across(wan, ROAM_COMMAND, 1, lambda: laptop.link.move(3))
     expected = b"".join(b"line %d\n" % i for i in range(2, ROAM_LINES + 1))
-    assert (proc.returncode, rest, err) == (0, expected, b"")
+    assert (returncode, rest, err) == (0, expected, b"")
     new_ip = laptop.link.address
     assert new_ip != old_ip
     wait_for(lambda: listed_ip(wan, "laptop") == new_ip, timeout=10, what="the new address")
@@ -229,22 +237,15 @@ def test_a_link_silent_for_less_than_the_limit_keeps_the_command_and_every_byte(
     arrives whole, once, in order, exit 0 (on aec630a the redial came with the job's loss)."""
     laptop = wan.worker("laptop")
     command = f"for i in $(seq 1 {OUTAGE_LINES}); do echo line $i; sleep 0.2; done"
-    proc = subprocess.Popen(wan.vps.command + ["execOnPeer", "--peer", "laptop", "--shellCmd",
-                                               command],
-                            env=wan.vps.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for i in (1, 2, 3):
-            assert proc.stdout.readline() == b"line %d\n" % i
+
+    def outage():
         laptop.link.down()
         time.sleep(OUTAGE_S)  # the outage itself: how long the link stays silent
         laptop.link.up()
-        rest, err = proc.communicate(timeout=40)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+
+    returncode, rest, err = run_across(wan, command, 3, outage)
     expected = b"".join(b"line %d\n" % i for i in range(4, OUTAGE_LINES + 1))
-    assert (proc.returncode, rest, err) == (0, expected, b"")
+    assert (returncode, rest, err) == (0, expected, b"")
     assert wan.online("laptop")
 
 

@@ -7,6 +7,7 @@ daemon is told to reload it over the IPC socket. This module imports nothing hea
 import errno
 import json
 import os
+import stat
 
 from zpeer.errors import BadConfig, BadHome
 
@@ -83,13 +84,29 @@ def ensure_home(path=None):
     return path
 
 
+def check_home_is_ours(path):
+    """A daemon's state directory must be its user's alone to write: another user who could
+    write there could plant what the daemon (often root) reads and runs (jobs.journal,
+    config.json, a link where a file is written). BadHome otherwise."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        st = os.stat(path)  # a link to the directory: what counts is the directory
+    if st.st_uid != os.geteuid():
+        raise BadHome(path, f"it belongs to uid {st.st_uid}, not to this daemon's user (uid "
+                            f"{os.geteuid()}); chown it, or give the daemon a directory of its own")
+    if st.st_mode & 0o022:
+        raise BadHome(path, f"its group or others may write in it (mode "
+                            f"{st.st_mode & 0o777:04o}); chmod go-w it")
+
+
 def lock_home(home):
     """One daemon per ZPEER_HOME: an exclusive lock on daemon.pid, held by the returned fd."""
     import fcntl
 
     from zpeer.errors import Busy
 
-    fd = os.open(path_in_home(PID_FILE, home), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path_in_home(PID_FILE, home),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -206,12 +223,27 @@ def save(cfg, home=None):
     write_private(path_in_home(CONFIG_FILE, ensure_home(home)), text.encode())
 
 
-def write_private(path, data):
+def open_private(path, append=False, mode=0o600):
+    """Open a file of this node's state for writing (created with `mode`, appended to or
+    truncated), never through a symbolic link: a link planted under its name is removed, and
+    a new file made in its place."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+             | (os.O_APPEND if append else os.O_TRUNC))
+    try:
+        return os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    os.unlink(path)  # the link, not what it points to
+    return os.open(path, flags | os.O_EXCL, mode)
+
+
+def write_private(path, data, mode=0o600):
     """Write a file of this node's state atomically (temp file + rename: a crash leaves the old
-    or the new one), mode 0600 from its creation."""
+    or the new one), `mode` from its creation, never through a link."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with os.fdopen(open_private(tmp, mode=mode), "wb") as f:
+        os.fchmod(f.fileno(), mode)  # whatever the umask
         f.write(data)
     os.replace(tmp, path)
 

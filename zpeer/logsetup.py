@@ -1,13 +1,38 @@
-"""Logging setup for entry points, and a rate limiter for logs about hostile input."""
+"""Logging setup for entry points, a rate limiter for logs about hostile input, and the
+escaping of what a terminal or a log reader would act on."""
 import logging
 import sys
 import time
 
+# C0, DEL and C1 controls (an OSC retitles a terminal, a newline forges a row or a log line)
+# and bidirectional controls (they reorder what is shown): written as escapes
+_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+_ESCAPES.update({code: f"\\u{code:04x}" for code in [0x061C, *range(0x200E, 0x2010),
+                                                      *range(0x202A, 0x202F),
+                                                      *range(0x2066, 0x206A)]})
+
+
+def escaped(value):
+    """str(value) with control and bidirectional characters written as escapes."""
+    return str(value).translate(_ESCAPES)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Each log record on one line: what its message quotes (a command, a peer's text) cannot
+    start a line of its own; a traceback keeps its lines."""
+
+    def formatMessage(self, record):
+        record.message = escaped(record.message)
+        return super().formatMessage(record)
+
 
 def configure(level="INFO"):
     """Log to stderr with timestamps (only entry points call this)."""
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, str(level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+                        handlers=[handler])
 
 
 class RateLimited:

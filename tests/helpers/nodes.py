@@ -112,7 +112,25 @@ class Node:
             return ""
 
 
-class Cluster:
+class Nodes:
+    """What every cluster of test daemons does: ask its leader who is online, stop them all."""
+
+    nodes = vps = None
+
+    def online(self, name, via=None):
+        """True if `via` (the leader by default) lists `name` as online."""
+        out = (via or self.vps).d("listPeers", "--ids", "--online")
+        return out.returncode == 0 and name in out.stdout.decode().split()
+
+    def stop(self):
+        """Stop every daemon this cluster started."""
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGCONT)  # a suspended one must hear its SIGTERM
+            node.stop()
+
+
+class Cluster(Nodes):
     """A leader `vps` on 127.0.0.1 and workers (desktop on 127.0.0.2, laptop on 127.0.0.4)."""
 
     def __init__(self, base):
@@ -147,17 +165,6 @@ class Cluster:
                 assert b"Registered" in out.stdout, out
         return node
 
-    def online(self, name, via=None):
-        """True if the leader lists `name` as online."""
-        out = (via or self.vps).d("listPeers", "--ids", "--online")
-        return out.returncode == 0 and name in out.stdout.decode().split()
-
-    def stop(self):
-        """Stop every daemon this cluster started."""
-        for node in self.nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGCONT)
-            node.stop()
 
 
 def status(node):

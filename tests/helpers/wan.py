@@ -2,16 +2,15 @@
 own, every link a relay the test can slow, delay, silence or move. The CLIs run here and reach
 their daemons over the IPC socket in each ZPEER_HOME, which no namespace separates.
 """
-import signal
-
 from helpers.netlab import LEADER_IP, in_namespace
-from helpers.nodes import TEST_HEARTBEAT_S, Node
+from helpers.nodes import TEST_HEARTBEAT_S, Node, Nodes
 
 LEADER_PORT = 7700  # the leader's namespace is the lab's own: nothing else listens there
 
 
-class WanCluster:
-    """A leader `vps` at 10.201.0.1 and workers, each behind its own WanLink."""
+class WanCluster(Nodes):
+    """A leader `vps` at 10.201.0.1 and workers, each behind its own WanLink (the lab removes
+    the links; `stop` the daemons)."""
 
     def __init__(self, base, lab, heartbeat_s=TEST_HEARTBEAT_S):
         self.base, self.lab, self.heartbeat_s = base, lab, heartbeat_s
@@ -46,15 +45,3 @@ class WanCluster:
         out = node.d("registerWorker", "--id", name, "--token", token, check=0)
         assert b"Registered" in out.stdout, out
         return node
-
-    def online(self, name, via=None):
-        """True if `via` (the leader by default) lists `name` as online."""
-        out = (via or self.vps).d("listPeers", "--ids", "--online")
-        return out.returncode == 0 and name in out.stdout.decode().split()
-
-    def stop(self):
-        """Stop every daemon this cluster started (the lab removes the links)."""
-        for node in self.nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGCONT)  # a suspended one must hear its SIGTERM
-            node.stop()

@@ -3,6 +3,8 @@ acceptPeer, removePeer).
 
 Loaded by `zpeer.cli.app` only when one of them runs (see COMMANDS there).
 """
+import sys
+
 import click
 
 from zpeer import config
@@ -103,19 +105,44 @@ def _reload():
         c.close()
 
 
+def _token_from(token, token_file):
+    """The join token: as given, from stdin (`-`) or from the first line of a file."""
+    if token and token_file:
+        usage_error("Give the join token once: --token or --token-file, not both")
+    if token == "-":
+        token = sys.stdin.readline().strip()
+        if not token:
+            usage_error("No join token given: stdin (--token -) is empty")
+    elif token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            usage_error(f"Cannot read --token-file {token_file}: "
+                        f"{getattr(exc, 'strerror', None) or exc}")
+        if not token:
+            usage_error(f"No join token given: --token-file {token_file} is empty")
+    return token
+
+
 @click.command("registerWorker", context_settings=CONTEXT)
 @click.option("--id", "peer_id", metavar="ID", help="Peer id (default: this host's name).")
 @click.option("--token", metavar="TOKEN",
-              help="Join token from `d joinToken` on the leader (accepted at once).")
+              help="Join token from `d joinToken` on the leader (accepted at once); `-` reads "
+                   "it from stdin.")
+@click.option("--token-file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Read the join token from FILE (it then never stands in the process list).")
 @click.option("--leader", metavar="HOST[:PORT]", help="Leader address (default: the token's).")
 @click.option("--leader-key", metavar="KEY",
               help="Leader public key when enrolling without a token.")
 @click.option("--source-ip", metavar="IP", help="Local address to connect from.")
-def register_worker(peer_id, token, leader, leader_key, source_ip):
+def register_worker(peer_id, token, token_file, leader, leader_key, source_ip):
     """Register this node as a worker of a leader (with a token: accepted at once).
 
     \b
     Examples:
+      d registerWorker --token-file /root/zpeer.token
+      d joinToken | ssh newhost d registerWorker --token -
       d registerWorker --token zpeer1.eyJhIjoi...
       d registerWorker --id laptop --leader 10.0.0.1 --leader-key KEY   # then d acceptPeer
     """
@@ -123,6 +150,7 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
 
     cfg = config.load()
     secret = None
+    token = _token_from(token, token_file)
     if token:
         try:
             parsed = keys.parse_token(token)
@@ -167,14 +195,25 @@ def register_worker(peer_id, token, leader, leader_key, source_ip):
 @click.command("joinToken", context_settings=CONTEXT)
 @click.option("--ttl", type=click.IntRange(1, 30 * 86400), default=3600, show_default=True,
               metavar="SECONDS", help="How long the token can be used (once).")
-def join_token(ttl):
+@click.option("--id", "peer_id", metavar="ID", help="The one peer id the token may enrol.")
+@click.option("--replace", is_flag=True,
+              help="With --id: the token may rebind that id, already accepted, to a new key "
+                   "(a reinstalled host).")
+def join_token(ttl, peer_id, replace):
     """Leader: print a one-time join token (leader address, key and secret) for a new worker.
 
+    A token never rebinds an accepted id to another key, unless made with --id ID --replace.
+
     \b
-    Example:
-      d joinToken --ttl 600      # then on the worker: d registerWorker --token TOKEN
+    Examples:
+      d joinToken --ttl 600 --id laptop   # then on laptop: d registerWorker --token -
+      d joinToken --id nas --replace      # nas was reinstalled: its new key replaces the old
     """
-    click.echo(call("join_token", ttl=ttl)["token"])
+    if replace and not peer_id:
+        usage_error("--replace needs --id ID: a token rebinds the one id it is for")
+    if peer_id and not config.valid_peer_id(peer_id, new=False):
+        usage_error(f"Invalid peer id: {peer_id!r} ({config.PEER_ID_RULE})")
+    click.echo(call("join_token", ttl=ttl, id=peer_id, replace=replace)["token"])
 
 
 @click.command("acceptPeer", context_settings=CONTEXT)

@@ -1,19 +1,24 @@
 """Text tables and status lines for the CLI (listPeers, history, getPeerStatus). No I/O."""
 import time
 
+from zpeer.logsetup import escaped
 from zpeer.peerinfo import ago
 
 CLOCK_NOTE_S = 2.0  # a peer's clock this far from the leader's gets a line under listPeers
 
-# C0, DEL and C1 controls: what a peer's free text or a command line may hold that a terminal
-# would act on (an OSC retitles it, a newline forges a row); JSON output keeps them as they are
-_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
-_ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+COMMAND_SHOWN_MAX = 60  # characters of a command in `d history`'s table (--json has it whole)
+CUT_MARK = "…"
 
 
 def printable(value):
-    """str(value) with control characters written as escapes (\\n, \\t, \\x1b)."""
-    return str(value).translate(_ESCAPES)
+    """str(value) with control and bidirectional characters written as escapes (\\n, \\x1b,
+    \\u202e); JSON output keeps them as they are."""
+    return escaped(value)
+
+
+def cut(text, most):
+    """text, or its first most - 1 characters and a visible mark when it is longer."""
+    return text if len(text) <= most else text[:most - 1] + CUT_MARK
 
 
 def _table(headers, rows):
@@ -92,5 +97,5 @@ def history_table(rows):
         rc = "-" if r["rc"] is None else str(r["rc"])
         duration = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
         body.append([when, r["origin"] + (f"({r['user']})" if r["user"] else ""), r["target"], rc,
-                     duration, printable(r["command"] or "")[:60]])
+                     duration, cut(printable(r["command"] or ""), COMMAND_SHOWN_MAX)])
     return _table(["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"], body)

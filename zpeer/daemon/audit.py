@@ -10,6 +10,7 @@ cost a short command a third of its leader CPU. The newest `history_rows` rows a
 import logging
 import os
 import time
+from collections import OrderedDict
 
 from zpeer.daemon.audit_journal import Journal
 from zpeer.daemon.registry import DB_ERRORS
@@ -39,6 +40,7 @@ class AuditLog:
         # rows kept (keep_history; 0: all), when the next prune is due, rows written since the last
         self._keep_rows, self._prune_due, self._since_prune = 0, None, 0
         self._open_target = {}  # job -> target, for execs with no outcome yet
+        self._origins = OrderedDict()  # job id -> the origin of its first exec, the newest ones
         self._open_by_target = {}  # target -> set of those jobs
         self._journal = Journal(os.path.dirname(os.path.abspath(registry.path)))
         left = self._journal.replay() if replay else []  # what a killed daemon had not written yet
@@ -54,11 +56,23 @@ class AuditLog:
         self._journal.close()
 
     # --- events --------------------------------------------------------------------------
-    def observe(self, from_peer, header):
-        """Record an exec the leader routes, runs or originates, and how it ended."""
+    def observe(self, from_peer, header, trusted=False):
+        """Record an exec the leader routes, runs or originates, and how it ended: only as its
+        target (from_peer) says, unless the leader itself says it (`trusted`: what its own CLI
+        was told)."""
         mtype, job = header.get("t"), header.get("job")
         if not isinstance(job, str):
             return
+        by = {} if trusted else {"by": from_peer}
+        # job ids are their origins' to choose: another origin's exec under a known id is
+        # another row (exits and errors name their origin in "to")
+        origin = from_peer if mtype == "exec" else str(header.get("to"))
+        first = self._origins.setdefault(job, origin) if mtype == "exec" else \
+            self._origins.get(job, origin)
+        if first != origin:
+            job = f"{job}@{origin}"
+        while len(self._origins) > OPEN_EXECS_MAX:
+            self._origins.popitem(last=False)
         if mtype == "exec":
             self.log_exec(job, started_at=time.time(), origin=from_peer,
                           origin_user=header.get("ouser"), target=str(header.get("to")),
@@ -67,10 +81,11 @@ class AuditLog:
                           command=str(protocol.shown(header.get("cmd"))))
         elif mtype == "exit":
             self.log_exec(job, rc=header.get("rc"), outcome=header.get("how"),
-                          duration_s=header.get("duration"), bytes_out=header.get("bytes") or 0)
+                          duration_s=header.get("duration"), bytes_out=header.get("bytes") or 0,
+                          **by)
         elif mtype == "error":
             err = header.get("err") or {}
-            self.log_exec(job, rc=255, outcome=str(err.get("err")))
+            self.log_exec(job, rc=255, outcome=str(err.get("err")), **by)
 
     def log_exec(self, job, **fields):
         """Record an audit insert (with "command") or update: in the journal now, in SQLite by
@@ -83,10 +98,12 @@ class AuditLog:
         """Remember, by target, the execs whose outcome is not in yet (not a peer's exec on
         itself: its origin loses nothing when the link to the leader drops)."""
         if "command" in fields:
-            if len(self._open_target) < OPEN_EXECS_MAX and fields.get("origin") != fields["target"]:
+            if (len(self._open_target) < OPEN_EXECS_MAX and job not in self._open_target
+                    and fields.get("origin") != fields["target"]):
                 self._open_target[job] = fields["target"]
                 self._open_by_target.setdefault(fields["target"], set()).add(job)
-        elif "rc" in fields:
+        elif "rc" in fields and fields.get("by", self._open_target.get(job)) \
+                == self._open_target.get(job):
             target = self._open_target.pop(job, None)
             if target is not None:
                 jobs = self._open_by_target[target]
@@ -127,8 +144,13 @@ class AuditLog:
         if not self._queue:
             self._due = max(self._due, time.monotonic() + FLUSH_S)
         queued = self._inserts.get(job)
-        if queued is not None and "command" not in fields:
-            queued.update(fields)  # the exit of an exec not written yet: one row, one INSERT
+        if queued is not None:
+            # a job id's first exec is its row (another exec under that id is not it), and only
+            # the job's target says how it ended
+            if "command" in fields or fields.get("by", queued["target"]) != queued["target"]:
+                return
+            # the exit of an exec not written yet: one row, one INSERT
+            queued.update((k, v) for k, v in fields.items() if k != "by")
             return
         if "command" in fields:
             self._inserts[job] = fields
@@ -207,14 +229,18 @@ class AuditLog:
 def statements(model, batch):
     """Consecutive audit rows of one shape as (sql, parameter rows), for executemany.
 
-    Rows with "command" are inserts (replacing a row with that job id; missing fields take the
-    model's defaults, as peewee's insert would), the others update the row of their job. Values
-    go through each field's db_value, the conversion peewee applies.
+    Rows with "command" are inserts (never over a row with that job id: the first exec under an
+    id is its row; missing fields take the model's defaults, as peewee's insert would), the
+    others update the row of their job, and with "by" only if that peer is its target. Values go
+    through each field's db_value, the conversion peewee applies.
     """
     fields = model._meta.fields
     groups = []
     for job, values in batch:
         insert = "command" in values
+        by = values.get("by")
+        if by is not None:
+            values = {k: v for k, v in values.items() if k != "by"}
         if insert:
             values = dict(values)
             for name, field in fields.items():
@@ -222,17 +248,21 @@ def statements(model, batch):
                     values[name] = field.default() if callable(field.default) else field.default
         names = tuple(values)
         params = [fields[n].db_value(values[n]) for n in names]
-        if not groups or groups[-1][0] != (insert, names):
-            groups.append(((insert, names), []))
-        groups[-1][1].append([job] + params if insert else params + [job])
+        checked = by is not None and not insert
+        if not groups or groups[-1][0] != (insert, checked, names):
+            groups.append(((insert, checked, names), []))
+        row = [job] + params if insert else params + [job]
+        groups[-1][1].append(row + [by] if checked else row)
     table = model._meta.table_name
-    for (insert, names), rows in groups:
+    for (insert, checked, names), rows in groups:
         columns = [fields[n].column_name for n in names]
         if insert:
-            sql = (f"INSERT OR REPLACE INTO {table} (job, {', '.join(columns)}) "
+            sql = (f"INSERT OR IGNORE INTO {table} (job, {', '.join(columns)}) "
                    f"VALUES ({', '.join('?' * (len(columns) + 1))})")
         else:
             sql = f"UPDATE {table} SET {', '.join(c + ' = ?' for c in columns)} WHERE job = ?"
+            if checked:
+                sql += f" AND {fields['target'].column_name} = ?"
         yield sql, rows
 
 

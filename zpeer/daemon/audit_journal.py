@@ -11,6 +11,8 @@ import os
 
 import msgpack
 
+from zpeer import config
+
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "audit.journal"
@@ -38,7 +40,7 @@ class Journal:
             return
         try:
             if self.fd is None:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self.fd = config.open_private(self.path, append=True)
             if os.write(self.fd, record) != len(record):
                 raise OSError("short write (disk full?)")
         except OSError as exc:

@@ -19,6 +19,7 @@ from zpeer.wire import keys, protocol
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 64  # pending join requests kept: a flood of hellos cannot fill the registry
+ASKERS_MAX = 8  # keys remembered per waiting id (acceptPeer lists them and wants --key)
 WAITING = "waiting for `d acceptPeer` on the leader"
 
 
@@ -75,11 +76,19 @@ class Enrolment:
         self.own_id, self.registry, self.table, self.policy = own_id, registry, table, policy
         self.rekey = {}  # peer id -> {"key", "ip", "since"}: a known id asking to bind a new key
         self.waiting = {}  # peer id -> route of its last pending hello: acceptPeer calls it back
+        # peer id -> {key: ip} of every key that asked under it while it waits: acceptPeer
+        # refuses to guess between several
+        self.askers = {}
 
     def on_hello(self, route, peer_id, key, ip, header):
         """Decide and record a hello (registry rows, pending requests); returns the Verdict.
         An accepted one is written before it is granted: a new binding that is not stored is
         not granted (the database error propagates), a known one is served anyway."""
+        if key in self.policy.revoked:
+            # an open connection of a removed peer, or one that slipped past the handshake: a
+            # revoked key changes nothing, whatever token or id it brings
+            log.warning("peer %s from %s: revoked key %s refused", peer_id, ip, key)
+            return Verdict("rejected", "this key was removed from the fleet", "revoked")
         row = self.registry.get(peer_id)
         token = header.get("token")
         has_token = isinstance(token, str) and bool(token)
@@ -90,8 +99,16 @@ class Enrolment:
         if verdict.step == "malformed":
             return verdict
         if verdict.step == "token":
-            verdict = token_verdict(self.registry.consume_token(keys.hash_secret(token),
-                                                                peer_id))
+            secret_hash = keys.hash_secret(token)
+            if row is not None and row.status == "accepted" and row.key != key \
+                    and not self.registry.token_may_replace(secret_hash, peer_id):
+                # a token enrols an id; rebinding an accepted one to another key takes a token
+                # made for that (the token stays unused)
+                verdict = Verdict("rejected", f"join token refused: peer id {peer_id} is bound "
+                                  f"to another key (a token from `d joinToken --id {peer_id} "
+                                  "--replace` rebinds it)", "token")
+            else:
+                verdict = token_verdict(self.registry.consume_token(secret_hash, peer_id))
         fields = {"hostname": str(header.get("hostname"))[:255],
                   "version": str(header.get("version"))[:64], "role": "worker"}
         if verdict.status == "accepted":
@@ -111,17 +128,29 @@ class Enrolment:
         elif verdict.status == "pending" and (row is None or row.status in ("pending", "removed")):
             if row is None or row.key != key or row.status != "pending":
                 log.info("peer %s from %s asks to join: pending (key %s)", peer_id, ip, key)
-            self.registry.upsert(peer_id, ip=ip, key=key, status="pending", **fields)
+            wanted = dict(fields, ip=ip, key=key, status="pending")
+            # a pending peer says hello every interval (a flood, many a second): a write only
+            # when the request changed, as an accepted peer's reconnect
+            if row is None or any(getattr(row, k) != v for k, v in wanted.items()):
+                self.registry.upsert(peer_id, **wanted)
         elif verdict.status == "rejected":
             log.warning("peer %s from %s refused: %s", peer_id, ip, verdict.reason)
-        if verdict.status == "pending":  # bounded: MAX_PENDING new ids, or ids of the registry
+        if verdict.status == "pending" and verdict.step != "token":
+            # bounded: MAX_PENDING new ids, or ids of the registry; ASKERS_MAX keys each
             self.waiting[peer_id] = route
+            keys_asked = self.askers.setdefault(peer_id, {})
+            if key in keys_asked or len(keys_asked) < ASKERS_MAX:
+                keys_asked[key] = ip
         return verdict
 
     def _bind(self, peer_id, key, ip, row, fields, verdict):
         """Write an accepted binding (a reconnect that changed nothing writes nothing)."""
         self.rekey.pop(peer_id, None)
         self.waiting.pop(peer_id, None)
+        self.askers.pop(peer_id, None)
+        if row is not None and row.key and row.key != key and row.status == "accepted":
+            self.policy.revoked.add(row.key)  # rebound (--replace): the old key stops working
+            self.table.drop(peer_id)
         if row is None or row.key != key:
             self.policy.revoked.discard(key)
         wanted = dict(fields, ip=ip, key=key, status="accepted")
@@ -141,14 +170,27 @@ class Enrolment:
             raise PeerNotFound(peer_id, hint="`d listPeers --pending` lists the peers waiting")
         request = self.rekey.get(peer_id)
         asked = request["key"] if request else row.key
-        if key and not (asked or "").startswith(key):
-            # the key that asked last is not the one the admin checked: someone else may have asked
+        askers = self.askers.get(peer_id) or ({asked: row.ip} if asked else {})
+        if not key and len(askers) > 1:
+            # anyone who reaches the port can ask under an id: never guess which key is the peer
+            listed = ", ".join(f"{k} (from {ip})" for k, ip in askers.items())
+            raise BadRequest(f"More than one key asked to join as {peer_id}: {listed}: nothing "
+                             "accepted", hint=f"compare with `d getPeerStatus` on that peer, then "
+                                              f"`d acceptPeer {peer_id} --key PREFIX`")
+        matching = [k for k in askers if k.startswith(key or "")]
+        if len(matching) != 1:
+            # the key that asked is not the one the admin checked: someone else may have asked
             raise BadRequest(f"The key waiting for {peer_id} is {asked}, not {key}…: nothing "
                              "accepted",
                              hint="compare with `d getPeerStatus` on that peer, then accept again")
+        chosen = matching[0]
+        self.askers.pop(peer_id, None)
         self.rekey.pop(peer_id, None)
-        if request is not None:  # bind the new key; the old one is revoked with it
-            if row.key:
+        if chosen != asked:  # not the last to ask: its request is the one to bind
+            request = {"key": chosen, "ip": askers[chosen]}
+            self.waiting.pop(peer_id, None)  # that route is another key's connection
+        if request is not None:  # bind the new key; an accepted one is revoked with it
+            if row.key and row.status == "accepted":
                 self.policy.revoked.add(row.key)
             self.table.drop(peer_id)
             row = self.registry.upsert(peer_id, key=request["key"], ip=request["ip"])
@@ -167,6 +209,7 @@ class Enrolment:
             raise PeerNotFound(peer_id)
         if row.key:
             self.policy.revoked.add(row.key)
+            self.registry.revoke_key(row.key)
         self.registry.set_status(peer_id, "removed")
         return {"id": peer_id, "status": "removed"}
 

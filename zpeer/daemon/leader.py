@@ -17,6 +17,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, trace
+from zpeer.daemon import tcp_state
 from zpeer.daemon.enrolment import Enrolment
 from zpeer.daemon.links import Link
 from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
@@ -48,6 +49,8 @@ BIND_RETRY_S = 2.0
 # stream_engine_base.cpp; docs/troubleshooting.md)
 LEADER_KEEPALIVE_IDLE_S = 10.0
 KEEPALIVE_PROBES = 3
+BYE_GRACE_S = 0.2  # a removed peer's connection ends this long after its bye
+HANDSHAKE_MS = 5000  # CURVE's handshake is a few round trips, 2 s on a 600 ms satellite link
 SNDHWM = 20000
 RCVHWM = 20000
 AUDIT_TYPES = ("exec", "exit", "error")
@@ -65,7 +68,7 @@ class LeaderLink(Link):
         self.public = public.decode() if isinstance(public, bytes) else public
         self.heartbeat_s = float(cfg["heartbeat_s"])
         self.policy = KeyPolicy()
-        self.policy.revoked = {row.key for row in registry.peers("removed") if row.key}
+        self.policy.revoked = registry.revoked_keys()  # refused at the handshake, for good
         auth.configure_curve_callback("*", self.policy)
         self.sock = _router_socket(ctx, cfg["bind"], public, secret, self.heartbeat_s)
         # a closed connection is seen at once (FIN/RST: a killed daemon, a stopped host's kernel)
@@ -79,6 +82,7 @@ class LeaderLink(Link):
         now = time.monotonic()
         self.next_flush = now + FLUSH_INTERVAL_S
         self.next_sweep = now + self.heartbeat_s
+        self.ending = []  # (when, fd): connections of removed peers to end (tcp_state.end)
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg):
@@ -179,7 +183,7 @@ class LeaderLink(Link):
 
     def witness(self, header):
         """The leader audits what it originates."""
-        self.audit.observe(self.id, header)
+        self.audit.observe(self.id, header, trusted=True)
 
     # --- receiving -----------------------------------------------------------------------
     def receive(self):
@@ -311,7 +315,8 @@ class LeaderLink(Link):
             copy = args.get("header")
             # a worker's copy is hostile input like any header: typed before it reaches SQLite
             if isinstance(copy, dict) and _valid_audit_copy(copy):
-                self.audit.observe(peer_id, copy)
+                if copy.get("to") == peer_id:  # a worker's copies are of its jobs on itself
+                    self.audit.observe(peer_id, copy)
             self.send(peer_id, messages.rpc_result(header["rid"], {}))  # taken: not again
             return
         try:
@@ -353,6 +358,8 @@ class LeaderLink(Link):
             if owner is not None and owner[0] in self.pacers:
                 self.pacers[owner[0]].detach(fd)
             self.table.disconnected(fd)
+            # closed: its number may name another connection soon, which must not be ended
+            self.ending = [(when, f) for when, f in self.ending if f != fd]
 
     # --- liveness ------------------------------------------------------------------------
     def _retune(self, now):
@@ -363,6 +370,10 @@ class LeaderLink(Link):
     def tick(self, now):
         """Every heartbeat interval: peers silent for their limit are lost (their running
         execs end in the audit too); last-seen times are flushed every FLUSH_INTERVAL_S."""
+        if self.ending and self.ending[0][0] <= now:
+            self.on_monitor()  # the disconnects so far: their fds are not ours to end
+            while self.ending and self.ending[0][0] <= now:
+                tcp_state.end(self.ending.pop(0)[1])
         if now < self.next_sweep:
             return []
         self.next_sweep = now + self.heartbeat_s
@@ -381,7 +392,8 @@ class LeaderLink(Link):
     def next_deadline(self):
         """The next sweep, or sooner a pacer's look at its connection."""
         retries = [self.pacers[p].next_deadline() for p in self.waiting]
-        return min([self.next_sweep] + [r for r in retries if r is not None])
+        ending = [self.ending[0][0]] if self.ending else []
+        return min([self.next_sweep] + ending + [r for r in retries if r is not None])
 
     def check_target(self, peer_id):
         """Raise PeerNotFound / PeerOffline unless a message can go to peer_id now."""
@@ -452,7 +464,11 @@ class LeaderLink(Link):
         """removePeer: revoke the key, tell the peer, cut its route; its execs end as lost."""
         result = self.enrolment.revoke(peer_id)
         self.send(peer_id, messages.bye("removed by the leader"))
+        entry = self.table.live.get(peer_id)
         self.table.drop(peer_id)
+        if entry is not None and entry.fd is not None:
+            # its connection ends once the bye has had time to leave: nothing more comes over it
+            self.ending.append((time.monotonic() + BYE_GRACE_S, entry.fd))
         self._forget_peer(peer_id)
         self.audit.lost_target(peer_id)
         return result
@@ -489,7 +505,8 @@ def _router_socket(ctx, address, public, secret, heartbeat_s):
     sock.linger = 0
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.MAXMSGSIZE, protocol.LEADER_MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)  # a connection without a key is let go soon
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
     idle_s = max(LEADER_KEEPALIVE_IDLE_S, 10 * heartbeat_s)

@@ -17,6 +17,8 @@ import shutil
 import signal
 import time
 
+from zpeer import config
+
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "jobs.journal"
@@ -47,7 +49,7 @@ class Records:
     def _append(self, line):
         """Append one line; a full disk must not stop a command, it only loses this safety net."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = config.open_private(self.path, append=True)
             try:
                 os.write(fd, line.encode())
             finally:
@@ -85,9 +87,7 @@ class Records:
         """Replace the journal by these lines (atomically: a crash leaves the old or the new)."""
         text = "".join(lines)
         try:
-            with open(self.path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(self.path + ".tmp", self.path)
+            config.write_private(self.path, text.encode())
             self.size = len(text)
         except OSError as exc:
             log.warning("cannot rewrite %s: %s", self.path, exc)

@@ -56,6 +56,7 @@ class Daemon:
 
     def __init__(self, home=None, ctx=None):
         self.home = config.ensure_home(home or config.home_dir())
+        config.check_home_is_ours(self.home)
         self.lock_fd = config.lock_home(self.home)
         self.ctx = ctx or zmq.Context()
         self.cfg = config.load(self.home)

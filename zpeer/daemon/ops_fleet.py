@@ -2,6 +2,7 @@
 from any node), and the leader's own joinToken, acceptPeer and removePeer."""
 import time
 
+from zpeer import config
 from zpeer.daemon.fields import arg
 from zpeer.errors import BadRequest
 from zpeer.wire import keys
@@ -49,8 +50,13 @@ class FleetOps:
         ttl = arg(header, "ttl", (int, float), 3600)
         if not 0 < ttl <= MAX_TOKEN_TTL_S:
             raise BadRequest(f"--ttl must be between 1 and {MAX_TOKEN_TTL_S} seconds")
+        bound_id, replace = arg(header, "id", str), bool(header.get("replace"))
+        if bound_id is not None and not config.valid_peer_id(bound_id, new=False):
+            raise BadRequest(f"Invalid peer id: {bound_id!r} ({config.PEER_ID_RULE})")
+        if replace and bound_id is None:
+            raise BadRequest("--replace needs --id: a token rebinds the one id it is for")
         token, secret_hash = keys.make_token(leader.address, leader.public)
-        self.node.registry.add_token(secret_hash, ttl)
+        self.node.registry.add_token(secret_hash, ttl, bound_id, replace)
         return {"token": token, "expires": time.time() + ttl, "address": leader.address}
 
     def op_accept(self, identity, header):

@@ -21,12 +21,12 @@ from collections import deque
 
 from zpeer.daemon.actions import Reply, Send
 from zpeer.wire import messages
-from zpeer.wire.channel import STDOUT, Credit, Intake, Sequencer
+from zpeer.wire.channel import STDOUT, WINDOW_MAX_BYTES, Credit, Intake, Sequencer
 
 log = logging.getLogger(__name__)
 
 SINGLE_WINDOW_BYTES = 4 << 20     # output in flight per job when one target
-SESSION_WINDOW_BYTES = 32 << 20   # shared by the jobs of a fan-out
+SESSION_WINDOW_BYTES = WINDOW_MAX_BYTES  # shared by the jobs of a fan-out
 MIN_WINDOW_BYTES = 64 << 10
 POLL_REPLY_MAX_BYTES = 2 << 20
 POLL_WAIT_MAX_S = 0.5

@@ -1,5 +1,6 @@
 """peers.cache: the peer ids that completions and scripts read, one per line, sorted."""
-import os
+
+from zpeer import config
 
 
 def write_cache(path, ids):
@@ -11,11 +12,7 @@ def write_cache(path, ids):
                 return False
     except OSError:
         pass
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(body)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    config.write_private(path, body.encode(), mode=0o644)  # completion reads it as any user
     return True
 
 

@@ -24,6 +24,8 @@ SCHEMA_VERSION = 1
 DB_ERRORS = (peewee.PeeweeException, sqlite3.Error)
 
 
+REVOKED_PREFIX = "revoked:"  # Meta rows of revoked keys (their ids may be re-enrolled)
+
 def _make_models(db):
     """Model classes bound to one database (no process-global binding)."""
 
@@ -62,6 +64,8 @@ def _make_models(db):
         expires = peewee.FloatField()
         used_at = peewee.FloatField(null=True)
         used_by = peewee.CharField(null=True)
+        bound_id = peewee.CharField(null=True)  # joinToken --id: the one id it may enrol
+        may_replace = peewee.BooleanField(default=False)  # --replace: it may rebind that id
 
         class Meta:
             table_name = "join_token"
@@ -124,9 +128,21 @@ class Registry:
         for suffix in ("", "-wal", "-shm"):  # keys and the audit are nobody else's business
             if os.path.exists(path + suffix):
                 os.chmod(path + suffix, 0o600)
+        self._add_missing_columns()
         row = self.Meta.get_or_none(self.Meta.key == "schema_version")
         if row is None:
             self.Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
+
+    def _add_missing_columns(self):
+        """A database from before a column was added gets it (with its default)."""
+        for model in (self.JoinToken,):
+            table = model._meta.table_name
+            have = {row[1] for row in self.db.execute_sql(f"PRAGMA table_info({table})")}
+            for field in model._meta.fields.values():
+                if field.column_name not in have:
+                    self.db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {field.column_name} "
+                                        f"{field.field_type}"
+                                        + (" DEFAULT 0" if field.default is False else ""))
 
     def close(self):
         """Flush pending writes and close the file."""
@@ -167,6 +183,17 @@ class Registry:
             setattr(row, name, value)
         row.save()
         return row
+
+    def revoked_keys(self):
+        """Every key a removePeer revoked, whatever its id became since."""
+        meta = self.Meta
+        rows = meta.select().where(meta.key.startswith(REVOKED_PREFIX))
+        revoked = {row.key[len(REVOKED_PREFIX):] for row in rows}
+        return revoked | {row.key for row in self.peers("removed") if row.key}
+
+    def revoke_key(self, key):
+        """Remember for good that this key was revoked."""
+        self.Meta.replace(key=REVOKED_PREFIX + key, value="").execute()
 
     def set_status(self, peer_id, status):
         """Change a peer's status (accepted, pending, removed)."""
@@ -214,10 +241,16 @@ class Registry:
         self.last_error = str(exc)
 
     # --- join tokens --------------------------------------------------------------------
-    def add_token(self, secret_hash, ttl_s):
-        """Store a new token's secret hash with its expiry."""
+    def add_token(self, secret_hash, ttl_s, bound_id=None, may_replace=False):
+        """Store a new token's secret hash with its expiry (and the id it is for, if any)."""
         now = time.time()
-        self.JoinToken.create(secret_hash=secret_hash, created=now, expires=now + ttl_s)
+        self.JoinToken.create(secret_hash=secret_hash, created=now, expires=now + ttl_s,
+                              bound_id=bound_id, may_replace=may_replace)
+
+    def token_may_replace(self, secret_hash, peer_id):
+        """True if this token was made to rebind peer_id (`joinToken --id ID --replace`)."""
+        row = self.JoinToken.get_or_none(self.JoinToken.secret_hash == secret_hash)
+        return row is not None and bool(row.may_replace) and row.bound_id == peer_id
 
     def consume_token(self, secret_hash, peer_id):
         """Mark a token used by peer_id; returns None if fine else the reason it is refused."""
@@ -228,6 +261,8 @@ class Registry:
             return "token already used"
         if row.expires < time.time():
             return "token expired"
+        if row.bound_id is not None and row.bound_id != peer_id:
+            return f"token is for peer {row.bound_id}"
         row.used_at, row.used_by = time.time(), peer_id
         row.save()
         return None

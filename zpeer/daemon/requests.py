@@ -16,7 +16,7 @@ from zpeer.daemon.ops_fleet import FleetOps
 from zpeer.daemon.ops_node import NodeOps
 from zpeer.daemon.registration import Registration
 from zpeer.errors import BadRequest, ZpeerError
-from zpeer.wire import multipart, protocol
+from zpeer.wire import ipc, multipart, protocol
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,20 @@ class Requests:
     def on_frames(self, sock):
         """Read and serve one CLI request."""
         # [identity, empty, signature, header]: all small, all copied; a longer one is cut to 5
-        frames = multipart.recv(sock, zmq.NOBLOCK, data_from=5, max_frames=4)
+        frames = multipart.recv(sock, zmq.NOBLOCK, data_from=5, meta_at=2, max_frames=4)
         trace.mark("request")
         identity = frames[0]
         if len(frames) < 3 or frames[1] != b"":
             log.warning("dropped malformed CLI request (%d frames)", len(frames))
             return
+        user = ipc.peer_user(frames[2])
+        frames[2] = frames[2].bytes
         rid = "?"
         try:
             header = protocol.decode_request(frames[2:])
             rid = header["rid"]
+            if user is not None:  # who runs the CLI, as the kernel says: what the audit records
+                header["ouser"] = user
             handler = self.ops.get(header["op"])
             if handler is None:
                 raise BadRequest(f"unknown request {header['op']!r}: is the CLI newer than the "

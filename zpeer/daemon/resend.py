@@ -118,22 +118,23 @@ class Closed:
     """The jobs that ended here and whose origins may still lack their end."""
 
     def __init__(self):
-        self.jobs = OrderedDict()  # job id -> ClosedJob, in the order they ended
+        self.jobs = OrderedDict()  # (origin, job id) -> ClosedJob, in the order they expire
 
     def keep(self, job, origin, unacked, final, now, keep_s):
         """Keep a job's last chunks and final Send (its exit or error)."""
-        self.jobs[job] = ClosedJob(origin, unacked, final, now, keep_s)
+        self.jobs[origin, job] = ClosedJob(origin, unacked, final, now, keep_s)
 
     def on_alive(self, origin, wanted, now, after_s):
         """The origin's alive: `wanted` maps the jobs it waits for to what it has (Wanted).
         Jobs of that origin it no longer names are let go; what it lacks goes again; returns
         actions."""
         out = []
-        for job, closed in list(self.jobs.items()):
+        for key, closed in list(self.jobs.items()):
             if closed.origin != origin:
                 continue
+            job = key[1]
             if job not in wanted:
-                del self.jobs[job]
+                del self.jobs[key]
                 continue
             has = wanted[job]
             if has.acked is not None:
@@ -141,7 +142,7 @@ class Closed:
             out.extend(closed.unacked.due(has, now, after_s))
             if closed.until < now + closed.keep_s:
                 closed.until = now + closed.keep_s
-                self.jobs.move_to_end(job)  # expire() takes them in order
+                self.jobs.move_to_end(key)  # expire() takes them in order
             if now - closed.sent_at >= after_s:
                 closed.sent_at = now
                 out.append(Send(dict(closed.final.header), closed.final.data))
@@ -151,14 +152,14 @@ class Closed:
         """Let go of the jobs kept long enough (their origins have stopped waiting)."""
         jobs = self.jobs
         while jobs:
-            job, closed = next(iter(jobs.items()))
+            key, closed = next(iter(jobs.items()))
             if closed.until > now:
                 break  # kept in the order they expire
-            del jobs[job]
+            del jobs[key]
 
     def by_origin(self):
         """origin -> [job ids] kept for it."""
         result = {}
-        for job, closed in self.jobs.items():
-            result.setdefault(closed.origin, []).append(job)
+        for (origin, job) in self.jobs:
+            result.setdefault(origin, []).append(job)
         return result

@@ -21,13 +21,11 @@ from zpeer.daemon.command import RC_CANCELLED, Command
 from zpeer.daemon.process import child_environment, spawn, working_directory
 from zpeer.daemon.resend import Closed, Unacked, wanted_of
 from zpeer.errors import BadRequest, ExitLost, TooLate, ZpeerError
-from zpeer.logsetup import RateLimited
 from zpeer.wire import messages
-from zpeer.wire.channel import Credit
+from zpeer.wire.channel import WINDOW_MAX_BYTES, Credit
 from zpeer.wire.protocol import shown
 
 log = logging.getLogger(__name__)
-_LIMITER = RateLimited()  # for logs about peers steering jobs that are not theirs
 
 READ_CHUNK_BYTES = 1 << 20  # a pipe's size (PIPE_SIZE_BYTES): one read takes what it holds
 EXIT_LINGER_S = 0.001  # an output pipe closed: how long to wait for the shell's exit in place
@@ -72,8 +70,10 @@ class TargetJobs:
     def __init__(self, node_id, home, run_as_root=None):
         self.node_id, self.home = node_id, home
         self.records = leftovers.Records(home)  # our running process groups, on disk
-        self.jobs = {}  # job id -> TargetChannel
-        self.seen = OrderedDict()  # job id -> True: at-most-once across retries/reconnects
+        # (origin, job id) -> TargetChannel: job ids are the origin's to choose (and no secret:
+        # `d history` shows them), so another origin's id is another job
+        self.jobs = {}
+        self.seen = OrderedDict()  # (origin, job id) -> True: at-most-once across reconnects
         self.early_cancels = OrderedDict()  # (origin, job) -> True: cancelled before its exec came
         self.finished = []  # process groups of ended jobs whose records forget_finished() removes
         # (SIGKILL time, pgid, recorded) of stopped jobs whose shell is gone: what is left of their
@@ -94,13 +94,8 @@ class TargetJobs:
         origin); returns actions. The daemon and the bench swarm both use it."""
         mtype = header["t"]
         job = header.get("job")
-        running = self.jobs.get(job) if mtype in ("credit", "stdin", "cancel") else None
-        if running is not None and running.origin != from_peer:
-            # job ids are no secret (`d history`): only the origin may feed, pace or stop its job
-            if _LIMITER.allow(("steer", from_peer)):
-                log.warning("%s for job %s from %s, which is not its origin: dropped", mtype, job,
-                            from_peer)
-            return []
+        # only a job's origin feeds, paces or stops it: what another peer sends under its id
+        # names a job of that peer's, which it does not have
         if mtype == "exec":
             if not header["ttl"] > 0:  # its origin may have given up: it must never start now
                 log.warning("exec %s from %s arrived too late: not started", job, from_peer)
@@ -109,9 +104,9 @@ class TargetJobs:
                 return [Send(messages.error(job, from_peer, late.to_reply()))]
             return self.start(header, from_peer)
         if mtype == "credit":
-            self.credit(job, header["n"], header.get("total"))
+            self.credit(from_peer, job, header["n"], header.get("total"))
         elif mtype == "stdin":
-            return self.stdin(job, bytes(data or b""), header["eof"])
+            return self.stdin(from_peer, job, bytes(data or b""), header["eof"])
         elif mtype == "cancel":
             self.cancel(job, from_peer)
         elif mtype == "alive":
@@ -127,11 +122,11 @@ class TargetJobs:
             jobs.setdefault(origin, []).append(job)
         return [Send(messages.alive(origin, ids, "target")) for origin, ids in jobs.items()]
 
-    def _remember(self, job):
-        """Record a job id as seen; False if it was seen before."""
-        if job in self.seen:
+    def _remember(self, key):
+        """Record an (origin, job id) as seen; False if it was seen before."""
+        if key in self.seen:
             return False
-        self.seen[job] = True
+        self.seen[key] = True
         while len(self.seen) > SEEN_JOBS_MAX:
             self.seen.popitem(last=False)
         return True
@@ -140,7 +135,7 @@ class TargetJobs:
         """Open a channel for an exec; returns actions (an error, or nothing yet: the first
         output, the exit or a "started" names the pid later)."""
         job = msg["job"]
-        if not self._remember(job):
+        if not self._remember((origin, job)):
             log.warning("job %s from %s already seen: not started again", job, origin)
             return []
         if self.early_cancels.pop((origin, job), None):
@@ -152,8 +147,9 @@ class TargetJobs:
         except ZpeerError as exc:
             return [Send(messages.error(job, origin, exc.to_reply()))]
         trace.mark("spawned")
-        ch = TargetChannel(job, origin, Command(proc), msg.get("timeout"), msg["credit"])
-        self.jobs[job] = ch
+        credit = max(0, min(msg["credit"], WINDOW_MAX_BYTES))  # never more than any origin gives
+        ch = TargetChannel(job, origin, Command(proc), msg.get("timeout"), credit)
+        self.jobs[origin, job] = ch
         log.info("job %s from %s: pid %d: %s", job, origin, proc.pid, shown(msg["cmd"][:200]))
         ch.announce_at = time.monotonic() + STARTED_DELAY_S
         return []
@@ -299,7 +295,7 @@ class TargetJobs:
         now = time.monotonic()
         if not cmd.drained(now, ch.output.room() > 0):
             return []
-        del self.jobs[ch.job]
+        del self.jobs[ch.origin, ch.job]
         if cmd.kill_at is not None:  # stopped, and its SIGKILL is still due
             self.pending_kills.append((cmd.kill_at, cmd.pid, ch.recorded))
         elif ch.recorded:
@@ -331,18 +327,18 @@ class TargetJobs:
             self.records.forget(pgid)
         self.finished.clear()
 
-    def credit(self, job, n, total=None):
+    def credit(self, origin, job, n, total=None):
         """The origin consumed output: allow n more bytes (or up to `total` given in all)."""
-        ch = self.jobs.get(job)
+        ch = self.jobs.get((origin, job))
         if ch:
             if not isinstance(total, int):  # an origin that does not count: n is all there is
                 total = ch.unacked.acked + n
             ch.output.acknowledged(ch.unacked.acknowledge_to(total))
             ch.last_origin_word = time.monotonic()
 
-    def stdin(self, job, data, eof):
+    def stdin(self, origin, job, data, eof):
         """Queue stdin bytes for a job's child; returns acks for what it took at once."""
-        ch = self.jobs.get(job)
+        ch = self.jobs.get((origin, job))
         if ch is None:
             return []
         cmd = ch.cmd
@@ -368,10 +364,10 @@ class TargetJobs:
 
     def cancel(self, job, origin=None):
         """Kill a job's process group at the origin's request."""
-        ch = self.jobs.get(job)
+        ch = self.jobs.get((origin, job))
         if ch:
             ch.cmd.stop("cancelled")
-        elif job not in self.seen:  # the exec may still be on its way: it must not run then
+        elif (origin, job) not in self.seen:  # its exec may be on its way: it must never run
             self.early_cancels[(origin, job)] = True
             while len(self.early_cancels) > EARLY_CANCELS_MAX:
                 self.early_cancels.popitem(last=False)
@@ -382,8 +378,8 @@ class TargetJobs:
         now = time.monotonic()
         out = []
         for job, has in wanted.items():
-            ch = self.jobs.get(job)
-            if ch and ch.origin == origin:
+            ch = self.jobs.get((origin, job))
+            if ch:
                 ch.last_origin_word = now
                 if has.acked is not None:
                     ch.output.acknowledged(ch.unacked.acknowledge_to(has.acked))
@@ -474,7 +470,7 @@ class TargetJobs:
 
     def reported(self, job_id):
         """True once a job's exit has left this node (or it never ran here)."""
-        return job_id not in self.jobs
+        return all(ch.job != job_id for ch in self.jobs.values())
 
     def shutdown(self):
         """Kill everything (daemon stopping)."""

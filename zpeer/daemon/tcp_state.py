@@ -3,7 +3,8 @@
 libzmq names the descriptor of the connection a message came over (the SRCFD property). We
 only read the connection's state (TCP_INFO), never read, write, close or configure it: libzmq
 owns it, and a descriptor whose connection closed is forgotten on the monitor's disconnect
-event. Linux only: elsewhere `read` gives None and nothing is paced.
+event. The one exception is `end`: it shuts a removed peer's connection down, and libzmq then
+closes it as when a peer hangs up. Linux only: elsewhere `read` gives None and nothing is paced.
 """
 import array
 import fcntl
@@ -70,6 +71,23 @@ def read(fd):
     # qdisc dropped and TCP sent again twice
     return TcpState(notsent, unacked, acked + queue[0], rate, app_limited, rtt_us / 1e6,
                     min_rtt_us / 1e6, queue[0])
+
+
+def end(fd):
+    """End the TCP connection behind fd (a revoked peer's) for both directions: libzmq reads
+    its end and closes the descriptor itself, as when the peer hangs up."""
+    if fd is None:
+        return
+    try:
+        sock = _borrowed(fd)
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # gone already
+    finally:
+        sock.detach()
 
 
 def wire_bytes(frames):

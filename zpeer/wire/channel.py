@@ -58,6 +58,9 @@ exec kind (`/bin/bash -c CMD` on pipes) is the one there is.
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 EARLY_CHUNKS_MAX = 1 << 16  # chunks kept past a gap (their bytes are within the window)
+# the largest window any end grants (an origin's fan-out shares this much): a target takes no
+# more credit than this, whatever an exec claims, so what waits for a reader stays bounded
+WINDOW_MAX_BYTES = 32 << 20
 OUTPUT_STREAMS = (STDOUT, STDERR)
 
 

@@ -4,6 +4,7 @@ The daemon binds a ROUTER on ipc://$ZPEER_HOME/d.sock, so it can hold many CLI r
 once (long polls for job output) and answer each when it is ready. The CLI talks REQ: one
 request, one reply, which also paces output streaming (it asks for the next output only after
 writing the previous one). Frames: see zpeer.wire.protocol. Only zmq and msgpack are imported here.
+`peer_user` tells the daemon which user a CLI runs as, from the kernel.
 """
 import os
 import time
@@ -165,3 +166,38 @@ def socket_access(home, path, group):
     for target, mode in ((home, 0o710), (path, 0o770)):
         os.chown(target, -1, gid)
         os.chmod(target, mode)
+
+
+_USER_NAMES = {}  # uid -> name: a CLI's user, as the kernel names it
+
+
+def peer_user(frame):
+    """The user of the process on the other end of the connection `frame` came over (a
+    zmq.Frame), from the kernel (SO_PEERCRED), not from what that process says; None when it
+    cannot be told."""
+    import socket  # the daemon's side only: the CLI's start imports neither
+    import struct
+
+    ucred = struct.Struct("3i")  # pid, uid, gid
+    try:
+        fd = frame.get(zmq.SRCFD)
+        sock = socket.socket(fileno=fd)
+    except (zmq.ZMQError, OSError, TypeError):
+        return None
+    try:
+        _, uid, _ = ucred.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                 ucred.size))
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    name = _USER_NAMES.get(uid)
+    if name is None:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:  # a uid without a passwd entry is still someone: the number
+            name = f"uid {uid}"
+        _USER_NAMES[uid] = name
+    return name

@@ -36,6 +36,9 @@ MAX_HEADER_BYTES = 1 << 20  # a peer header is small; output travels in the data
 MAX_IPC_BYTES = 16 << 20  # CLI replies carry output inside the map
 MAX_ID_LEN = 64
 MAX_MESSAGE_BYTES = 64 << 20  # socket MAXMSGSIZE: bounds any single frame from the network
+# what the leader takes from any connection, before its handshake too (libzmq applies MAXMSGSIZE
+# to handshake frames): a peer sends at most 1 MiB of output (or 256 KiB of stdin) and a header
+LEADER_MAX_MESSAGE_BYTES = 2 << 20
 ROUTE_SECRET_HEX = 32  # hex digits of a route identity's secret part
 INT64 = 1 << 63  # ints leave msgpack up to 2**64-1; SQLite (audit) and the OS take int64
 
