@@ -82,7 +82,7 @@ class LeaderLink(Link):
         now = time.monotonic()
         self.next_flush = now + FLUSH_INTERVAL_S
         self.next_sweep = now + self.heartbeat_s
-        self.ending = []  # (when, fd): connections of removed peers to end (tcp_state.end)
+        self.ending = []  # (when, fd, ip): connections of removed peers to end (tcp_state.end)
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg):
@@ -359,7 +359,7 @@ class LeaderLink(Link):
                 self.pacers[owner[0]].detach(fd)
             self.table.disconnected(fd)
             # closed: its number may name another connection soon, which must not be ended
-            self.ending = [(when, f) for when, f in self.ending if f != fd]
+            self.ending = [end for end in self.ending if end[1] != fd]
 
     # --- liveness ------------------------------------------------------------------------
     def _retune(self, now):
@@ -373,7 +373,8 @@ class LeaderLink(Link):
         if self.ending and self.ending[0][0] <= now:
             self.on_monitor()  # the disconnects so far: their fds are not ours to end
             while self.ending and self.ending[0][0] <= now:
-                tcp_state.end(self.ending.pop(0)[1])
+                _, fd, ip = self.ending.pop(0)
+                tcp_state.end(fd, ip)
         if now < self.next_sweep:
             return []
         self.next_sweep = now + self.heartbeat_s
@@ -466,9 +467,10 @@ class LeaderLink(Link):
         self.send(peer_id, messages.bye("removed by the leader"))
         entry = self.table.live.get(peer_id)
         self.table.drop(peer_id)
-        if entry is not None and entry.fd is not None:
-            # its connection ends once the bye has had time to leave: nothing more comes over it
-            self.ending.append((time.monotonic() + BYE_GRACE_S, entry.fd))
+        if entry is not None and entry.fd is not None and not entry.gone:
+            # its connection ends once the bye has had time to leave: nothing more comes over
+            # it (one that closed already is not ours to end: its number may be reused)
+            self.ending.append((time.monotonic() + BYE_GRACE_S, entry.fd, entry.ip))
         self._forget_peer(peer_id)
         self.audit.lost_target(peer_id)
         return result

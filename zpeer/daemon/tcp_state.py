@@ -73,9 +73,10 @@ def read(fd):
                     min_rtt_us / 1e6, queue[0])
 
 
-def end(fd):
-    """End the TCP connection behind fd (a revoked peer's) for both directions: libzmq reads
-    its end and closes the descriptor itself, as when the peer hangs up."""
+def end(fd, peer_ip):
+    """End the TCP connection behind fd (a revoked peer's, from peer_ip) for both directions:
+    libzmq reads its end and closes the descriptor itself, as when the peer hangs up. Only a
+    TCP connection to that address: a number reused for another socket is left alone."""
     if fd is None:
         return
     try:
@@ -83,7 +84,9 @@ def end(fd):
     except OSError:
         return
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
+                and sock.getpeername()[0] == peer_ip:
+            sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # gone already
     finally:
