@@ -47,14 +47,15 @@ class Requests:
         if len(frames) < 3 or frames[1] != b"":
             log.warning("dropped malformed CLI request (%d frames)", len(frames))
             return
-        user = ipc.peer_user(frames[2])
-        frames[2] = frames[2].bytes
+        meta, frames[2] = frames[2], frames[2].bytes
         rid = "?"
         try:
             header = protocol.decode_request(frames[2:])
             rid = header["rid"]
-            if user is not None:  # who runs the CLI, as the kernel says: what the audit records
-                header["ouser"] = user
+            if header["op"] == "exec_open":  # the audit records who runs the CLI, as the kernel
+                user = ipc.peer_user(meta)  # says (only an exec needs it: off the poll path)
+                if user is not None:
+                    header["ouser"] = user
             handler = self.ops.get(header["op"])
             if handler is None:
                 raise BadRequest(f"unknown request {header['op']!r}: is the CLI newer than the "
