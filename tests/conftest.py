@@ -1,6 +1,12 @@
 """The fixtures: clusters of real daemons on loopback (tests/helpers/nodes.py builds them)."""
+import signal
+
 import pytest
 from helpers.nodes import Cluster
+
+# The daemons and demos the tests start inherit this process's signal dispositions: a run under
+# `nohup` would hand them an ignored SIGHUP, and the tests of what a hangup does would fail.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture
