@@ -2,21 +2,22 @@
 
 # Tables from the click tree: the options of each command (@: before the command), and what the
 # value of an option (CMD:--opt) or of a positional argument (CMD:#N, CMD:#* for all) completes to.
-_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer history demo completion install-completion remotePull remoteBd remoteDeployDaemon restartDaemon'
+_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer history policy demo completion install-completion remotePull remoteBd remoteDeployDaemon restartDaemon'
 declare -gA _d_opts=(
     [@]='--version -h --help'
     [daemon]='--log-level -h --help'
     [setPeerConfig]='--role --id --bind --advertise --leader --leader-key --source-ip --group --heartbeat --heartbeat-budget --history-rows --repo --pull-cmd --build-cmd --restart-cmd -h --help'
     [getPeerStatus]='--json -h --help'
     [registerWorker]='--id --token --token-file --leader --leader-key --source-ip -h --help'
-    [joinToken]='--ttl --id --replace -h --help'
+    [joinToken]='--ttl --id --replace --target-only -h --help'
     [listPeers]='--ids --online --json --pending -h --help'
-    [acceptPeer]='--key -h --help'
+    [acceptPeer]='--key --target-only -h --help'
     [removePeer]='-h --help'
     [getPeerIdByIp]='-h --help'
     [dbSanityCheck]='--dry-run -h --help'
     [execOnPeer]='--peer --exclude --directory --shellCmd --timeout --user --batch --json -n --no-stdin -b --gather -h --help'
     [history]='--peer --limit --json -h --help'
+    [policy]='--json -h --help'
     [demo]='--keep -h --help'
     [completion]='-h --help'
     [install-completion]='--shell -h --help'

@@ -46,6 +46,7 @@ complete -c d -n __fish_use_subcommand -a 'getPeerIdByIp' -d 'Print the id of th
 complete -c d -n __fish_use_subcommand -a 'dbSanityCheck' -d 'Check the local database (integrity, schema); on a worker delete...'
 complete -c d -n __fish_use_subcommand -a 'execOnPeer' -d 'Run CMD on peers; remote stdout/stderr stream here byte-exact; exit...'
 complete -c d -n __fish_use_subcommand -a 'history' -d 'Show the leader\'s audit log of executed commands, newest first.'
+complete -c d -n __fish_use_subcommand -a 'policy' -d 'Leader: show the access policy (who may run on whom, as which user,...'
 complete -c d -n __fish_use_subcommand -a 'demo' -d 'Start a leader and two workers on loopback, show them working, then...'
 complete -c d -n __fish_use_subcommand -a 'completion' -d 'Print the tab-completion script for SHELL.'
 complete -c d -n __fish_use_subcommand -a 'install-completion' -d 'Install tab completion for your shell in its standard user location.'
@@ -93,6 +94,7 @@ complete -c d -n '__fish_seen_subcommand_from registerWorker' -s h -l help -d 'S
 complete -c d -n '__fish_seen_subcommand_from joinToken' -l ttl -x -d 'How long the token can be used (once).'
 complete -c d -n '__fish_seen_subcommand_from joinToken' -l id -x -d 'The one peer id the token may enrol.'
 complete -c d -n '__fish_seen_subcommand_from joinToken' -l replace -d 'With --id: the token may rebind that id, already accepted, to a new...'
+complete -c d -n '__fish_seen_subcommand_from joinToken' -l target-only -d 'The peer it enrols can be run on but starts nothing elsewhere.'
 complete -c d -n '__fish_seen_subcommand_from joinToken' -s h -l help -d 'Show this message and exit.'
 
 # listPeers
@@ -104,6 +106,7 @@ complete -c d -n '__fish_seen_subcommand_from listPeers' -s h -l help -d 'Show t
 
 # acceptPeer
 complete -c d -n '__fish_seen_subcommand_from acceptPeer' -l key -x -d 'Accept only if the waiting key starts with KEY (the peer\'s getPeerS...'
+complete -c d -n '__fish_seen_subcommand_from acceptPeer' -l target-only -d 'The peer can be run on but starts nothing elsewhere.'
 complete -c d -n '__fish_seen_subcommand_from acceptPeer' -s h -l help -d 'Show this message and exit.'
 complete -c d -n '__d_pos acceptPeer 0' -a '(__d_peer_ids)' -d 'peer id'
 
@@ -136,6 +139,10 @@ complete -c d -n '__fish_seen_subcommand_from history' -l peer -x -a '(__d_peer_
 complete -c d -n '__fish_seen_subcommand_from history' -l limit -x -d 'Rows to show.'
 complete -c d -n '__fish_seen_subcommand_from history' -l json -d 'JSON array.'
 complete -c d -n '__fish_seen_subcommand_from history' -s h -l help -d 'Show this message and exit.'
+
+# policy
+complete -c d -n '__fish_seen_subcommand_from policy' -l json -d 'The rules as JSON.'
+complete -c d -n '__fish_seen_subcommand_from policy' -s h -l help -d 'Show this message and exit.'
 
 # demo
 complete -c d -n '__fish_seen_subcommand_from demo' -l keep -d 'Leave the demo cluster running (prints how to stop it).'

@@ -97,6 +97,13 @@ class NotAuthorized(ZpeerError):
     hint = "run `d acceptPeer ID` on the leader, or register with a token from `d joinToken`"
 
 
+class NotAllowed(ZpeerError):
+    """The leader's access policy refuses the request (`d policy`)."""
+
+    code = "not_allowed"
+    hint = "the leader's access policy refuses it: `d policy` on the leader shows the rules"
+
+
 class InvalidToken(ZpeerError):
     """A join token that is malformed, expired, already used or forged."""
 
@@ -217,11 +224,11 @@ class Busy(ZpeerError):
     code = "busy"
 
 
-_BY_CODE = {cls.code: cls for cls in (ZpeerError, PeerNotFound, PeerOffline, FailedToConnect,
-                                      NotConnected, DirectoryNotFound, DirectoryDenied, KeyMismatch,
-                                      NotAuthorized, InvalidToken, NotLeader, NotConfigured,
-                                      BadRequest, RequestTimeout, TooLate, ExitLost, BindFailed,
-                                      OutputFailed, BadConfig, BadDatabase, BadHome, BadKey, Busy)}
+_BY_CODE = {cls.code: cls for cls in (
+    ZpeerError, PeerNotFound, PeerOffline, FailedToConnect, NotConnected, DirectoryNotFound,
+    DirectoryDenied, KeyMismatch, NotAuthorized, NotAllowed, InvalidToken, NotLeader,
+    NotConfigured, BadRequest, RequestTimeout, TooLate, ExitLost, BindFailed, OutputFailed,
+    BadConfig, BadDatabase, BadHome, BadKey, Busy)}
 
 
 def from_reply(reply):

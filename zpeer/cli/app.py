@@ -27,6 +27,7 @@ COMMANDS = {
     "dbSanityCheck": "zpeer.cli.node:db_sanity_check",
     "execOnPeer": "zpeer.cli.execute:exec_on_peer",
     "history": "zpeer.cli.peers:history",
+    "policy": "zpeer.cli.policy:policy",
     "demo": "zpeer.cli.demo:demo",
     "completion": "zpeer.cli.completion:completion",
     "install-completion": "zpeer.cli.completion_install:install_completion",

@@ -199,7 +199,9 @@ def register_worker(peer_id, token, token_file, leader, leader_key, source_ip):
 @click.option("--replace", is_flag=True,
               help="With --id: the token may rebind that id, already accepted, to a new key "
                    "(a reinstalled host).")
-def join_token(ttl, peer_id, replace):
+@click.option("--target-only", is_flag=True,
+              help="The peer it enrols can be run on but starts nothing elsewhere.")
+def join_token(ttl, peer_id, replace, target_only):
     """Leader: print a one-time join token (leader address, key and secret) for a new worker.
 
     A token never rebinds an accepted id to another key, unless made with --id ID --replace.
@@ -213,7 +215,8 @@ def join_token(ttl, peer_id, replace):
         usage_error("--replace needs --id ID: a token rebinds the one id it is for")
     if peer_id and not config.valid_peer_id(peer_id, new=False):
         usage_error(f"Invalid peer id: {peer_id!r} ({config.PEER_ID_RULE})")
-    click.echo(call("join_token", ttl=ttl, id=peer_id, replace=replace)["token"])
+    click.echo(call("join_token", ttl=ttl, id=peer_id, replace=replace,
+                    target_only=target_only)["token"])
 
 
 @click.command("acceptPeer", context_settings=CONTEXT)
@@ -221,15 +224,17 @@ def join_token(ttl, peer_id, replace):
 @click.option("--key", metavar="KEY",
               help="Accept only if the waiting key starts with KEY (the peer's getPeerStatus "
                    "shows it).")
-def accept_peer(peer_id, key):
+@click.option("--target-only", is_flag=True,
+              help="The peer can be run on but starts nothing elsewhere.")
+def accept_peer(peer_id, key, target_only):
     """Leader: accept a pending peer's key so it can run and receive commands.
 
     \b
     Example:
       d listPeers --pending && d acceptPeer laptop --key 'rEWR8y2g'
     """
-    call("accept", id=peer_id, key=key)
-    click.echo(f"Accepted: {peer_id}")
+    call("accept", id=peer_id, key=key, target_only=target_only)
+    click.echo(f"Accepted: {peer_id}" + (" (target-only)" if target_only else ""))
 
 
 @click.command("removePeer", context_settings=CONTEXT)

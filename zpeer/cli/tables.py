@@ -99,3 +99,20 @@ def history_table(rows):
         body.append([when, r["origin"] + (f"({r['user']})" if r["user"] else ""), r["target"], rc,
                      duration, cut(printable(r["command"] or ""), COMMAND_SHOWN_MAX)])
     return _table(["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"], body)
+
+
+def policy_lines(result):
+    """`d policy`'s lines: the rules in the order they apply, then the target-only peers."""
+    lines = []
+    if not result["rules"]:
+        lines.append("No rules: every peer may run on every peer and read the history.")
+    for rule in result["rules"]:
+        what = "read the history of" if rule["kind"] == "history" else "run on"
+        users = f" as {rule['users']}" if rule["users"] else ""
+        lines.append(printable(f"{rule['n']:>3}  {rule['action']:<5}  {rule['origins']} "
+                               f"may {'' if rule['action'] == 'allow' else 'not '}{what} "
+                               f"{rule['targets']}{users}"))
+    if result["target_only"]:
+        lines.append(printable("target-only (start nothing elsewhere): "
+                               + ", ".join(result["target_only"])))
+    return lines

@@ -26,6 +26,7 @@ PRUNE_EVERY_ROWS = 1000
 # audit rows one prune deletes at most (it holds the loop briefly): a backlog takes several
 PRUNE_BATCH_ROWS = 5000
 PRUNE_PAUSE_S = 0.05  # between those prunes, so the loop keeps serving
+HISTORY_SCAN_MAX = 100_000  # rows a filtered history read looks at, at most
 
 
 class AuditLog:
@@ -214,16 +215,24 @@ class AuditLog:
             self._due = time.monotonic() + AUDIT_RETRY_S
             self.registry.note_error(exc)
 
-    def history(self, peer=None, limit=20):
-        """Newest audit rows first, optionally for one target (a prune that is due runs
-        first)."""
+    def history(self, peer=None, limit=20, readable=None):
+        """Newest audit rows first, optionally for one peer, and only the rows whose target
+        `readable` accepts when given (a prune that is due runs first)."""
         self.flush(force=True)
         if self._prune_due is not None:
             self._prune()
-        query = self.model.select().order_by(self.model.started_at.desc()).limit(limit)
+        query = self.model.select().order_by(self.model.started_at.desc())
         if peer:
             query = query.where((self.model.target == peer) | (self.model.origin == peer))
-        return list(query)
+        if readable is None:
+            return list(query.limit(limit))
+        rows = []
+        for row in query.limit(HISTORY_SCAN_MAX).iterator():
+            if readable(row.target):
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+        return rows
 
 
 def statements(model, batch):

@@ -72,8 +72,9 @@ def token_verdict(refusal):
 class Enrolment:
     """The leader's enrolment state: bindings in the registry, requests waiting for acceptance."""
 
-    def __init__(self, own_id, registry, table, policy):
+    def __init__(self, own_id, registry, table, policy, access):
         self.own_id, self.registry, self.table, self.policy = own_id, registry, table, policy
+        self.access = access  # the access policy (zpeer.daemon.access): its target-only peers
         self.rekey = {}  # peer id -> {"key", "ip", "since"}: a known id asking to bind a new key
         self.waiting = {}  # peer id -> route of its last pending hello: acceptPeer calls it back
         # peer id -> {key: ip} of every key that asked under it while it waits: acceptPeer
@@ -108,9 +109,12 @@ class Enrolment:
                                   f"to another key (a token from `d joinToken --id {peer_id} "
                                   "--replace` rebinds it)", "token")
             else:
+                target_only = self.registry.token_target_only(secret_hash)
                 verdict = token_verdict(self.registry.consume_token(secret_hash, peer_id))
         fields = {"hostname": str(header.get("hostname"))[:255],
                   "version": str(header.get("version"))[:64], "role": "worker"}
+        if verdict.step == "token" and verdict.status == "accepted":
+            fields["target_only"] = target_only  # the token says what the peer may start
         if verdict.status == "accepted":
             self._bind(peer_id, key, ip, row, fields, verdict)
             return verdict
@@ -161,10 +165,15 @@ class Enrolment:
                 if verdict.step != "known":
                     raise  # a new binding that is not stored is not granted
                 self.registry.note_error(exc)  # its row says accepted; the ip is flushed later
+        if wanted.get("target_only", row is not None and row.target_only):
+            self.access.target_only.add(peer_id)
+        else:
+            self.access.target_only.discard(peer_id)
 
-    def accept(self, peer_id, key=None):
-        """Accept a pending peer's key (only if it starts with `key`, when given); returns
-        (the CLI's answer, the route to call back or None)."""
+    def accept(self, peer_id, key=None, target_only=False):
+        """Accept a pending peer's key (only if it starts with `key`, when given; as a
+        target-only peer with `target_only`); returns (the CLI's answer, the route to call back
+        or None)."""
         row = self.registry.get(peer_id)
         if row is None or row.status not in ("pending", "accepted"):
             raise PeerNotFound(peer_id, hint="`d listPeers --pending` lists the peers waiting")
@@ -195,7 +204,11 @@ class Enrolment:
             self.table.drop(peer_id)
             row = self.registry.upsert(peer_id, key=request["key"], ip=request["ip"])
         self.policy.revoked.discard(row.key)
-        self.registry.set_status(peer_id, "accepted")
+        self.registry.upsert(peer_id, status="accepted", target_only=target_only)
+        if target_only:
+            self.access.target_only.add(peer_id)
+        else:
+            self.access.target_only.discard(peer_id)
         # it says hello again now, not at its next heartbeat
         return {"id": peer_id, "status": "accepted"}, self.waiting.pop(peer_id, None)
 
@@ -211,6 +224,7 @@ class Enrolment:
             self.policy.revoked.add(row.key)
             self.registry.revoke_key(row.key)
         self.registry.set_status(peer_id, "removed")
+        self.access.target_only.discard(peer_id)
         return {"id": peer_id, "status": "removed"}
 
     def pending_records(self, version):

@@ -10,6 +10,7 @@ forwarded here by their "to" field, with "from" set from the sender's verified i
 audits every exec it forwards, runs or originates (zpeer.daemon.audit).
 """
 import logging
+import os
 import socket
 import time
 
@@ -18,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zpeer import config, trace
 from zpeer.daemon import tcp_state
+from zpeer.daemon.access import AccessPolicy, Rule
 from zpeer.daemon.enrolment import Enrolment
 from zpeer.daemon.links import Link
 from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
@@ -28,6 +30,7 @@ from zpeer.daemon.stamps import boot_s, spend, transit_s
 from zpeer.daemon.zap import KeyPolicy
 from zpeer.errors import (
     BindFailed,
+    NotAllowed,
     NotAuthorized,
     NotConnected,
     PeerNotFound,
@@ -36,7 +39,7 @@ from zpeer.errors import (
 )
 from zpeer.logsetup import RateLimited
 from zpeer.peerinfo import describe_last_seen, peer_record
-from zpeer.wire import messages, multipart, protocol
+from zpeer.wire import ipc, messages, multipart, protocol
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,10 @@ class LeaderLink(Link):
         # a closed connection is seen at once (FIN/RST: a killed daemon, a stopped host's kernel)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.table = PeerTable(self.id, self.heartbeat_s)
-        self.enrolment = Enrolment(self.id, registry, self.table, self.policy)
+        self.access = AccessPolicy()
+        self.load_access()
+        self.own_user = ipc.user_name(os.geteuid())
+        self.enrolment = Enrolment(self.id, registry, self.table, self.policy, self.access)
         self.queries = FleetQueries(self, registry, audit)
         self.limiter = RateLimited()
         self.pacers = {}  # peer id -> Pacer: our bulk to it (zpeer.daemon.pacing)
@@ -239,11 +245,43 @@ class LeaderLink(Link):
         header["from"] = peer_id
         if mtype == "exec":  # the leg from its origin to here
             spend(header, transit_s(header.get("echo"), header.get("held"), now))
+            if not self.access.open and self._refused(peer_id, header):
+                return None
         self.audit.observe(peer_id, header)
         if header["to"] == self.id:
             return peer_id, header, data
         self._forward(peer_id, header, data)
         return None
+
+    def _refused(self, origin, header):
+        """Refuse an exec the access policy does not allow (its audit row says so, its origin
+        hears it as from the target); True if refused."""
+        target = header["to"]
+        user = header.get("user") or self.daemon_user(target)
+        try:
+            self.access.check_run(origin, target, user)
+        except NotAllowed as exc:
+            if self.limiter.allow(("refused", origin)):
+                log.warning("refused: %s", exc.message)
+            reply = messages.error(header["job"], origin, exc.to_reply(), target)
+            self.audit.observe(origin, header)
+            self.audit.observe(self.id, reply, trusted=True)
+            self.send(origin, reply)
+            return True
+        return False
+
+    def daemon_user(self, peer_id):
+        """The account a peer's daemon runs commands as by default (its hello says), or None."""
+        if peer_id == self.id:
+            return self.own_user
+        entry = self.table.live.get(peer_id)
+        return None if entry is None else entry.user
+
+    def load_access(self):
+        """The access policy from the registry (at start, and after `d policy` changed it)."""
+        self.access.rules = [Rule(r.number, r.action, r.origins, r.targets, r.users, r.kind)
+                             for r in self.registry.policy_rules()]
+        self.access.target_only = set(self.registry.target_only_ids())
 
     def _unverified(self, identity, peer_id, key, header):
         """A message from a connection not bound to this id: only tell it to say hello."""
@@ -269,6 +307,7 @@ class LeaderLink(Link):
             # this one
             self.on_monitor()
             entry = self.table.admit(peer_id, key, ip, identity, fd, time.monotonic())
+            entry.user = header.get("daemon_user")
             if isinstance(header.get("tx"), (int, float)):
                 entry.tx, entry.tx_at = header["tx"], boot_s()
             self._new_connection(peer_id, fd)
@@ -320,7 +359,7 @@ class LeaderLink(Link):
             self.send(peer_id, messages.rpc_result(header["rid"], {}))  # taken: not again
             return
         try:
-            reply = messages.rpc_result(header["rid"], self.queries.answer(op, args))
+            reply = messages.rpc_result(header["rid"], self.queries.answer(op, args, peer_id))
         except ZpeerError as exc:
             reply = messages.rpc_error(header["rid"], exc.to_reply())
         self.send(peer_id, reply)
@@ -454,9 +493,9 @@ class LeaderLink(Link):
             records.append(record)
         return records
 
-    def accept(self, peer_id, key=None):
+    def accept(self, peer_id, key=None, target_only=False):
         """acceptPeer: bind the waiting key; the peer is called back to say hello at once."""
-        result, route = self.enrolment.accept(peer_id, key)
+        result, route = self.enrolment.accept(peer_id, key, target_only)
         if route is not None:
             self._send_raw(route, messages.rehello("accepted"))
         return result

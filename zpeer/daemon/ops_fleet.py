@@ -1,11 +1,15 @@
 """CLI requests about the fleet: listPeers, getPeerIdByIp, history (answered by the leader,
-from any node), and the leader's own joinToken, acceptPeer and removePeer."""
+from any node), and the leader's own joinToken, acceptPeer, removePeer and policy."""
+import logging
 import time
 
 from zpeer import config
+from zpeer.daemon.access import ACTIONS, RULES_MAX, Rule
 from zpeer.daemon.fields import arg
 from zpeer.errors import BadRequest
 from zpeer.wire import keys
+
+log = logging.getLogger(__name__)
 
 MAX_TOKEN_TTL_S = 30 * 86400
 
@@ -55,17 +59,53 @@ class FleetOps:
             raise BadRequest(f"Invalid peer id: {bound_id!r} ({config.PEER_ID_RULE})")
         if replace and bound_id is None:
             raise BadRequest("--replace needs --id: a token rebinds the one id it is for")
+        target_only = bool(header.get("target_only"))
         token, secret_hash = keys.make_token(leader.address, leader.public)
-        self.node.registry.add_token(secret_hash, ttl, bound_id, replace)
+        self.node.registry.add_token(secret_hash, ttl, bound_id, replace, target_only)
+        log.info("join token issued (expires in %d s%s%s)", ttl,
+                 f", for {bound_id}" if bound_id else "", ", target-only" if target_only else "")
         return {"token": token, "expires": time.time() + ttl, "address": leader.address}
 
     def op_accept(self, identity, header):
         """acceptPeer."""
         return self.node.link.as_leader().accept(arg(header, "id", str, required=True),
-                                                 arg(header, "key", str))
+                                                 arg(header, "key", str),
+                                                 bool(header.get("target_only")))
 
     def op_remove(self, identity, header):
         """removePeer: its running execs fail for their CLIs at once."""
         result = self.node.link.as_leader().remove(arg(header, "id", str, required=True))
         self.node.dispatch(self.node.sessions.peer_lost(result["id"], "Peer {peer} was removed"))
         return result
+
+    def op_policy(self, identity, header):
+        """policy: show the rules, add one (allow, deny), remove one, or reset."""
+        leader = self.node.link.as_leader()
+        registry = self.node.registry
+        verb = arg(header, "verb", str, "show")
+        unknown = []
+        if verb in ACTIONS:
+            kind = "history" if header.get("history") else "run"
+            origins, targets = (arg(header, name, str, required=True)
+                                for name in ("origins", "targets"))
+            users = arg(header, "users", str)
+            rule = Rule(0, verb, origins, targets, users, kind)  # BadRequest if it is not one
+            if len(leader.access.rules) >= RULES_MAX:
+                raise BadRequest(f"The policy has {RULES_MAX} rules already")
+            known = {r.id for r in registry.peers()}
+            unknown = sorted((rule.origins.exact | rule.targets.exact) - known)
+            number = registry.add_policy_rule(verb, kind, origins, targets, users)
+            log.info("policy: rule %d added: %s %s -> %s%s%s", number, verb, origins, targets,
+                     f" as {users}" if users else "", " (history)" if kind == "history" else "")
+        elif verb == "remove":
+            number = arg(header, "number", int, required=True)
+            if not registry.remove_policy_rule(number):
+                raise BadRequest(f"No policy rule {number} (`d policy` lists them)")
+            log.info("policy: rule %d removed", number)
+        elif verb == "reset":
+            registry.reset_policy()
+            log.info("policy: every rule removed")
+        elif verb != "show":
+            raise BadRequest(f"unknown policy verb {verb!r}")
+        leader.load_access()
+        return dict(leader.access.records(), unknown=unknown)

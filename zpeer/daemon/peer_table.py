@@ -23,7 +23,8 @@ def beat_interval_s(base_s, peers, budget_per_s):
 class Entry:
     """A verified peer's connection: its key, address, route and when it was last heard."""
 
-    __slots__ = ("key", "ip", "rx", "route", "fd", "gone", "tx", "tx_at", "clock_offset_s")
+    __slots__ = ("key", "ip", "rx", "route", "fd", "gone", "tx", "tx_at", "clock_offset_s",
+                 "user")
 
     def __init__(self, key, ip, rx, route, fd):
         self.key, self.ip, self.rx, self.route, self.fd = key, ip, rx, route, fd
@@ -31,6 +32,7 @@ class Entry:
         # its last stamp and when it came, on the leader's clock (zpeer.daemon.stamps)
         self.tx = self.tx_at = None
         self.clock_offset_s = None  # its wall clock less the leader's, as it measured (shown)
+        self.user = None  # the account its daemon runs commands as (its hello says)
 
 
 class PeerTable:

@@ -1,6 +1,9 @@
 """What the leader answers about the fleet, to its own CLI and to workers' RPCs: the peer list,
 the peer at an IP, and the audit log."""
-from zpeer.errors import BadRequest, PeerNotFound
+import time
+
+from zpeer.errors import BadRequest, NotAllowed, PeerNotFound
+from zpeer.wire import messages
 
 HISTORY_ROWS_MAX = 10000
 QUERIES = ("peers", "peer_by_ip", "history")
@@ -12,20 +15,21 @@ class FleetQueries:
     def __init__(self, leader, registry, audit):
         self.leader, self.registry, self.audit = leader, registry, audit
 
-    def answer(self, op, args):
-        """The result map of one query (BadRequest for an unknown one)."""
+    def answer(self, op, args, asker=None):
+        """The result map of one query (BadRequest for an unknown one); `asker`: the peer
+        whose RPC it is (None: the leader's own CLI)."""
         if op not in QUERIES:
             raise BadRequest(f"unknown rpc {op!r}")
-        return getattr(self, op)(args)
+        return getattr(self, op)(args, asker)
 
-    def peers(self, args):
+    def peers(self, args, _asker):
         """Peer records (accepted, or pending ones)."""
         pending = bool(args.get("pending"))
         return {"peers": self.leader.records(pending=pending),
                 "leader_version": self.leader.version,
                 "waiting": self.leader.enrolment.waiting_count()}  # (for a footnote)
 
-    def peer_by_ip(self, args):
+    def peer_by_ip(self, args, _asker):
         """Ids of the peers seen at an IP."""
         rows = self.registry.by_ip(str(args.get("ip")))
         if not rows:
@@ -34,11 +38,21 @@ class FleetQueries:
                                     "shows each peer's IP")
         return {"ids": [r.id for r in rows]}
 
-    def history(self, args):
-        """Audit rows, newest first."""
+    def history(self, args, asker):
+        """Audit rows, newest first: those the access policy lets `asker` read (a refusal is
+        audited too)."""
         limit = args.get("limit") if isinstance(args.get("limit"), int) else 20
         peer = args.get("peer") if isinstance(args.get("peer"), str) else None
-        rows = self.audit.history(peer, max(1, min(limit, HISTORY_ROWS_MAX)))
+        readable = None
+        if asker is not None:
+            try:
+                readable = self.leader.access.history_filter(asker)
+            except NotAllowed:
+                self.audit.log_exec(f"history.{messages.new_rid()}", started_at=time.time(),
+                                    origin=asker, target=self.leader.id, command="d history",
+                                    rc=255, outcome="not_allowed")
+                raise
+        rows = self.audit.history(peer, max(1, min(limit, HISTORY_ROWS_MAX)), readable)
         return {"rows": [{"job": r.job, "time": r.started_at, "origin": r.origin,
                           "user": r.origin_user, "target": r.target, "directory": r.directory,
                           "command": r.command, "rc": r.rc, "outcome": r.outcome,

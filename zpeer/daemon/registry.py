@@ -2,8 +2,9 @@
 table the audit log writes (zpeer.daemon.audit). No ZeroMQ here.
 
 Tables: meta (schema version), peer (id, ip as observed on the connection, hostname, role,
-version, CURVE key, status accepted/pending/removed, first/last seen), join_token (hash of the
-one-time secret, expiry, use) and exec_log (the audit of every exec routed by this leader).
+version, CURVE key, status accepted/pending/removed, first/last seen, target-only), join_token
+(hash of the one-time secret, expiry, use), exec_log (the audit of every exec routed by this
+leader) and policy_rule (the access policy, zpeer.daemon.access).
 Workers keep the same schema but only meta (`sanity_check(worker=True)` deletes the rest), so a
 damaged worker file is replaced (`open_registry`). last_seen is flushed in batches (`flush()`),
 never one write per heartbeat.
@@ -53,6 +54,7 @@ def _make_models(db):
         status = peewee.CharField(default="accepted")
         first_seen = peewee.FloatField(null=True)
         last_seen = peewee.FloatField(null=True)
+        target_only = peewee.BooleanField(default=False)  # joinToken --target-only: starts nothing
 
         class Meta:
             table_name = "peer"
@@ -66,6 +68,7 @@ def _make_models(db):
         used_by = peewee.CharField(null=True)
         bound_id = peewee.CharField(null=True)  # joinToken --id: the one id it may enrol
         may_replace = peewee.BooleanField(default=False)  # --replace: it may rebind that id
+        target_only = peewee.BooleanField(default=False)  # --target-only: the peer it enrols
 
         class Meta:
             table_name = "join_token"
@@ -88,7 +91,19 @@ def _make_models(db):
         class Meta:
             table_name = "exec_log"
 
-    return Meta, Peer, JoinToken, ExecLog
+    class PolicyRule(Base):
+        """One rule of the access policy (zpeer.daemon.access), in the order they apply."""
+        number = peewee.AutoField()
+        action = peewee.CharField()
+        kind = peewee.CharField(default="run")
+        origins = peewee.TextField()
+        targets = peewee.TextField()
+        users = peewee.TextField(null=True)
+
+        class Meta:
+            table_name = "policy_rule"
+
+    return Meta, Peer, JoinToken, ExecLog, PolicyRule
 
 
 def open_registry(path, disposable):
@@ -113,13 +128,15 @@ class Registry:
         self.path = path
         self.db = peewee.SqliteDatabase(path, pragmas={"journal_mode": "wal", "busy_timeout": 200,
                                                        "synchronous": "normal"})
-        self.Meta, self.Peer, self.JoinToken, self.ExecLog = _make_models(self.db)
+        self.Meta, self.Peer, self.JoinToken, self.ExecLog, self.PolicyRule = \
+            _make_models(self.db)
         self._seen = {}  # peer id -> (last_seen, ip): pending batched writes
         self.last_error = None  # the last database failure, for getPeerStatus
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
         try:
             self.db.connect()
-            self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog])
+            self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog,
+                                   self.PolicyRule])
         except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:  # not a database, malformed
             self.db.close()
             if isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)):
@@ -135,7 +152,7 @@ class Registry:
 
     def _add_missing_columns(self):
         """A database from before a column was added gets it (with its default)."""
-        for model in (self.JoinToken,):
+        for model in (self.JoinToken, self.Peer):
             table = model._meta.table_name
             have = {row[1] for row in self.db.execute_sql(f"PRAGMA table_info({table})")}
             for field in model._meta.fields.values():
@@ -241,11 +258,17 @@ class Registry:
         self.last_error = str(exc)
 
     # --- join tokens --------------------------------------------------------------------
-    def add_token(self, secret_hash, ttl_s, bound_id=None, may_replace=False):
+    def add_token(self, secret_hash, ttl_s, bound_id=None, may_replace=False, target_only=False):
         """Store a new token's secret hash with its expiry (and the id it is for, if any)."""
         now = time.time()
         self.JoinToken.create(secret_hash=secret_hash, created=now, expires=now + ttl_s,
-                              bound_id=bound_id, may_replace=may_replace)
+                              bound_id=bound_id, may_replace=may_replace,
+                              target_only=target_only)
+
+    def token_target_only(self, secret_hash):
+        """True if this token enrols its peer as target-only (`joinToken --target-only`)."""
+        row = self.JoinToken.get_or_none(self.JoinToken.secret_hash == secret_hash)
+        return row is not None and bool(row.target_only)
 
     def token_may_replace(self, secret_hash, peer_id):
         """True if this token was made to rebind peer_id (`joinToken --id ID --replace`)."""
@@ -267,6 +290,29 @@ class Registry:
         row.save()
         return None
 
+    # --- the access policy ------------------------------------------------------------
+    def policy_rules(self):
+        """The access policy's rules as stored, in the order they apply."""
+        return list(self.PolicyRule.select().order_by(self.PolicyRule.number))
+
+    def add_policy_rule(self, action, kind, origins, targets, users):
+        """Append a rule; returns its number."""
+        return self.PolicyRule.create(action=action, kind=kind, origins=origins,
+                                      targets=targets, users=users).number
+
+    def remove_policy_rule(self, number):
+        """Delete one rule; True if it was there."""
+        return bool(self.PolicyRule.delete().where(self.PolicyRule.number == number).execute())
+
+    def reset_policy(self):
+        """Delete every rule (the target-only peers stay so: that is their enrolment)."""
+        self.PolicyRule.delete().execute()
+
+    def target_only_ids(self):
+        """The accepted peers enrolled as target-only."""
+        return [r.id for r in self.Peer.select(self.Peer.id).where(
+            (self.Peer.target_only == True) & (self.Peer.status == "accepted"))]  # noqa: E712
+
     # --- maintenance --------------------------------------------------------------------
     def sanity_check(self, worker, dry_run=False):
         """Integrity + schema check; on a worker delete leader-only rows. Returns report lines."""
@@ -286,7 +332,7 @@ class Registry:
                 lines.append(f"schema version set to {SCHEMA_VERSION}")
         if worker:
             for table, model in (("peer", self.Peer), ("join_token", self.JoinToken),
-                                 ("exec_log", self.ExecLog)):
+                                 ("exec_log", self.ExecLog), ("policy_rule", self.PolicyRule)):
                 count = model.select().count()
                 if count and not dry_run:
                     model.delete().execute()

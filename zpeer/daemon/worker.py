@@ -30,7 +30,7 @@ from zpeer.errors import (
     RequestTimeout,
     from_reply,
 )
-from zpeer.wire import messages, multipart, protocol
+from zpeer.wire import ipc, messages, multipart, protocol
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class WorkerLink(Link):
     def hello(self):
         """Introduce ourselves (on every connect and when the leader asks)."""
         self.send(messages.hello(self.id, socket.gethostname(), self.version, os.getpid(),
-                                 self.token), force=True)
+                                 ipc.user_name(os.geteuid()), self.token), force=True)
 
     def ask_again(self):
         """A pending or refused worker asks the leader once more (registerWorker, perhaps with a

@@ -191,6 +191,11 @@ def peer_user(frame):
         return None
     finally:
         sock.detach()
+    return user_name(uid)
+
+
+def user_name(uid):
+    """The account name of a uid (`uid N` for one without a passwd entry), looked up once."""
     name = _USER_NAMES.get(uid)
     if name is None:
         import pwd

@@ -13,10 +13,11 @@ def new_rid():
 
 
 # --- link: enrolment, liveness, RPCs -------------------------------------------------------
-def hello(peer_id, hostname, version, pid, token=None):
-    """A worker introduces itself (on every connect, and when the leader asks)."""
+def hello(peer_id, hostname, version, pid, daemon_user, token=None):
+    """A worker introduces itself (on every connect, and when the leader asks), with the
+    account its daemon runs commands as (the access policy's default user)."""
     header = {"t": "hello", "rid": new_rid(), "id": peer_id, "hostname": hostname,
-              "version": version, "role": "worker", "pid": pid}
+              "version": version, "role": "worker", "pid": pid, "daemon_user": daemon_user}
     if token:
         header["token"] = token
     return header
