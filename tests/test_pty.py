@@ -1,0 +1,186 @@
+"""Interactive sessions on real terminals: `d shell` and `d execOnPeer -t` driven through a
+pseudo-terminal of the test's (and tmux), against real daemons."""
+import shutil
+import signal
+import subprocess
+
+import pytest
+from helpers.nodes import Cluster, wait_for
+from helpers.terminal import Terminal
+
+PROMPT = rb"[#$] $"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """A leader (vps), a worker (desktop) and one to lose (spare)."""
+    c = Cluster(tmp_path_factory.mktemp("pty"))
+    c.leader()
+    c.desktop = c.worker("desktop", "127.0.0.2")
+    c.spare = c.worker("spare", "127.0.0.5")
+    yield c
+    c.stop()
+
+
+def open_term(node, *args, rows=24, cols=80, term="xterm-256color"):
+    """`d ARGS` of node on a terminal of its own, TERM set."""
+    env = dict(node.env, TERM=term, PS1="$ ")
+    return Terminal(node.command + list(args), env, rows, cols)
+
+
+def shell(node, peer, *args, **kw):
+    """`d shell --peer PEER` at its first prompt."""
+    t = open_term(node, "shell", "--peer", peer, *args, **kw)
+    t.expect(PROMPT)
+    return t
+
+
+def test_shell_terminal_size_term_resize_and_exit_status(fleet):
+    t = shell(fleet.vps, "desktop", rows=30, cols=100)
+    try:
+        t.send(b"tty; echo \"T=$TERM\"; stty size\r")
+        t.expect(rb"/dev/pts/\d+\r\nT=xterm-256color\r\n30 100\r\n")
+        t.resize(40, 120)
+        t.expect(PROMPT)
+        wait_for(lambda: (t.send(b"stty size\r"), t.expect(rb"(\d+ \d+)\r\n").group(1))[1]
+                 == b"40 120", what="the new size on the peer")
+        t.send(b"exit 3\r")
+        assert t.wait() == 3
+        assert t.modes_now() == t.modes  # raw mode undone
+    finally:
+        t.close()
+
+
+def test_sigwinch_ctrl_c_ctrl_d_and_escapes(fleet):
+    t = shell(fleet.vps, "desktop")
+    try:
+        # a program that traps SIGWINCH sees the new size
+        t.send(b"bash -c 'trap \"echo winch \\$(stty size)\" WINCH; echo ready; "
+               b"while :; do sleep 0.05; done'\r")
+        t.expect(rb"ready\r\n")
+        t.resize(50, 132)
+        t.expect(rb"winch 50 132\r\n")
+        # Ctrl-C reaches the remote foreground job, not this client: the shell lives on
+        t.send(b"\x03")
+        t.expect(PROMPT)
+        t.send(b"echo go; sleep 30\r")
+        t.expect(rb"go\r\n")
+        t.send(b"\x03")
+        t.expect(PROMPT, timeout=5)
+        t.send(b"echo \"rc=$?\"\r")
+        t.expect(rb"rc=130\r\n")
+        # Ctrl-D ends a remote `cat`'s input
+        t.send(b"echo go; cat; echo cat-done\r")
+        t.expect(rb"go\r\n")
+        t.send(b"abc\r")
+        t.expect(rb"abc\r\n")
+        t.send(b"\x04")
+        t.expect(rb"cat-done\r\n")
+        # ~~ sends one ~; ~? lists the escapes (locally); a ~ inside a line is just a ~
+        t.send(b"echo go; read v; echo \"got[$v]\"\r")
+        t.expect(rb"go\r\n")
+        t.send(b"~~a~b\r")
+        t.expect(rb"got\[~a~b\]\r\n")
+        t.send(b"~?")
+        t.expect(rb"Supported escape sequences:")
+        t.expect(rb"~\.   - terminate connection")
+        t.send(b"\r~.")
+        assert t.wait() == 255
+        assert b"Connection to desktop closed." in t.output
+        assert t.modes_now() == t.modes
+    finally:
+        t.close()
+
+
+def test_escape_none_and_another_escape_char(fleet):
+    t = shell(fleet.vps, "desktop", "--escape", "none")
+    try:
+        t.send(b"echo go; read v; echo \"got[$v]\"\r")
+        t.expect(rb"go\r\n")
+        t.send(b"~.\r")
+        t.expect(rb"got\[~\.\]\r\n")
+        t.send(b"exit\r")
+        assert t.wait() == 0
+    finally:
+        t.close()
+    t = shell(fleet.vps, "desktop", "-e", "%")
+    try:
+        t.send(b"~.\r%.")
+        assert t.wait() == 255
+    finally:
+        t.close()
+
+
+def test_exec_tty_merges_streams_and_forwards_stdin(fleet):
+    t = open_term(fleet.desktop, "execOnPeer", "-t", "--peer", "vps", "--shellCmd",
+                  "tty; echo out; echo err >&2; read x; echo \"got $x\"; exit 4")
+    try:
+        t.expect(rb"/dev/pts/\d+\r\nout\r\nerr\r\n")
+        t.send(b"hello\r")
+        t.expect(rb"got hello\r\n")
+        assert t.wait() == 4
+        assert t.modes_now() == t.modes
+    finally:
+        t.close()
+    # stdin that is no terminal still goes to a command that has one
+    out = fleet.vps.d("execOnPeer", "-t", "--peer", "desktop", "--shellCmd",
+                      "read x; [ -t 0 ] && echo \"tty got $x\"", input=b"piped\n")
+    assert out.returncode == 0, out
+    assert out.stdout.endswith(b"tty got piped\r\n"), out.stdout
+    out = fleet.vps.d("execOnPeer", "-t", "--peer", "desktop,vps", "--shellCmd", "true")
+    assert out.returncode == 2 and b"-t runs on one peer" in out.stderr, out
+
+
+@pytest.mark.skipif(not shutil.which("tmux"), reason="no tmux (apt-get install tmux)")
+def test_full_screen_programs_in_tmux(fleet, tmp_path):
+    sock = str(tmp_path / "tmux.sock")
+    env = dict(fleet.vps.env, TERM="xterm-256color")
+    tmux = ["tmux", "-S", sock, "-f", "/dev/null"]
+    d = " ".join(fleet.vps.command)
+    subprocess.run(tmux + ["new-session", "-d", "-x", "100", "-y", "30", "-s", "t",
+                           f"{d} shell --peer desktop; echo \"status=$?\"; sleep 30"],
+                   env=env, check=True, timeout=10)
+
+    def screen():
+        return subprocess.run(tmux + ["capture-pane", "-p", "-t", "t"], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def keys(*k):
+        subprocess.run(tmux + ["send-keys", "-t", "t"] + list(k), check=True, timeout=10)
+
+    try:
+        wait_for(lambda: screen().rstrip().endswith(("#", "$")), what="the prompt in tmux")
+        keys("top -d 0.5", "Enter")
+        wait_for(lambda: "load average" in screen() and "PID" in screen(), what="top's screen")
+        keys("q")
+        wait_for(lambda: "load average" not in screen(), what="top to leave its screen")
+        target = tmp_path / "notes.txt"
+        keys(f"vi {target}", "Enter")
+        wait_for(lambda: "notes.txt" in screen() and "\n~" in screen(), what="vi's screen")
+        keys("i", "typed in vi", "Escape", ":wq", "Enter")
+        wait_for(lambda: target.exists() and target.read_text() == "typed in vi\n",
+                 what="vi to write the file")
+        keys("exit", "Enter")
+        wait_for(lambda: "status=0" in screen(), what="the shell's status")
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True, timeout=10)
+
+
+def test_lost_peer_and_sigterm_restore_the_terminal(fleet):
+    t = shell(fleet.vps, "desktop")
+    try:
+        t.proc.send_signal(signal.SIGTERM)
+        assert t.wait() == 255
+        assert b"Killed by signal 15." in t.output
+        assert t.modes_now() == t.modes
+    finally:
+        t.close()
+    t = shell(fleet.vps, "spare")
+    try:
+        t.send(b"sleep 60\r")
+        fleet.spare.kill()
+        assert t.wait(timeout=20) == 255
+        assert b"Peer spare disconnected mid-command" in t.output, t.output
+        assert t.modes_now() == t.modes
+    finally:
+        t.close()
