@@ -1,8 +1,11 @@
 """Interactive sessions on real terminals: `d shell` and `d execOnPeer -t` driven through a
 pseudo-terminal of the test's (and tmux), against real daemons."""
+import json
+import os
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 from helpers.nodes import Cluster, wait_for
@@ -184,3 +187,48 @@ def test_lost_peer_and_sigterm_restore_the_terminal(fleet):
         assert t.modes_now() == t.modes
     finally:
         t.close()
+
+
+def test_sessions_in_history_recorded_replayed_and_rotated(fleet):
+    vps = fleet.vps
+    vps.d("setPeerConfig", "--record-sessions", check=0)
+    try:
+        t = shell(fleet.desktop, "vps", rows=20, cols=70)
+        try:
+            t.send(b"echo rec-one; sleep 0.3; echo rec-two\r")
+            t.expect(rb"rec-two\r\n")
+            t.resize(21, 71)
+            t.send(b"stty size; exit 5\r")
+            assert t.wait() == 5
+        finally:
+            t.close()
+        rows = json.loads(vps.d("history", "--json", "--limit", "5", check=0).stdout)
+        row = next(r for r in rows if r["tty"] and r["origin"] == "desktop")
+        assert (row["target"], row["rc"], row["outcome"], row["recorded"]) == ("vps", 5, "exit",
+                                                                               True)
+        assert row["bytes_out"] > 0 and row["duration_s"] > 0.3
+        assert row["ended"] == pytest.approx(row["time"] + row["duration_s"])
+        table = vps.d("history", "--limit", "5", check=0).stdout
+        assert b"[tty rec] exec -l" in table
+        cast = os.path.join(vps.home, "casts", row["job"] + ".cast")
+        with open(cast) as f:
+            lines = [json.loads(line) for line in f]
+        assert lines[0]["version"] == 2 and (lines[0]["width"], lines[0]["height"]) == (70, 20)
+        assert ["r", "71x21"] in [e[1:] for e in lines[1:]]
+        screen = "".join(e[2] for e in lines[1:] if e[1] == "o")
+        assert "rec-one\r\n" in screen and "21 71\r\n" in screen
+        # played back from a worker too (through the leader), at its pace: rec-two ~0.3 s later
+        start = time.monotonic()
+        out = fleet.desktop.d("history", "--replay", row["job"], "--speed", "1")
+        assert out.returncode == 0, out
+        assert time.monotonic() - start >= 0.3
+        assert b"rec-one\r\n" in out.stdout and b"21 71\r\n" in out.stdout
+        out = vps.d("history", "--replay", "nosuchjob.0")
+        assert out.returncode == 1 and out.stderr.startswith(b"No recording of job nosuchjob.0")
+        # rotated with the history: its row pruned, the recording goes too
+        vps.d("setPeerConfig", "--history-rows", "1", check=0)
+        vps.d("execOnPeer", "--peer", "vps", "--shellCmd", "true", check=0)
+        vps.d("history", "--limit", "1", check=0)
+        wait_for(lambda: not os.path.exists(cast), what="the recording to go with its row")
+    finally:
+        vps.d("setPeerConfig", "--no-record-sessions", "--history-rows", "100000", check=0)

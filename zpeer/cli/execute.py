@@ -10,10 +10,17 @@ import sys
 
 import click
 
-from zpeer.cli.common import CONTEXT, EXCLUDE_HELP, PEER_HELP, Seconds, client
+from zpeer.cli.common import (
+    CONTEXT,
+    ESCAPE_HELP,
+    EXCLUDE_HELP,
+    PEER_HELP,
+    Seconds,
+    client,
+    escape_char,
+)
 from zpeer.cli.exec_client import ExecClient
 from zpeer.cli.renderer import Renderer
-from zpeer.cli.shell import ESCAPE_HELP, escape_char
 from zpeer.cli.stdio import report, widen_pipe
 from zpeer.errors import FailedToConnect, OutputFailed, ZpeerError
 from zpeer.targets import many_peers

@@ -181,9 +181,9 @@ class LeaderLink(Link):
         header.setdefault("from", self.id)
         return self.send(header["to"], header, data)
 
-    def witness(self, header):
+    def witness(self, header, data=None):
         """The leader audits what it originates."""
-        self.audit.observe(self.id, header, trusted=True)
+        self.audit.observe(self.id, header, trusted=True, data=data)
 
     # --- receiving -----------------------------------------------------------------------
     def receive(self):
@@ -239,7 +239,7 @@ class LeaderLink(Link):
         header["from"] = peer_id
         if mtype == "exec":  # the leg from its origin to here
             spend(header, transit_s(header.get("echo"), header.get("held"), now))
-        self.audit.observe(peer_id, header)
+        self.audit.observe(peer_id, header, data=data)
         if header["to"] == self.id:
             return peer_id, header, data
         self._forward(peer_id, header, data)

@@ -1,6 +1,6 @@
 """What the leader answers about the fleet, to its own CLI and to workers' RPCs: the peer list,
 the peer at an IP, and the audit log."""
-from zpeer.errors import BadRequest, PeerNotFound
+from zpeer.errors import BadRequest, NoRecording, PeerNotFound, ZpeerError
 
 HISTORY_ROWS_MAX = 10000
 QUERIES = ("peers", "peer_by_ip", "history")
@@ -35,11 +35,29 @@ class FleetQueries:
         return {"ids": [r.id for r in rows]}
 
     def history(self, args):
-        """Audit rows, newest first."""
+        """Audit rows, newest first; or a part of a session's recording (`replay`)."""
+        if isinstance(args.get("replay"), str):
+            return self.replay(args["replay"], args.get("offset"))
         limit = args.get("limit") if isinstance(args.get("limit"), int) else 20
         peer = args.get("peer") if isinstance(args.get("peer"), str) else None
         rows = self.audit.history(peer, max(1, min(limit, HISTORY_ROWS_MAX)))
+        casts = self.audit.casts
         return {"rows": [{"job": r.job, "time": r.started_at, "origin": r.origin,
                           "user": r.origin_user, "target": r.target, "directory": r.directory,
                           "command": r.command, "rc": r.rc, "outcome": r.outcome,
-                          "duration_s": r.duration_s, "bytes_out": r.bytes_out} for r in rows]}
+                          "duration_s": r.duration_s, "bytes_out": r.bytes_out,
+                          "ended": None if r.duration_s is None else r.started_at + r.duration_s,
+                          "tty": bool(r.tty), "recorded": bool(r.tty) and casts.has(r.job)}
+                         for r in rows]}
+
+    def replay(self, job, offset):
+        """Up to READ_CHUNK_BYTES of a recording from offset, and its size."""
+        try:
+            data, size = self.audit.casts.read(job, offset if isinstance(offset, int) else 0)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NoRecording(f"No recording of job {job}",
+                           hint="the leader records pty sessions after `d setPeerConfig "
+                                "--record-sessions`; `d history` lists them") from None
+        except OSError as exc:
+            raise ZpeerError(f"Cannot read the recording of {job}: {exc.strerror}") from None
+        return {"cast": data, "size": size}
