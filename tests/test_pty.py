@@ -4,12 +4,16 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 
 import pytest
+from helpers import netlab
+from helpers.netlab import Lab
 from helpers.nodes import Cluster, wait_for
 from helpers.terminal import Terminal
+from helpers.wan import WanCluster
 
 PROMPT = rb"[#$] $"
 
@@ -232,3 +236,45 @@ def test_sessions_in_history_recorded_replayed_and_rotated(fleet):
         wait_for(lambda: not os.path.exists(cast), what="the recording to go with its row")
     finally:
         vps.d("setPeerConfig", "--no-record-sessions", "--history-rows", "100000", check=0)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(netlab.unavailable() is not None, reason=netlab.unavailable() or "")
+def test_typing_stays_responsive_while_a_stream_fills_the_same_slow_uplink(tmp_path):
+    """A peer on a 1 Mbit/s uplink streams flat out to the leader while a shell on it echoes
+    keystrokes over the same hop: each echo comes within a fraction of a second (bench's
+    pty_echo_ms measures it on loopback)."""
+    with Lab() as lab:
+        c = WanCluster(tmp_path, lab, heartbeat_s=1.0)
+        try:
+            c.leader()
+            c.worker("laptop", uplink_mbit=1)
+            t = shell(c.vps, "laptop")
+            out_path = tmp_path / "stream.out"
+            with open(out_path, "wb") as out:
+                stream = subprocess.Popen(c.vps.command + ["execOnPeer", "--peer", "laptop",
+                                                           "--shellCmd", "seq 1 2000000"],
+                                          env=c.vps.env, stdout=out, stderr=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: out_path.stat().st_size > 64 << 10, timeout=20,
+                         what="the stream to flow")
+                echoes = []
+                for _ in range(12):
+                    started = time.monotonic()
+                    t.send(b"x")
+                    t.expect(rb"x")
+                    echoes.append(time.monotonic() - started)
+                assert stream.poll() is None  # the stream ran all along
+                flowed = out_path.stat().st_size
+            finally:
+                stream.send_signal(signal.SIGINT)
+                stream.wait(10)
+            t.send(b"\x15exit\r")
+            assert t.wait() == 0
+            t.close()
+            print(f"echo under a 1 Mbit/s stream: median {statistics.median(echoes) * 1000:.0f}"
+                  f" ms, max {max(echoes) * 1000:.0f} ms, stream {flowed} bytes")
+            assert statistics.median(echoes) < 0.5, echoes
+            assert max(echoes) < 2.0, echoes
+        finally:
+            c.stop()
