@@ -76,6 +76,13 @@ def test_sigwinch_ctrl_c_ctrl_d_and_escapes(fleet):
         t.expect(PROMPT, timeout=5)
         t.send(b"echo \"rc=$?\"\r")
         t.expect(rb"rc=130\r\n")
+        # Ctrl-Z stops the remote job (the shell's job control), not this client
+        t.send(b"echo go; sleep 30\r")
+        t.expect(rb"go\r\n")
+        t.send(b"\x1a")
+        t.expect(rb"Stopped\s+sleep 30")
+        t.send(b"kill %1; wait; echo killed\r")
+        t.expect(rb"killed\r\n")
         # Ctrl-D ends a remote `cat`'s input
         t.send(b"echo go; cat; echo cat-done\r")
         t.expect(rb"go\r\n")
@@ -91,10 +98,39 @@ def test_sigwinch_ctrl_c_ctrl_d_and_escapes(fleet):
         t.send(b"~?")
         t.expect(rb"Supported escape sequences:")
         t.expect(rb"~\.   - terminate connection")
+
         t.send(b"\r~.")
         assert t.wait() == 255
         assert b"Connection to desktop closed." in t.output
         assert t.modes_now() == t.modes
+    finally:
+        t.close()
+
+
+def test_tilde_ctrl_z_suspends_the_client_as_a_job_of_the_local_shell(fleet):
+    """`~^Z` stops `d shell` as a job of an interactive shell (a stop signal to a process group
+    that no shell controls is discarded, as for ssh); `fg` brings it back, raw again."""
+    env = dict(fleet.vps.env, TERM="xterm", PS1="outer$ ", HISTFILE="/dev/null")
+    t = Terminal(["bash", "--norc", "--noprofile", "-i"], env)
+    try:
+        t.expect(rb"outer\$ ")
+        t.send(" ".join(fleet.vps.command).encode() + b" shell --peer desktop\r")
+        t.expect(PROMPT)
+        t.send(b"echo remote-one\r")
+        t.expect(rb"\rremote-one\r\n")
+        t.send(b"\r~\x1a")
+        t.expect(rb"Stopped")
+        t.expect(rb"outer\$ ")
+        t.send(b"echo outer-ok\r")  # the local shell, in its own modes: it echoes and runs
+        t.expect(rb"[\r\n]outer-ok\r\n")
+        t.send(b"fg\r")
+        t.send(b"echo remote-two\r")
+        t.expect(rb"\rremote-two\r\n")
+        t.send(b"exit 7\r")
+        t.expect(rb"outer\$ ")
+        t.send(b"echo \"rc=$?\"; exit\r")
+        t.expect(rb"rc=7\r\n")
+        assert t.wait() == 0
     finally:
         t.close()
 
@@ -134,6 +170,10 @@ def test_exec_tty_merges_streams_and_forwards_stdin(fleet):
                       "read x; [ -t 0 ] && echo \"tty got $x\"", input=b"piped\n")
     assert out.returncode == 0, out
     assert out.stdout.endswith(b"tty got piped\r\n"), out.stdout
+    # another user's command gets a terminal of that user's
+    out = fleet.vps.d("execOnPeer", "-t", "--peer", "desktop", "--user", "nobody", "--directory",
+                      "/", "--shellCmd", "id -un; stat -c %U \"$(tty)\"", input=b"")
+    assert (out.returncode, out.stdout) == (0, b"nobody\r\nnobody\r\n"), out
     out = fleet.vps.d("execOnPeer", "-t", "--peer", "desktop,vps", "--shellCmd", "true")
     assert out.returncode == 2 and b"-t runs on one peer" in out.stderr, out
 
@@ -173,15 +213,16 @@ def test_full_screen_programs_in_tmux(fleet, tmp_path):
         subprocess.run(tmux + ["kill-server"], capture_output=True, timeout=10)
 
 
-def test_lost_peer_and_sigterm_restore_the_terminal(fleet):
-    t = shell(fleet.vps, "desktop")
-    try:
-        t.proc.send_signal(signal.SIGTERM)
-        assert t.wait() == 255
-        assert b"Killed by signal 15." in t.output
-        assert t.modes_now() == t.modes
-    finally:
-        t.close()
+def test_lost_peer_sigterm_and_sighup_restore_the_terminal(fleet):
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        t = shell(fleet.vps, "desktop")
+        try:
+            t.proc.send_signal(sig)
+            assert t.wait() == 255
+            assert f"Killed by signal {int(sig)}.".encode() in t.output
+            assert t.modes_now() == t.modes
+        finally:
+            t.close()
     t = shell(fleet.vps, "spare")
     try:
         t.send(b"sleep 60\r")
