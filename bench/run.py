@@ -122,6 +122,7 @@ class Bench:
         self.stream(lead, w1)
         self.stdin_stream(lead)
         self.stream_13mb(lead)
+        self.pty_echo(lead)
         lead_kib, w_kib = self.idle_rss
         self.add(Row("daemon_rss", mb(w_kib), "MB", 1, "worker <= 40 MB", check(mb(w_kib), 40.0),
                      f"idle after start + enrolment: worker {mb(w_kib)} MB, leader {mb(lead_kib)} "
@@ -167,6 +168,32 @@ class Bench:
                      f"{cpu[2]} (+ bash) on {os.cpu_count()} cores",
                      {"cpu_ms": {"leader": cpu[0], "worker": cpu[1], "client": cpu[2]},
                       "floor_ms": round(floor * 1000, 3), "bare_ms": round(bare * 1000, 3)}))
+
+    def pty_echo(self, lead):
+        """pty_echo_ms: keystroke to echo through `d shell --peer w1` from the leader, and
+        through `ssh -tt` to a private sshd on loopback, alternating."""
+        from bench import pty_echo
+
+        ssh = baselines.LocalSsh() if self.cfg["ssh"] else None
+        try:
+            ssh_argv = ssh.base() + ["-tt", ssh.target()] if ssh and ssh.start() else None
+            times = pty_echo.measure(d_command() + ["shell", "--peer", "w1"],
+                                     dict(lead.env, TERM="xterm"), ssh_argv,
+                                     self.cfg["runs"] * 20)
+        finally:
+            if ssh is not None:
+                ssh.close()
+        d_ms = median(times["d"]) * 1000
+        ssh_ms = median(times["ssh"]) * 1000 if "ssh" in times else None
+        why_not = "skipped (--no-ssh)" if ssh is None else f"skipped ({ssh.reason})"
+        self.add(Row("ssh_pty_echo_ms", ssh_ms, "ms", len(times.get("ssh", [])),
+                     note="baseline: the same through `ssh -tt` to a private sshd on loopback"
+                     if ssh_ms is not None else why_not))
+        self.add(Row("pty_echo_ms", d_ms, "ms", len(times["d"]), "<= 1.0x ssh",
+                     check(d_ms, ssh_ms), "keystroke to echo of a remote `cat` through `d shell "
+                     "--peer w1` from the leader (2 daemons, 1 CurveZMQ hop)"
+                     + (f"; {d_ms / ssh_ms:.2f}x ssh -tt" if ssh_ms else ""),
+                     {"p90_ms": round(sorted(times["d"])[int(len(times["d"]) * 0.9)] * 1000, 3)}))
 
     def stream(self, lead, w1):
         """stream_mb_s: N MB of stdout from w1 through the leader to a CLI on the leader."""

@@ -45,6 +45,7 @@ complete -c d -n __fish_use_subcommand -a 'removePeer' -d 'Leader: revoke a peer
 complete -c d -n __fish_use_subcommand -a 'getPeerIdByIp' -d 'Print the id of the peer whose connection comes from IP (exit 1 if...'
 complete -c d -n __fish_use_subcommand -a 'dbSanityCheck' -d 'Check the local database (integrity, schema); on a worker delete...'
 complete -c d -n __fish_use_subcommand -a 'execOnPeer' -d 'Run CMD on peers; remote stdout/stderr stream here byte-exact; exit...'
+complete -c d -n __fish_use_subcommand -a 'shell' -d 'A login shell on a peer in a pseudo-terminal; exit = the shell\'s.'
 complete -c d -n __fish_use_subcommand -a 'history' -d 'Show the leader\'s audit log of executed commands, newest first.'
 complete -c d -n __fish_use_subcommand -a 'policy' -d 'Leader: show the access policy (who may run on whom, as which user,...'
 complete -c d -n __fish_use_subcommand -a 'demo' -d 'Start a leader and two workers on loopback, show them working, then...'
@@ -71,6 +72,7 @@ complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l group -x -d 'Uni
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l heartbeat -x -d 'Heartbeat interval (default 1.0); peers are offline after 3 missed.'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l heartbeat-budget -x -d 'Leader: heartbeats/s it takes from all peers (default 350); bigger ...'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l history-rows -x -d 'Leader: audit rows `d history` keeps, the newest (default 100000; 0...'
+complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l record-sessions -l no-record-sessions -d 'Leader: record what pseudo-terminal sessions print (`d history --re...'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l repo -x -a '(__fish_complete_directories)' -d 'Deploy recipe: repository directory on this peer.'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l pull-cmd -x -d 'Deploy recipe: pull command (default git pull --ff-only).'
 complete -c d -n '__fish_seen_subcommand_from setPeerConfig' -l build-cmd -x -d 'Deploy recipe: build command.'
@@ -132,12 +134,23 @@ complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l batch -x -d 'Run on
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l json -d 'JSON Lines events (start/stdout/stderr/exit/error).'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s n -l no-stdin -d 'Do not forward stdin, as ssh -n (a `while read` loop keeps its input).'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s b -l gather -d 'Print each distinct stdout once, under the peers that printed it, a...'
+complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s t -l tty -d 'Run CMD in a pseudo-terminal (one peer; stdout and stderr merged, s...'
+complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s e -l escape -x -d 'With -t: Escape character after a newline (default ~), or `none` (a...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s h -l help -d 'Show this message and exit.'
+
+# shell
+complete -c d -n '__fish_seen_subcommand_from shell' -l peer -x -a '(__d_peer_ids)' -d 'The peer to open a shell on.'
+complete -c d -n '__fish_seen_subcommand_from shell' -l directory -x -a '(__fish_complete_directories)' -d 'Start in this directory (default: the user\'s home).'
+complete -c d -n '__fish_seen_subcommand_from shell' -l user -x -d 'Log in as this user (the target daemon must run as root).'
+complete -c d -n '__fish_seen_subcommand_from shell' -s e -l escape -x -d 'Escape character after a newline (default ~), or `none` (as ssh -e).'
+complete -c d -n '__fish_seen_subcommand_from shell' -s h -l help -d 'Show this message and exit.'
 
 # history
 complete -c d -n '__fish_seen_subcommand_from history' -l peer -x -a '(__d_peer_ids)' -d 'Only execs that ran on (or came from) this peer.'
 complete -c d -n '__fish_seen_subcommand_from history' -l limit -x -d 'Rows to show.'
 complete -c d -n '__fish_seen_subcommand_from history' -l json -d 'JSON array.'
+complete -c d -n '__fish_seen_subcommand_from history' -l replay -x -d 'Play a recorded pty session back in this terminal, at its pace.'
+complete -c d -n '__fish_seen_subcommand_from history' -l speed -x -d 'With --replay: N times as fast.'
 complete -c d -n '__fish_seen_subcommand_from history' -s h -l help -d 'Show this message and exit.'
 
 # policy

@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["sh_c_true", "bash_c_true", "python_c_pass", "import_floor", "ssh_true", "ssh_cm_true",
         "cli_import_s", "cli_exec_true", "ipc_rtt", "curve_rtt", "bare_exec_true", "api_exec_true",
         "fanout_3", "curve_mb_s", "stream_mb_s", "stdin_mb_s", "local_pipe_13mb", "stream_13mb",
-        "api_stream_13mb", "daemon_rss", "bash_spawn_13", "fanout_13", "heartbeat_floor_13",
-        "leader_idle_cpu_13"]
+        "api_stream_13mb", "ssh_pty_echo_ms", "pty_echo_ms", "daemon_rss", "bash_spawn_13",
+        "fanout_13", "heartbeat_floor_13", "leader_idle_cpu_13"]
 
 
 @pytest.mark.timeout(45)

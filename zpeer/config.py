@@ -44,6 +44,7 @@ DEFAULTS = {
     "heartbeat_s": DEFAULT_HEARTBEAT_INTERVAL_S,
     "heartbeat_budget": DEFAULT_HEARTBEAT_BUDGET_PER_S,
     "history_rows": DEFAULT_HISTORY_ROWS,
+    "record_sessions": False,  # leader: asciicast recordings of pty sessions (zpeer.daemon.casts)
     "repo": None,
     "pull_cmd": None,
     "build_cmd": None,
@@ -184,6 +185,8 @@ def config_problem(cfg):
         value = cfg[name]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             return f"{name} must be a whole number from {low} to {high}, not {value!r}"
+    if not isinstance(cfg["record_sessions"], bool):
+        return f"record_sessions must be true or false, not {cfg['record_sessions']!r}"
     if cfg["role"] not in (None,) + ROLES:
         return f"role must be leader or worker, not {cfg['role']!r}"
     if cfg["id"] is not None and not valid_peer_id(cfg["id"], new=False):

@@ -224,11 +224,19 @@ class Busy(ZpeerError):
     code = "busy"
 
 
+class NoRecording(ZpeerError):
+    """`d history --replay JOB`: the leader has no recording of that job (exit 1, as a lookup
+    that finds nothing)."""
+
+    code = "no_recording"
+    exit_code = 1
+
+
 _BY_CODE = {cls.code: cls for cls in (
     ZpeerError, PeerNotFound, PeerOffline, FailedToConnect, NotConnected, DirectoryNotFound,
     DirectoryDenied, KeyMismatch, NotAuthorized, NotAllowed, InvalidToken, NotLeader,
     NotConfigured, BadRequest, RequestTimeout, TooLate, ExitLost, BindFailed, OutputFailed,
-    BadConfig, BadDatabase, BadHome, BadKey, Busy)}
+    BadConfig, BadDatabase, BadHome, BadKey, Busy, NoRecording)}
 
 
 def from_reply(reply):

@@ -12,6 +12,20 @@ PEER_HELP = ("Target peer; repeat, give a list (commas or blanks), a range (web[
              "a pattern ('web*'), or `all`.")
 EXCLUDE_HELP = ("Leave these peers out of the ones --peer selects (as pdsh -x): "
                 "`--peer all --exclude vps`.")
+ESCAPE_HELP = "Escape character after a newline (default ~), or `none` (as ssh -e)."
+
+
+def escape_char(ctx, param, value):
+    """--escape: one character, `none`, or ^X for a control character (as ssh's -e)."""
+    if value is None:
+        return "~"
+    if value == "none":
+        return None
+    if len(value) == 2 and value[0] == "^" and 64 <= ord(value[1].upper()) < 96:
+        return chr(ord(value[1].upper()) & 0x1f)
+    if len(value) != 1:
+        raise click.BadParameter("one character, ^X, or `none`", ctx, param)
+    return value
 
 
 class Seconds(click.FloatRange):

@@ -35,13 +35,16 @@ from zpeer.errors import FailedToConnect, ZpeerError
 @click.option("--history-rows", type=click.IntRange(*config.HISTORY_ROWS_RANGE), metavar="N",
               help="Leader: audit rows `d history` keeps, the newest (default "
                    f"{config.DEFAULT_HISTORY_ROWS}; 0 keeps all).")
+@click.option("--record-sessions/--no-record-sessions", default=None,
+              help="Leader: record what pseudo-terminal sessions print (`d history --replay`).")
 @click.option("--repo", metavar="DIR", help="Deploy recipe: repository directory on this peer.")
 @click.option("--pull-cmd", metavar="CMD",
               help="Deploy recipe: pull command (default git pull --ff-only).")
 @click.option("--build-cmd", metavar="CMD", help="Deploy recipe: build command.")
 @click.option("--restart-cmd", metavar="CMD", help="Deploy recipe: daemon restart command.")
 def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_ip, group, heartbeat,
-                    heartbeat_budget, history_rows, repo, pull_cmd, build_cmd, restart_cmd):
+                    heartbeat_budget, history_rows, record_sessions, repo, pull_cmd, build_cmd,
+                    restart_cmd):
     """Set this node's role and settings; a running daemon applies them at once.
 
     \b
@@ -66,7 +69,8 @@ def set_peer_config(role, peer_id, bind, advertise, leader, leader_key, source_i
     changes = {"role": role, "id": peer_id, "bind": bind, "advertise": advertise, "leader": leader,
                "leader_key": leader_key, "source_ip": source_ip, "group": group,
                "heartbeat_s": heartbeat, "heartbeat_budget": heartbeat_budget,
-               "history_rows": history_rows, "repo": repo, "pull_cmd": pull_cmd,
+               "history_rows": history_rows, "record_sessions": record_sessions, "repo": repo,
+               "pull_cmd": pull_cmd,
                "build_cmd": build_cmd, "restart_cmd": restart_cmd}
     if all(v is None for v in changes.values()):
         usage_error("Nothing to set: see `d setPeerConfig --help`")

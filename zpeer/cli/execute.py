@@ -10,7 +10,15 @@ import sys
 
 import click
 
-from zpeer.cli.common import CONTEXT, EXCLUDE_HELP, PEER_HELP, Seconds, client
+from zpeer.cli.common import (
+    CONTEXT,
+    ESCAPE_HELP,
+    EXCLUDE_HELP,
+    PEER_HELP,
+    Seconds,
+    client,
+    escape_char,
+)
 from zpeer.cli.exec_client import ExecClient
 from zpeer.cli.renderer import Renderer
 from zpeer.cli.stdio import report, widen_pipe
@@ -41,9 +49,14 @@ from zpeer.targets import many_peers
 @click.option("-b", "--gather", is_flag=True,
               help="Print each distinct stdout once, under the peers that printed it, at the end "
                    "(as clush -b).")
+@click.option("-t", "--tty", is_flag=True,
+              help="Run CMD in a pseudo-terminal (one peer; stdout and stderr merged, stdin "
+                   "forwarded even from a terminal, as ssh -t).")
+@click.option("-e", "--escape", metavar="CHAR|none", callback=escape_char,
+              help="With -t: " + ESCAPE_HELP)
 @click.pass_context
 def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch, as_json, no_stdin,
-                 gather):
+                 gather, tty, escape):
     """Run CMD on peers; remote stdout/stderr stream here byte-exact; exit = remote status.
 
     \b
@@ -52,6 +65,7 @@ def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch
       d execOnPeer --peer all --shellCmd 'uptime'
       tar c . | d execOnPeer --peer laptop --directory /tmp --shellCmd 'tar x'
       d listPeers --ids | while read p; do d execOnPeer -n --peer "$p" --shellCmd uptime; done
+      d execOnPeer -t --peer vps --shellCmd top
     """
     if ctx.args:  # `--shellCmd echo hi`: ssh would have joined the words, bash -c would run `echo`
         import shlex
@@ -61,6 +75,16 @@ def exec_on_peer(ctx, peers, exclude, directory, shell_cmd, timeout, user, batch
                  f"argument; quote it: --shellCmd {shlex.quote(' '.join([shell_cmd, *ctx.args]))}")
     if gather and as_json:
         ctx.fail("--gather and --json do not mix: --json already keeps each peer's output apart")
+    if tty:
+        clash = [flag for flag, used in (("--json", as_json), ("--gather", gather),
+                                         ("--batch", batch), ("--exclude", exclude)) if used]
+        if many_peers(peers) or clash:
+            ctx.fail("-t runs on one peer: " + (f"it does not mix with {', '.join(clash)}" if clash
+                                                else f"not on {','.join(peers)}"))
+        from zpeer.cli.terminal import run_tty
+
+        sys.exit(run_tty(peers[0].strip(), shell_cmd, directory, user, escape, timeout=timeout,
+                         no_stdin=no_stdin))
     sys.exit(run_exec(client(), list(peers), shell_cmd, directory, timeout, user, batch, as_json,
                       no_stdin, exclude, gather))
 

@@ -65,13 +65,24 @@ def get_peer_id_by_ip(ip):
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True,
               help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array.")
-def history(peer, limit, as_json):
+@click.option("--replay", metavar="JOB",
+              help="Play a recorded pty session back in this terminal, at its pace.")
+@click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              metavar="N", help="With --replay: N times as fast.")
+def history(peer, limit, as_json, replay, speed):
     """Show the leader's audit log of executed commands, newest first.
 
     \b
-    Example:
+    Rows marked [tty] are pseudo-terminal sessions (`d shell`, -t); [tty rec] ones were
+    recorded (`d setPeerConfig --record-sessions` on the leader): `--replay JOB` plays them.
+    Examples:
       d history --peer laptop --limit 5
+      d history --replay 3f2a9c1b7d0e.0 --speed 2
     """
+    if replay is not None:
+        from zpeer.cli.replay import replay_cast
+
+        sys.exit(replay_cast(client(), replay, speed))
     from zpeer.cli.tables import history_table
 
     rows = call("history", peer=peer, limit=limit)["rows"]

@@ -96,8 +96,9 @@ def history_table(rows):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
         rc = "-" if r["rc"] is None else str(r["rc"])
         duration = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
+        mark = ("[tty rec] " if r.get("recorded") else "[tty] ") if r.get("tty") else ""
         body.append([when, r["origin"] + (f"({r['user']})" if r["user"] else ""), r["target"], rc,
-                     duration, cut(printable(r["command"] or ""), COMMAND_SHOWN_MAX)])
+                     duration, cut(mark + printable(r["command"] or ""), COMMAND_SHOWN_MAX)])
     return _table(["TIME", "ORIGIN", "TARGET", "RC", "DURATION", "COMMAND"], body)
 
 

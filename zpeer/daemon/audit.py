@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 
 from zpeer.daemon.audit_journal import Journal
+from zpeer.daemon.casts import Casts
 from zpeer.daemon.registry import DB_ERRORS
 from zpeer.wire import protocol
 
@@ -43,7 +44,9 @@ class AuditLog:
         self._open_target = {}  # job -> target, for execs with no outcome yet
         self._origins = OrderedDict()  # job id -> the origin of its first exec, the newest ones
         self._open_by_target = {}  # target -> set of those jobs
-        self._journal = Journal(os.path.dirname(os.path.abspath(registry.path)))
+        home = os.path.dirname(os.path.abspath(registry.path))
+        self._journal = Journal(home)
+        self.casts = Casts(home)  # recordings of pty sessions (zpeer.daemon.casts)
         left = self._journal.replay() if replay else []  # what a killed daemon had not written yet
         if left:
             log.info("audit journal: writing %d events left by the previous daemon", len(left))
@@ -55,12 +58,17 @@ class AuditLog:
         """Write what is queued; the journal keeps what SQLite did not take."""
         self.flush(force=True)
         self._journal.close()
+        self.casts.close()
+
+    def record_sessions(self, on):
+        """Record what pseudo-terminal sessions print from now on (or stop starting to)."""
+        self.casts.enabled = bool(on)
 
     # --- events --------------------------------------------------------------------------
-    def observe(self, from_peer, header, trusted=False):
+    def observe(self, from_peer, header, trusted=False, data=None):
         """Record an exec the leader routes, runs or originates, and how it ended: only as its
         target (from_peer) says, unless the leader itself says it (`trusted`: what its own CLI
-        was told)."""
+        was told). A pty session's screen (`data` of its output) goes to its recording."""
         mtype, job = header.get("t"), header.get("job")
         if not isinstance(job, str):
             return
@@ -74,12 +82,15 @@ class AuditLog:
             job = f"{job}@{origin}"
         while len(self._origins) > OPEN_EXECS_MAX:
             self._origins.popitem(last=False)
+        if mtype == "exec" or self.casts.open:
+            self.casts.observe(from_peer, header, data, job, trusted)
         if mtype == "exec":
             self.log_exec(job, started_at=time.time(), origin=from_peer,
                           origin_user=header.get("ouser"), target=str(header.get("to")),
                           fanout=int(header.get("fanout") or 1),
                           directory=protocol.shown(header.get("dir")),
-                          command=str(protocol.shown(header.get("cmd"))))
+                          command=str(protocol.shown(header.get("cmd"))),
+                          tty=isinstance(header.get("pty"), dict))
         elif mtype == "exit":
             self.log_exec(job, rc=header.get("rc"), outcome=header.get("how"),
                           duration_s=header.get("duration"), bytes_out=header.get("bytes") or 0,
@@ -185,6 +196,20 @@ class AuditLog:
             return
         if deleted >= PRUNE_BATCH_ROWS:
             self._prune_due = time.monotonic() + PRUNE_PAUSE_S
+        elif deleted:  # the recordings of the rows that went go too
+            self.casts.sweep(self._kept)
+
+    def _kept(self, jobs):
+        """Which of these jobs still have an audit row."""
+        model, kept = self.model, set()
+        try:
+            for i in range(0, len(jobs), 500):
+                rows = model.select(model.job).where(model.job.in_(jobs[i:i + 500]))
+                kept.update(row.job for row in rows)
+        except DB_ERRORS as exc:
+            self.registry.note_error(exc)
+            return set(jobs)  # cannot tell: keep them all
+        return kept
 
     def flush(self, force=False):
         """Write queued audit rows in one transaction once due (FLUSH_S after the first, or at

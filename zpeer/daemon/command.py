@@ -10,6 +10,8 @@ import signal
 import termios
 import time
 
+from zpeer.daemon.process import winsize_bytes
+
 PIPE_SIZE_BYTES = 1 << 20
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
 EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
@@ -34,6 +36,26 @@ def pending_bytes(fd):
     return buf[0]
 
 
+def session_groups(sid):
+    """The process groups of session `sid` (its leader's group first, even once it is gone)."""
+    groups = {sid}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return groups
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and int(fields[3]) == sid:
+            groups.add(int(fields[2]))
+    return groups
+
+
 class Command:
     """A spawned command: its process group, pipes and stdin buffer, and its end."""
 
@@ -41,6 +63,8 @@ class Command:
         self.proc = proc  # zpeer.daemon.process.Child
         self.pipes = {}  # stream number (1, 2) -> the daemon's end of its pipe
         for num, fd in ((1, proc.stdout_fd), (2, proc.stderr_fd)):
+            if fd is None:  # a pseudo-terminal's one screen
+                continue
             os.set_blocking(fd, False)
             try:
                 fcntl.fcntl(fd, 1031, PIPE_SIZE_BYTES)  # F_SETPIPE_SZ: fewer wakeups
@@ -60,6 +84,9 @@ class Command:
         self.read_after_exit = {}  # stream -> bytes read from it since
         self.how = "exit"  # or timeout / cancelled
         self.kill_at = None
+        # in a pseudo-terminal: a session whose jobs are process groups of their own, all
+        # stopped with it (the master stays open until then: no hangup, as with sshd)
+        self.terminal = proc.stderr_fd is None
 
     @property
     def pid(self):
@@ -67,16 +94,30 @@ class Command:
         return self.proc.pid
 
     def kill_group(self, sig):
-        """Signal the whole process group (children and grandchildren)."""
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Signal the whole process group (children and grandchildren); in a pseudo-terminal,
+        every process group of its session (a shell's jobs have groups of their own)."""
+        groups = session_groups(self.proc.pid) if self.terminal else {self.proc.pid}
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def resize(self, rows, cols):
+        """A pseudo-terminal's new window size (its foreground group gets SIGWINCH)."""
+        fd = self.pipes.get(1)
+        if self.terminal and fd is not None:
+            try:
+                fcntl.ioctl(fd, termios.TIOCSWINSZ, winsize_bytes(rows, cols))
+            except OSError:
+                pass
 
     def stop(self, how):
         """Terminate the group for a timeout or a cancel; SIGKILL follows after a grace."""
         if self.how == "exit":
             self.how = how
+        if self.terminal:  # as a terminal that hangs up: shells pass it on to their jobs
+            self.kill_group(signal.SIGHUP)
         self.kill_group(signal.SIGTERM)
         self.kill_group(signal.SIGCONT)  # a stopped group must wake to die
         self.kill_at = time.monotonic() + KILL_GRACE_S

@@ -187,9 +187,9 @@ class LeaderLink(Link):
         header.setdefault("from", self.id)
         return self.send(header["to"], header, data)
 
-    def witness(self, header):
+    def witness(self, header, data=None):
         """The leader audits what it originates."""
-        self.audit.observe(self.id, header, trusted=True)
+        self.audit.observe(self.id, header, trusted=True, data=data)
 
     # --- receiving -----------------------------------------------------------------------
     def receive(self):
@@ -247,7 +247,7 @@ class LeaderLink(Link):
             spend(header, transit_s(header.get("echo"), header.get("held"), now))
             if not self.access.open and self._refused(peer_id, header):
                 return None
-        self.audit.observe(peer_id, header)
+        self.audit.observe(peer_id, header, data=data)
         if header["to"] == self.id:
             return peer_id, header, data
         self._forward(peer_id, header, data)

@@ -14,7 +14,7 @@ the role.
     release_bulk(now)       each loop turn: paced bulk that has room now goes
     chunk_bytes(to)         how much output a target reads into one message for peer `to`
     backlogged(to)          True while bulk for `to` waits here: read no more output for it
-    witness(header)         what this node sends, for the audit
+    witness(header, data)   what this node sends, for the audit
     refusal(to)             the error for a message to `to` that cannot leave now
     precheck(targets)       (target, error) for targets a new exec cannot reach at all
     ask(op, args, done)     a fleet query (zpeer.daemon.queries); done(result, error) once
@@ -57,7 +57,7 @@ class Link:
         """Send a message towards header["to"]; False if it cannot go now."""
         return False
 
-    def witness(self, header):
+    def witness(self, header, data=None):
         """A message this node sends (the audit sees it where it is kept)."""
 
     def release_bulk(self, now):

@@ -83,12 +83,14 @@ class Daemon:
         self.ipc = bind_cli_socket(self.ctx, self.home, self.cfg.get("group"))
         self._build_link(self.cfg)
         self.audit.keep_history(self.cfg["history_rows"])
+        self.audit.record_sessions(self.cfg["record_sessions"])
 
     # --- setup --------------------------------------------------------------------------
     def apply_config(self, cfg):
         """Start, stop or rebuild the peer link to match the configuration."""
         old, self.cfg = self.cfg, cfg
         self.audit.keep_history(cfg["history_rows"])
+        self.audit.record_sessions(cfg["record_sessions"])
         if old.get("group") != cfg.get("group"):
             socket_access(self.home, config.socket_path(self.home), cfg.get("group"))
         changed = {k for k in LINK_SETTINGS if old.get(k) != cfg.get(k)}
@@ -151,7 +153,7 @@ class Daemon:
 
     def route(self, header, data=None):
         """Send a peer message towards header["to"]; False if it cannot go now."""
-        self.link.witness(header)
+        self.link.witness(header, data)
         if header["to"] == self.id:
             self.local.append((self.id, header, data))
             return True

@@ -54,6 +54,9 @@ class ExecOps:
         """Open the session; unreachable targets fail at once. Answered now, or (with a
         wait) held as the session's first poll (None returned)."""
         node = self.node
+        if spec.get("pty") is not None and len(targets) != 1:
+            raise BadRequest("A pseudo-terminal runs on one peer only, not "
+                             f"{len(targets)}: drop -t to run on several")
         spec["fanout"] = len(targets)
         failures = node.link.precheck(targets)
         opened = {"targets": targets, "room": STDIN_WINDOW_BYTES}
@@ -73,6 +76,22 @@ class ExecOps:
             bool(header.get("eof")), float(arg(header, "wait_s", (int, float), 0.5)),
             bool(header.get("need_room")), bool(header.get("raw"))))
 
+    def op_exec_input(self, identity, header):
+        """An interactive CLI's keystrokes and window size (`d shell`, -t), sent at once while
+        its poll waits for output."""
+        stdin = header.get("stdin")
+        if stdin is not None and not isinstance(stdin, bytes):
+            raise BadRequest("stdin must be bytes")
+        size = header.get("size")
+        if size is not None:
+            if not (isinstance(size, list) and len(size) == 2
+                    and all(isinstance(n, int) and not isinstance(n, bool) for n in size)):
+                raise BadRequest("size must be [rows, cols]")
+            size = tuple(size)
+        self.node.dispatch(self.node.sessions.feed(
+            arg(header, "sid", str, required=True), identity, header["rid"], stdin,
+            bool(header.get("eof")), size))
+
     def op_exec_wake(self, identity, header):
         """The CLI's stdin has bytes while its poll waits for output: end that poll now."""
         self.node.dispatch(self.node.sessions.wake(arg(header, "sid", str, required=True)))
@@ -91,6 +110,10 @@ def _spec(header):
             "dir": arg(header, "dir", (str, bytes)),
             "user": arg(header, "user", str), "timeout": arg(header, "timeout", (int, float)),
             "stdin": bool(header.get("stdin")), "ouser": arg(header, "ouser", str)}
+    pty = arg(header, "pty", dict)
+    if pty is not None:  # a pseudo-terminal: its type and size (the target checks them)
+        spec["pty"] = {"term": str(pty.get("term") or "dumb"), "rows": pty.get("rows"),
+                       "cols": pty.get("cols")}
     for name in ("cmd", "dir", "user", "ouser"):
         if spec[name] and protocol.has_nul(spec[name]):  # execve/chdir/getpwnam raise on NUL
             raise BadRequest(f"--{name} contains a NUL byte")

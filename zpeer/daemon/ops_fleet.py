@@ -46,6 +46,8 @@ class FleetOps:
     def op_history(self, identity, header):
         """history."""
         args = {"peer": arg(header, "peer", str), "limit": arg(header, "limit", int, 20)}
+        if header.get("replay") is not None:  # a pty session's recording, from offset on
+            args.update(replay=arg(header, "replay", str), offset=arg(header, "offset", int, 0))
         self.node.link.ask("history", args, self._later(identity, header))
 
     def op_join_token(self, identity, header):

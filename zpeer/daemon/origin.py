@@ -33,6 +33,9 @@ POLL_WAIT_MAX_S = 0.5
 # after the exec's ttl, this much longer before a job sent and never heard of counts as lost
 GIVE_UP_MARGIN_S = 0.25
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
+# a pseudo-terminal's screen output in flight: small, since it is not paced behind bulk (a
+# `cat` of a big file on it must not fill a hop that keystrokes cross)
+TTY_WINDOW_BYTES = 256 << 10
 CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
 SESSION_ORPHAN_S = 60.0
 # (a job "sent" and not heard of: its exec may have reached the peer, its "started" not come back)
@@ -84,8 +87,9 @@ class Session:
         # (job, this session if the exec was never sent, err or None: cancelled) of the ends this
         # node decided, for the audit
         self.verdicts = verdicts
-        self.window = (SINGLE_WINDOW_BYTES if len(targets) <= 1 else
-                       max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
+        self.tty = spec.get("pty") is not None  # its traffic goes before bulk
+        self.window = (TTY_WINDOW_BYTES if self.tty else SINGLE_WINDOW_BYTES if len(targets) <= 1
+                       else max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
         self.jobs = {t: OriginJob(f"{sid}.{i}", t, self.window) for i, t in enumerate(targets)}
         self.queued = deque(self.jobs.values())  # not sent yet, in order (--batch)
         self.count = {"queued": len(self.jobs), "sent": 0, "running": 0, "done": 0}
@@ -303,13 +307,7 @@ class OriginSessions:
         if session is None:
             return [Reply(identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
         session.raw = raw
-        actions = []
-        if stdin or eof:
-            session.stdin_sent = True
-            size = len(stdin or b"")
-            for job in session.active():
-                job.stdin.sent(size)
-                actions.append(Send(messages.stdin(job.job, job.target, eof), stdin or b""))
+        actions = self._feed(session, stdin, eof)
         room = session.stdin_room()
         session.wants_room = need_room and room <= 0
         if need_room and room > 0:
@@ -319,6 +317,33 @@ class OriginSessions:
                           session.last_poll + min(max(wait_s, 0.0), POLL_WAIT_MAX_S))
         actions.extend(self._wake(session, force=wait_s <= 0))
         return actions
+
+    @staticmethod
+    def _feed(session, stdin, eof, size=None):
+        """Stdin bytes (and its end) and a new window size for the session's running jobs;
+        returns actions."""
+        actions = []
+        if stdin or eof:
+            session.stdin_sent = True
+            n = len(stdin or b"")
+            for job in session.active():
+                job.stdin.sent(n)
+                actions.append(Send(messages.stdin(job.job, job.target, eof, session.tty),
+                                    stdin or b""))
+        if size is not None and session.tty:
+            actions.extend(Send(messages.winsize(job.job, job.target, *size))
+                           for job in session.active())
+        return actions
+
+    def feed(self, sid, identity, rid, stdin=None, eof=False, size=None):
+        """An interactive CLI's keystrokes or window size, on a connection of their own while its
+        poll waits for output: on their way at once, answered with the room left; returns
+        actions."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return [Reply(identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
+        actions = self._feed(session, stdin, eof, size)
+        return actions + [Reply(identity, rid, {"room": max(0, session.stdin_room())})]
 
     def _wake(self, session, force=False):
         """Answer the held CLI request if there is something to say."""
@@ -462,8 +487,10 @@ class OriginSessions:
             elif session.waiter:
                 actions.extend(self._wake(session))  # only if something worth a reply waits
             silent = now - session.last_poll
+            # (a terminal session's CLI may be suspended, `~^Z`, for as long as its user likes)
+            orphan = silent > SESSION_ORPHAN_S and not session.tty
             if session.waiter is None and silent > CLI_SILENCE_S and (
-                    not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S):
+                    not _pid_alive(session.cli_pid) or orphan):
                 log.warning("session %s: CLI pid %s is gone, cancelling", session.sid,
                             session.cli_pid)
                 actions.extend(a for a in self.cancel(session.sid) if type(a) is Send)

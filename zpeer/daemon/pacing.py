@@ -8,6 +8,8 @@ link carries in a round trip, and about QUEUE_TARGET_S of it unsent); the rest w
 queue per job, released in turn. Control (heartbeats, credit, cancels, alive, RPCs) goes at
 once and so waits behind about that much bulk, and TCP's own congestion control keeps the link
 full. A job's exit or error waits behind its own queued output, never behind another job's.
+A pseudo-terminal's keystrokes and screen output (messages marked `tty`) count as control:
+typing stays responsive while a transfer fills the same hop (their credit window is small).
 
 The loop looks again at a hop whose bulk waits after about the time its excess takes to leave
 (`retry_at`). A hop whose descriptor is unknown (before the first message on a new connection)
@@ -67,7 +69,8 @@ class Pacer:
         if job in self.queues:
             if mtype not in BULK_TYPES and mtype not in BEHIND_OUTPUT:
                 return [(header, data)]  # credit, cancel, alive overtake
-        elif self.window.fd is None or mtype not in BULK_TYPES or data is None:
+        elif (self.window.fd is None or mtype not in BULK_TYPES or data is None
+              or header.get("tty")):
             return [(header, data)]
         queue = self.queues.get(job)
         if queue is None:

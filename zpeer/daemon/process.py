@@ -3,12 +3,17 @@ spawn itself (a session of its own, stdout and stderr on pipes).
 
 zpeer.daemon.target spawns through here; zpeer.daemon.command follows what was spawned.
 """
+import fcntl
+import grp
 import logging
 import os
 import pwd
+import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 
 from zpeer.errors import DirectoryDenied, DirectoryNotFound
 from zpeer.wire.protocol import shown
@@ -175,6 +180,63 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
         if fd is not None:
             os.close(fd)
     return Child(pid, stdin_w, out_r, err_r, popen)
+
+
+def spawn_pty(argv, cwd, env, size, creds=None, notice=b""):
+    """Start argv as the session leader of a new pseudo-terminal, its controlling terminal and
+    its stdin, stdout and stderr (`size`: rows, cols); the daemon keeps the master, as stdout
+    (the screen) and, through a second descriptor, stdin (the keystrokes). `creds` switch user
+    (the slave is theirs then, as sshd makes it); `notice` is shown on the screen first.
+
+    The child is not a process group leader when it starts (no setsid flag), so util-linux's
+    `setsid --ctty` makes it one without forking (the pid stays the one followed here), takes
+    the terminal on its stdin as the controlling one and execs argv."""
+    setsid = shutil.which("setsid", path=env.get("PATH") or DEFAULT_PATH) or "/usr/bin/setsid"
+    if not os.access(setsid, os.X_OK):
+        raise OSError(f"no setsid (util-linux) to start a terminal session: {setsid}")
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, winsize_bytes(*size))
+        modes = termios.tcgetattr(slave)
+        modes[0] |= getattr(termios, "IUTF8", 0)  # erase goes back over a whole UTF-8 character
+        termios.tcsetattr(slave, termios.TCSANOW, modes)
+        if creds:
+            try:
+                tty_gid = grp.getgrnam("tty").gr_gid
+            except KeyError:
+                tty_gid = creds["group"]
+            os.fchown(slave, creds["user"], tty_gid)
+            os.fchmod(slave, 0o620)
+        if notice:  # written on the slave side: it is the first thing on the screen
+            os.write(slave, notice)
+        argv = [setsid, "--ctty"] + list(argv)
+        if creds:
+            popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave,
+                                     stderr=slave, close_fds=True, **creds)
+            pid = popen.pid
+        else:
+            popen = None
+            actions = [(os.POSIX_SPAWN_DUP2, slave, 0), (os.POSIX_SPAWN_DUP2, slave, 1),
+                       (os.POSIX_SPAWN_DUP2, slave, 2)]
+            own_dir = hold_working_directory()
+            os.chdir(cwd)
+            try:
+                pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsigmask=(),
+                                     setsigdef=_DEFAULT_SIGNALS)
+            finally:
+                os.fchdir(own_dir)
+        keys = os.dup(master)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    os.close(slave)  # the child's alone now: its last close is the master's EIO (the end)
+    return Child(pid, keys, master, None, popen)
+
+
+def winsize_bytes(rows, cols):
+    """A struct winsize for TIOCSWINSZ."""
+    return struct.pack("HHHH", rows, cols, 0, 0)
 
 
 def hold_working_directory():

@@ -2,7 +2,7 @@
 the peer at an IP, and the audit log."""
 import time
 
-from zpeer.errors import BadRequest, NotAllowed, PeerNotFound
+from zpeer.errors import BadRequest, NoRecording, NotAllowed, PeerNotFound, ZpeerError
 from zpeer.wire import messages
 
 HISTORY_ROWS_MAX = 10000
@@ -39,10 +39,8 @@ class FleetQueries:
         return {"ids": [r.id for r in rows]}
 
     def history(self, args, asker):
-        """Audit rows, newest first: those the access policy lets `asker` read (a refusal is
-        audited too)."""
-        limit = args.get("limit") if isinstance(args.get("limit"), int) else 20
-        peer = args.get("peer") if isinstance(args.get("peer"), str) else None
+        """Audit rows, newest first, or a part of a session's recording (`replay`): what the
+        access policy lets `asker` read (a refusal is audited too)."""
         readable = None
         if asker is not None:
             try:
@@ -52,8 +50,33 @@ class FleetQueries:
                                     origin=asker, target=self.leader.id, command="d history",
                                     rc=255, outcome="not_allowed")
                 raise
+        if isinstance(args.get("replay"), str):
+            return self.replay(args["replay"], args.get("offset"), readable)
+        limit = args.get("limit") if isinstance(args.get("limit"), int) else 20
+        peer = args.get("peer") if isinstance(args.get("peer"), str) else None
         rows = self.audit.history(peer, max(1, min(limit, HISTORY_ROWS_MAX)), readable)
+        casts = self.audit.casts
         return {"rows": [{"job": r.job, "time": r.started_at, "origin": r.origin,
                           "user": r.origin_user, "target": r.target, "directory": r.directory,
                           "command": r.command, "rc": r.rc, "outcome": r.outcome,
-                          "duration_s": r.duration_s, "bytes_out": r.bytes_out} for r in rows]}
+                          "duration_s": r.duration_s, "bytes_out": r.bytes_out,
+                          "ended": None if r.duration_s is None else r.started_at + r.duration_s,
+                          "tty": bool(r.tty), "recorded": bool(r.tty) and casts.has(r.job)}
+                         for r in rows]}
+
+    def replay(self, job, offset, readable=None):
+        """Up to READ_CHUNK_BYTES of a recording from offset, and its size (only of a session
+        on a target `readable` accepts, when given)."""
+        try:
+            if readable is not None:
+                row = self.audit.model.get_or_none(self.audit.model.job == job)
+                if row is None or not readable(row.target):
+                    raise FileNotFoundError(job)  # as if there were none: nothing to learn
+            data, size = self.audit.casts.read(job, offset if isinstance(offset, int) else 0)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NoRecording(f"No recording of job {job}",
+                           hint="the leader records pty sessions after `d setPeerConfig "
+                                "--record-sessions`; `d history` lists them") from None
+        except OSError as exc:
+            raise ZpeerError(f"Cannot read the recording of {job}: {exc.strerror}") from None
+        return {"cast": data, "size": size}

@@ -87,6 +87,7 @@ def _make_models(db):
         outcome = peewee.CharField(null=True)
         duration_s = peewee.FloatField(null=True)
         bytes_out = peewee.BigIntegerField(default=0)
+        tty = peewee.BooleanField(default=False)  # a pseudo-terminal session
 
         class Meta:
             table_name = "exec_log"
@@ -152,7 +153,7 @@ class Registry:
 
     def _add_missing_columns(self):
         """A database from before a column was added gets it (with its default)."""
-        for model in (self.JoinToken, self.Peer):
+        for model in (self.JoinToken, self.Peer, self.ExecLog):
             table = model._meta.table_name
             have = {row[1] for row in self.db.execute_sql(f"PRAGMA table_info({table})")}
             for field in model._meta.fields.values():

@@ -18,7 +18,7 @@ from zpeer import trace
 from zpeer.daemon import leftovers
 from zpeer.daemon.actions import Send
 from zpeer.daemon.command import RC_CANCELLED, Command
-from zpeer.daemon.process import child_environment, spawn, working_directory
+from zpeer.daemon.process import child_environment, spawn, spawn_pty, working_directory
 from zpeer.daemon.resend import Closed, Unacked, wanted_of
 from zpeer.errors import BadRequest, ExitLost, TooLate, ZpeerError
 from zpeer.wire import messages
@@ -28,6 +28,9 @@ from zpeer.wire.protocol import shown
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1 << 20  # a pipe's size (PIPE_SIZE_BYTES): one read takes what it holds
+TTY_CHUNK_BYTES = 64 << 10  # a pseudo-terminal's screen output per message (it is not paced)
+TTY_SIZE_MAX = 10000  # rows or columns a pseudo-terminal may be given
+TERM_MAX_CHARS = 64
 EXIT_LINGER_S = 0.001  # an output pipe closed: how long to wait for the shell's exit in place
 SEEN_JOBS_MAX = 10000    # remembered job ids: an exec is never started twice
 # cancels that overtook their exec, per (origin, job): kept apart, so a flood of cancels for
@@ -45,14 +48,24 @@ STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (origin.STDIN_W
 OWN_IDENTITY_S = 5.0
 
 
+def tty_size(fields):
+    """(rows, cols) of a pty spec or winsize message, each within 1..TTY_SIZE_MAX."""
+    def bounded(value, default):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return default
+        return max(1, min(TTY_SIZE_MAX, value))
+    return bounded(fields.get("rows"), 24), bounded(fields.get("cols"), 80)
+
+
 class TargetChannel:
     """One job this node runs for an origin: the channel's state around its command."""
 
     __slots__ = ("job", "origin", "cmd", "output", "started", "deadline", "bytes_out", "seq",
-                 "last_origin_word", "announce_at", "recorded", "unacked")
+                 "last_origin_word", "announce_at", "recorded", "unacked", "tty")
 
     def __init__(self, job, origin, cmd, timeout_s, credit):
         self.job, self.origin, self.cmd = job, origin, cmd
+        self.tty = cmd.terminal  # its traffic goes before bulk (zpeer.daemon.pacing)
         self.output = Credit(credit)  # streams 1 and 2, as this end sends them
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s if timeout_s else None
@@ -111,6 +124,10 @@ class TargetJobs:
             self.cancel(job, from_peer)
         elif mtype == "alive":
             return self.alive(from_peer, wanted_of(header))
+        elif mtype == "winsize":
+            ch = self.jobs.get((from_peer, job))
+            if ch is not None:
+                ch.cmd.resize(*tty_size(header))
         return []
 
     def keepalives(self, extra=None):
@@ -195,9 +212,17 @@ class TargetJobs:
             entry, env = self._own_identity()
         directory, notice = working_directory(msg.get("dir"), entry, self.node_id, extra)
         env = dict(env, ZPEER_JOB=msg["job"])
+        argv = ["/bin/bash", "-c", msg["cmd"]]
         try:
-            return spawn(["/bin/bash", "-c", msg["cmd"]], directory, env, bool(msg.get("stdin")),
-                         extra, notice)
+            if msg.get("pty") is not None:
+                term = msg["pty"].get("term")
+                if not isinstance(term, str) or len(term) > TERM_MAX_CHARS \
+                        or not term.isprintable():
+                    raise BadRequest(f"Bad terminal type for {self.node_id}: {term!r}"[:200])
+                env["TERM"] = term or "dumb"
+                notice = notice.replace(b"\n", b"\r\n")  # the terminal is not in raw mode yet
+                return spawn_pty(argv, directory, env, tty_size(msg["pty"]), extra, notice)
+            return spawn(argv, directory, env, bool(msg.get("stdin")), extra, notice)
         except OSError as exc:
             raise ZpeerError(f"Cannot start command on {self.node_id}: {exc}") from None
 
@@ -209,10 +234,11 @@ class TargetJobs:
         return items
 
     def _may_read(self, ch):
-        """True if the job's output may be read now: credit from its origin, room on the hop."""
+        """True if the job's output may be read now: credit from its origin, room on the hop
+        (a pseudo-terminal's screen does not wait for bulk)."""
         if ch.output.room() <= 0:
             return False
-        return self.hops is None or not self.hops.backlogged(ch.origin)
+        return self.hops is None or ch.tty or not self.hops.backlogged(ch.origin)
 
     def on_ready(self, ready):
         """Handle a set of ready fds; returns actions."""
@@ -269,7 +295,10 @@ class TargetJobs:
     def _read(self, ch, num):
         """Read one chunk (bounded by the channel's credit) of an output stream."""
         cmd = ch.cmd
-        chunk = READ_CHUNK_BYTES if self.hops is None else self.hops.chunk_bytes(ch.origin)
+        if ch.tty:
+            chunk = TTY_CHUNK_BYTES
+        else:
+            chunk = READ_CHUNK_BYTES if self.hops is None else self.hops.chunk_bytes(ch.origin)
         data = cmd.read(num, min(chunk, ch.output.room()))
         if not data:
             return []
@@ -278,7 +307,7 @@ class TargetJobs:
         ch.seq += 1
         # its first message says "started" too
         pid = cmd.pid if self._announce(ch) else None
-        header = messages.output(ch.job, ch.origin, num, ch.seq, pid)
+        header = messages.output(ch.job, ch.origin, num, ch.seq, pid, ch.tty)
         ch.unacked.sent(header, data, time.monotonic())
         return [Send(header, data)]
 

@@ -466,7 +466,7 @@ class WorkerLink(Link):
         """True while bulk for peer `to` waits on the hop: read no more output for it now."""
         return to != self.id and self.pacer.backlogged()
 
-    def witness(self, header):
+    def witness(self, header, data=None):
         """The leader keeps the audit: an exec this worker runs on itself never crosses it, so
         the worker tells it (exec, exit, error of such a job), until the leader took it."""
         if header["to"] != self.id or header["t"] not in AUDIT_TYPES:

@@ -29,6 +29,7 @@ a buffer anywhere on the way.
                                                       or finish the job (exit 255 for it)
     keepalive   alive               both ways         jobs (the ones the sender still holds),
                                                       side (origin or target)
+    resize      winsize             origin -> target  rows, cols: the pty's new window size
 
 On the origin a channel goes  queued -> sent -> running -> done:
     queued   waiting for a place in the session's --batch
@@ -52,8 +53,11 @@ Rules every kind of channel keeps:
     stays for the silence limit fails the channel rather than hand the user cut output.
     Output beyond the window given fails it too.
   - An exec older than its ttl when it arrives is refused, never run late.
-A kind of work is what the target runs for an open and which of these streams it uses; the
-exec kind (`/bin/bash -c CMD` on pipes) is the one there is.
+A kind of work is what the target runs for an open and which of these streams it uses: the
+exec kind runs `/bin/bash -c CMD` on pipes, or, when the exec carries `pty` {term, rows, cols},
+in a pseudo-terminal that is the command's controlling terminal (stream 1 is the screen, stream
+2 unused, stream 0 the keystrokes; `winsize` resizes it). A pty channel's out and stdin carry
+`tty`: they go before bulk on every hop (zpeer.daemon.pacing).
 """
 
 STDIN, STDOUT, STDERR = 0, 1, 2

@@ -61,6 +61,15 @@ class Client:
 
         While the reply is awaited, `on_wake()` runs once if `wake_fd` becomes readable first (a
         long poll for output that stdin should cut short)."""
+        self.begin(op, timeout_s, **args)
+        timeout_ms = int(timeout_s * 1000) + 1
+        if wake_fd is not None:
+            timeout_ms = self._wait_or_wake(timeout_ms, wake_fd, on_wake)
+        return self.finish(timeout_ms)
+
+    def begin(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, **args):
+        """Send a request without waiting for its reply (`finish` takes it, once `sock` is
+        readable: a CLI that waits on several things at once polls it)."""
         if self.sock is None:
             self._connect()
         header = {"op": op, "rid": uuid.uuid4().hex[:16], "deadline_s": timeout_s}
@@ -72,9 +81,9 @@ class Client:
                              hint="only --shellCmd and --directory of execOnPeer may hold any "
                                   "bytes") from None
         multipart.send(self.sock, frames)
-        timeout_ms = int(timeout_s * 1000) + 1
-        if wake_fd is not None:
-            timeout_ms = self._wait_or_wake(timeout_ms, wake_fd, on_wake)
+
+    def finish(self, timeout_ms):
+        """The reply to the request `begin` sent, waiting at most timeout_ms for it."""
         if timeout_ms != self.timeout_ms:  # a blocking receive with a timeout: no poll() per call
             self.sock.rcvtimeo = self.timeout_ms = timeout_ms
         try:

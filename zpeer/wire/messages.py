@@ -85,11 +85,14 @@ def started(job, to, pid):
     return {"t": "started", "rid": job, "job": job, "to": to, "pid": pid}
 
 
-def output(job, to, stream, seq, pid=None):
-    """A chunk of stream 1 or 2 (the data frame); the first message of a job names the pid."""
+def output(job, to, stream, seq, pid=None, tty=False):
+    """A chunk of stream 1 or 2 (the data frame); the first message of a job names the pid.
+    `tty`: a pseudo-terminal's screen output, which goes before bulk."""
     header = {"t": "out", "rid": job, "job": job, "to": to, "fd": stream, "seq": seq}
     if pid is not None:
         header["pid"] = pid
+    if tty:
+        header["tty"] = True
     return header
 
 
@@ -99,9 +102,18 @@ def credit(job, to, n, total):
     return {"t": "credit", "rid": job, "job": job, "to": to, "n": n, "total": total}
 
 
-def stdin(job, to, eof):
-    """A chunk of stream 0 (the data frame); eof: nothing follows it."""
-    return {"t": "stdin", "rid": job, "job": job, "to": to, "eof": bool(eof)}
+def stdin(job, to, eof, tty=False):
+    """A chunk of stream 0 (the data frame); eof: nothing follows it. `tty`: keystrokes for a
+    pseudo-terminal, which go before bulk."""
+    header = {"t": "stdin", "rid": job, "job": job, "to": to, "eof": bool(eof)}
+    if tty:
+        header["tty"] = True
+    return header
+
+
+def winsize(job, to, rows, cols):
+    """The origin's terminal has a new size: the job's pseudo-terminal takes it (SIGWINCH)."""
+    return {"t": "winsize", "rid": job, "job": job, "to": to, "rows": rows, "cols": cols}
 
 
 def stdin_ack(job, to, n):

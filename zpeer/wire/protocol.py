@@ -74,6 +74,7 @@ PEER_MESSAGES = {
     "error": {"job": _STR, "to": _STR, "err": _MAP},
     "cancel": {"job": _STR, "to": _STR},
     "alive": {"to": _STR, "jobs": _LIST},
+    "winsize": {"job": _STR, "to": _STR, "rows": _INT, "cols": _INT},
 }
 
 # Fields any message may carry beyond its schema, checked when present (handlers and the audit
@@ -85,13 +86,16 @@ OPTIONAL_FIELDS = {"ts": _NUM, "ttl": _NUM, "fanout": _INT, "ouser": _OPT_STR, "
                    # an origin's alive: per job, the last output seq and the credit it has
                    "got": _LIST, "acked": _LIST, "gaps": _MAP, "total": _INT,
                    # stamps (zpeer.daemon.stamps) and clocks shown, never compared for a verdict
-                   "tx": _NUM, "echo": _NUM, "held": _NUM, "wall": _NUM, "offset": _NUM}
+                   "tx": _NUM, "echo": _NUM, "held": _NUM, "wall": _NUM, "offset": _NUM,
+                   # an exec in a pseudo-terminal (term, rows, cols), and its traffic, which
+                   # goes before bulk (zpeer.daemon.pacing)
+                   "pty": _MAP, "tty": _BOOL}
 # Strings that reach execve, chdir or getpwnam (where an embedded NUL raises, not fails).
 NUL_FREE_FIELDS = ("cmd", "dir", "user", "job", "to", "from", "id")
 
 # Job-scoped messages the leader forwards between peers by their "to" field.
 ROUTED_TYPES = frozenset({"exec", "started", "out", "credit", "stdin", "stdin_ack", "exit", "error",
-                          "cancel", "alive"})
+                          "cancel", "alive", "winsize"})
 
 
 class ProtocolError(ValueError):
