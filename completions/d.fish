@@ -151,6 +151,7 @@ complete -c d -n '__fish_seen_subcommand_from history' -l limit -x -d 'Rows to s
 complete -c d -n '__fish_seen_subcommand_from history' -l json -d 'JSON array.'
 complete -c d -n '__fish_seen_subcommand_from history' -l replay -x -d 'Play a recorded pty session back in this terminal, at its pace.'
 complete -c d -n '__fish_seen_subcommand_from history' -l speed -x -d 'With --replay: N times as fast.'
+complete -c d -n '__fish_seen_subcommand_from history' -l verify -d 'Leader: check every row against the audit\'s hash chain (exit 1 if a...'
 complete -c d -n '__fish_seen_subcommand_from history' -s h -l help -d 'Show this message and exit.'
 
 # policy

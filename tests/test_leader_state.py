@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from zpeer.daemon.access import AccessPolicy
 from zpeer.daemon.enrolment import MAX_PENDING, Enrolment, decide_hello, token_verdict
 from zpeer.daemon.peer_table import PeerTable
 from zpeer.daemon.registry import Registry
@@ -50,7 +51,7 @@ def test_a_token_is_accepted_only_when_the_registry_took_it():
 def enrolment(tmp_path):
     registry = Registry(str(tmp_path / "zpeer.db"))
     table = PeerTable("vps", 1.0)
-    yield Enrolment("vps", registry, table, KeyPolicy()), registry, table
+    yield Enrolment("vps", registry, table, KeyPolicy(), AccessPolicy()), registry, table
     registry.close()
 
 

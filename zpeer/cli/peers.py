@@ -69,7 +69,9 @@ def get_peer_id_by_ip(ip):
               help="Play a recorded pty session back in this terminal, at its pace.")
 @click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               metavar="N", help="With --replay: N times as fast.")
-def history(peer, limit, as_json, replay, speed):
+@click.option("--verify", is_flag=True,
+              help="Leader: check every row against the audit's hash chain (exit 1 if altered).")
+def history(peer, limit, as_json, replay, speed, verify):
     """Show the leader's audit log of executed commands, newest first.
 
     \b
@@ -78,7 +80,10 @@ def history(peer, limit, as_json, replay, speed):
     Examples:
       d history --peer laptop --limit 5
       d history --replay 3f2a9c1b7d0e.0 --speed 2
+      d history --verify
     """
+    if verify:
+        sys.exit(_verify(as_json))
     if replay is not None:
         from zpeer.cli.replay import replay_cast
 
@@ -87,3 +92,22 @@ def history(peer, limit, as_json, replay, speed):
 
     rows = call("history", peer=peer, limit=limit)["rows"]
     click.echo(json.dumps(rows, indent=2) if as_json else history_table(rows))
+
+
+def _verify(as_json):
+    """`history --verify`: the chain's report; 0 if every row and link holds, else 1."""
+    from zpeer.cli.tables import printable
+
+    report = call("history_verify")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for problem in report["problems"]:
+            click.echo(printable(f"history: {problem}"))
+        more = report["problem_count"] - len(report["problems"])
+        if more > 0:
+            click.echo(f"history: ... and {more} more")
+        counts = f"{report['rows']} rows, {report['links']} links"
+        click.echo(f"history verified: {counts}; chain head {report['head']}" if report["ok"]
+                   else f"history NOT verified: {report['problem_count']} problems ({counts})")
+    return 0 if report["ok"] else 1

@@ -4,14 +4,18 @@ ended.
 `AuditLog.observe` takes the channel messages the leader sees (exec, exit, error). Each event
 goes to the journal (zpeer.daemon.audit_journal) at once and to the registry's exec_log table in
 one transaction per FLUSH_S (sooner for `d history` and at stop): a transaction per event would
-cost a short command a third of its leader CPU. The newest `history_rows` rows are kept
-(`keep_history`): the surplus is pruned in batches, so the loop keeps serving.
+cost a short command a third of its leader CPU. Every write is a link of the hash chain
+(zpeer.daemon.audit_chain) in the same transaction. `history_rows` rows are kept
+(`keep_history`): the surplus is pruned in batches, so the loop keeps serving, and fairly across
+origins (zpeer.daemon.audit_retention).
 """
 import logging
 import os
 import time
 from collections import OrderedDict
 
+from zpeer.daemon import audit_retention
+from zpeer.daemon.audit_chain import AuditChain
 from zpeer.daemon.audit_journal import Journal
 from zpeer.daemon.casts import Casts
 from zpeer.daemon.registry import DB_ERRORS
@@ -28,6 +32,7 @@ PRUNE_EVERY_ROWS = 1000
 PRUNE_BATCH_ROWS = 5000
 PRUNE_PAUSE_S = 0.05  # between those prunes, so the loop keeps serving
 HISTORY_SCAN_MAX = 100_000  # rows a filtered history read looks at, at most
+CHAIN_LINKS_MIN = 10_000  # links the chain keeps at least (about two per row otherwise)
 
 
 class AuditLog:
@@ -47,12 +52,28 @@ class AuditLog:
         home = os.path.dirname(os.path.abspath(registry.path))
         self._journal = Journal(home)
         self.casts = Casts(home)  # recordings of pty sessions (zpeer.daemon.casts)
+        self.chain = AuditChain(registry)  # what `d history --verify` checks
+        self._adopt_unchained()
         left = self._journal.replay() if replay else []  # what a killed daemon had not written yet
         if left:
             log.info("audit journal: writing %d events left by the previous daemon", len(left))
             for job, fields in left:
                 self._enqueue(job, fields)
             self.flush(force=True)
+
+    def _adopt_unchained(self):
+        """A database from before the chain: its rows are linked as they are (the chain vouches
+        for what happens from here on)."""
+        if self.chain.started():
+            return
+        saved = self.chain.seq, self.chain.head
+        try:
+            with self.db.atomic():
+                self.chain.link([row.job for row in self.model.select(self.model.job)])
+                self.chain.mark_started()
+        except DB_ERRORS as exc:
+            self.chain.rollback(*saved)
+            self.registry.note_error(exc)
 
     def close(self):
         """Write what is queued; the journal keeps what SQLite did not take."""
@@ -130,12 +151,17 @@ class AuditLog:
         A worker's exec on itself is the exception: it never crossed the leader and runs on.
         Returns how many; database trouble is logged, never fatal."""
         model = self.model
+        saved = self.chain.seq, self.chain.head
         try:
             with self.db.atomic():
+                open_rows = model.rc.is_null() & model.outcome.is_null() & (
+                    (model.origin != model.target) | (model.target == leader_id))
+                jobs = [row.job for row in model.select(model.job).where(open_rows)]
                 count = model.update(rc=255, outcome="leader_restarted").where(
-                    model.rc.is_null() & model.outcome.is_null()
-                    & ((model.origin != model.target) | (model.target == leader_id))).execute()
+                    open_rows).execute()
+                self.chain.link(jobs)
         except DB_ERRORS as exc:
+            self.chain.rollback(*saved)
             log.warning("audit: cannot end the execs the previous leader left open: %s", exc)
             return 0
         if count:
@@ -182,18 +208,24 @@ class AuditLog:
         self._prune_due = time.monotonic() if rows else None
 
     def _prune(self):
-        """Delete the oldest audit rows beyond the kept number, PRUNE_BATCH_ROWS at most; with
+        """Delete the audit rows beyond the kept number, fairly across origins
+        (zpeer.daemon.audit_retention), PRUNE_BATCH_ROWS at most, and say so in the chain; with
         more left, the next prune is PRUNE_PAUSE_S away. Database trouble is logged, never
         fatal."""
         self._prune_due, self._since_prune = None, 0
+        saved = self.chain.seq, self.chain.head
         try:
             with self.db.atomic():
-                deleted = self.db.execute_sql(PRUNE_SQL, (self._keep_rows - 1,
-                                                          PRUNE_BATCH_ROWS)).rowcount
+                jobs = audit_retention.prune(self.db, self.model._meta.table_name,
+                                             self._keep_rows, PRUNE_BATCH_ROWS)
+                self.chain.drop(jobs)
+                self.chain.trim(max(self._keep_rows, CHAIN_LINKS_MIN))
         except DB_ERRORS as exc:
+            self.chain.rollback(*saved)
             self._prune_due = time.monotonic() + AUDIT_RETRY_S
             self.registry.note_error(exc)
             return
+        deleted = len(jobs)
         if deleted >= PRUNE_BATCH_ROWS:
             self._prune_due = time.monotonic() + PRUNE_PAUSE_S
         elif deleted:  # the recordings of the rows that went go too
@@ -221,11 +253,13 @@ class AuditLog:
             return
         batch, self._queue = self._queue, []
         self._inserts = {}
+        saved = self.chain.seq, self.chain.head
         try:
             with self.db.atomic():  # prepared statements, not a peewee query per row
                 connection = self.db.connection()
                 for sql, rows in statements(self.model, batch):
                     connection.executemany(sql, rows)
+                self.chain.link([job for job, _ in batch])
             self.registry.last_error = None
             self._due = 0.0
             self._journal.clear()
@@ -235,10 +269,16 @@ class AuditLog:
             if self._keep_rows and self._since_prune >= every and self._prune_due is None:
                 self._prune_due = time.monotonic()  # the next loop turn, or history() below
         except DB_ERRORS as exc:
+            self.chain.rollback(*saved)
             self._queue[:0] = batch[-10000:]
             # a locked or read-only file: each attempt blocks busy_timeout, so not every turn
             self._due = time.monotonic() + AUDIT_RETRY_S
             self.registry.note_error(exc)
+
+    def verify(self):
+        """`d history --verify`: the rows and the hash chain checked (zpeer.daemon.audit_chain)."""
+        self.flush(force=True)
+        return self.chain.verify()
 
     def history(self, peer=None, limit=20, readable=None):
         """Newest audit rows first, optionally for one peer, and only the rows whose target
@@ -298,12 +338,3 @@ def statements(model, batch):
             if checked:
                 sql += f" AND {fields['target'].column_name} = ?"
         yield sql, rows
-
-
-# The audit rows beyond the newest N (parameters: N - 1, then the most rows to delete at once),
-# oldest first. Rows are appended, so rowid order is the order they came in: walking N rows of
-# the rowid b-tree costs a few ms at 100,000, where counting or sorting by time would scan all.
-PRUNE_SQL = """DELETE FROM exec_log WHERE rowid IN (
-    SELECT rowid FROM exec_log
-    WHERE rowid < (SELECT rowid FROM exec_log ORDER BY rowid DESC LIMIT 1 OFFSET ?)
-    ORDER BY rowid LIMIT ?)"""

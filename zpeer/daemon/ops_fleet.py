@@ -50,6 +50,11 @@ class FleetOps:
             args.update(replay=arg(header, "replay", str), offset=arg(header, "offset", int, 0))
         self.node.link.ask("history", args, self._later(identity, header))
 
+    def op_history_verify(self, identity, header):
+        """history --verify: on the leader, which holds the audit."""
+        self.node.link.as_leader()
+        return self.node.audit.verify()
+
     def op_join_token(self, identity, header):
         """joinToken."""
         leader = self.node.link.as_leader()

@@ -4,7 +4,8 @@ table the audit log writes (zpeer.daemon.audit). No ZeroMQ here.
 Tables: meta (schema version), peer (id, ip as observed on the connection, hostname, role,
 version, CURVE key, status accepted/pending/removed, first/last seen, target-only), join_token
 (hash of the one-time secret, expiry, use), exec_log (the audit of every exec routed by this
-leader) and policy_rule (the access policy, zpeer.daemon.access).
+leader), audit_link (its hash chain, zpeer.daemon.audit_chain) and policy_rule (the access
+policy, zpeer.daemon.access).
 Workers keep the same schema but only meta (`sanity_check(worker=True)` deletes the rest), so a
 damaged worker file is replaced (`open_registry`). last_seen is flushed in batches (`flush()`),
 never one write per heartbeat.
@@ -77,7 +78,7 @@ def _make_models(db):
         """One exec in the journal (`d history`): who ran what where, and how it ended."""
         job = peewee.CharField(primary_key=True)
         started_at = peewee.FloatField()
-        origin = peewee.CharField()
+        origin = peewee.CharField(index=True)  # retention counts and cuts rows per origin
         origin_user = peewee.CharField(null=True)
         target = peewee.CharField(index=True)
         fanout = peewee.IntegerField(default=1)
@@ -92,6 +93,16 @@ def _make_models(db):
         class Meta:
             table_name = "exec_log"
 
+    class AuditLink(Base):
+        """One link of the audit's hash chain (zpeer.daemon.audit_chain)."""
+        seq = peewee.IntegerField(primary_key=True)
+        job = peewee.CharField(index=True)
+        digest = peewee.CharField()
+        hash = peewee.CharField()
+
+        class Meta:
+            table_name = "audit_link"
+
     class PolicyRule(Base):
         """One rule of the access policy (zpeer.daemon.access), in the order they apply."""
         number = peewee.AutoField()
@@ -104,7 +115,7 @@ def _make_models(db):
         class Meta:
             table_name = "policy_rule"
 
-    return Meta, Peer, JoinToken, ExecLog, PolicyRule
+    return Meta, Peer, JoinToken, ExecLog, AuditLink, PolicyRule
 
 
 def open_registry(path, disposable):
@@ -129,15 +140,15 @@ class Registry:
         self.path = path
         self.db = peewee.SqliteDatabase(path, pragmas={"journal_mode": "wal", "busy_timeout": 200,
                                                        "synchronous": "normal"})
-        self.Meta, self.Peer, self.JoinToken, self.ExecLog, self.PolicyRule = \
-            _make_models(self.db)
+        (self.Meta, self.Peer, self.JoinToken, self.ExecLog, self.AuditLink,
+         self.PolicyRule) = _make_models(self.db)
         self._seen = {}  # peer id -> (last_seen, ip): pending batched writes
         self.last_error = None  # the last database failure, for getPeerStatus
         self.generation = 0  # bumped whenever the peer set changes (drives peers.cache)
         try:
             self.db.connect()
             self.db.create_tables([self.Meta, self.Peer, self.JoinToken, self.ExecLog,
-                                   self.PolicyRule])
+                                   self.AuditLink, self.PolicyRule])
         except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:  # not a database, malformed
             self.db.close()
             if isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)):
@@ -333,7 +344,8 @@ class Registry:
                 lines.append(f"schema version set to {SCHEMA_VERSION}")
         if worker:
             for table, model in (("peer", self.Peer), ("join_token", self.JoinToken),
-                                 ("exec_log", self.ExecLog), ("policy_rule", self.PolicyRule)):
+                                 ("exec_log", self.ExecLog), ("audit_link", self.AuditLink),
+                                 ("policy_rule", self.PolicyRule)):
                 count = model.select().count()
                 if count and not dry_run:
                     model.delete().execute()
