@@ -626,3 +626,89 @@ def test_a_link_planted_in_the_state_directory_is_never_written_through(tmp_path
         os.close(fd)
         assert path.read_bytes() == b"line\n" and not path.is_symlink()
     assert victim.read_text() == "root only\n" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def test_one_address_cannot_hold_connections_without_a_peer(shared_cluster):
+    """40 TCP connections from one address that never prove a peer: on 9c0483a the leader kept
+    every one until its handshake timer (and one with a fresh key past the handshake for good);
+    now the oldest beyond 16 are ended at once, and a worker from that address still enrols."""
+    from zpeer.daemon.admission import UNVERIFIED_PER_IP_MAX
+
+    c = shared_cluster
+    conns = []
+    try:
+        for _ in range(40):
+            s = socket.socket()
+            s.bind(("127.0.0.9", 0))
+            s.connect(("127.0.0.1", c.port))
+            conns.append(s)
+        started = time.monotonic()
+        ended = set()
+        while len(ended) < 40 - UNVERIFIED_PER_IP_MAX and time.monotonic() - started < 4:
+            readable, _, _ = select.select([s for s in conns if s not in ended], [], [], 0.1)
+            for s in readable:
+                try:
+                    if s.recv(4096) == b"":
+                        ended.add(s)
+                except OSError:
+                    ended.add(s)
+        # well before the 5 s handshake timer, the oldest ones
+        assert len(ended) == 40 - UNVERIFIED_PER_IP_MAX
+        assert ended == set(conns[:40 - UNVERIFIED_PER_IP_MAX])
+        worker = c.worker("natted", "127.0.0.9")  # the newest connection: it stays
+        assert c.online("natted")
+        worker.stop()
+    finally:
+        for s in conns:
+            s.close()
+    c.vps.d("removePeer", "natted", check=0)
+
+
+def test_one_peer_cannot_open_commands_without_end(shared_cluster):
+    """A member opens execs on a peer that never answers them: on 9c0483a the leader tracked
+    and routed every one; now the one past OPEN_JOBS_PER_PEER_MAX is refused, and audited."""
+    from zpeer.daemon.leader import OPEN_JOBS_PER_PEER_MAX
+
+    c = shared_cluster
+    key = public_key(c.vps)
+    peers = {}
+    try:
+        for name, ip in (("hoarder", "127.0.0.81"), ("sink", "127.0.0.82")):
+            peer = peers[name] = RawPeer(c.port, key, protocol.route_identity(name), ip)
+            peer.send({"t": "hello", "rid": "h", "id": name, "hostname": "x", "version": "x",
+                       "role": "worker", "pid": 1,
+                       "token": keys.parse_token(c.token())["secret"]})
+            assert peer.barrier() and peer.received[-1]["status"] == "accepted"
+        hoarder, sink = peers["hoarder"], peers["sink"]
+
+        def keep_up():  # both stay online; the sink reads what it is sent and answers nothing
+            for peer in (hoarder, sink):
+                peer.send({"t": "hb", "rid": "b"})
+            while sink.sock.poll(0):
+                sink.sock.recv_multipart()
+
+        for n in range(OPEN_JOBS_PER_PEER_MAX):
+            hoarder.send(exec_header("sink", "true", job=f"hoard.{n}"))
+            if n % 500 == 0:
+                keep_up()
+        keep_up()
+        hoarder.send(exec_header("sink", "true", job="hoard.last"))
+        deadline = time.monotonic() + 20
+        refusal = None
+        while refusal is None and time.monotonic() < deadline:
+            keep_up()
+            if hoarder.sock.poll(50):
+                header = msgpack.unpackb(hoarder.sock.recv_multipart()[1], raw=False)
+                if header.get("t") == "error" and header.get("job") == "hoard.last":
+                    refusal = header
+        assert refusal is not None and refusal["err"]["err"] == "too_many_jobs"
+        assert refusal["err"]["msg"] == (f"Too many commands running from hoarder "
+                                         f"({OPEN_JOBS_PER_PEER_MAX}): sink was not asked")
+        rows = json.loads(c.vps.d("history", "--json", "--peer", "hoarder", "--limit", "5",
+                                  check=0).stdout)
+        assert any(r["job"] == "hoard.last" and r["outcome"] == "too_many_jobs" for r in rows)
+    finally:
+        for peer in peers.values():
+            peer.close()
+    for name in peers:
+        c.vps.d("removePeer", name, check=0)

@@ -104,6 +104,13 @@ class NotAllowed(ZpeerError):
     hint = "the leader's access policy refuses it: `d policy` on the leader shows the rules"
 
 
+class TooManyJobs(ZpeerError):
+    """A peer has as many commands running through the leader as it may have at once."""
+
+    code = "too_many_jobs"
+    hint = "wait for some of them to end (`d history` shows what runs)"
+
+
 class InvalidToken(ZpeerError):
     """A join token that is malformed, expired, already used or forged."""
 
@@ -236,7 +243,7 @@ _BY_CODE = {cls.code: cls for cls in (
     ZpeerError, PeerNotFound, PeerOffline, FailedToConnect, NotConnected, DirectoryNotFound,
     DirectoryDenied, KeyMismatch, NotAuthorized, NotAllowed, InvalidToken, NotLeader,
     NotConfigured, BadRequest, RequestTimeout, TooLate, ExitLost, BindFailed, OutputFailed,
-    BadConfig, BadDatabase, BadHome, BadKey, Busy, NoRecording)}
+    BadConfig, BadDatabase, BadHome, BadKey, Busy, NoRecording, TooManyJobs)}
 
 
 def from_reply(reply):

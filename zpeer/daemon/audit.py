@@ -49,6 +49,8 @@ class AuditLog:
         self._open_target = {}  # job -> target, for execs with no outcome yet
         self._origins = OrderedDict()  # job id -> the origin of its first exec, the newest ones
         self._open_by_target = {}  # target -> set of those jobs
+        self._open_origin = {}  # job -> its origin, for the same execs
+        self._open_from = {}  # origin -> how many of them it started (the leader caps that)
         home = os.path.dirname(os.path.abspath(registry.path))
         self._journal = Journal(home)
         self.casts = Casts(home)  # recordings of pty sessions (zpeer.daemon.casts)
@@ -133,8 +135,11 @@ class AuditLog:
         if "command" in fields:
             if (len(self._open_target) < OPEN_EXECS_MAX and job not in self._open_target
                     and fields.get("origin") != fields["target"]):
+                origin = str(fields.get("origin"))
                 self._open_target[job] = fields["target"]
                 self._open_by_target.setdefault(fields["target"], set()).add(job)
+                self._open_origin[job] = origin
+                self._open_from[origin] = self._open_from.get(origin, 0) + 1
         elif "rc" in fields and fields.get("by", self._open_target.get(job)) \
                 == self._open_target.get(job):
             target = self._open_target.pop(job, None)
@@ -143,6 +148,21 @@ class AuditLog:
                 jobs.discard(job)
                 if not jobs:
                     del self._open_by_target[target]
+                self._ended_from(job)
+
+    def _ended_from(self, job):
+        """An open exec ended: its origin has one fewer."""
+        origin = self._open_origin.pop(job, None)
+        if origin is not None:
+            left = self._open_from[origin] - 1
+            if left:
+                self._open_from[origin] = left
+            else:
+                del self._open_from[origin]
+
+    def open_from(self, origin):
+        """How many execs that origin started through the leader have not ended."""
+        return self._open_from.get(origin, 0)
 
     def end_interrupted(self, leader_id):
         """At a leader's start: the execs the audit still shows running were cut off when the
@@ -175,6 +195,7 @@ class AuditLog:
         from a link that was only slow, replaces that with the real outcome)."""
         for job in self._open_by_target.pop(peer, ()):
             del self._open_target[job]
+            self._ended_from(job)
             self.log_exec(job, rc=255, outcome="peer_lost")
 
     def _enqueue(self, job, fields):

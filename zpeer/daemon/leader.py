@@ -20,6 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from zpeer import config, trace
 from zpeer.daemon import tcp_state
 from zpeer.daemon.access import AccessPolicy, Rule
+from zpeer.daemon.admission import Admission
 from zpeer.daemon.enrolment import Enrolment
 from zpeer.daemon.links import Link
 from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
@@ -35,6 +36,7 @@ from zpeer.errors import (
     NotConnected,
     PeerNotFound,
     PeerOffline,
+    TooManyJobs,
     ZpeerError,
 )
 from zpeer.logsetup import RateLimited
@@ -58,6 +60,8 @@ SNDHWM = 20000
 RCVHWM = 20000
 AUDIT_TYPES = ("exec", "exit", "error")
 ALIVE_REPLIES_MAX = 1000  # jobs one alive message can get "lost" answers for
+# commands one peer may have running through the leader at once (a fan-out to 10,000 fits)
+OPEN_JOBS_PER_PEER_MAX = 20_000
 
 
 class LeaderLink(Link):
@@ -75,7 +79,8 @@ class LeaderLink(Link):
         auth.configure_curve_callback("*", self.policy)
         self.sock = _router_socket(ctx, cfg["bind"], public, secret, self.heartbeat_s)
         # a closed connection is seen at once (FIN/RST: a killed daemon, a stopped host's kernel)
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.admission = Admission()  # connections that have not proven a peer, per address
         self.table = PeerTable(self.id, self.heartbeat_s)
         self.access = AccessPolicy()
         self.load_access()
@@ -245,7 +250,7 @@ class LeaderLink(Link):
         header["from"] = peer_id
         if mtype == "exec":  # the leg from its origin to here
             spend(header, transit_s(header.get("echo"), header.get("held"), now))
-            if not self.access.open and self._refused(peer_id, header):
+            if self._refused(peer_id, header):
                 return None
         self.audit.observe(peer_id, header, data=data)
         if header["to"] == self.id:
@@ -254,13 +259,18 @@ class LeaderLink(Link):
         return None
 
     def _refused(self, origin, header):
-        """Refuse an exec the access policy does not allow (its audit row says so, its origin
-        hears it as from the target); True if refused."""
+        """Refuse an exec the access policy does not allow, or one more than its origin may
+        have running (its audit row says so, its origin hears it as from the target); True if
+        refused."""
         target = header["to"]
-        user = header.get("user") or self.daemon_user(target)
         try:
-            self.access.check_run(origin, target, user)
-        except NotAllowed as exc:
+            if self.audit.open_from(origin) >= OPEN_JOBS_PER_PEER_MAX:
+                raise TooManyJobs(f"Too many commands running from {origin} "
+                                  f"({OPEN_JOBS_PER_PEER_MAX}): {target} was not asked")
+            if not self.access.open:
+                self.access.check_run(origin, target,
+                                      header.get("user") or self.daemon_user(target))
+        except (NotAllowed, TooManyJobs) as exc:
             if self.limiter.allow(("refused", origin)):
                 log.warning("refused: %s", exc.message)
             reply = messages.error(header["job"], origin, exc.to_reply(), target)
@@ -307,6 +317,7 @@ class LeaderLink(Link):
             # this one
             self.on_monitor()
             entry = self.table.admit(peer_id, key, ip, identity, fd, time.monotonic())
+            self.admission.verified(fd)
             entry.user = header.get("daemon_user")
             if isinstance(header.get("tx"), (int, float)):
                 entry.tx, entry.tx_at = header["tx"], boot_s()
@@ -387,12 +398,22 @@ class LeaderLink(Link):
                     self.send(from_peer, messages.error(job, from_peer, lost, to))
 
     def on_monitor(self):
-        """Connections that closed: their peers are offline for new work at once."""
+        """Connections that opened (the oldest unproven ones of an address beyond its cap are
+        ended) and closed (their peers are offline for new work at once)."""
         while self.monitor.poll(0):
             try:
-                fd = int(recv_monitor_message(self.monitor)["value"])
+                event = recv_monitor_message(self.monitor)
+                fd = int(event["value"])
             except (zmq.ZMQError, ValueError, KeyError):
                 continue
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                for old_fd, ip in self.admission.accepted(fd, tcp_state.peer_ip(fd)):
+                    if self.limiter.allow(("unproven", ip)):
+                        log.warning("ended a connection from %s: more than %d without an "
+                                    "accepted hello", ip, self.admission.per_ip_max)
+                    tcp_state.end(old_fd, ip)
+                continue
+            self.admission.closed(fd)
             owner = self.table.fds.get(fd)
             if owner is not None and owner[0] in self.pacers:
                 self.pacers[owner[0]].detach(fd)

@@ -73,6 +73,22 @@ def read(fd):
                     min_rtt_us / 1e6, queue[0])
 
 
+def peer_ip(fd):
+    """The address at the other end of a TCP connection, or None."""
+    try:
+        sock = _borrowed(fd)
+    except OSError:
+        return None
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            return sock.getpeername()[0]
+        return None
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
 def end(fd, peer_ip):
     """End the TCP connection behind fd (a revoked peer's, from peer_ip) for both directions:
     libzmq reads its end and closes the descriptor itself, as when the peer hangs up. Only a
