@@ -26,6 +26,7 @@ COMMANDS = {
     "getPeerIdByIp": "zpeer.cli.peers:get_peer_id_by_ip",
     "dbSanityCheck": "zpeer.cli.node:db_sanity_check",
     "execOnPeer": "zpeer.cli.execute:exec_on_peer",
+    "ssh": "zpeer.cli.execute:ssh",
     "history": "zpeer.cli.peers:history",
     "demo": "zpeer.cli.demo:demo",
     "completion": "zpeer.cli.completion:completion",

@@ -33,7 +33,10 @@ POLL_WAIT_MAX_S = 0.5
 # after the exec's ttl, this much longer before a job sent and never heard of counts as lost
 GIVE_UP_MARGIN_S = 0.25
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
-CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
+# no poll for this long (a poll is held POLL_WAIT_MAX_S at most): check whether the CLI still
+# lives, and again every CLI_CHECK_S; a killed CLI's remote jobs are then cancelled well within 2 s
+CLI_SILENCE_S = 0.75
+CLI_CHECK_S = 0.25
 SESSION_ORPHAN_S = 60.0
 # (a job "sent" and not heard of: its exec may have reached the peer, its "started" not come back)
 LOST_WHEN = {"running": "mid-command",
@@ -46,7 +49,8 @@ ACTIVE = ("sent", "running")
 
 
 def _pid_alive(pid):
-    """True if a local process with that pid exists."""
+    """True if a local process with that pid exists and is not a zombie (a killed CLI whose
+    parent has not reaped it yet is gone all the same)."""
     if not pid:
         return True
     try:
@@ -55,7 +59,11 @@ def _pid_alive(pid):
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 class OriginJob:
@@ -94,6 +102,7 @@ class Session:
         self.buffered = 0
         self.waiter = None  # (identity, rid, deadline)
         self.last_poll = time.monotonic()
+        self.check_at = 0.0  # when to look again whether the CLI lives (while it does not poll)
         self.cancelled = False
         self.wants_room = False
         self.opened = None  # what exec_open answers (sid, targets), sent with the first reply
@@ -462,8 +471,10 @@ class OriginSessions:
             elif session.waiter:
                 actions.extend(self._wake(session))  # only if something worth a reply waits
             silent = now - session.last_poll
-            if session.waiter is None and silent > CLI_SILENCE_S and (
-                    not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S):
+            if session.waiter is not None or silent <= CLI_SILENCE_S or now < session.check_at:
+                continue
+            session.check_at = now + CLI_CHECK_S
+            if not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S:
                 log.warning("session %s: CLI pid %s is gone, cancelling", session.sid,
                             session.cli_pid)
                 actions.extend(a for a in self.cancel(session.sid) if type(a) is Send)
@@ -503,6 +514,7 @@ class OriginSessions:
                 for peer, (jobs, got, acked, gaps) in wanted.items()]
 
     def next_deadline(self):
-        """Earliest held-poll deadline."""
-        times = [s.waiter[2] for s in self.sessions.values() if s.waiter]
+        """Earliest held-poll deadline, or check of a CLI that does not poll."""
+        times = [s.waiter[2] if s.waiter else max(s.last_poll + CLI_SILENCE_S, s.check_at)
+                 for s in self.sessions.values()]
         return min(times) if times else None

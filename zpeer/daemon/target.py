@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 
 from zpeer import trace
-from zpeer.daemon import leftovers
+from zpeer.daemon import leftovers, process
 from zpeer.daemon.actions import Send
 from zpeer.daemon.command import RC_CANCELLED, Command
 from zpeer.daemon.process import child_environment, spawn, working_directory
@@ -194,10 +194,12 @@ class TargetJobs:
         else:
             entry, env = self._own_identity()
         directory, notice = working_directory(msg.get("dir"), entry, self.node_id, extra)
-        env = dict(env, ZPEER_JOB=msg["job"])
+        env = dict(env)
+        env.update(process.exec_env(msg.get("env") or {}))
+        env["ZPEER_JOB"] = msg["job"]
+        program, argv = process.command_argv(msg["cmd"], entry, bool(msg.get("login")))
         try:
-            return spawn(["/bin/bash", "-c", msg["cmd"]], directory, env, bool(msg.get("stdin")),
-                         extra, notice)
+            return spawn(argv, directory, env, bool(msg.get("stdin")), extra, notice, program)
         except OSError as exc:
             raise ZpeerError(f"Cannot start command on {self.node_id}: {exc}") from None
 
