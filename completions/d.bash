@@ -2,7 +2,7 @@
 
 # Tables from the click tree: the options of each command (@: before the command), and what the
 # value of an option (CMD:--opt) or of a positional argument (CMD:#N, CMD:#* for all) completes to.
-_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer history demo completion install-completion remotePull remoteBd remoteDeployDaemon restartDaemon'
+_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer ssh history demo completion install-completion remotePull remoteBd remoteDeployDaemon restartDaemon'
 declare -gA _d_opts=(
     [@]='--version -h --help'
     [daemon]='--log-level -h --help'
@@ -16,6 +16,7 @@ declare -gA _d_opts=(
     [getPeerIdByIp]='-h --help'
     [dbSanityCheck]='--dry-run -h --help'
     [execOnPeer]='--peer --exclude --directory --shellCmd --timeout --user --batch --json -n --no-stdin -b --gather -h --help'
+    [ssh]='--help'
     [history]='--peer --limit --json -h --help'
     [demo]='--keep -h --help'
     [completion]='-h --help'
@@ -61,6 +62,7 @@ declare -gA _d_kind=(
     [execOnPeer:--timeout]='any'
     [execOnPeer:--user]='any'
     [execOnPeer:--batch]='any'
+    [ssh:#*]='any'
     [history:--peer]='peer'
     [history:--limit]='any'
     [completion:#0]='choice:bash zsh fish'

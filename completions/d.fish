@@ -45,6 +45,7 @@ complete -c d -n __fish_use_subcommand -a 'removePeer' -d 'Leader: revoke a peer
 complete -c d -n __fish_use_subcommand -a 'getPeerIdByIp' -d 'Print the id of the peer whose connection comes from IP (exit 1 if...'
 complete -c d -n __fish_use_subcommand -a 'dbSanityCheck' -d 'Check the local database (integrity, schema); on a worker delete...'
 complete -c d -n __fish_use_subcommand -a 'execOnPeer' -d 'Run CMD on peers; remote stdout/stderr stream here byte-exact; exit...'
+complete -c d -n __fish_use_subcommand -a 'ssh' -d 'Run a command on a peer with ssh\'s command line (the same program...'
 complete -c d -n __fish_use_subcommand -a 'history' -d 'Show the leader\'s audit log of executed commands, newest first.'
 complete -c d -n __fish_use_subcommand -a 'demo' -d 'Start a leader and two workers on loopback, show them working, then...'
 complete -c d -n __fish_use_subcommand -a 'completion' -d 'Print the tab-completion script for SHELL.'
@@ -130,6 +131,9 @@ complete -c d -n '__fish_seen_subcommand_from execOnPeer' -l json -d 'JSON Lines
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s n -l no-stdin -d 'Do not forward stdin, as ssh -n (a `while read` loop keeps its input).'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s b -l gather -d 'Print each distinct stdout once, under the peers that printed it, a...'
 complete -c d -n '__fish_seen_subcommand_from execOnPeer' -s h -l help -d 'Show this message and exit.'
+
+# ssh
+complete -c d -n '__fish_seen_subcommand_from ssh' -l help -d 'Show this message and exit.'
 
 # history
 complete -c d -n '__fish_seen_subcommand_from history' -l peer -x -a '(__d_peer_ids)' -d 'Only execs that ran on (or came from) this peer.'

@@ -151,8 +151,9 @@ class _PassThrough(click.Command):
         return []
 
 
-@click.command("ssh", cls=_PassThrough, options_metavar="",
-               context_settings=dict(CONTEXT, help_option_names=["--help"]))
+@click.command("ssh", cls=_PassThrough, options_metavar="", add_help_option=False,
+               context_settings=CONTEXT)
+@click.help_option("--help")  # its own, so -h stays ssh's (which has none): not CONTEXT's
 @click.argument("args", nargs=-1, type=click.UNPROCESSED,
                 metavar="[SSH-OPTIONS] [USER@]PEER [COMMAND [ARG...]]")
 def ssh(args):
