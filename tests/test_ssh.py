@@ -4,6 +4,7 @@ one cluster for the module: vps runs zpeer-ssh, laptop is the peer)."""
 import hashlib
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -364,3 +365,23 @@ def test_f_goes_to_the_background(c, tmp_path):
                         stderr=subprocess.DEVNULL, env=env(c), timeout=30).returncode
     assert rc == 0 and time.monotonic() - started < 0.5
     wait_for(mark.exists, timeout=10, what="the background command")
+
+
+def test_sftp_subsystem_without_sftp_server_names_the_package(c):
+    """A peer without sftp-server: its daemon in a mount namespace where each one is /dev/null."""
+    from zpeer.cli.ssh_session import SFTP_SERVERS
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a mount namespace")
+    hide = "".join(f"mount --bind /dev/null {p} && " for p in SFTP_SERVERS if os.path.exists(p))
+    node = c.worker("bare", "127.0.0.6", start=False)
+    node.command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    hide + 'exec "$@"', "sh"] + node.command
+    node.start()
+    node.d("registerWorker", "--id", "bare", "--token", c.token(), "--source-ip", "127.0.0.6",
+           check=0)
+    out = ssh(c, "-s", "bare", "sftp")
+    assert (out.returncode, out.stdout, out.stderr) == (
+        255, b"", b"zpeer-ssh: no sftp-server on bare: install the package openssh-sftp-server "
+                  b"(Debian, Ubuntu) or openssh-server (Fedora, Arch, Alpine) there\n")
+    assert ssh(c, "-s", "laptop", "sftp", input=b"").returncode == 0  # there it is
