@@ -385,3 +385,15 @@ def test_sftp_subsystem_without_sftp_server_names_the_package(c):
         255, b"", b"zpeer-ssh: no sftp-server on bare: install the package openssh-sftp-server "
                   b"(Debian, Ubuntu) or openssh-server (Fedora, Arch, Alpine) there\n")
     assert ssh(c, "-s", "laptop", "sftp", input=b"").returncode == 0  # there it is
+
+
+@pytest.mark.parametrize("env", [{"A=B": "x"}, {"": "x"}, {"A": "x\0y"}, {"A": 1}, ["A"],
+                                 {f"V{i}": "" for i in range(257)}])
+def test_the_variables_an_exec_sets_are_checked(env):
+    """What another daemon sends as `env` (zpeer-ssh's SendEnv/SetEnv) is checked on arrival."""
+    from zpeer.daemon.process import exec_env
+    from zpeer.errors import BadRequest
+
+    with pytest.raises(BadRequest):
+        exec_env(env)
+    assert exec_env({"GIT_PROTOCOL": "version=2"}) == {"GIT_PROTOCOL": "version=2"}

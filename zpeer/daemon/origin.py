@@ -103,6 +103,7 @@ class Session:
         self.waiter = None  # (identity, rid, deadline)
         self.last_poll = time.monotonic()
         self.check_at = 0.0  # when to look again whether the CLI lives (while it does not poll)
+        self.cli_gone = False  # it does not: its jobs are cancelled, the session dropped once done
         self.cancelled = False
         self.wants_room = False
         self.opened = None  # what exec_open answers (sid, targets), sent with the first reply
@@ -471,15 +472,20 @@ class OriginSessions:
             elif session.waiter:
                 actions.extend(self._wake(session))  # only if something worth a reply waits
             silent = now - session.last_poll
-            if session.waiter is not None or silent <= CLI_SILENCE_S or now < session.check_at:
+            if session.waiter is not None or silent <= CLI_SILENCE_S:
                 continue
-            session.check_at = now + CLI_CHECK_S
-            if not _pid_alive(session.cli_pid) or silent > SESSION_ORPHAN_S:
-                log.warning("session %s: CLI pid %s is gone, cancelling", session.sid,
-                            session.cli_pid)
-                actions.extend(a for a in self.cancel(session.sid) if type(a) is Send)
-                if session.count["done"] == len(session.jobs) or silent > SESSION_ORPHAN_S:
-                    self._drop(session)
+            if now >= session.check_at:  # (a look at /proc, not on every loop turn)
+                session.check_at = now + CLI_CHECK_S
+                if session.cli_gone or not _pid_alive(session.cli_pid) \
+                        or silent > SESSION_ORPHAN_S:
+                    if not session.cli_gone:
+                        log.warning("session %s: CLI pid %s is gone, cancelling", session.sid,
+                                    session.cli_pid)
+                    session.cli_gone = True
+                    actions.extend(a for a in self.cancel(session.sid) if type(a) is Send)
+            if session.cli_gone and (session.count["done"] == len(session.jobs)
+                                     or silent > SESSION_ORPHAN_S):
+                self._drop(session)
         return actions
 
     def take_verdicts(self):
