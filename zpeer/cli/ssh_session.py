@@ -44,7 +44,8 @@ class SshSink(OutputSink):
         self.verbose = verbose
         self.out, self.err = binary("stdout"), binary("stderr")
         self.err_ok = True
-        self.heard = False  # the remote command started (ConnectTimeout is over)
+        self.heard = False  # the remote command started, or failed (ConnectTimeout is over)
+        self.quiet = False  # ConnectTimeout struck: its line is the one said
 
     def started(self, peer, pid):
         """The remote command runs."""
@@ -69,7 +70,9 @@ class SshSink(OutputSink):
     def failed(self, peer, code, message, hint):
         """zpeer could not run it or lost it: one line (and the hint with -v)."""
         self.results[peer] = (EXIT_ZPEER_FAILURE, code)
-        fail_line(message, hint, self.verbose)
+        self.heard = True
+        if not self.quiet:
+            fail_line(message, hint, self.verbose)
 
 
 def fail_line(message, hint, verbose):
@@ -248,6 +251,7 @@ def session(settings, peer, cmd, login, env):
     def on_alarm(_signum, _frame):
         if not sink.heard and not interrupted:
             timed_out.append(True)
+            sink.quiet = True
             interrupted.append(signal.SIGALRM)
 
     parent = os.getppid()
