@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench import baselines  # noqa: E402
+from bench import baselines, sshtools  # noqa: E402
 from bench.cluster import Cluster, d_command, rss_kb  # noqa: E402
 from bench.measure import (  # noqa: E402
     MB,
@@ -119,6 +119,15 @@ class Bench:
                                self.tty)[0],
                    runs, warmup=1)
         self.add(Row("fanout_3", median(t), "s", runs, note="leader + 2 worker daemons"))
+        for row in sshtools.per_call_rows(lead, "w1", runs, self.tty):
+            self.add(row)
+        if c["ssh"]:
+            transfers = sshtools.transfer_rows(lead, "w1", c["big_runs"], log=self.log)
+        else:
+            transfers = [Row(name, None, "MB/s", 0, note="skipped (--no-ssh)")
+                         for name in sshtools.TRANSFER_ROWS]
+        for row in transfers:
+            self.add(row)
         self.stream(lead, w1)
         self.stdin_stream(lead)
         self.stream_13mb(lead)

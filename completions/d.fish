@@ -46,6 +46,7 @@ complete -c d -n __fish_use_subcommand -a 'getPeerIdByIp' -d 'Print the id of th
 complete -c d -n __fish_use_subcommand -a 'dbSanityCheck' -d 'Check the local database (integrity, schema); on a worker delete...'
 complete -c d -n __fish_use_subcommand -a 'execOnPeer' -d 'Run CMD on peers; remote stdout/stderr stream here byte-exact; exit...'
 complete -c d -n __fish_use_subcommand -a 'shell' -d 'A login shell on a peer in a pseudo-terminal; exit = the shell\'s.'
+complete -c d -n __fish_use_subcommand -a 'ssh' -d 'Run a command on a peer with ssh\'s command line (the same program...'
 complete -c d -n __fish_use_subcommand -a 'history' -d 'Show the leader\'s audit log of executed commands, newest first.'
 complete -c d -n __fish_use_subcommand -a 'policy' -d 'Leader: show the access policy (who may run on whom, as which user,...'
 complete -c d -n __fish_use_subcommand -a 'demo' -d 'Start a leader and two workers on loopback, show them working, then...'
@@ -144,6 +145,9 @@ complete -c d -n '__fish_seen_subcommand_from shell' -l directory -x -a '(__fish
 complete -c d -n '__fish_seen_subcommand_from shell' -l user -x -d 'Log in as this user (the target daemon must run as root).'
 complete -c d -n '__fish_seen_subcommand_from shell' -s e -l escape -x -d 'Escape character after a newline (default ~), or `none` (as ssh -e).'
 complete -c d -n '__fish_seen_subcommand_from shell' -s h -l help -d 'Show this message and exit.'
+
+# ssh
+complete -c d -n '__fish_seen_subcommand_from ssh' -l help -d 'Show this message and exit.'
 
 # history
 complete -c d -n '__fish_seen_subcommand_from history' -l peer -x -a '(__d_peer_ids)' -d 'Only execs that ran on (or came from) this peer.'

@@ -32,6 +32,13 @@ def d_command():
                                                           os.path.join(ROOT, "bin", "d")]
 
 
+def zpeer_ssh_command():
+    """The installed `zpeer-ssh` console script next to this interpreter, else bin/zpeer-ssh."""
+    installed = os.path.join(os.path.dirname(sys.executable), "zpeer-ssh")
+    return [installed] if os.path.exists(installed) else [sys.executable,
+                                                          os.path.join(ROOT, "bin", "zpeer-ssh")]
+
+
 def pid_alive(pid):
     """True while a process with that pid exists (a zombie counts as gone)."""
     try:

@@ -27,6 +27,7 @@ COMMANDS = {
     "dbSanityCheck": "zpeer.cli.node:db_sanity_check",
     "execOnPeer": "zpeer.cli.execute:exec_on_peer",
     "shell": "zpeer.cli.shell:shell",
+    "ssh": "zpeer.cli.execute:ssh",
     "history": "zpeer.cli.peers:history",
     "policy": "zpeer.cli.policy:policy",
     "demo": "zpeer.cli.demo:demo",

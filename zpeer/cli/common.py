@@ -17,15 +17,14 @@ ESCAPE_HELP = "Escape character after a newline (default ~), or `none` (as ssh -
 
 def escape_char(ctx, param, value):
     """--escape: one character, `none`, or ^X for a control character (as ssh's -e)."""
+    from zpeer.cli.terminal import escape_of
+
     if value is None:
         return "~"
-    if value == "none":
-        return None
-    if len(value) == 2 and value[0] == "^" and 64 <= ord(value[1].upper()) < 96:
-        return chr(ord(value[1].upper()) & 0x1f)
-    if len(value) != 1:
-        raise click.BadParameter("one character, ^X, or `none`", ctx, param)
-    return value
+    try:
+        return escape_of(value)
+    except ValueError:
+        raise click.BadParameter("one character, ^X, or `none`", ctx, param) from None
 
 
 class Seconds(click.FloatRange):

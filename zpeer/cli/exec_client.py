@@ -23,22 +23,28 @@ CANCEL_WAIT_POLLS = 20  # after a cancel, polls for the remote ends before the C
 class ExecClient:
     """One exec session of this CLI process: open, follow to the end, cancel."""
 
-    def __init__(self, client, grace_s=POLL_GRACE_S, interrupted=None):
+    def __init__(self, client, grace_s=POLL_GRACE_S, interrupted=None, watch=None):
         self.client, self.grace_s = client, grace_s
         # signals the caller caught: the first one cancels the session (see follow)
         self.interrupted = interrupted if interrupted is not None else []
+        # asked between polls: a reason to stop (zpeer-ssh: its parent went away), or None
+        self.watch = watch
         self.sid, self.targets = None, []
         self.stdin_fd = None
         self._first = None  # the open's reply: also the session's first poll
         self._waker = None
 
     def open(self, peers, cmd, directory=None, timeout=None, user=None, batch=0, exclude=(),
-             stdin_fd=None):
+             stdin_fd=None, login=False, env=None):
         """Open the session; returns the target peer ids. Stdin goes to the command when a
         stdin_fd is given. The open is also the first poll (a short command costs one round
-        trip), unless stdin must go first."""
+        trip), unless stdin must go first. `login`: run as sshd does (the user's shell, an
+        empty cmd a login shell), with the variables of `env` set (zpeer-ssh)."""
         self.stdin_fd = stdin_fd
         wait = 0 if stdin_fd is not None else POLL_WAIT_S
+        extra = {"login": True} if login else {}
+        if env:
+            extra["env"] = env
         if exclude and "exclude" not in self.client.call("ping").get("features", ()):
             # a daemon from before --exclude would ignore it and run on the peers it names
             raise ZpeerError("The local daemon is too old for --exclude: nothing was run",
@@ -47,7 +53,7 @@ class ExecClient:
             "exec_open", targets=list(peers), cmd=os_text(cmd), dir=os_text(directory),
             user=user, timeout=timeout, exclude=list(exclude), batch=batch or 0,
             stdin=stdin_fd is not None, pid=os.getpid(), ouser=local_user(), wait_s=wait,
-            raw=True, timeout_s=wait + self.grace_s)
+            raw=True, timeout_s=wait + self.grace_s, **extra)
         self.sid, self.targets, self._first = reply["sid"], reply["targets"], reply
         return self.targets
 
@@ -62,6 +68,10 @@ class ExecClient:
         deliver(sink, reply["events"], reply.get("frames", ()))
         while not reply["done"]:
             chunk, eof = None, False
+            if self.watch is not None and not self.interrupted:
+                reason = self.watch()
+                if reason is not None:
+                    self.interrupted.append(reason)
             if self.interrupted and cancel_polls == 0:
                 self.client.call("exec_cancel", sid=self.sid, timeout_s=self.grace_s)
             if self.interrupted:

@@ -161,3 +161,38 @@ def _restore(handlers):
     """Put back the signal handlers run_exec replaced."""
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
+
+
+class _PassThrough(click.Command):
+    """Hands its arguments over untouched (`--` included): ssh's parser reads them, not click's."""
+
+    def parse_args(self, ctx, args):
+        """Every argument, as given; only a first `--help` is click's."""
+        if args[:1] == ["--help"]:
+            return super().parse_args(ctx, args)
+        ctx.params["args"] = tuple(args)
+        ctx.args = []
+        return []
+
+
+@click.command("ssh", cls=_PassThrough, options_metavar="", add_help_option=False,
+               context_settings=CONTEXT)
+@click.help_option("--help")  # its own, so -h stays ssh's (which has none): not CONTEXT's
+@click.argument("args", nargs=-1, type=click.UNPROCESSED,
+                metavar="[SSH-OPTIONS] [USER@]PEER [COMMAND [ARG...]]")
+def ssh(args):
+    """Run a command on a peer with ssh's command line (the same program as zpeer-ssh).
+
+    OpenSSH's options are parsed as ssh parses them; the command runs in the remote user's shell
+    in their home, as sshd runs it; the exit status is the remote command's (255: zpeer's own
+    failure). Tools that speak ssh take `zpeer-ssh` as their ssh: see docs/ssh-tools.md.
+
+    \b
+    Examples:
+      d ssh laptop uname -a
+      d ssh -l root vps 'systemctl status zpeer'
+      rsync -a -e zpeer-ssh ./site/ vps:/srv/site/
+    """
+    from zpeer.cli.ssh import main
+
+    sys.exit(main(list(args)))

@@ -33,20 +33,33 @@ RC_INTERRUPTED = 130
 LEAVE_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
+def escape_of(text):
+    """The escape character ssh's -e names: one character, ^X for a control character, or None
+    for `none` (ValueError for anything else)."""
+    if text == "none":
+        return None
+    if len(text) == 2 and text[0] == "^" and 64 <= ord(text[1].upper()) < 96:
+        return chr(ord(text[1].upper()) & 0x1f)
+    if len(text) != 1:
+        raise ValueError(text)
+    return text
+
+
 def run_tty(peer, command=None, directory=None, user=None, escape="~", env=None, *,
-            timeout=None, no_stdin=False, client=None):
+            timeout=None, no_stdin=False, client=None, login=False):
     """Run `command` (None: the login shell of the remote user) on `peer` in a pseudo-terminal,
     this process's terminal in raw mode in front of it until it ends; returns the exit status
     (the remote one; 255 for zpeer's own failures, `~.`, SIGTERM or SIGHUP). `escape` is one
     character or None (no escapes); `env` extra variables for the remote side (a mapping),
-    for a daemon that takes them."""
+    for a daemon that takes them; `login`: as sshd runs a session (the remote user's shell, with
+    `-c command` when there is one)."""
     if client is None:
         from zpeer.wire.ipc import Client
 
         client = Client()
     session = TtySession(client, peer, escape, no_stdin)
     try:
-        return session.run(command, directory, user, env, timeout)
+        return session.run(command, directory, user, env, timeout, login)
     finally:
         session.close()
 
@@ -164,12 +177,12 @@ class TtySession:
         self.rc = None  # the remote status once it came
 
     # --- the session -----------------------------------------------------------------------
-    def run(self, command, directory, user, env, timeout):
+    def run(self, command, directory, user, env, timeout, login=False):
         """Open, follow to the end; the exit status."""
         self._catch_signals()
         try:
             try:
-                self._open(command, directory, user, env, timeout)
+                self._open(command, directory, user, env, timeout, login)
                 self.terminal.raw()
                 self._follow()
                 status = self.rc
@@ -189,16 +202,19 @@ class TtySession:
             self._release_signals()
         return status
 
-    def _open(self, command, directory, user, env, timeout):
+    def _open(self, command, directory, user, env, timeout, login=False):
         """exec_open with a pty spec; the first events are handled."""
         rows, cols = window_size(self.stdin_fd, self.stdout_fd)
         term = os.environ.get("TERM") or "dumb"
-        args = dict(targets=[self.peer], cmd=os_text(command or LOGIN_SHELL),
+        command = (command or "") if login else (command or LOGIN_SHELL)
+        args = dict(targets=[self.peer], cmd=os_text(command),
                     dir=os_text(directory), user=user, timeout=timeout, exclude=[], batch=0,
                     stdin=True, pid=os.getpid(), ouser=local_user(), wait_s=0, raw=True,
                     pty={"term": term, "rows": rows, "cols": cols})
         if env:
             args["env"] = dict(env)
+        if login:
+            args["login"] = True
         reply = self.client.call("exec_open", timeout_s=POLL_GRACE_S, **args)
         self.sid = reply["sid"]
         self.room = reply.get("room", 0)

@@ -2,6 +2,7 @@
 holds the sessions)."""
 from zpeer.daemon.fields import arg
 from zpeer.daemon.origin import STDIN_WINDOW_BYTES
+from zpeer.daemon.process import exec_env
 from zpeer.errors import BadRequest, NotConfigured, ZpeerError
 from zpeer.targets import needs_known, peer_names, resolve_targets
 from zpeer.wire import protocol
@@ -105,7 +106,7 @@ class ExecOps:
 
 def _spec(header):
     """What the exec runs, checked: no NUL where the OS would refuse one, nothing empty that
-    would silently mean a default."""
+    would silently mean a default (but a login's empty command: its shell, as ssh without one)."""
     spec = {"cmd": arg(header, "cmd", (str, bytes), required=True),
             "dir": arg(header, "dir", (str, bytes)),
             "user": arg(header, "user", str), "timeout": arg(header, "timeout", (int, float)),
@@ -114,11 +115,17 @@ def _spec(header):
     if pty is not None:  # a pseudo-terminal: its type and size (the target checks them)
         spec["pty"] = {"term": str(pty.get("term") or "dumb"), "rows": pty.get("rows"),
                        "cols": pty.get("cols")}
+    # as sshd runs a session (zpeer-ssh): the user's shell, with these variables set
+    login = header.get("login") is True
+    if login:
+        spec["login"] = True
+    if header.get("env"):
+        spec["env"] = exec_env(header["env"])
     for name in ("cmd", "dir", "user", "ouser"):
         if spec[name] and protocol.has_nul(spec[name]):  # execve/chdir/getpwnam raise on NUL
             raise BadRequest(f"--{name} contains a NUL byte")
     for name, what, flag in NAMED_FIELDS:
         # `--directory "$D"` with D unset: not home
-        if spec[name] is not None and not spec[name]:
+        if spec[name] is not None and not spec[name] and not (login and name == "cmd"):
             raise BadRequest(f"No {what} given: --{flag} is empty")
     return spec

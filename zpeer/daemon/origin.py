@@ -36,7 +36,10 @@ STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by i
 # a pseudo-terminal's screen output in flight: small, since it is not paced behind bulk (a
 # `cat` of a big file on it must not fill a hop that keystrokes cross)
 TTY_WINDOW_BYTES = 256 << 10
-CLI_SILENCE_S = 2.0               # no poll for this long: check whether the CLI still lives
+# no poll for this long (a poll is held POLL_WAIT_MAX_S at most): check whether the CLI still
+# lives, and again every CLI_CHECK_S; a killed CLI's remote jobs are then cancelled well within 2 s
+CLI_SILENCE_S = 0.75
+CLI_CHECK_S = 0.25
 SESSION_ORPHAN_S = 60.0
 # (a job "sent" and not heard of: its exec may have reached the peer, its "started" not come back)
 LOST_WHEN = {"running": "mid-command",
@@ -49,7 +52,8 @@ ACTIVE = ("sent", "running")
 
 
 def _pid_alive(pid):
-    """True if a local process with that pid exists."""
+    """True if a local process with that pid exists and is not a zombie (a killed CLI whose
+    parent has not reaped it yet is gone all the same)."""
     if not pid:
         return True
     try:
@@ -58,7 +62,11 @@ def _pid_alive(pid):
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 class OriginJob:
@@ -98,6 +106,8 @@ class Session:
         self.buffered = 0
         self.waiter = None  # (identity, rid, deadline)
         self.last_poll = time.monotonic()
+        self.check_at = 0.0  # when to look again whether the CLI lives (while it does not poll)
+        self.cli_gone = False  # it does not: its jobs are cancelled, the session dropped once done
         self.cancelled = False
         self.wants_room = False
         self.opened = None  # what exec_open answers (sid, targets), sent with the first reply
@@ -487,15 +497,21 @@ class OriginSessions:
             elif session.waiter:
                 actions.extend(self._wake(session))  # only if something worth a reply waits
             silent = now - session.last_poll
+            if session.waiter is not None or silent <= CLI_SILENCE_S:
+                continue
             # (a terminal session's CLI may be suspended, `~^Z`, for as long as its user likes)
             orphan = silent > SESSION_ORPHAN_S and not session.tty
-            if session.waiter is None and silent > CLI_SILENCE_S and (
-                    not _pid_alive(session.cli_pid) or orphan):
-                log.warning("session %s: CLI pid %s is gone, cancelling", session.sid,
-                            session.cli_pid)
-                actions.extend(a for a in self.cancel(session.sid) if type(a) is Send)
-                if session.count["done"] == len(session.jobs) or silent > SESSION_ORPHAN_S:
-                    self._drop(session)
+            if now >= session.check_at:  # (a look at /proc, not on every loop turn)
+                session.check_at = now + CLI_CHECK_S
+                if session.cli_gone or not _pid_alive(session.cli_pid) or orphan:
+                    if not session.cli_gone:
+                        log.warning("session %s: CLI pid %s is gone, cancelling", session.sid,
+                                    session.cli_pid)
+                    session.cli_gone = True
+                    actions.extend(a for a in self.cancel(session.sid) if type(a) is Send)
+            if session.cli_gone and (session.count["done"] == len(session.jobs)
+                                     or silent > SESSION_ORPHAN_S):
+                self._drop(session)
         return actions
 
     def take_verdicts(self):
@@ -530,6 +546,7 @@ class OriginSessions:
                 for peer, (jobs, got, acked, gaps) in wanted.items()]
 
     def next_deadline(self):
-        """Earliest held-poll deadline."""
-        times = [s.waiter[2] for s in self.sessions.values() if s.waiter]
+        """Earliest held-poll deadline, or check of a CLI that does not poll."""
+        times = [s.waiter[2] if s.waiter else max(s.last_poll + CLI_SILENCE_S, s.check_at)
+                 for s in self.sessions.values()]
         return min(times) if times else None

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import termios
 
-from zpeer.errors import DirectoryDenied, DirectoryNotFound
+from zpeer.errors import BadRequest, DirectoryDenied, DirectoryNotFound
 from zpeer.wire.protocol import shown
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENV_MAX_VARIABLES = 256  # variables an exec may set (ssh's SendEnv/SetEnv): a few in practice
 ENTER_CHECK_TIMEOUT_S = 5.0  # a --user's check of its directory (a hung network mount)
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,36 @@ def child_environment(user_entry, home):
         if os.path.exists(os.path.join(runtime, "bus")):
             env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={runtime}/bus"
     return env
+
+
+def exec_env(value):
+    """The variables an exec asks to set, checked: a map of names (no `=`, no NUL) to values (no
+    NUL); BadRequest otherwise."""
+    if not isinstance(value, dict) or len(value) > ENV_MAX_VARIABLES:
+        raise BadRequest(f"env must map at most {ENV_MAX_VARIABLES} names to values")
+    for name, text in value.items():
+        if not (isinstance(name, str) and isinstance(text, str)) or not name or "=" in name \
+                or "\x00" in name or "\x00" in text:
+            raise BadRequest(f"bad environment variable {name!r}")
+    return value
+
+
+def command_argv(cmd, entry, login):
+    """(program, argv) of an exec: `/bin/bash -c CMD`, or as sshd starts a session (`login`): the
+    user's shell with `-c CMD`, or without CMD that shell as a login shell (argv[0] `-NAME`)."""
+    if not login:
+        return "/bin/bash", ["/bin/bash", "-c", cmd]
+    shell = entry.pw_shell or "/bin/sh"
+    name = os.path.basename(shell)
+    return shell, ([name, "-c", cmd] if cmd else ["-" + name])
+
+
+def exec_argv(program, argv):
+    """argv to exec by path for (program, argv): a login shell (argv[0] `-NAME`) through bash's
+    `exec -a`, which gives it that argv[0]."""
+    if argv[0].startswith("-"):
+        return ["/bin/bash", "-c", 'exec -a "$0" "$1"', argv[0], program]
+    return [program] + argv[1:]
 
 
 # Every disposition the command starts with is the default one, and no signal is blocked: the
@@ -133,10 +164,11 @@ def resolve_directory(path, home):
     return os.path.join(home, path)
 
 
-def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
-    """Start argv in a session of its own, stdout and stderr on pipes (stdin too if asked, else
-    /dev/null); OSError if it cannot start. `creds` (user, group, extra_groups) switch user;
-    `notice` goes first on its stderr (a few bytes: the pipe holds them).
+def spawn(argv, cwd, env, with_stdin, creds=None, notice=b"", program=None):
+    """Start argv (the program `program`, else argv[0]) in a session of its own, stdout and stderr
+    on pipes (stdin too if asked, else /dev/null); OSError if it cannot start. `creds` (user,
+    group, extra_groups) switch user; `notice` goes first on its stderr (a few bytes: the pipe
+    holds them).
 
     The daemon's own user's commands go through posix_spawn (vfork + exec: less of the daemon's
     CPU per command than subprocess.Popen, which also wraps each pipe in a file object).
@@ -155,7 +187,7 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
         if notice:  # before the command starts, so it comes first
             os.write(err_w, notice)
         if creds:
-            popen = subprocess.Popen(argv, cwd=cwd, env=env,
+            popen = subprocess.Popen(argv, executable=program, cwd=cwd, env=env,
                                      stdin=stdin_r if with_stdin else subprocess.DEVNULL,
                                      stdout=out_w, stderr=err_w, start_new_session=True,
                                      close_fds=True, **creds)
@@ -168,8 +200,8 @@ def spawn(argv, cwd, env, with_stdin, creds=None, notice=b""):
             own_dir = hold_working_directory()
             os.chdir(cwd)
             try:
-                pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True,
-                                     setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+                pid = os.posix_spawn(program or argv[0], argv, env, file_actions=actions,
+                                     setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
             finally:
                 os.fchdir(own_dir)
     except BaseException:

@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 
 from zpeer import trace
-from zpeer.daemon import leftovers
+from zpeer.daemon import leftovers, process
 from zpeer.daemon.actions import Send
 from zpeer.daemon.command import RC_CANCELLED, Command
 from zpeer.daemon.process import child_environment, spawn, spawn_pty, working_directory
@@ -211,8 +211,10 @@ class TargetJobs:
         else:
             entry, env = self._own_identity()
         directory, notice = working_directory(msg.get("dir"), entry, self.node_id, extra)
-        env = dict(env, ZPEER_JOB=msg["job"])
-        argv = ["/bin/bash", "-c", msg["cmd"]]
+        env = dict(env)
+        env.update(process.exec_env(msg.get("env") or {}))
+        env["ZPEER_JOB"] = msg["job"]
+        program, argv = process.command_argv(msg["cmd"], entry, bool(msg.get("login")))
         try:
             if msg.get("pty") is not None:
                 term = msg["pty"].get("term")
@@ -221,8 +223,9 @@ class TargetJobs:
                     raise BadRequest(f"Bad terminal type for {self.node_id}: {term!r}"[:200])
                 env["TERM"] = term or "dumb"
                 notice = notice.replace(b"\n", b"\r\n")  # the terminal is not in raw mode yet
-                return spawn_pty(argv, directory, env, tty_size(msg["pty"]), extra, notice)
-            return spawn(argv, directory, env, bool(msg.get("stdin")), extra, notice)
+                return spawn_pty(process.exec_argv(program, argv), directory, env,
+                                 tty_size(msg["pty"]), extra, notice)
+            return spawn(argv, directory, env, bool(msg.get("stdin")), extra, notice, program)
         except OSError as exc:
             raise ZpeerError(f"Cannot start command on {self.node_id}: {exc}") from None
 

@@ -82,6 +82,8 @@ PEER_MESSAGES = {
 OPTIONAL_FIELDS = {"ts": _NUM, "ttl": _NUM, "fanout": _INT, "ouser": _OPT_STR, "bytes": _INT,
                    "duration": _NUM, "hb": _NUM, "reason": _STR, "token": _STR, "from": _STR,
                    "daemon_user": _STR,
+                   # an exec run as sshd runs a session (the user's shell), with variables to set
+                   "login": _BOOL, "env": _MAP,
                    "side": _STR, "gen": _INT, "err": _MAP, "pid": _INT, "seq": _INT,
                    # an origin's alive: per job, the last output seq and the credit it has
                    "got": _LIST, "acked": _LIST, "gaps": _MAP, "total": _INT,
