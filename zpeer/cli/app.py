@@ -27,6 +27,8 @@ COMMANDS = {
     "dbSanityCheck": "zpeer.cli.node:db_sanity_check",
     "execOnPeer": "zpeer.cli.execute:exec_on_peer",
     "shell": "zpeer.cli.shell:shell",
+    "pushFile": "zpeer.cli.files:push_file",
+    "pullFile": "zpeer.cli.files:pull_file",
     "history": "zpeer.cli.peers:history",
     "policy": "zpeer.cli.policy:policy",
     "demo": "zpeer.cli.demo:demo",

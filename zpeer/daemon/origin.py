@@ -155,6 +155,7 @@ class OriginSessions:
         self.by_job = {}  # job id -> (session, OriginJob)
         self.woken = {}  # sid -> session with news from its targets this turn (wake_pending)
         self.next_scan = 0.0  # monotonic time of the next scan for silent targets (on_timer)
+        self.relay = False  # a worker: its fan-outs' stdin goes once, to the leader (_feed)
 
     @property
     def silence_limit_s(self):
@@ -318,16 +319,25 @@ class OriginSessions:
         actions.extend(self._wake(session, force=wait_s <= 0))
         return actions
 
-    @staticmethod
-    def _feed(session, stdin, eof, size=None):
+    def _feed(self, session, stdin, eof, size=None):
         """Stdin bytes (and its end) and a new window size for the session's running jobs;
-        returns actions."""
+        returns actions. A file push from a worker to several peers sends its bytes once, in a
+        fan message the leader copies to each (zpeer.filecopy)."""
         actions = []
         if stdin or eof:
             session.stdin_sent = True
             n = len(stdin or b"")
-            for job in session.active():
+            jobs = session.active()
+            for job in jobs:
                 job.stdin.sent(n)
+            fanned = [job for job in jobs if job.target != self.node_id] \
+                if self.relay and session.spec.get("file") else []
+            if len(fanned) > 1:
+                actions.append(Send(messages.fan(fanned[0].job, fanned[0].target,
+                                                 [[j.job, j.target] for j in fanned], eof),
+                                    stdin or b""))
+                jobs = [job for job in jobs if job.target == self.node_id]
+            for job in jobs:
                 actions.append(Send(messages.stdin(job.job, job.target, eof, session.tty),
                                     stdin or b""))
         if size is not None and session.tty:

@@ -11,10 +11,11 @@ import os
 import pwd
 import select
 import signal
+import sys
 import time
 from collections import OrderedDict
 
-from zpeer import trace
+from zpeer import filecopy, trace
 from zpeer.daemon import leftovers
 from zpeer.daemon.actions import Send
 from zpeer.daemon.command import RC_CANCELLED, Command
@@ -213,6 +214,10 @@ class TargetJobs:
         directory, notice = working_directory(msg.get("dir"), entry, self.node_id, extra)
         env = dict(env, ZPEER_JOB=msg["job"])
         argv = ["/bin/bash", "-c", msg["cmd"]]
+        if msg.get("file") is not None:  # a file copy: zpeer's agent, not a shell
+            if msg.get("pty") is not None:
+                raise BadRequest("A file copy has no terminal")
+            argv = filecopy.agent_argv(sys.executable, msg["file"], self.node_id)
         try:
             if msg.get("pty") is not None:
                 term = msg["pty"].get("term")
