@@ -137,10 +137,15 @@ def _nul_free(value):
     return (b"\0" if isinstance(value, bytes) else "\0") not in value
 
 
-def agent_argv(python, spec, peer_id):
-    """The command line of the file agent for a checked spec, on peer `peer_id`."""
+def agent_argv(python, spec, peer_id, creds=None):
+    """The command line of the file agent for a checked spec, on peer `peer_id`; `creds`
+    (user, group, extra_groups) is the user it becomes before it touches a file (the daemon's
+    interpreter may be one that user cannot run)."""
     spec = check_spec(spec)
     argv = [python, "-I", "-m", AGENT_MODULE, spec["op"], "--peer", peer_id]
+    if creds:
+        groups = ",".join(str(g) for g in creds["extra_groups"])
+        argv += ["--as", f"{creds['user']}:{creds['group']}:{groups}"]
     if spec["checksum"]:
         argv.append("--checksum")
     argv.append("--")

@@ -98,8 +98,15 @@ def main(argv):
         sys.stderr.write("usage: file_agent recv|send --peer ID [--checksum] -- PATH...\n")
         return 2
     op, peer, rest = argv[0], argv[2], argv[3:]
+    if rest[0] == "--as":  # the copy's user, before any file is touched
+        uid, gid, groups = rest[1].split(":")
+        os.setgroups([int(g) for g in groups.split(",") if g])
+        os.setresgid(int(gid), int(gid), int(gid))
+        os.setresuid(int(uid), int(uid), int(uid))
+        rest = rest[2:]
     checksum = rest[0] == "--checksum"
-    paths = [os.fsencode(p) for p in rest[2 if checksum else 1:]]
+    paths = [os.path.abspath(os.path.expanduser(os.fsencode(p)))
+             for p in rest[2 if checksum else 1:]]
     try:
         if op == "recv":
             return receive(paths[0], checksum)

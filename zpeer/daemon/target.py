@@ -217,7 +217,8 @@ class TargetJobs:
         if msg.get("file") is not None:  # a file copy: zpeer's agent, not a shell
             if msg.get("pty") is not None:
                 raise BadRequest("A file copy has no terminal")
-            argv = filecopy.agent_argv(sys.executable, msg["file"], self.node_id)
+            argv = filecopy.agent_argv(sys.executable, msg["file"], self.node_id, extra)
+            extra, notice = {}, b""  # it becomes the user itself; its paths say where it is
         try:
             if msg.get("pty") is not None:
                 term = msg["pty"].get("term")
