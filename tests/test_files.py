@@ -230,8 +230,9 @@ def test_a_source_that_changes_while_read_is_reported(tmp_path):
     assert problems == [f"File changed while read: {path}"]
 
 
-def _agent_pids(marker):
-    """The file agents whose command line names marker (a path of this test's own)."""
+def _agent_pids(marker, peer=None):
+    """The file agents whose command line names marker (a path of this test's own), on
+    `peer` or any."""
     pids = []
     for name in os.listdir("/proc"):
         try:
@@ -239,7 +240,8 @@ def _agent_pids(marker):
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"zpeer.daemon.file_agent" in argv and any(marker in a for a in argv):
+        if b"zpeer.daemon.file_agent" in argv and any(marker in a for a in argv) and (
+                peer is None or argv[argv.index(b"--peer") + 1] == peer):
             pids.append(int(name))
     return pids
 
@@ -286,3 +288,30 @@ def test_more_json_and_a_missing_source(shared_cluster, tmp_path):
                          "message": f"No such file or directory: {tmp_path}/missing"}
     assert [e["event"] for e in events[1:]] == ["start", "file", "done"]
     assert (tmp_path / "to").read_bytes() == b"a"
+
+
+def test_a_stopped_peer_is_left_behind_and_the_others_finish(shared_cluster, tmp_path):
+    c = shared_cluster
+    src, dest = os.fsencode(tmp_path / "big"), os.fsencode(tmp_path / "dest")
+    with open(src, "wb") as f:
+        f.truncate(64 << 20)
+    os.mkdir(dest)
+    cli = subprocess.Popen(d_command() + ["pushFile", "--peer", "vps,laptop", "--dest", dest,
+                                          src, "--stall", "1"], env=c.desktop.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        laptops = wait_for(lambda: _agent_pids(dest, b"laptop"), what="laptop's agent")
+        wait_for(lambda: len(leftovers(dest)) == 2, what="both writing")
+        os.kill(laptops[0], signal.SIGSTOP)
+        out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 1
+    assert err.splitlines()[0].startswith(
+        b"laptop: Peer laptop took no data for 1.0s: left behind so that the others go on"), err
+    assert err.splitlines()[-2:] == [b"vps: ok, 1 files (1 written, 0 skipped), 67.1 MB",
+                                     b"laptop: failed"], err
+    wait_for(lambda: not _agent_pids(dest, b"laptop"), what="the stopped agent to be gone")
+    assert os.listdir(dest) == [b"big"] and os.path.getsize(os.path.join(dest, b"big")) == 64 << 20

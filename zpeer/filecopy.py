@@ -119,6 +119,11 @@ def check_spec(spec):
     if not isinstance(spec, dict) or spec.get("op") not in OPS:
         raise BadRequest("A file copy is recv or send")
     out = {"op": spec["op"], "checksum": bool(spec.get("checksum"))}
+    stall = spec.get("stall_s")
+    if stall is not None:
+        if not isinstance(stall, (int, float)) or isinstance(stall, bool) or not stall > 0:
+            raise BadRequest("Bad stall limit for a file copy")
+        out["stall_s"] = float(stall)
     if spec["op"] == "recv":
         dest = spec.get("dest")
         if dest is not None and not (isinstance(dest, (str, bytes)) and dest and _nul_free(dest)):
@@ -343,6 +348,7 @@ class Receiver:
         self.top = None  # the name the one top-level entry takes (dest is not a directory)
         self.shown_base = self.dest
         self.needed = set()
+        self.came = set()  # the needed files whose bytes came
         self.place = {}  # i -> (parent components, name) of a file it needs
         self.failed_dirs = set()  # components of directories that failed (their contents too)
         self.dirs = []  # (components, entry) to give their metadata at the end
@@ -520,9 +526,12 @@ class Receiver:
         kind = entry["k"]
         if kind == "d":
             if old is None:
-                os.mkdir(name, 0o700, dir_fd=dir_fd)
-                self.created.append(parts)
-            elif not stat.S_ISDIR(old.st_mode):
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dir_fd)
+                    self.created.append(parts)
+                except FileExistsError:  # made just now by another copy into the same place
+                    old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if old is not None and not stat.S_ISDIR(old.st_mode):
                 raise OSError(errno.EEXIST, "File exists (not a directory)")
             self.dirs.append((parts, entry))
         elif kind == "l":
@@ -612,6 +621,7 @@ class Receiver:
         if i not in self.needed:  # a fan-out sends what any peer needs: not this one's
             self.current = [i, None, None, None, None, None, 0, "skip"]
             return
+        self.came.add(i)
         parts, name = self.place[i]
         tmp = _temp_name(name)
         cur = self.current = [i, None, tmp, None, name, hashlib.sha256(), 0, None]
@@ -702,6 +712,9 @@ class Receiver:
         """The end: directories get their metadata, deepest first (a read-only one last)."""
         if self.current is not None:
             raise Violation("the end inside a file")
+        for i in sorted(self.needed - self.came):
+            parts, name = self.place[i]
+            self._fail(i, f"Not sent: {shown(self.shown_path(parts + [name]))}")
         for parts, entry in reversed(self.dirs):
             if self._under_failed(parts + [b""]):
                 continue

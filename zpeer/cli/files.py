@@ -14,7 +14,7 @@ import time
 import click
 
 from zpeer import filecopy
-from zpeer.cli.common import CONTEXT, EXCLUDE_HELP, PEER_HELP, client
+from zpeer.cli.common import CONTEXT, EXCLUDE_HELP, PEER_HELP, Seconds, client
 from zpeer.cli.stdio import binary, local_user, report, write_all
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, OutputFailed, ZpeerError
 from zpeer.targets import many_peers, needs_known, peer_names, resolve_targets
@@ -26,6 +26,7 @@ STDIN_POLL_MAX_BYTES = 4 << 20  # stdin one poll carries at most (the window bou
 CANCEL_WAIT_POLLS = 20
 PROGRESS_EVERY_S = 0.25
 SUMMARY_OK_PEERS_MAX = 10
+STALL_S = 30.0  # a push's peer that takes nothing for this long is left behind
 
 
 @click.command("pushFile", context_settings=CONTEXT)
@@ -41,10 +42,12 @@ SUMMARY_OK_PEERS_MAX = 10
               help="Copy to at most N peers at a time.")
 @click.option("--checksum", is_flag=True,
               help="Skip files whose content is the same (not only size and mtime).")
+@click.option("--stall", type=Seconds(0.1), default=STALL_S, show_default=True,
+              metavar="SECONDS", help="Leave a peer that takes no data for this long behind.")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines events (start/file/error/done).")
 @click.argument("srcs", nargs=-1, required=True, metavar="SRC...")
-def push_file(peers, exclude, dest, user, batch, checksum, as_json, srcs):
+def push_file(peers, exclude, dest, user, batch, checksum, stall, as_json, srcs):
     """Copy local files and directories to peers; exit 0 when every file reached every peer.
 
     \b
@@ -54,7 +57,7 @@ def push_file(peers, exclude, dest, user, batch, checksum, as_json, srcs):
       d pushFile --peer vps --dest /etc/app app.conf
       d pushFile --peer all --dest /srv site/
     """
-    spec = {"op": "recv", "dest": os_text(dest), "checksum": checksum}
+    spec = {"op": "recv", "dest": os_text(dest), "checksum": checksum, "stall_s": stall}
     sys.exit(run_copy("push", list(peers), spec, user, batch, exclude, as_json, srcs=srcs))
 
 
@@ -370,7 +373,7 @@ class Copy:
             elif kind == "x":
                 self.exited(peer, event[2], event[3])
             elif kind == "f":
-                self.failed(peer, event[3], event[4])
+                self.failed(peer, event[2], event[3], event[4])
 
     def _cancel(self):
         try:
@@ -378,13 +381,13 @@ class Copy:
         except ZpeerError:
             pass
 
-    def failed(self, peer, message, hint):
-        """zpeer could not run or finish the copy there."""
+    def failed(self, peer, code, message, hint):
+        """zpeer could not run or finish the copy there (a peer left behind: it failed)."""
         if peer not in self.status:
-            self.status[peer] = EXIT_ZPEER_FAILURE
+            self.status[peer] = 1 if code == "peer_slow" else EXIT_ZPEER_FAILURE
             self.view.failure(peer, message, hint)
             self.peer_ended(peer)
-            self.view.done(peer, EXIT_ZPEER_FAILURE, None)
+            self.view.done(peer, self.status[peer], None)
 
     # what a push and a pull do differently
     def begin(self):
@@ -424,6 +427,7 @@ class Push(Copy):
         self.phase = "manifest"
         self.pieces = None
         self.problems = []
+        self.first_need_at = None  # when the first peer said which files it needs
 
     def begin(self):
         for peer in self.targets:
@@ -439,6 +443,12 @@ class Push(Copy):
 
     def _maybe_start(self):
         live = [p for p in self.targets if p not in self.ended]
+        if self.needs and self.first_need_at is None:
+            self.first_need_at = time.monotonic()
+        late = self.first_need_at is not None and \
+            time.monotonic() - self.first_need_at > self.spec["stall_s"]
+        if late:  # one that has not answered yet is left to the stall limit of the stream
+            live = [p for p in live if p in self.needs]
         if all(p in self.needs for p in live):
             union = [i for i, e in enumerate(self.entries) if e["k"] == "f" and any(
                 filecopy.has_bit(self.needs[p], i) for p in live)]

@@ -65,7 +65,7 @@ class OriginJob:
     """One target's channel of a session."""
 
     __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "order",
-                 "doom")
+                 "doom", "stdin_moved")
 
     def __init__(self, job, target, window):
         self.job, self.target = job, target
@@ -77,6 +77,7 @@ class OriginJob:
         # (when, code, message, hint): its target was lost while its exec may still start; the
         # failure is said once the exec's ttl has passed (zpeer.daemon.stamps)
         self.doom = None
+        self.stdin_moved = 0.0  # when its command last took stdin (or had all it was sent)
 
 
 class Session:
@@ -256,6 +257,7 @@ class OriginSessions:
                     session.event([job.target, "x", ready_header["rc"], ready_header["how"]])
         elif mtype == "stdin_ack":
             job.stdin.acknowledged(header["n"])
+            job.stdin_moved = job.last_word
             if session.wants_room and session.stdin_room() > 0:
                 return self._wake(session, force=True)
             return []
@@ -328,7 +330,10 @@ class OriginSessions:
             session.stdin_sent = True
             n = len(stdin or b"")
             jobs = session.active()
+            now = time.monotonic()
             for job in jobs:
+                if job.stdin.in_flight == 0:
+                    job.stdin_moved = now
                 job.stdin.sent(n)
             fanned = [job for job in jobs if job.target != self.node_id] \
                 if self.relay and session.spec.get("file") else []
@@ -485,6 +490,13 @@ class OriginSessions:
                 elif job.state in ACTIVE and job.order.gap_since is not None \
                         and now - job.order.gap_since > limit_s:
                     actions.extend(self._output_lost(session, job))
+                elif job.state in ACTIVE and self._stalled(session, job, now):
+                    # a copy's peer that takes nothing holds the others back: it is left behind
+                    actions.append(Send(messages.cancel(job.job, job.target)))
+                    session.fail(job, "peer_slow", f"Peer {job.target} took no data for "
+                                 f"{session.spec['file']['stall_s']:.1f}s: left behind so that "
+                                 "the others go on", "a full disk or a stopped process there?")
+                    actions.extend(self._launch(session))
                 elif job.state in ACTIVE and now - job.last_word > limit_s:
                     what = "did not answer" if job.state == "sent" else "was lost mid-command"
                     actions.append(Send(messages.cancel(job.job, job.target)))
@@ -507,6 +519,14 @@ class OriginSessions:
                 if session.count["done"] == len(session.jobs) or silent > SESSION_ORPHAN_S:
                     self._drop(session)
         return actions
+
+    @staticmethod
+    def _stalled(session, job, now):
+        """True for a file copy's job whose stdin window is full and has not moved for the
+        copy's stall limit (zpeer.filecopy)."""
+        copy = session.spec.get("file")
+        return (copy is not None and copy.get("stall_s") and job.stdin.room() <= 0
+                and now - job.stdin_moved > copy["stall_s"])
 
     def take_verdicts(self):
         """The ends this node decided since the last call, as the messages that would have said
