@@ -33,6 +33,8 @@ POLL_WAIT_MAX_S = 0.5
 # after the exec's ttl, this much longer before a job sent and never heard of counts as lost
 GIVE_UP_MARGIN_S = 0.25
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
+FAN_STDIN_BYTES = 16 << 20  # a file fan-out's stdin windows, all peers together
+FAN_STDIN_MIN_BYTES = 128 << 10
 # a pseudo-terminal's screen output in flight: small, since it is not paced behind bulk (a
 # `cat` of a big file on it must not fill a hop that keystrokes cross)
 TTY_WINDOW_BYTES = 256 << 10
@@ -92,6 +94,12 @@ class Session:
         self.window = (TTY_WINDOW_BYTES if self.tty else SINGLE_WINDOW_BYTES if len(targets) <= 1
                        else max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
         self.jobs = {t: OriginJob(f"{sid}.{i}", t, self.window) for i, t in enumerate(targets)}
+        if spec.get("file") and len(targets) > 1:
+            # a fan-out's stdin is one stream copied per peer down the line (each hop's own
+            # copy, encrypted): its windows share a budget, so the leader's memory stays bounded
+            share = max(FAN_STDIN_MIN_BYTES, FAN_STDIN_BYTES // len(targets))
+            for job in self.jobs.values():
+                job.stdin.window = min(STDIN_WINDOW_BYTES, share)
         self.queued = deque(self.jobs.values())  # not sent yet, in order (--batch)
         self.count = {"queued": len(self.jobs), "sent": 0, "running": 0, "done": 0}
         self.stdin_sent = False  # no stdin ever sent: every job has the whole stdin window
@@ -113,7 +121,7 @@ class Session:
     def stdin_room(self):
         """How many stdin bytes the CLI may send now (the slowest running command decides)."""
         if not self.stdin_sent:
-            return STDIN_WINDOW_BYTES
+            return min((j.stdin.window for j in self.jobs.values()), default=STDIN_WINDOW_BYTES)
         return min((j.stdin.room() for j in self.active()), default=STDIN_WINDOW_BYTES)
 
     def running(self):
