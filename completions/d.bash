@@ -2,7 +2,7 @@
 
 # Tables from the click tree: the options of each command (@: before the command), and what the
 # value of an option (CMD:--opt) or of a positional argument (CMD:#N, CMD:#* for all) completes to.
-_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer shell ssh history policy demo completion install-completion remotePull remoteBd remoteDeployDaemon restartDaemon'
+_d_commands='daemon setPeerConfig getPeerStatus registerWorker joinToken listPeers acceptPeer removePeer getPeerIdByIp dbSanityCheck execOnPeer shell ssh pushFile pullFile history policy demo completion install-completion remotePull remoteBd remoteDeployDaemon restartDaemon'
 declare -gA _d_opts=(
     [@]='--version -h --help'
     [daemon]='--log-level -h --help'
@@ -18,6 +18,8 @@ declare -gA _d_opts=(
     [execOnPeer]='--peer --exclude --directory --shellCmd --timeout --user --batch --json -n --no-stdin -b --gather -t --tty -e --escape -h --help'
     [shell]='--peer --directory --user -e --escape -h --help'
     [ssh]='--help'
+    [pushFile]='--peer --exclude --dest --user --batch --checksum --stall --json -h --help'
+    [pullFile]='--peer --exclude --dest --user --batch --checksum --json -h --help'
     [history]='--peer --limit --json --replay --speed --verify -h --help'
     [policy]='--json -h --help'
     [demo]='--keep -h --help'
@@ -72,6 +74,19 @@ declare -gA _d_kind=(
     [shell:-e]='any'
     [shell:--escape]='any'
     [ssh:#*]='any'
+    [pushFile:--peer]='peers'
+    [pushFile:--exclude]='peers'
+    [pushFile:--dest]='any'
+    [pushFile:--user]='any'
+    [pushFile:--batch]='any'
+    [pushFile:--stall]='any'
+    [pushFile:#*]='any'
+    [pullFile:--peer]='peers'
+    [pullFile:--exclude]='peers'
+    [pullFile:--dest]='any'
+    [pullFile:--user]='any'
+    [pullFile:--batch]='any'
+    [pullFile:#*]='any'
     [history:--peer]='peer'
     [history:--limit]='any'
     [history:--replay]='any'

@@ -47,6 +47,8 @@ complete -c d -n __fish_use_subcommand -a 'dbSanityCheck' -d 'Check the local da
 complete -c d -n __fish_use_subcommand -a 'execOnPeer' -d 'Run CMD on peers; remote stdout/stderr stream here byte-exact; exit...'
 complete -c d -n __fish_use_subcommand -a 'shell' -d 'A login shell on a peer in a pseudo-terminal; exit = the shell\'s.'
 complete -c d -n __fish_use_subcommand -a 'ssh' -d 'Run a command on a peer with ssh\'s command line (the same program...'
+complete -c d -n __fish_use_subcommand -a 'pushFile' -d 'Copy local files and directories to peers; exit 0 when every file...'
+complete -c d -n __fish_use_subcommand -a 'pullFile' -d 'Copy files and directories from peers; exit 0 when every file came...'
 complete -c d -n __fish_use_subcommand -a 'history' -d 'Show the leader\'s audit log of executed commands, newest first.'
 complete -c d -n __fish_use_subcommand -a 'policy' -d 'Leader: show the access policy (who may run on whom, as which user,...'
 complete -c d -n __fish_use_subcommand -a 'demo' -d 'Start a leader and two workers on loopback, show them working, then...'
@@ -148,6 +150,27 @@ complete -c d -n '__fish_seen_subcommand_from shell' -s h -l help -d 'Show this 
 
 # ssh
 complete -c d -n '__fish_seen_subcommand_from ssh' -l help -d 'Show this message and exit.'
+
+# pushFile
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), a range (web[1...'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l dest -x -d 'Where on the peers (default: the user\'s home); an existing director...'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l user -x -d 'Write as this user (the target daemon must run as root).'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l batch -x -d 'Copy to at most N peers at a time.'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l checksum -d 'Skip files whose content is the same (not only size and mtime).'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l stall -x -d 'Leave a peer that takes no data for this long behind.'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -l json -d 'JSON Lines events (start/file/error/done).'
+complete -c d -n '__fish_seen_subcommand_from pushFile' -s h -l help -d 'Show this message and exit.'
+
+# pullFile
+complete -c d -n '__fish_seen_subcommand_from pullFile' -l peer -x -a '(__d_peers)' -d 'Target peer; repeat, give a list (commas or blanks), a range (web[1...'
+complete -c d -n '__fish_seen_subcommand_from pullFile' -l exclude -x -a '(__d_peers)' -d 'Leave these peers out of the ones --peer selects (as pdsh -x): `--p...'
+complete -c d -n '__fish_seen_subcommand_from pullFile' -l dest -x -d 'Local directory; from several peers each gets DIR/PEER/.'
+complete -c d -n '__fish_seen_subcommand_from pullFile' -l user -x -d 'Read as this user (the target daemon must run as root).'
+complete -c d -n '__fish_seen_subcommand_from pullFile' -l batch -x -d 'Copy from at most N peers at a time.'
+complete -c d -n '__fish_seen_subcommand_from pullFile' -l checksum -d 'Skip files whose content is the same (not only size and mtime).'
+complete -c d -n '__fish_seen_subcommand_from pullFile' -l json -d 'JSON Lines events (start/file/error/done).'
+complete -c d -n '__fish_seen_subcommand_from pullFile' -s h -l help -d 'Show this message and exit.'
 
 # history
 complete -c d -n '__fish_seen_subcommand_from history' -l peer -x -a '(__d_peer_ids)' -d 'Only execs that ran on (or came from) this peer.'

@@ -28,6 +28,8 @@ COMMANDS = {
     "execOnPeer": "zpeer.cli.execute:exec_on_peer",
     "shell": "zpeer.cli.shell:shell",
     "ssh": "zpeer.cli.execute:ssh",
+    "pushFile": "zpeer.cli.files:push_file",
+    "pullFile": "zpeer.cli.files:pull_file",
     "history": "zpeer.cli.peers:history",
     "policy": "zpeer.cli.policy:policy",
     "demo": "zpeer.cli.demo:demo",

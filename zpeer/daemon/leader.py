@@ -62,6 +62,7 @@ AUDIT_TYPES = ("exec", "exit", "error")
 ALIVE_REPLIES_MAX = 1000  # jobs one alive message can get "lost" answers for
 # commands one peer may have running through the leader at once (a fan-out to 10,000 fits)
 OPEN_JOBS_PER_PEER_MAX = 20_000
+FAN_JOBS_MAX = 10000  # targets one fan message copies its stdin to (protocol's MAX_NAMES)
 
 
 class LeaderLink(Link):
@@ -243,6 +244,9 @@ class LeaderLink(Link):
         if mtype == "rpc":
             self._rpc(peer_id, header)
             return None
+        if mtype == "fan":
+            header["from"] = peer_id
+            return self._fan(peer_id, header, None if data is None else data.buffer)
         if mtype not in protocol.ROUTED_TYPES:
             return None
         if data is not None:
@@ -374,6 +378,23 @@ class LeaderLink(Link):
         except ZpeerError as exc:
             reply = messages.rpc_error(header["rid"], exc.to_reply())
         self.send(peer_id, reply)
+
+    def _fan(self, origin, header, data):
+        """A fan-out's stdin (zpeer.filecopy): one copy per job, each paced on its target's own
+        hop; the copy for this node itself is returned, as a message for it."""
+        local = None
+        for item in header["jobs"][:FAN_JOBS_MAX]:
+            if not (isinstance(item, list) and len(item) == 2 and all(
+                    isinstance(x, str) and 0 < len(x) <= protocol.MAX_ID_LEN
+                    and not protocol.has_nul(x) for x in item)):
+                continue
+            copy = messages.stdin(item[0], item[1], header["eof"])
+            copy["from"] = origin
+            if item[1] == self.id:
+                local = (origin, copy, data)
+            else:
+                self._forward(origin, copy, data)
+        return local
 
     def _forward(self, from_peer, header, data):
         """A channel message between two other peers: on to its destination, or answered here

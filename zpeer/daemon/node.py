@@ -127,6 +127,7 @@ class Daemon:
             self.link = NullLink(self.id)
             log.info("no role configured yet: serving the CLI only")
         self.targets.hops = self.link  # how much output its targets read, per origin's hop
+        self.sessions.relay = self.link.role == "worker"
         self.peers_cache.forget()
 
     def _set_heartbeat(self, heartbeat_s):

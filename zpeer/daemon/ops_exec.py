@@ -1,5 +1,6 @@
 """CLI requests of an exec session: open, poll (with stdin), wake, cancel (zpeer.daemon.origin
 holds the sessions)."""
+from zpeer import filecopy
 from zpeer.daemon.fields import arg
 from zpeer.daemon.origin import STDIN_WINDOW_BYTES
 from zpeer.daemon.process import exec_env
@@ -111,6 +112,9 @@ def _spec(header):
             "dir": arg(header, "dir", (str, bytes)),
             "user": arg(header, "user", str), "timeout": arg(header, "timeout", (int, float)),
             "stdin": bool(header.get("stdin")), "ouser": arg(header, "ouser", str)}
+    copy = arg(header, "file", dict)
+    if copy is not None:  # the file agent runs, not a shell (zpeer.filecopy)
+        spec["file"] = filecopy.check_spec(copy)
     pty = arg(header, "pty", dict)
     if pty is not None:  # a pseudo-terminal: its type and size (the target checks them)
         spec["pty"] = {"term": str(pty.get("term") or "dumb"), "rows": pty.get("rows"),

@@ -33,6 +33,8 @@ POLL_WAIT_MAX_S = 0.5
 # after the exec's ttl, this much longer before a job sent and never heard of counts as lost
 GIVE_UP_MARGIN_S = 0.25
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
+FAN_STDIN_BYTES = 16 << 20  # a file fan-out's stdin windows, all peers together
+FAN_STDIN_MIN_BYTES = 128 << 10
 # a pseudo-terminal's screen output in flight: small, since it is not paced behind bulk (a
 # `cat` of a big file on it must not fill a hop that keystrokes cross)
 TTY_WINDOW_BYTES = 256 << 10
@@ -73,7 +75,7 @@ class OriginJob:
     """One target's channel of a session."""
 
     __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "order",
-                 "doom")
+                 "doom", "stdin_moved")
 
     def __init__(self, job, target, window):
         self.job, self.target = job, target
@@ -85,6 +87,7 @@ class OriginJob:
         # (when, code, message, hint): its target was lost while its exec may still start; the
         # failure is said once the exec's ttl has passed (zpeer.daemon.stamps)
         self.doom = None
+        self.stdin_moved = 0.0  # when its command last took stdin (or had all it was sent)
 
 
 class Session:
@@ -99,6 +102,12 @@ class Session:
         self.window = (TTY_WINDOW_BYTES if self.tty else SINGLE_WINDOW_BYTES if len(targets) <= 1
                        else max(MIN_WINDOW_BYTES, SESSION_WINDOW_BYTES // len(targets)))
         self.jobs = {t: OriginJob(f"{sid}.{i}", t, self.window) for i, t in enumerate(targets)}
+        if spec.get("file") and len(targets) > 1:
+            # a fan-out's stdin is one stream copied per peer down the line (each hop's own
+            # copy, encrypted): its windows share a budget, so the leader's memory stays bounded
+            share = max(FAN_STDIN_MIN_BYTES, FAN_STDIN_BYTES // len(targets))
+            for job in self.jobs.values():
+                job.stdin.window = min(STDIN_WINDOW_BYTES, share)
         self.queued = deque(self.jobs.values())  # not sent yet, in order (--batch)
         self.count = {"queued": len(self.jobs), "sent": 0, "running": 0, "done": 0}
         self.stdin_sent = False  # no stdin ever sent: every job has the whole stdin window
@@ -122,7 +131,7 @@ class Session:
     def stdin_room(self):
         """How many stdin bytes the CLI may send now (the slowest running command decides)."""
         if not self.stdin_sent:
-            return STDIN_WINDOW_BYTES
+            return min((j.stdin.window for j in self.jobs.values()), default=STDIN_WINDOW_BYTES)
         return min((j.stdin.room() for j in self.active()), default=STDIN_WINDOW_BYTES)
 
     def running(self):
@@ -165,6 +174,7 @@ class OriginSessions:
         self.by_job = {}  # job id -> (session, OriginJob)
         self.woken = {}  # sid -> session with news from its targets this turn (wake_pending)
         self.next_scan = 0.0  # monotonic time of the next scan for silent targets (on_timer)
+        self.relay = False  # a worker: its fan-outs' stdin goes once, to the leader (_feed)
 
     @property
     def silence_limit_s(self):
@@ -265,6 +275,7 @@ class OriginSessions:
                     session.event([job.target, "x", ready_header["rc"], ready_header["how"]])
         elif mtype == "stdin_ack":
             job.stdin.acknowledged(header["n"])
+            job.stdin_moved = job.last_word
             if session.wants_room and session.stdin_room() > 0:
                 return self._wake(session, force=True)
             return []
@@ -328,16 +339,28 @@ class OriginSessions:
         actions.extend(self._wake(session, force=wait_s <= 0))
         return actions
 
-    @staticmethod
-    def _feed(session, stdin, eof, size=None):
+    def _feed(self, session, stdin, eof, size=None):
         """Stdin bytes (and its end) and a new window size for the session's running jobs;
-        returns actions."""
+        returns actions. A file push from a worker to several peers sends its bytes once, in a
+        fan message the leader copies to each (zpeer.filecopy)."""
         actions = []
         if stdin or eof:
             session.stdin_sent = True
             n = len(stdin or b"")
-            for job in session.active():
+            jobs = session.active()
+            now = time.monotonic()
+            for job in jobs:
+                if job.stdin.in_flight == 0:
+                    job.stdin_moved = now
                 job.stdin.sent(n)
+            fanned = [job for job in jobs if job.target != self.node_id] \
+                if self.relay and session.spec.get("file") else []
+            if len(fanned) > 1:
+                actions.append(Send(messages.fan(fanned[0].job, fanned[0].target,
+                                                 [[j.job, j.target] for j in fanned], eof),
+                                    stdin or b""))
+                jobs = [job for job in jobs if job.target == self.node_id]
+            for job in jobs:
                 actions.append(Send(messages.stdin(job.job, job.target, eof, session.tty),
                                     stdin or b""))
         if size is not None and session.tty:
@@ -485,6 +508,13 @@ class OriginSessions:
                 elif job.state in ACTIVE and job.order.gap_since is not None \
                         and now - job.order.gap_since > limit_s:
                     actions.extend(self._output_lost(session, job))
+                elif job.state in ACTIVE and self._stalled(session, job, now):
+                    # a copy's peer that takes nothing holds the others back: it is left behind
+                    actions.append(Send(messages.cancel(job.job, job.target)))
+                    session.fail(job, "peer_slow", f"Peer {job.target} took no data for "
+                                 f"{session.spec['file']['stall_s']:.1f}s: left behind so that "
+                                 "the others go on", "a full disk or a stopped process there?")
+                    actions.extend(self._launch(session))
                 elif job.state in ACTIVE and now - job.last_word > limit_s:
                     what = "did not answer" if job.state == "sent" else "was lost mid-command"
                     actions.append(Send(messages.cancel(job.job, job.target)))
@@ -513,6 +543,14 @@ class OriginSessions:
                                      or silent > SESSION_ORPHAN_S):
                 self._drop(session)
         return actions
+
+    @staticmethod
+    def _stalled(session, job, now):
+        """True for a file copy's job whose stdin window is full and has not moved for the
+        copy's stall limit (zpeer.filecopy)."""
+        copy = session.spec.get("file")
+        return (copy is not None and copy.get("stall_s") and job.stdin.room() <= 0
+                and now - job.stdin_moved > copy["stall_s"])
 
     def take_verdicts(self):
         """The ends this node decided since the last call, as the messages that would have said

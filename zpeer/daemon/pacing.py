@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 
 from zpeer.daemon.hop_window import HopWindow
 
-BULK_TYPES = frozenset({"out", "stdin"})
+BULK_TYPES = frozenset({"out", "stdin", "fan"})
 BEHIND_OUTPUT = frozenset({"exit", "error"})  # these must not overtake their job's output
 CHUNK_MIN_BYTES = 4 << 10
 CHUNK_MAX_BYTES = 1 << 20

@@ -11,10 +11,11 @@ import os
 import pwd
 import select
 import signal
+import sys
 import time
 from collections import OrderedDict
 
-from zpeer import trace
+from zpeer import filecopy, trace
 from zpeer.daemon import leftovers, process
 from zpeer.daemon.actions import Send
 from zpeer.daemon.command import RC_CANCELLED, Command
@@ -215,6 +216,12 @@ class TargetJobs:
         env.update(process.exec_env(msg.get("env") or {}))
         env["ZPEER_JOB"] = msg["job"]
         program, argv = process.command_argv(msg["cmd"], entry, bool(msg.get("login")))
+        if msg.get("file") is not None:  # a file copy: zpeer's agent, not a shell
+            if msg.get("pty") is not None:
+                raise BadRequest("A file copy has no terminal")
+            argv = filecopy.agent_argv(sys.executable, msg["file"], self.node_id, extra)
+            program = argv[0]
+            extra, notice = {}, b""  # it becomes the user itself; its paths say where it is
         try:
             if msg.get("pty") is not None:
                 term = msg["pty"].get("term")

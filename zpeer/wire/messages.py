@@ -111,6 +111,12 @@ def stdin(job, to, eof, tty=False):
     return header
 
 
+def fan(job, to, jobs, eof):
+    """A chunk of stdin (the data frame) for each [job, target] of `jobs`, which the leader
+    (`to`) copies to every target as its own stdin message."""
+    return {"t": "fan", "rid": job, "job": job, "to": to, "jobs": jobs, "eof": bool(eof)}
+
+
 def winsize(job, to, rows, cols):
     """The origin's terminal has a new size: the job's pseudo-terminal takes it (SIGWINCH)."""
     return {"t": "winsize", "rid": job, "job": job, "to": to, "rows": rows, "cols": cols}

@@ -75,6 +75,9 @@ PEER_MESSAGES = {
     "cancel": {"job": _STR, "to": _STR},
     "alive": {"to": _STR, "jobs": _LIST},
     "winsize": {"job": _STR, "to": _STR, "rows": _INT, "cols": _INT},
+    # stdin of several jobs of one session in one message, that the leader copies to each
+    # (a file push sends each byte once from its origin: zpeer.filecopy)
+    "fan": {"job": _STR, "to": _STR, "jobs": _LIST, "eof": _BOOL},
 }
 
 # Fields any message may carry beyond its schema, checked when present (handlers and the audit
@@ -91,7 +94,9 @@ OPTIONAL_FIELDS = {"ts": _NUM, "ttl": _NUM, "fanout": _INT, "ouser": _OPT_STR, "
                    "tx": _NUM, "echo": _NUM, "held": _NUM, "wall": _NUM, "offset": _NUM,
                    # an exec in a pseudo-terminal (term, rows, cols), and its traffic, which
                    # goes before bulk (zpeer.daemon.pacing)
-                   "pty": _MAP, "tty": _BOOL}
+                   "pty": _MAP, "tty": _BOOL,
+                   # an exec that runs zpeer's file agent, not a shell (zpeer.filecopy)
+                   "file": _MAP}
 # Strings that reach execve, chdir or getpwnam (where an embedded NUL raises, not fails).
 NUL_FREE_FIELDS = ("cmd", "dir", "user", "job", "to", "from", "id")
 
