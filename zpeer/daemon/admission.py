@@ -1,41 +1,40 @@
-"""The leader's cap on connections that have not proven a peer: at most UNVERIFIED_PER_IP_MAX
-open per source address, the oldest ended beyond that.
+"""The leader's cap on connections that have not proven a peer: per source address, at most
+UNVERIFIED_PER_IP_MAX of them may stay open longer than UNVERIFIED_GRACE_S; the oldest beyond
+that are ended.
 
 A connection counts from its TCP accept until a hello over it is accepted (zpeer.daemon.peer_table
-binds it) or it closes. CurveZMQ keeps an unauthenticated one short (a 5 s handshake, 2 MiB
-frames), but a client with a fresh key passes the handshake and may then idle: without this cap
-one address could hold connections by the thousand. Peers behind one NAT are unaffected once
-they are enrolled; only their handshakes in progress share the cap. No sockets here: the leader
-reads its monitor and ends what `accepted` returns (zpeer.daemon.tcp_state.end).
+binds it) or it closes. CurveZMQ keeps a connection that has not finished its handshake short (5
+s, 2 MiB frames), but a client with a fresh key passes the handshake and may then idle: without
+this cap one address could hold connections by the thousand. The grace lets a fleet behind one
+NAT come back all at once after a leader restart (their hellos are accepted within it). No
+sockets here: the leader reads its monitor and ends what `sweep` returns
+(zpeer.daemon.tcp_state.end).
 """
 from collections import OrderedDict
 
 UNVERIFIED_PER_IP_MAX = 16
+UNVERIFIED_GRACE_S = 5.0
 
 
 class Admission:
     """Open connections without an accepted hello, per source address, oldest first."""
 
-    def __init__(self, per_ip_max=UNVERIFIED_PER_IP_MAX):
-        self.per_ip_max = per_ip_max
+    def __init__(self, per_ip_max=UNVERIFIED_PER_IP_MAX, grace_s=UNVERIFIED_GRACE_S):
+        self.per_ip_max, self.grace_s = per_ip_max, grace_s
         self.ip_of = {}  # fd -> source address
-        self.by_ip = {}  # source address -> OrderedDict of its fds (oldest first)
+        self.by_ip = {}  # source address -> OrderedDict fd -> accepted at (oldest first)
+        self.crowded = set()  # addresses with more than per_ip_max of them
 
-    def accepted(self, fd, ip):
-        """A connection was accepted: the (fd, ip) of those to end now (the oldest beyond the
-        cap)."""
+    def accepted(self, fd, ip, now):
+        """A connection was accepted (its address, None if it cannot be told)."""
         self.closed(fd)  # a number reused: the old connection closed before this one came
         if ip is None:
-            return []
+            return
         self.ip_of[fd] = ip
         fds = self.by_ip.setdefault(ip, OrderedDict())
-        fds[fd] = None
-        ended = []
-        while len(fds) > self.per_ip_max:
-            old, _ = fds.popitem(last=False)
-            del self.ip_of[old]
-            ended.append((old, ip))
-        return ended
+        fds[fd] = now
+        if len(fds) > self.per_ip_max:
+            self.crowded.add(ip)
 
     def verified(self, fd):
         """An accepted hello came over this connection: it no longer counts."""
@@ -48,9 +47,26 @@ class Admission:
             return
         fds = self.by_ip[ip]
         fds.pop(fd, None)
+        if len(fds) <= self.per_ip_max:
+            self.crowded.discard(ip)
         if not fds:
             del self.by_ip[ip]
 
-    def count(self, ip):
-        """Unverified connections from one address."""
-        return len(self.by_ip.get(ip, ()))
+    def sweep(self, now):
+        """The (fd, ip) of the connections to end now: of each crowded address, the oldest
+        beyond its cap that have had their grace."""
+        ended = []
+        for ip in list(self.crowded):
+            fds = self.by_ip[ip]
+            while len(fds) > self.per_ip_max:
+                fd, since = next(iter(fds.items()))
+                if now - since < self.grace_s:
+                    break
+                self.closed(fd)
+                ended.append((fd, ip))
+        return ended
+
+    def next_deadline(self):
+        """When the oldest connection of a crowded address has had its grace, or None."""
+        times = [next(iter(self.by_ip[ip].values())) for ip in self.crowded]
+        return min(times) + self.grace_s if times else None

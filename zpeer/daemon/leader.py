@@ -428,11 +428,7 @@ class LeaderLink(Link):
             except (zmq.ZMQError, ValueError, KeyError):
                 continue
             if event["event"] == zmq.EVENT_ACCEPTED:
-                for old_fd, ip in self.admission.accepted(fd, tcp_state.peer_ip(fd)):
-                    if self.limiter.allow(("unproven", ip)):
-                        log.warning("ended a connection from %s: more than %d without an "
-                                    "accepted hello", ip, self.admission.per_ip_max)
-                    tcp_state.end(old_fd, ip)
+                self.admission.accepted(fd, tcp_state.peer_ip(fd), time.monotonic())
                 continue
             self.admission.closed(fd)
             owner = self.table.fds.get(fd)
@@ -450,7 +446,15 @@ class LeaderLink(Link):
 
     def tick(self, now):
         """Every heartbeat interval: peers silent for their limit are lost (their running
-        execs end in the audit too); last-seen times are flushed every FLUSH_INTERVAL_S."""
+        execs end in the audit too); last-seen times are flushed every FLUSH_INTERVAL_S. At
+        any turn: the connections an address holds beyond its cap without a peer are ended."""
+        if self.admission.crowded:
+            self.on_monitor()  # the hellos and closes so far count first
+            for fd, ip in self.admission.sweep(now):
+                if self.limiter.allow(("unproven", ip)):
+                    log.warning("ended a connection from %s: more than %d open without an "
+                                "accepted hello", ip, self.admission.per_ip_max)
+                tcp_state.end(fd, ip)
         if self.ending and self.ending[0][0] <= now:
             self.on_monitor()  # the disconnects so far: their fds are not ours to end
             while self.ending and self.ending[0][0] <= now:
@@ -474,6 +478,7 @@ class LeaderLink(Link):
     def next_deadline(self):
         """The next sweep, or sooner a pacer's look at its connection."""
         retries = [self.pacers[p].next_deadline() for p in self.waiting]
+        retries.append(self.admission.next_deadline())
         ending = [self.ending[0][0]] if self.ending else []
         return min([self.next_sweep] + ending + [r for r in retries if r is not None])
 
