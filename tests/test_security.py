@@ -648,10 +648,10 @@ def test_one_address_cannot_hold_connections_without_a_peer(shared_cluster):
             sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
             monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
                                               | zmq.EVENT_DISCONNECTED)
+            idle.append((sock, monitor))  # closed in finally whatever fails (or term() hangs)
             sock.connect(f"tcp://127.0.0.9:0;127.0.0.1:{c.port}")
             assert monitor.poll(5000)
             assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
-            idle.append((sock, monitor))
         opened = time.monotonic()
         worker = c.worker("natted", "127.0.0.9")  # its hello is accepted: it does not count
         assert c.online("natted")

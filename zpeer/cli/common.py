@@ -12,6 +12,10 @@ PEER_HELP = ("Target peer; repeat, give a list (commas or blanks), a range (web[
              "a pattern ('web*'), or `all`.")
 EXCLUDE_HELP = ("Leave these peers out of the ones --peer selects (as pdsh -x): "
                 "`--peer all --exclude vps`.")
+# the peers a command runs on, as execOnPeer, the recipes and the file copies take them
+peer_option = click.option("--peer", "peers", multiple=True, required=True,
+                           metavar="ID[,ID...]|all", help=PEER_HELP)
+exclude_option = click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
 ESCAPE_HELP = "Escape character after a newline (default ~), or `none` (as ssh -e)."
 
 

@@ -10,20 +10,17 @@ import click
 
 from zpeer.cli.common import (
     CONTEXT,
-    EXCLUDE_HELP,
-    PEER_HELP,
     Seconds,
     client,
+    exclude_option,
     fail,
+    peer_option,
     usage_error,
 )
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.recipes import step_command
 from zpeer.targets import many_peers
 
-peer_option = click.option("--peer", "peers", multiple=True, required=True,
-                           metavar="ID[,ID...]|all", help=PEER_HELP)
-exclude_option = click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
 timeout_option = click.option("--timeout", type=Seconds(0.001), metavar="SECONDS",
                               help="Kill the step's remote process group after this long (exit "
                                    "124).")

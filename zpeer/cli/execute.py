@@ -13,11 +13,11 @@ import click
 from zpeer.cli.common import (
     CONTEXT,
     ESCAPE_HELP,
-    EXCLUDE_HELP,
-    PEER_HELP,
     Seconds,
     client,
     escape_char,
+    exclude_option,
+    peer_option,
 )
 from zpeer.cli.exec_client import ExecClient
 from zpeer.cli.renderer import Renderer
@@ -28,9 +28,8 @@ from zpeer.targets import many_peers
 
 # (to say: quote CMD)
 @click.command("execOnPeer", context_settings=dict(CONTEXT, allow_extra_args=True))
-@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
-              help=PEER_HELP)
-@click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
+@peer_option
+@exclude_option
 @click.option("--directory", metavar="PATH",
               help="Working directory on the peer (default: home; `~/x` and relative paths start "
                    "there).")

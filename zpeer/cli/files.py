@@ -14,7 +14,7 @@ import time
 import click
 
 from zpeer import filecopy
-from zpeer.cli.common import CONTEXT, EXCLUDE_HELP, PEER_HELP, Seconds, client
+from zpeer.cli.common import CONTEXT, Seconds, client, exclude_option, peer_option
 from zpeer.cli.stdio import binary, local_user, report, write_all
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, OutputFailed, ZpeerError
 from zpeer.targets import many_peers, needs_known, peer_names, resolve_targets
@@ -30,9 +30,8 @@ STALL_S = 30.0  # a push's peer that takes nothing for this long is left behind
 
 
 @click.command("pushFile", context_settings=CONTEXT)
-@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
-              help=PEER_HELP)
-@click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
+@peer_option
+@exclude_option
 @click.option("--dest", metavar="PATH",
               help="Where on the peers (default: the user's home); an existing directory "
                    "receives each SRC by name, as cp does.")
@@ -62,9 +61,8 @@ def push_file(peers, exclude, dest, user, batch, checksum, stall, as_json, srcs)
 
 
 @click.command("pullFile", context_settings=CONTEXT)
-@click.option("--peer", "peers", multiple=True, required=True, metavar="ID[,ID...]|all",
-              help=PEER_HELP)
-@click.option("--exclude", multiple=True, metavar="ID[,ID...]", help=EXCLUDE_HELP)
+@peer_option
+@exclude_option
 @click.option("--dest", metavar="DIR", default=".", show_default=True,
               help="Local directory; from several peers each gets DIR/PEER/.")
 @click.option("--user", metavar="NAME",

@@ -9,7 +9,8 @@ command is zpeer.cli.ssh_session's, imported only then.
 import os
 import sys
 
-from zpeer.cli.ssh_args import PROG, USAGE, SshExit, dump, mux_answer, parse, say
+from zpeer.cli.lines import say
+from zpeer.cli.ssh_args import PROG, USAGE, SshExit, dump, mux_answer, parse
 
 
 def main(argv=None):

@@ -4,7 +4,6 @@ and `-o` in both forms with case-insensitive keys, where the first value given w
 answers that need no daemon (`-G`, `-O`). It imports only `os` and `sys` (zpeer.cli.ssh says why).
 """
 import os
-import sys
 
 PROG = "zpeer-ssh"
 # ssh.c's getopt string (OpenSSH 9): a letter followed by ':' takes a value
@@ -361,12 +360,3 @@ def mux_answer(word):
         raise SshExit(255, f"{PROG}: -O {word} is not supported: zpeer forwards no connections")
     return {"check": "Master running (zpeer: no master needed)",
             "exit": "Exit request sent.", "stop": "Stop listening request sent."}[word]
-
-
-def say(line):
-    """One line on stderr (nothing if stderr is closed)."""
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass

@@ -13,8 +13,9 @@ import stat
 import sys
 
 from zpeer.cli.exec_client import ExecClient
+from zpeer.cli.lines import say
 from zpeer.cli.sink import OutputSink
-from zpeer.cli.ssh_args import PROG, SshExit, peer_of, say
+from zpeer.cli.ssh_args import PROG, SshExit, peer_of
 from zpeer.cli.stdio import binary, widen_pipe, write_all
 from zpeer.config import valid_peer_id
 from zpeer.errors import EXIT_ZPEER_FAILURE, OutputFailed, ZpeerError

@@ -17,6 +17,7 @@ import sys
 import termios
 import tty
 
+from zpeer.cli.lines import say
 from zpeer.cli.stdio import binary, local_user, report, write_all
 from zpeer.errors import EXIT_ZPEER_FAILURE, FailedToConnect, ZpeerError
 from zpeer.wire.protocol import os_text
@@ -189,7 +190,7 @@ class TtySession:
             except _Leave as leave:
                 self.terminal.restore()
                 if leave.message:
-                    _say(leave.message)
+                    say(leave.message)
                 status = leave.status
             except ZpeerError as err:
                 self.terminal.restore()
@@ -424,10 +425,3 @@ def _fileno(stream):
         return None
 
 
-def _say(message):
-    """A line on stderr (the terminal is back in its own mode by now)."""
-    try:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
