@@ -149,3 +149,20 @@ def test_a_new_burst_starts_small_again(connection):
     assert pacer.fd == sender.fileno()
     pacer.detach(sender.fileno())
     assert pacer.fd is None and pacer.chunk_bytes() == CHUNK_MAX_BYTES
+
+
+def test_a_descriptor_that_went_to_a_unix_socket_is_no_tcp_peer():
+    """libzmq closed an accepted connection and its number went to a CLI's Unix socket before
+    the leader looked: the leader crashed (IndexError on the string peer name of the Unix
+    socket, seen in 1 of 10 suite runs under test_random_bytes_at_tcp_port_and_ipc_socket)."""
+    unix, other = socket.socketpair()
+    posing = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=unix.fileno())
+    try:
+        assert tcp_state.tcp_peer(posing) is None
+        tcp_state.end(unix.fileno(), "127.0.0.1")  # neither raises nor shuts the socket down
+        other.sendall(b"x")
+        assert unix.recv(1) == b"x"
+    finally:
+        posing.detach()
+        unix.close()
+        other.close()

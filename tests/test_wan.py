@@ -25,7 +25,10 @@ SLOW_UPLINK_MBIT = 1
 STREAM_LINES = 120000  # `seq 1 120000`: 763 KB, about 6 s at 1 Mbit/s
 # the promise is 1 s, and so the median; any one probe (a CLI started on a loaded machine) has
 # until well within the silence limit (bench/wan.py measures the latencies)
-PROBE_MAX_S = 3.0
+# a probe's whole CLI call; on a loaded 2-core machine the CLI's own start is up to a second of
+# it (on aec630a probes never answered)
+PROBE_MAX_S = 5.0
+PROBE_MEDIAN_MAX_S = 1.5
 RTT_ONE_WAY_MS = 50
 
 why_not = netlab.unavailable()
@@ -89,6 +92,7 @@ def test_a_slow_uplink_streams_while_control_and_probes_keep_moving(wan):
     assert len(probes) >= 3, probes
     assert [p[1:3] for p in probes] == [(0, b"probe\n")] * len(probes), probes
     assert max(p[0] for p in probes) < PROBE_MAX_S, probes
+    assert statistics.median(p[0] for p in probes) < PROBE_MEDIAN_MAX_S, probes
     assert statistics.median(p[0] for p in probes) < 1.0, probes
     assert offline == []
     assert laptop.proc.poll() is None

@@ -80,13 +80,22 @@ def peer_ip(fd):
     except OSError:
         return None
     try:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-            return sock.getpeername()[0]
-        return None
-    except OSError:
-        return None
+        return tcp_peer(sock)
     finally:
         sock.detach()
+
+
+def tcp_peer(sock):
+    """The peer address of a TCP socket, or None. The kernel's answer decides, not the socket
+    object's family: libzmq's I/O thread may close the descriptor and the number go to another
+    socket (a CLI's Unix one, whose peer name is a string) between the two looks."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return None
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return None
+    return address[0] if isinstance(address, tuple) else None
 
 
 def end(fd, peer_ip):
@@ -100,8 +109,7 @@ def end(fd, peer_ip):
     except OSError:
         return
     try:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
-                and sock.getpeername()[0] == peer_ip:
+        if tcp_peer(sock) == peer_ip:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # gone already
