@@ -68,13 +68,11 @@ class AuditLog:
         for what happens from here on)."""
         if self.chain.started():
             return
-        saved = self.chain.seq, self.chain.head
         try:
-            with self.db.atomic():
+            with self.chain.atomic():
                 self.chain.link([row.job for row in self.model.select(self.model.job)])
                 self.chain.mark_started()
         except DB_ERRORS as exc:
-            self.chain.rollback(*saved)
             self.registry.note_error(exc)
 
     def close(self):
@@ -171,9 +169,8 @@ class AuditLog:
         A worker's exec on itself is the exception: it never crossed the leader and runs on.
         Returns how many; database trouble is logged, never fatal."""
         model = self.model
-        saved = self.chain.seq, self.chain.head
         try:
-            with self.db.atomic():
+            with self.chain.atomic():
                 open_rows = model.rc.is_null() & model.outcome.is_null() & (
                     (model.origin != model.target) | (model.target == leader_id))
                 jobs = [row.job for row in model.select(model.job).where(open_rows)]
@@ -181,7 +178,6 @@ class AuditLog:
                     open_rows).execute()
                 self.chain.link(jobs)
         except DB_ERRORS as exc:
-            self.chain.rollback(*saved)
             log.warning("audit: cannot end the execs the previous leader left open: %s", exc)
             return 0
         if count:
@@ -234,15 +230,13 @@ class AuditLog:
         more left, the next prune is PRUNE_PAUSE_S away. Database trouble is logged, never
         fatal."""
         self._prune_due, self._since_prune = None, 0
-        saved = self.chain.seq, self.chain.head
         try:
-            with self.db.atomic():
+            with self.chain.atomic():
                 jobs = audit_retention.prune(self.db, self.model._meta.table_name,
                                              self._keep_rows, PRUNE_BATCH_ROWS)
                 self.chain.drop(jobs)
                 self.chain.trim(max(self._keep_rows, CHAIN_LINKS_MIN))
         except DB_ERRORS as exc:
-            self.chain.rollback(*saved)
             self._prune_due = time.monotonic() + AUDIT_RETRY_S
             self.registry.note_error(exc)
             return
@@ -274,9 +268,8 @@ class AuditLog:
             return
         batch, self._queue = self._queue, []
         self._inserts = {}
-        saved = self.chain.seq, self.chain.head
         try:
-            with self.db.atomic():  # prepared statements, not a peewee query per row
+            with self.chain.atomic():  # prepared statements, not a peewee query per row
                 connection = self.db.connection()
                 for sql, rows in statements(self.model, batch):
                     connection.executemany(sql, rows)
@@ -290,7 +283,6 @@ class AuditLog:
             if self._keep_rows and self._since_prune >= every and self._prune_due is None:
                 self._prune_due = time.monotonic()  # the next loop turn, or history() below
         except DB_ERRORS as exc:
-            self.chain.rollback(*saved)
             self._queue[:0] = batch[-10000:]
             # a locked or read-only file: each attempt blocks busy_timeout, so not every turn
             self._due = time.monotonic() + AUDIT_RETRY_S

@@ -10,6 +10,7 @@ would go are linked again first, so every row always has one. Whoever can rewrit
 database file can rewrite the chain too: compare the head `--verify` prints with one noted
 earlier (or kept off the host) to catch that.
 """
+import contextlib
 import hashlib
 import json
 
@@ -93,9 +94,17 @@ class AuditChain:
         """Record the head even with no links yet: from now on a missing chain is a cut one."""
         self.meta.replace(key=HEAD_KEY, value=self.head).execute()
 
-    def rollback(self, seq, head):
-        """The caller's transaction failed: the links it held were not written."""
-        self.seq, self.head = seq, head
+    @contextlib.contextmanager
+    def atomic(self):
+        """A transaction of the database; if it fails, the links it held were not written and
+        the chain's head is where it was."""
+        saved = self.seq, self.head
+        try:
+            with self.db.atomic():
+                yield
+        except BaseException:
+            self.seq, self.head = saved
+            raise
 
     def trim(self, keep_links):
         """Keep about the newest keep_links links: rows whose newest link is older are linked
