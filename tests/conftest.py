@@ -37,3 +37,18 @@ def empty_cluster(tmp_path):
     c = Cluster(tmp_path)
     yield c
     c.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with what its daemons logged last: a flake explains itself."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "collect":
+        return
+    for name in getattr(item, "fixturenames", ()):
+        nodes = getattr(item.funcargs.get(name), "nodes", None)
+        if isinstance(nodes, dict):
+            for node in nodes.values():
+                if hasattr(node, "events"):
+                    report.sections.append((f"{name} daemon {node.name} log", node.events()))

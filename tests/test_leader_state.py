@@ -227,3 +227,19 @@ def test_a_token_enrols_only_its_id_and_rebinds_an_accepted_one_only_when_made_t
     verdict = e.on_hello(ROUTE, "laptop", "K2", "127.0.0.9", hello(token=replace))
     assert verdict.status == "accepted" and registry.get("laptop").key == "K2"
     assert "K1" in e.policy.revoked and table.route_of("laptop") is None  # the old one is out
+
+
+def test_admission_ends_only_the_oldest_beyond_the_cap_of_those_past_their_grace():
+    from zpeer.daemon.admission import Admission
+
+    adm = Admission(per_ip_max=2, grace_s=5.0)
+    for fd in range(4):
+        adm.accepted(fd, "127.0.0.9", float(fd))
+    assert adm.next_deadline() == 7.0  # when a third one has had its grace
+    assert adm.sweep(6.9) == []
+    assert adm.sweep(7.0) == [(0, "127.0.0.9")]
+    adm.accepted(10, "127.0.0.9", 7.5)  # a worker in the middle of its hello: not judged yet
+    assert adm.sweep(7.9) == []
+    assert adm.next_deadline() == 8.0 and adm.sweep(8.0) == [(1, "127.0.0.9")]
+    adm.verified(10)
+    assert adm.next_deadline() is None and adm.sweep(100.0) == []

@@ -15,7 +15,9 @@ if ROOT not in sys.path:
 from bench import cluster as bench_cluster  # noqa: E402
 from bench.cluster import free_port  # noqa: E402,F401  (tests import it from here)
 
-TEST_HEARTBEAT_S = 0.3
+# 3 intervals of silence make a peer offline: 1.5 s lets a daemon on a machine whose 2 cores run
+# three test workers at once be starved for a second without its link flapping
+TEST_HEARTBEAT_S = 0.5
 
 
 def run_python(code):
@@ -109,6 +111,17 @@ class Node:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(5)
+
+    def events(self, lines=40):
+        """The last lines of the daemon's log without the SQL it ran (for a failed test's
+        report)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join([line for line in text.splitlines() if " DEBUG peewee: " not in line]
+                         [-lines:])
 
     def log(self):
         """The daemon's log so far (for assertion messages)."""

@@ -11,6 +11,7 @@ sockets here: the leader reads its monitor and ends what `sweep` returns
 (zpeer.daemon.tcp_state.end).
 """
 from collections import OrderedDict
+from itertools import islice
 
 UNVERIFIED_PER_IP_MAX = 16
 UNVERIFIED_GRACE_S = 5.0
@@ -53,20 +54,21 @@ class Admission:
             del self.by_ip[ip]
 
     def sweep(self, now):
-        """The (fd, ip) of the connections to end now: of each crowded address, the oldest
-        beyond its cap that have had their grace."""
+        """The (fd, ip) of the connections to end now: of each crowded address, the oldest of
+        those that have had their grace, beyond its cap of them (a young one, a worker in the
+        middle of its hello, say, is not judged yet and costs an old one nothing)."""
         ended = []
         for ip in list(self.crowded):
             fds = self.by_ip[ip]
-            while len(fds) > self.per_ip_max:
-                fd, since = next(iter(fds.items()))
-                if now - since < self.grace_s:
-                    break
+            old = [fd for fd, since in fds.items() if now - since >= self.grace_s]
+            for fd in old[:max(0, len(old) - self.per_ip_max)]:
                 self.closed(fd)
                 ended.append((fd, ip))
         return ended
 
     def next_deadline(self):
-        """When the oldest connection of a crowded address has had its grace, or None."""
-        times = [next(iter(self.by_ip[ip].values())) for ip in self.crowded]
+        """When one more connection of a crowded address than its cap has had its grace (the
+        sweep then ends the oldest), or None."""
+        times = [next(islice(self.by_ip[ip].values(), self.per_ip_max, None))
+                 for ip in self.crowded]
         return min(times) + self.grace_s if times else None

@@ -20,6 +20,7 @@ import uuid
 from collections import deque
 
 from zpeer.daemon.actions import Reply, Send
+from zpeer.daemon.silence import origin_limit_s
 from zpeer.wire import messages
 from zpeer.wire.channel import STDOUT, WINDOW_MAX_BYTES, Credit, Intake, Sequencer
 
@@ -178,8 +179,8 @@ class OriginSessions:
 
     @property
     def silence_limit_s(self):
-        """No word from a target for this long means it is gone (3 heartbeat intervals)."""
-        return 3 * self.heartbeat_s + 0.5
+        """No word from a target for this long means it is gone (zpeer.daemon.silence)."""
+        return origin_limit_s(self.heartbeat_s)
 
     @property
     def exec_ttl_s(self):

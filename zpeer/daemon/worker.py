@@ -22,6 +22,7 @@ from zpeer.daemon import tcp_state
 from zpeer.daemon.audit_copies import AuditCopies
 from zpeer.daemon.links import Link
 from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
+from zpeer.daemon.silence import JOBS_SILENCE_BEATS, REDIAL_SILENCE_BEATS
 from zpeer.daemon.stamps import boot_s, spend, transit_s
 from zpeer.errors import (
     KeyMismatch,
@@ -38,13 +39,9 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 5000
 BACKOFF_MAX_S = 5.0  # our own back-off after connections that die before the handshake
 HWM = 20000
-# A link silent this many intervals is redialled, and redialled again every REDIAL_RETRY_S
-# until a connection is up (a fresh SYN, not the kernel's backed-off retry of the last one):
-# the peer is offline for new work after 3, and its jobs (run here or started here) are lost
-# after JOBS_SILENCE_BEATS, as its origins and targets lose them on their own clocks
-REDIAL_SILENCE_BEATS = 2
+# A link silent for REDIAL_SILENCE_BEATS intervals is redialled, and again every REDIAL_RETRY_S
+# until a connection is up (a fresh SYN, not the kernel's backed-off retry of the last one)
 REDIAL_RETRY_S = 0.5
-JOBS_SILENCE_BEATS = 4
 AUDIT_TYPES = ("exec", "exit", "error")  # what the leader's audit records of a job
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
