@@ -127,7 +127,7 @@ def test_a_worker_fans_a_push_out_once_through_the_leader():
     actions = sessions.poll(sid, b"cli", "r1", stdin=b"bytes", wait_s=0, raw=True)
     sent = [(a.header["t"], a.header["to"], a.header.get("jobs"), a.data) for a in actions
             if hasattr(a, "header")]
-    assert sent == [("fan", "vps", [[f"{sid}.0", "vps"], [f"{sid}.1", "laptop"]], b"bytes"),
+    assert sent == [("fan", "vps", [[f"{sid}.0", "vps", 0], [f"{sid}.1", "laptop", 0]], b"bytes"),
                     ("stdin", "desktop", None, b"bytes")]
 
 

@@ -368,3 +368,27 @@ def test_every_message_a_session_sends_is_valid_on_the_wire():
     assert {h["t"] for h in headers} == {"exec", "stdin", "credit", "cancel", "alive"}
     for header in headers:
         protocol.validate(header)
+
+
+def test_stdin_a_target_lacks_goes_again_once_it_has_had_time_to_arrive():
+    """Each stdin chunk says where it starts; a target's alive says how far it has the stream:
+    what it lacks goes again after 2 intervals, what it has (or its command took) is let go."""
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "cat", "stdin": True}, ["w1"], 0, os.getpid())
+    job = actions[0].header["job"]
+    sessions.on_message("w1", {"t": "started", "job": job, "pid": 5}, None)
+    sent = [a for a in sessions.poll(sid, b"cli", "r1", stdin=b"abc", wait_s=0) if type(a) is Send]
+    sent += [a for a in sessions.poll(sid, b"cli", "r2", stdin=b"de", eof=True, wait_s=0)
+             if type(a) is Send]
+    assert [(a.header["at"], a.header["eof"], a.data) for a in sent] == [
+        (0, False, b"abc"), (3, True, b"de")]
+    assert sessions.on_alive("w1", [job], [3]) == []  # just sent: still on its way
+    log = sessions.by_job[job][1].stdin_log
+    assert [chunk[0] for chunk in log.chunks] == [6]  # "abc" is there; "de" and the end not
+    for chunk in log.chunks:
+        chunk[3] -= sessions.resend_after_s  # as if sent two intervals ago
+    (again,) = sessions.on_alive("w1", [job], [3])
+    assert (again.header["t"], again.header["at"], again.header["eof"], again.data) == (
+        "stdin", 3, True, b"de")
+    assert sessions.on_alive("w1", [job], [6]) == [] and not log.chunks  # all there, end too
+    assert sessions.on_alive("w1", [job], ["x"]) == []  # what is malformed says nothing

@@ -324,3 +324,26 @@ def test_another_origins_job_id_is_another_job(jobs):
     assert jobs.jobs["mallory", "SID.1"].cmd.how == "cancelled"
     jobs.handle("vps", _exec("SID.2", "true"), None)  # mallory's early cancel is not vps's
     assert ("vps", "SID.2") in jobs.jobs
+
+
+def _stdin(job, at, eof=False):
+    return {"t": "stdin", "job": job, "to": "w1", "eof": eof, "at": at}
+
+
+def test_stdin_is_taken_once_and_in_order_whatever_comes_twice_or_past_a_gap(jobs):
+    """A redial loses a chunk and its origin sends it again: the command reads each byte once,
+    in order; a chunk past the gap waits for the rest; the end of input counts as one byte."""
+    exec_msg = dict(_exec("feed", "cat"), stdin=True)
+    jobs.handle("vps", exec_msg, None)
+    ch = jobs.jobs["vps", "feed"]
+    sent = jobs.handle("vps", _stdin("feed", 0), b"one ")
+    sent += jobs.handle("vps", _stdin("feed", 8), b"three ")  # "two " was lost: this one waits
+    sent += jobs.handle("vps", _stdin("feed", 0), b"one two ")  # sent again from where it was
+    sent += jobs.handle("vps", _stdin("feed", 8, eof=True), b"three")  # the rest, and the end
+    assert ch.stdin_got == len(b"one two three") + 1
+    assert jobs.keepalives()[0].header["stdin_got"] == [ch.stdin_got]
+    sent += jobs.handle("vps", _stdin("feed", 0, eof=True), b"one two three")  # late: nothing
+    sent += [a for a in _until_done(jobs, with_data=True)]
+    pairs = [(a.header, a.data) if hasattr(a, "header") else a for a in sent]
+    assert b"".join(d or b"" for h, d in pairs if h["t"] == "out") == b"one two three"
+    assert sum(h["n"] for h, _ in pairs if h["t"] == "stdin_ack") == len(b"one two three")

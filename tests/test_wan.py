@@ -275,3 +275,51 @@ def test_a_suspended_laptop_never_runs_a_command_its_cli_was_told_failed(wan, tm
     assert not marker.exists(), "the command ran after its CLI was told it failed"
     assert desktop.d("execOnPeer", "--peer", "laptop", "--shellCmd", command).returncode == 0
     assert marker.read_text() == "once\n"
+
+
+STDIN_CHUNKS = 40  # 40 x 64 KiB, one every 0.1 s: the move falls in the middle
+STDIN_CHUNK = 64 << 10
+
+
+@pytest.mark.timeout(60)
+def test_stdin_to_a_peer_that_roams_arrives_whole(wan):
+    """The laptop's address changes while the leader's CLI feeds stdin to a command on it: the
+    command reads every byte once and in order (what the old connection lost is sent again),
+    exit 0."""
+    import hashlib
+
+    laptop = wan.worker("laptop")
+    chunks = [os.urandom(STDIN_CHUNK) for _ in range(STDIN_CHUNKS)]
+    proc = subprocess.Popen(wan.vps.command + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                               "sha256sum"],
+                            env=wan.vps.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    halfway = threading.Event()
+
+    def outage():
+        if halfway.wait(30):
+            laptop.link.move(3)
+
+    cut = threading.Thread(target=outage)
+    cut.start()
+    try:
+        for n, chunk in enumerate(chunks):
+            if n == STDIN_CHUNKS // 4:
+                halfway.set()
+            try:
+                proc.stdin.write(chunk)  # blocks while the link is down and the window is full
+                proc.stdin.flush()
+            except BrokenPipeError:
+                break  # the CLI ended early: its status and stderr say why
+            time.sleep(0.1)  # the feed's pace (a producer), not a wait for state
+        halfway.set()
+        out, err = proc.communicate(timeout=40)
+    finally:
+        halfway.set()
+        cut.join()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    digest = hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert (proc.returncode, out, err) == (
+        0, f"{digest}  -\n".encode(), b"")

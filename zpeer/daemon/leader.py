@@ -384,11 +384,13 @@ class LeaderLink(Link):
         hop; the copy for this node itself is returned, as a message for it."""
         local = None
         for item in header["jobs"][:FAN_JOBS_MAX]:
-            if not (isinstance(item, list) and len(item) == 2 and all(
+            if not (isinstance(item, list) and len(item) in (2, 3) and all(
                     isinstance(x, str) and 0 < len(x) <= protocol.MAX_ID_LEN
-                    and not protocol.has_nul(x) for x in item)):
+                    and not protocol.has_nul(x) for x in item[:2])):
                 continue
             copy = messages.stdin(item[0], item[1], header["eof"])
+            if len(item) == 3 and type(item[2]) is int:
+                copy["at"] = item[2]  # where this job's stream is (zpeer.daemon.resend)
             copy["from"] = origin
             if item[1] == self.id:
                 local = (origin, copy, data)

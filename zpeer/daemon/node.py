@@ -180,8 +180,8 @@ class Daemon:
         if mtype in ("started", "out", "exit", "error", "stdin_ack"):
             self.dispatch(self.sessions.on_message(from_peer, header, data))
         elif mtype == "alive" and header.get("side") != "origin":
-            self.dispatch(self.sessions.on_alive(from_peer, [j for j in header["jobs"]
-                                                             if isinstance(j, str)]))
+            self.dispatch(self.sessions.on_alive(from_peer, header["jobs"],
+                                                 header.get("stdin_got")))
         else:
             self.dispatch(self.targets.handle(from_peer, header, data))
 

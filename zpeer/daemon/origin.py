@@ -20,6 +20,7 @@ import uuid
 from collections import deque
 
 from zpeer.daemon.actions import Reply, Send
+from zpeer.daemon.resend import StdinLog
 from zpeer.daemon.silence import origin_limit_s
 from zpeer.wire import messages
 from zpeer.wire.channel import STDOUT, WINDOW_MAX_BYTES, Credit, Intake, Sequencer
@@ -76,7 +77,7 @@ class OriginJob:
     """One target's channel of a session."""
 
     __slots__ = ("job", "target", "state", "sent_at", "last_word", "output", "stdin", "order",
-                 "doom", "stdin_moved")
+                 "doom", "stdin_moved", "stdin_log")
 
     def __init__(self, job, target, window):
         self.job, self.target = job, target
@@ -89,6 +90,7 @@ class OriginJob:
         # failure is said once the exec's ttl has passed (zpeer.daemon.stamps)
         self.doom = None
         self.stdin_moved = 0.0  # when its command last took stdin (or had all it was sent)
+        self.stdin_log = StdinLog()  # its stdin until the target has it (sent again if lost)
 
 
 class Session:
@@ -276,6 +278,7 @@ class OriginSessions:
                     session.event([job.target, "x", ready_header["rc"], ready_header["how"]])
         elif mtype == "stdin_ack":
             job.stdin.acknowledged(header["n"])
+            job.stdin_log.took(header["n"])
             job.stdin_moved = job.last_word
             if session.wants_room and session.stdin_room() > 0:
                 return self._wake(session, force=True)
@@ -354,16 +357,20 @@ class OriginSessions:
                 if job.stdin.in_flight == 0:
                     job.stdin_moved = now
                 job.stdin.sent(n)
-            fanned = [job for job in jobs if job.target != self.node_id] \
+            data = stdin or b""
+            headers = []
+            for job in jobs:
+                header = messages.stdin(job.job, job.target, eof, session.tty)
+                job.stdin_log.sent(header, data, now)
+                headers.append(header)
+            fanned = [h for h in headers if h["to"] != self.node_id] \
                 if self.relay and session.spec.get("file") else []
             if len(fanned) > 1:
-                actions.append(Send(messages.fan(fanned[0].job, fanned[0].target,
-                                                 [[j.job, j.target] for j in fanned], eof),
-                                    stdin or b""))
-                jobs = [job for job in jobs if job.target == self.node_id]
-            for job in jobs:
-                actions.append(Send(messages.stdin(job.job, job.target, eof, session.tty),
-                                    stdin or b""))
+                actions.append(Send(messages.fan(fanned[0]["job"], fanned[0]["to"],
+                                                 [[h["job"], h["to"], h["at"]] for h in fanned],
+                                                 eof), data))
+                headers = [h for h in headers if h["to"] == self.node_id]
+            actions.extend(Send(header, data) for header in headers)
         if size is not None and session.tty:
             actions.extend(Send(messages.winsize(job.job, job.target, *size))
                            for job in session.active())
@@ -459,14 +466,30 @@ class OriginSessions:
         for job in session.jobs.values():
             self.by_job.pop(job.job, None)
 
-    def on_alive(self, peer, jobs):
-        """A target says these jobs still run (keeps them from being declared lost)."""
+    def on_alive(self, peer, jobs, stdin_got=None):
+        """A target says these jobs still run (keeps them from being declared lost), and how far
+        each has its stdin: what it lacks and went a while ago goes again; returns actions."""
         now = time.monotonic()
-        for job_id in jobs:
-            found = self.by_job.get(job_id)
+        counted = isinstance(stdin_got, list) and len(stdin_got) == len(jobs)
+        actions = []
+        for i, job_id in enumerate(jobs):
+            found = self.by_job.get(job_id) if isinstance(job_id, str) else None
             if found and found[1].target == peer:
-                found[1].last_word = now
-        return []
+                job = found[1]
+                job.last_word = now
+                got = stdin_got[i] if counted else None
+                if type(got) is int and job.state in ACTIVE:
+                    again = job.stdin_log.due(got, now, self.resend_after_s)
+                    if again:
+                        log.info("job %s: stdin sent again from byte %d", job_id, got)
+                    actions.extend(again)
+        return actions
+
+    @property
+    def resend_after_s(self):
+        """What a target lacks and was sent this long ago goes again: an alive comes each
+        interval (as zpeer.daemon.target's own resend_after_s)."""
+        return 2 * self.heartbeat_s
 
     def peer_lost(self, peer, message, exclude=None, defer=True):
         """A target (or, with peer None, our leader link) is gone: fail its running jobs at once,

@@ -1,5 +1,6 @@
 """What a target keeps until its origin has it, so that a link that drops messages (a redial
-after silence, a peer that roamed to a new address) loses no output and no exit.
+after silence, a peer that roamed to a new address) loses no output and no exit; and what an
+origin keeps of the stdin it sent until its target has it (StdinLog).
 
 A job's output chunks stay in its `Unacked` until the origin's credit covers them: the credit
 window bounds them, as it bounds what is in flight. A job that ended stays in `Closed` with its
@@ -163,3 +164,47 @@ class Closed:
         for (origin, job) in self.jobs:
             result.setdefault(origin, []).append(job)
         return result
+
+
+class StdinLog:
+    """One job's stdin as its origin sent it, kept until the target is known to have it: the
+    same promise for the other direction. Each stdin message says at which byte of the stream
+    it starts (`at`); the target takes the bytes in order, once, and says in its alive how far
+    it got. The end of input counts as one byte more (as TCP's FIN), so a lost end goes again
+    too. The stdin window bounds what is kept."""
+
+    __slots__ = ("chunks", "at", "taken")
+
+    def __init__(self):
+        self.chunks = deque()  # [end, header, data, sent_at], oldest first; end counts the FIN
+        self.at = 0  # where the next chunk starts
+        self.taken = 0  # bytes its command took in all (stdin_ack): the target has them
+
+    def sent(self, header, data, now):
+        """A stdin message for this job is going out: stamp where it starts, keep it."""
+        header["at"] = self.at
+        self.at += len(data)
+        end = self.at + (1 if header.get("eof") else 0)
+        self.chunks.append([end, header, data, now])
+
+    def took(self, n):
+        """The command took n more bytes (the target has them)."""
+        self.taken += n
+        self.confirm(self.taken)
+
+    def confirm(self, got):
+        """The target has the stream up to `got` (FIN counted): let go of what it covers."""
+        chunks = self.chunks
+        while chunks and chunks[0][0] <= got:
+            chunks.popleft()
+
+    def due(self, got, now, after_s):
+        """The chunks the target lacks (it has the stream up to `got`) that went at least
+        after_s ago, to send again now."""
+        self.confirm(got)
+        out = []
+        for chunk in self.chunks:
+            if now - chunk[3] >= after_s:
+                chunk[3] = now
+                out.append(Send(dict(chunk[1]), chunk[2]))
+        return out

@@ -62,7 +62,7 @@ class TargetChannel:
     """One job this node runs for an origin: the channel's state around its command."""
 
     __slots__ = ("job", "origin", "cmd", "output", "started", "deadline", "bytes_out", "seq",
-                 "last_origin_word", "announce_at", "recorded", "unacked", "tty")
+                 "last_origin_word", "announce_at", "recorded", "unacked", "tty", "stdin_got")
 
     def __init__(self, job, origin, cmd, timeout_s, credit):
         self.job, self.origin, self.cmd = job, origin, cmd
@@ -76,6 +76,22 @@ class TargetChannel:
         self.announce_at = None  # when the target must say "started" at the latest
         self.recorded = False  # its process group is in jobs.journal (zpeer.daemon.leftovers)
         self.unacked = Unacked()  # output sent and not yet covered by the origin's credit
+        self.stdin_got = 0  # stdin taken in, in order (its end counts one more): its alive says
+
+
+def _in_order(ch, data, eof, at):
+    """What of a stdin chunk starting at byte `at` is new to the channel, in order: (data, eof),
+    or (None, False) when nothing is (a copy, or a chunk past a gap)."""
+    got = ch.stdin_got
+    end = at + len(data) + (1 if eof else 0)
+    if at > got:
+        log.debug("job %s: stdin from byte %d, while %d came: waiting for the rest again",
+                 ch.job, at, got)
+        return None, False
+    if end <= got:
+        return None, False
+    ch.stdin_got = end
+    return data[got - at:], eof
 
 
 class TargetJobs:
@@ -120,7 +136,7 @@ class TargetJobs:
         if mtype == "credit":
             self.credit(from_peer, job, header["n"], header.get("total"))
         elif mtype == "stdin":
-            return self.stdin(from_peer, job, bytes(data or b""), header["eof"])
+            return self.stdin(from_peer, job, bytes(data or b""), header["eof"], header.get("at"))
         elif mtype == "cancel":
             self.cancel(job, from_peer)
         elif mtype == "alive":
@@ -138,7 +154,14 @@ class TargetJobs:
             jobs.setdefault(origin, []).extend(ids)
         for origin, job in extra or ():
             jobs.setdefault(origin, []).append(job)
-        return [Send(messages.alive(origin, ids, "target")) for origin, ids in jobs.items()]
+        return [Send(messages.alive(origin, ids, "target", stdin_got=[self._stdin_got(origin, j)
+                                                                      for j in ids]))
+                for origin, ids in jobs.items()]
+
+    def _stdin_got(self, origin, job):
+        """How far a job has its stdin (None: it no longer runs here)."""
+        ch = self.jobs.get((origin, job))
+        return None if ch is None else ch.stdin_got
 
     def _remember(self, key):
         """Record an (origin, job id) as seen; False if it was seen before."""
@@ -375,11 +398,17 @@ class TargetJobs:
             ch.output.acknowledged(ch.unacked.acknowledge_to(total))
             ch.last_origin_word = time.monotonic()
 
-    def stdin(self, origin, job, data, eof):
-        """Queue stdin bytes for a job's child; returns acks for what it took at once."""
+    def stdin(self, origin, job, data, eof, at=None):
+        """Queue stdin bytes for a job's child; returns acks for what it took at once. A chunk
+        that starts `at` a byte of the stream: taken in order, once (what came before, again,
+        is cut off; one past a gap waits for its origin to send what is missing)."""
         ch = self.jobs.get((origin, job))
         if ch is None:
             return []
+        if at is not None:
+            data, eof = _in_order(ch, data, eof, at)
+            if data is None:
+                return []
         cmd = ch.cmd
         if cmd.stdin_fd is None:  # child closed stdin: ack so the origin does not stall
             return [Send(messages.stdin_ack(job, ch.origin, len(data)))] if data else []

@@ -104,7 +104,8 @@ def credit(job, to, n, total):
 
 def stdin(job, to, eof, tty=False):
     """A chunk of stream 0 (the data frame); eof: nothing follows it. `tty`: keystrokes for a
-    pseudo-terminal, which go before bulk."""
+    pseudo-terminal, which go before bulk. Its origin stamps where it starts (`at`, see
+    zpeer.daemon.resend.StdinLog)."""
     header = {"t": "stdin", "rid": job, "job": job, "to": to, "eof": bool(eof)}
     if tty:
         header["tty"] = True
@@ -150,13 +151,16 @@ def error(job, to, err, sender=None):
     return header
 
 
-def alive(to, jobs, side, got=None, acked=None, gaps=None):
+def alive(to, jobs, side, got=None, acked=None, gaps=None, stdin_got=None):
     """The jobs the sender still holds with `to`: side "origin" (it waits for them) or
     "target" (it runs them). An origin says, per job, the last output seq it took in order
     (`got`) and all the credit it gave (`acked`), and for a job with a gap (`gaps`) the highest
     seq it holds and the seqs missing below it (None: too many to name): what the target
-    sends again."""
+    sends again. A target says, per job, how far it has the job's stdin (`stdin_got`, the end
+    of input counted as one byte): what the origin sends again."""
     header = {"t": "alive", "rid": "alive", "to": to, "jobs": jobs, "side": side}
+    if stdin_got is not None:
+        header["stdin_got"] = stdin_got
     if got is not None:
         header["got"], header["acked"] = got, acked
     if gaps:

@@ -90,6 +90,9 @@ OPTIONAL_FIELDS = {"ts": _NUM, "ttl": _NUM, "fanout": _INT, "ouser": _OPT_STR, "
                    "side": _STR, "gen": _INT, "err": _MAP, "pid": _INT, "seq": _INT,
                    # an origin's alive: per job, the last output seq and the credit it has
                    "got": _LIST, "acked": _LIST, "gaps": _MAP, "total": _INT,
+                   # stdin: where a chunk starts in its stream; a target's alive: per job, how
+                   # far it has the stream (zpeer.daemon.resend.StdinLog)
+                   "at": _INT, "stdin_got": _LIST,
                    # stamps (zpeer.daemon.stamps) and clocks shown, never compared for a verdict
                    "tx": _NUM, "echo": _NUM, "held": _NUM, "wall": _NUM, "offset": _NUM,
                    # an exec in a pseudo-terminal (term, rows, cols), and its traffic, which
