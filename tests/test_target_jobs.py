@@ -337,10 +337,12 @@ def test_stdin_is_taken_once_and_in_order_whatever_comes_twice_or_past_a_gap(job
     jobs.handle("vps", exec_msg, None)
     ch = jobs.jobs["vps", "feed"]
     sent = jobs.handle("vps", _stdin("feed", 0), b"one ")
-    sent += jobs.handle("vps", _stdin("feed", 8), b"three ")  # "two " was lost: this one waits
+    sent += jobs.handle("vps", _stdin("feed", 8), b"three")  # "two " was lost: this one waits
+    assert ch.stdin_got == 4 and list(ch.stdin_early) == [8]
+    sent += jobs.handle("vps", _stdin("feed", 13, eof=True), b"")  # and the end after it
     sent += jobs.handle("vps", _stdin("feed", 0), b"one two ")  # sent again from where it was
-    sent += jobs.handle("vps", _stdin("feed", 8, eof=True), b"three")  # the rest, and the end
-    assert ch.stdin_got == len(b"one two three") + 1
+    assert ch.stdin_got == len(b"one two three") + 1 and not ch.stdin_early
+    sent += jobs.handle("vps", _stdin("feed", 8, eof=True), b"three")  # sent again: nothing
     assert jobs.keepalives()[0].header["stdin_got"] == [ch.stdin_got]
     sent += jobs.handle("vps", _stdin("feed", 0, eof=True), b"one two three")  # late: nothing
     sent += [a for a in _until_done(jobs, with_data=True)]

@@ -62,7 +62,8 @@ class TargetChannel:
     """One job this node runs for an origin: the channel's state around its command."""
 
     __slots__ = ("job", "origin", "cmd", "output", "started", "deadline", "bytes_out", "seq",
-                 "last_origin_word", "announce_at", "recorded", "unacked", "tty", "stdin_got")
+                 "last_origin_word", "announce_at", "recorded", "unacked", "tty", "stdin_got",
+                 "stdin_early")
 
     def __init__(self, job, origin, cmd, timeout_s, credit):
         self.job, self.origin, self.cmd = job, origin, cmd
@@ -77,21 +78,35 @@ class TargetChannel:
         self.recorded = False  # its process group is in jobs.journal (zpeer.daemon.leftovers)
         self.unacked = Unacked()  # output sent and not yet covered by the origin's credit
         self.stdin_got = 0  # stdin taken in, in order (its end counts one more): its alive says
+        self.stdin_early = {}  # at -> (data, eof): stdin chunks that came past a gap
 
 
 def _in_order(ch, data, eof, at):
-    """What of a stdin chunk starting at byte `at` is new to the channel, in order: (data, eof),
-    or (None, False) when nothing is (a copy, or a chunk past a gap)."""
-    got = ch.stdin_got
-    end = at + len(data) + (1 if eof else 0)
-    if at > got:
-        log.debug("job %s: stdin from byte %d, while %d came: waiting for the rest again",
-                 ch.job, at, got)
+    """What of a stdin chunk starting at byte `at` is new to the channel, in order, with what
+    waited past a gap and follows now: (data, eof), or (None, False) when nothing is (a copy,
+    or a chunk past a gap, kept within STDIN_BUFFER_MAX_BYTES until the gap is filled)."""
+    if at > ch.stdin_got:
+        early = ch.stdin_early
+        if at not in early and sum(len(d) for d, _ in early.values()) + len(data) \
+                <= STDIN_BUFFER_MAX_BYTES:
+            early[at] = (data, eof)
         return None, False
-    if end <= got:
+    taken, ended = [], False
+    while True:
+        got = ch.stdin_got
+        end = at + len(data) + (1 if eof else 0)
+        if end > got:
+            ch.stdin_got = end
+            taken.append(data[got - at:])
+            ended = ended or eof
+        nexts = [a for a in ch.stdin_early if a <= ch.stdin_got]
+        if not nexts:
+            break
+        at = min(nexts)
+        data, eof = ch.stdin_early.pop(at)
+    if not taken:
         return None, False
-    ch.stdin_got = end
-    return data[got - at:], eof
+    return b"".join(taken), ended
 
 
 class TargetJobs:
