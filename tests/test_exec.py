@@ -12,6 +12,8 @@ import time
 import pytest
 from helpers.nodes import ROOT, d_command, wait_for
 
+from zpeer.daemon.origin import STDIN_REPLAY_MAX_BYTES
+
 ROUTES = [("vps", "desktop"), ("desktop", "vps"), ("desktop", "laptop"), ("laptop", "laptop"),
           ("vps", "vps")]
 
@@ -441,6 +443,25 @@ def test_fanout_all_with_one_offline(cluster):
     err = out.stderr.decode()
     assert "laptop: Peer offline: laptop (last seen " in err
     assert err.endswith("--\ndesktop: ok\nlaptop: offline\nvps: ok\n")
+
+
+def test_batch_gives_each_later_batch_the_same_stdin_or_does_not_run_it(shared_cluster):
+    """--batch 1 with stdin: the peer of the second batch reads what the first read (on
+    efa0309 its command waited for an end of input that never came); stdin larger than what is
+    kept for later batches: those peers do not run it, and say why."""
+    c = shared_cluster
+    out = c.vps.d("execOnPeer", "--peer", "desktop,laptop", "--batch", "1", "--shellCmd",
+                  "sha256sum", input=b"same input\n" * 1000)
+    digest = hashlib.sha256(b"same input\n" * 1000).hexdigest()
+    assert (out.returncode, out.stdout.decode()) == (
+        0, f"desktop: {digest}  -\nlaptop: {digest}  -\n")
+    big = b"x" * (STDIN_REPLAY_MAX_BYTES + 1)
+    out = c.vps.d("execOnPeer", "--peer", "desktop,laptop", "--batch", "1", "--shellCmd",
+                  "wc -c", input=big)
+    assert (out.returncode, out.stdout) == (255, b"desktop: %d\n" % len(big))
+    assert out.stderr.decode().startswith(
+        "laptop: Not run on laptop: its stdin (more than 1 MiB) cannot be kept for a later "
+        "batch\n"), out.stderr
 
 
 def test_json_lines(shared_cluster):

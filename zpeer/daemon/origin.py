@@ -36,6 +36,10 @@ POLL_WAIT_MAX_S = 0.5
 GIVE_UP_MARGIN_S = 0.25
 STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
 FAN_STDIN_BYTES = 16 << 20  # a file fan-out's stdin windows, all peers together
+# a --batch session keeps its stdin for the peers of later batches up to this (one window: it
+# goes to each at its start without pacing); past it those are not run, and say so
+STDIN_REPLAY_MAX_BYTES = STDIN_WINDOW_BYTES
+REPLAY_CHUNK_BYTES = 256 << 10  # one stdin message of a replay
 FAN_STDIN_MIN_BYTES = 128 << 10
 # a pseudo-terminal's screen output in flight: small, since it is not paced behind bulk (a
 # `cat` of a big file on it must not fill a hop that keystrokes cross)
@@ -114,6 +118,10 @@ class Session:
         self.queued = deque(self.jobs.values())  # not sent yet, in order (--batch)
         self.count = {"queued": len(self.jobs), "sent": 0, "running": 0, "done": 0}
         self.stdin_sent = False  # no stdin ever sent: every job has the whole stdin window
+        # the stdin so far, for the jobs of later batches (None: none will need it)
+        self.replay = bytearray() if batch and spec.get("stdin") and len(targets) > batch \
+            else None
+        self.replay_eof = False
         self.events = deque()
         self.buffered = 0
         self.waiter = None  # (identity, rid, deadline)
@@ -240,7 +248,43 @@ class OriginSessions:
             running += 1
             actions.append(Send(messages.exec_open(job.job, job.target, session.spec,
                                                    session.window, self.exec_ttl_s)))
+            if session.stdin_sent and session.replay is not None:
+                actions.extend(self._replay(session, job))
         return actions
+
+    @staticmethod
+    def _replay(session, job):
+        """A job of a later batch starts: the stdin its session had so far goes to it first."""
+        data, actions = bytes(session.replay), []
+        now = time.monotonic()
+        for start in range(0, max(1, len(data)), REPLAY_CHUNK_BYTES):
+            chunk = data[start:start + REPLAY_CHUNK_BYTES]
+            eof = session.replay_eof and start + REPLAY_CHUNK_BYTES >= len(data)
+            if not chunk and not eof:
+                break
+            header = messages.stdin(job.job, job.target, eof, session.tty)
+            job.stdin.sent(len(chunk))
+            job.stdin_log.sent(header, chunk, now)
+            actions.append(Send(header, chunk))
+        job.stdin_moved = now
+        return actions
+
+    @staticmethod
+    def _keep_for_replay(session, data, eof):
+        """Keep stdin for the jobs of later batches, while some are queued and it fits; past
+        the bound they fail at once: never run, never fed half their input."""
+        if not any(job.state == "queued" for job in session.queued):
+            session.replay = None
+            return
+        session.replay += data
+        session.replay_eof = session.replay_eof or eof
+        if len(session.replay) > STDIN_REPLAY_MAX_BYTES:
+            session.replay = None
+            for job in session.queued:
+                session.fail(job, "stdin_too_big",
+                             f"Not run on {job.target}: its stdin (more than "
+                             f"{STDIN_REPLAY_MAX_BYTES >> 20} MiB) cannot be kept for a later "
+                             "batch", "without --batch, every peer reads it as it comes")
 
     def on_message(self, peer, header, data):
         """A channel message from a target (started, out, exit, error, stdin_ack); returns
@@ -371,6 +415,8 @@ class OriginSessions:
                                                  eof), data))
                 headers = [h for h in headers if h["to"] == self.node_id]
             actions.extend(Send(header, data) for header in headers)
+            if session.replay is not None:
+                self._keep_for_replay(session, data, eof)
         if size is not None and session.tty:
             actions.extend(Send(messages.winsize(job.job, job.target, *size))
                            for job in session.active())
