@@ -11,6 +11,7 @@ import select
 import socket
 import stat
 import subprocess
+import sys
 import time
 
 import msgpack
@@ -728,3 +729,30 @@ def test_one_peer_cannot_open_commands_without_end(shared_cluster):
             peer.close()
     for name in peers:
         c.vps.d("removePeer", name, check=0)
+
+
+LYING_CLI = """if True:
+    import os, sys
+    from zpeer.wire import ipc
+    client = ipc.Client(sys.argv[1])
+    client.call("exec_open", targets=["laptop"], cmd=sys.argv[2], pid=1, wait_s=0, raw=True)
+    os._exit(0)  # gone without a word, its session named a pid that lives for ever (init)
+"""
+
+
+def test_a_cli_that_names_another_pid_does_not_keep_its_command_alive(shared_cluster, tmp_path):
+    """A CLI says its pid is 1 and vanishes: its session lives as long as the process the
+    kernel names, so the remote command is killed within 2 s (with the pid a CLI says, it ran
+    on for the session's orphan limit, 60 s)."""
+    from helpers.nodes import ROOT, pid_alive
+
+    c = shared_cluster
+    mark = tmp_path / "remote.pid"
+    proc = subprocess.run([sys.executable, "-c", LYING_CLI, c.vps.home,
+                           f"echo $$ > {mark}; exec sleep 30"],
+                          capture_output=True, timeout=20, env=dict(c.vps.env, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: mark.exists() and mark.read_text().strip(), timeout=10,
+             what="the remote command to start")
+    remote = int(mark.read_text())
+    wait_for(lambda: not pid_alive(remote), timeout=4, what="the remote command killed")

@@ -52,10 +52,12 @@ class Requests:
         try:
             header = protocol.decode_request(frames[2:])
             rid = header["rid"]
-            if header["op"] == "exec_open":  # the audit records who runs the CLI, as the kernel
-                user = ipc.peer_user(meta)  # says (only an exec needs it: off the poll path)
-                if user is not None:
-                    header["ouser"] = user
+            if header["op"] == "exec_open":  # the audit records who runs the CLI, and its
+                # session lives as long as that process, as the kernel says (only an exec needs
+                # it: off the poll path)
+                credentials = ipc.peer_credentials(meta)
+                if credentials is not None:
+                    header["pid"], header["ouser"] = credentials
             handler = self.ops.get(header["op"])
             if handler is None:
                 raise BadRequest(f"unknown request {header['op']!r}: is the CLI newer than the "

@@ -4,7 +4,7 @@ The daemon binds a ROUTER on ipc://$ZPEER_HOME/d.sock, so it can hold many CLI r
 once (long polls for job output) and answer each when it is ready. The CLI talks REQ: one
 request, one reply, which also paces output streaming (it asks for the next output only after
 writing the previous one). Frames: see zpeer.wire.protocol. Only zmq and msgpack are imported here.
-`peer_user` tells the daemon which user a CLI runs as, from the kernel.
+`peer_credentials` tells the daemon which process and user a CLI is, from the kernel.
 """
 import os
 import time
@@ -180,8 +180,8 @@ def socket_access(home, path, group):
 _USER_NAMES = {}  # uid -> name: a CLI's user, as the kernel names it
 
 
-def peer_user(frame):
-    """The user of the process on the other end of the connection `frame` came over (a
+def peer_credentials(frame):
+    """(pid, user) of the process on the other end of the connection `frame` came over (a
     zmq.Frame), from the kernel (SO_PEERCRED), not from what that process says; None when it
     cannot be told."""
     import socket  # the daemon's side only: the CLI's start imports neither
@@ -194,13 +194,13 @@ def peer_user(frame):
     except (zmq.ZMQError, OSError, TypeError):
         return None
     try:
-        _, uid, _ = ucred.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                 ucred.size))
+        pid, uid, _ = ucred.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                   ucred.size))
     except OSError:
         return None
     finally:
         sock.detach()
-    return user_name(uid)
+    return pid, user_name(uid)
 
 
 def user_name(uid):
