@@ -460,8 +460,8 @@ def test_batch_gives_each_later_batch_the_same_stdin_or_does_not_run_it(shared_c
                   "wc -c", input=big)
     assert (out.returncode, out.stdout) == (255, b"desktop: %d\n" % len(big))
     assert out.stderr.decode().startswith(
-        "laptop: Not run on laptop: its stdin (more than 1 MiB) cannot be kept for a later "
-        "batch\n"), out.stderr
+        f"laptop: Not run on laptop: its stdin (more than {STDIN_REPLAY_MAX_BYTES >> 20} MiB) "
+        "cannot be kept for a later batch\n"), out.stderr
 
 
 def test_json_lines(shared_cluster):
