@@ -742,7 +742,7 @@ LYING_CLI = """if True:
 
 def test_a_cli_that_names_another_pid_does_not_keep_its_command_alive(shared_cluster, tmp_path):
     """A CLI says its pid is 1 and vanishes: its session lives as long as the process the
-    kernel names, so the remote command is killed within 2 s (with the pid a CLI says, it ran
+    kernel names, so the remote command is killed within seconds (with the pid a CLI says, it ran
     on for the session's orphan limit, 60 s)."""
     from helpers.nodes import ROOT, pid_alive
 
@@ -755,4 +755,4 @@ def test_a_cli_that_names_another_pid_does_not_keep_its_command_alive(shared_clu
     wait_for(lambda: mark.exists() and mark.read_text().strip(), timeout=10,
              what="the remote command to start")
     remote = int(mark.read_text())
-    wait_for(lambda: not pid_alive(remote), timeout=4, what="the remote command killed")
+    wait_for(lambda: not pid_alive(remote), timeout=8, what="the remote command killed")
