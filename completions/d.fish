@@ -100,6 +100,7 @@ complete -c d -n '__fish_seen_subcommand_from joinToken' -l ttl -x -d 'How long 
 complete -c d -n '__fish_seen_subcommand_from joinToken' -l id -x -d 'The one peer id the token may enrol.'
 complete -c d -n '__fish_seen_subcommand_from joinToken' -l replace -d 'With --id: the token may rebind that id, already accepted, to a new...'
 complete -c d -n '__fish_seen_subcommand_from joinToken' -l target-only -d 'The peer it enrols can be run on but starts nothing elsewhere.'
+complete -c d -n '__fish_seen_subcommand_from joinToken' -l count -x -d 'Print N tokens, one per line (a fleet enrolled at once).'
 complete -c d -n '__fish_seen_subcommand_from joinToken' -s h -l help -d 'Show this message and exit.'
 
 # listPeers

@@ -228,3 +228,24 @@ def test_a_token_made_for_an_id_enrols_that_id_only(empty_cluster):
     out = nas.d("registerWorker", "--id", "nas", "--token", "-", "--source-ip", "127.0.0.5",
                 input=(for_nas + "\n").encode(), check=0)
     assert out.stdout.startswith(b"Registered: nas is a worker of ")
+
+
+def test_join_token_count_prints_that_many_tokens_each_good_once(empty_cluster):
+    """`d joinToken --count N`: N distinct tokens, one per line, each enrolling one peer once;
+    with --id it is a usage error (one id, one token)."""
+    c = empty_cluster
+    c.leader()
+    out = c.vps.d("joinToken", "--count", "3", check=0)
+    tokens = out.stdout.decode().splitlines()
+    assert len(tokens) == 3 == len(set(tokens)) and all(t.startswith("zpeer1.") for t in tokens)
+    out = c.vps.d("joinToken", "--count", "2", "--id", "x", check=2)
+    assert b"--count needs no --id" in out.stderr
+    for n, token in enumerate(tokens[:2]):
+        w = c.worker(f"bulk{n}", f"127.0.0.{20 + n}", register=False)
+        out = w.d("registerWorker", "--id", f"bulk{n}", "--token", "-", "--source-ip",
+                  f"127.0.0.{20 + n}", input=token.encode(), check=0)
+        assert out.stdout.startswith(b"Registered: bulk%d" % n), out
+    again = c.worker("bulk9", "127.0.0.29", register=False)
+    out = again.d("registerWorker", "--id", "bulk9", "--token", "-", "--source-ip", "127.0.0.29",
+                  input=tokens[0].encode(), check=255)
+    assert b"token already used" in out.stderr

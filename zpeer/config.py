@@ -23,6 +23,7 @@ HEARTBEAT_BUDGET_RANGE = (1, 1000000)
 # (a month of a 300-peer fleet polled hourly) take some 11 MB and `d history` stays fast.
 DEFAULT_HISTORY_ROWS = 100_000
 HISTORY_ROWS_RANGE = (0, 1_000_000_000)
+JOIN_TOKENS_MAX = 10_000  # `d joinToken --count N`: a fleet's worth in one call
 CONFIG_FILE = "config.json"
 SOCKET_FILE = "d.sock"
 DB_FILE = "zpeer.db"

@@ -205,7 +205,10 @@ def register_worker(peer_id, token, token_file, leader, leader_key, source_ip):
                    "(a reinstalled host).")
 @click.option("--target-only", is_flag=True,
               help="The peer it enrols can be run on but starts nothing elsewhere.")
-def join_token(ttl, peer_id, replace, target_only):
+@click.option("--count", type=click.IntRange(1, config.JOIN_TOKENS_MAX), default=1,
+              show_default=True, metavar="N",
+              help="Print N tokens, one per line (a fleet enrolled at once).")
+def join_token(ttl, peer_id, replace, target_only, count):
     """Leader: print a one-time join token (leader address, key and secret) for a new worker.
 
     A token never rebinds an accepted id to another key, unless made with --id ID --replace.
@@ -214,13 +217,20 @@ def join_token(ttl, peer_id, replace, target_only):
     Examples:
       d joinToken --ttl 600 --id laptop   # then on laptop: d registerWorker --token -
       d joinToken --id nas --replace      # nas was reinstalled: its new key replaces the old
+      d joinToken --count 500 > tokens    # one line per new host
     """
+    if peer_id and count > 1:
+        usage_error("--count needs no --id: a token for one id is one token")
     if replace and not peer_id:
         usage_error("--replace needs --id ID: a token rebinds the one id it is for")
     if peer_id and not config.valid_peer_id(peer_id, new=False):
         usage_error(f"Invalid peer id: {peer_id!r} ({config.PEER_ID_RULE})")
-    click.echo(call("join_token", ttl=ttl, id=peer_id, replace=replace,
-                    target_only=target_only)["token"])
+    reply = call("join_token", ttl=ttl, id=peer_id, replace=replace, target_only=target_only,
+                 count=count)
+    tokens = reply.get("tokens") or [reply["token"]]
+    if len(tokens) != count:  # a daemon from before --count makes one
+        fail(f"The leader made {len(tokens)} token(s), not {count}: is it older than this CLI?")
+    click.echo("\n".join(tokens))
 
 
 @click.command("acceptPeer", context_settings=CONTEXT)

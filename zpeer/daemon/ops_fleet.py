@@ -67,11 +67,18 @@ class FleetOps:
         if replace and bound_id is None:
             raise BadRequest("--replace needs --id: a token rebinds the one id it is for")
         target_only = bool(header.get("target_only"))
-        token, secret_hash = keys.make_token(leader.address, leader.public)
-        self.node.registry.add_token(secret_hash, ttl, bound_id, replace, target_only)
-        log.info("join token issued (expires in %d s%s%s)", ttl,
+        count = arg(header, "count", int, 1)
+        if not 1 <= count <= config.JOIN_TOKENS_MAX or (bound_id is not None and count > 1):
+            raise BadRequest(f"--count must be between 1 and {config.JOIN_TOKENS_MAX}, and 1 "
+                             "with --id")
+        made = [keys.make_token(leader.address, leader.public) for _ in range(count)]
+        self.node.registry.add_tokens([secret_hash for _, secret_hash in made], ttl, bound_id,
+                                      replace, target_only)
+        log.info("%s issued (expires in %d s%s%s)",
+                 "join token" if count == 1 else f"{count} join tokens", ttl,
                  f", for {bound_id}" if bound_id else "", ", target-only" if target_only else "")
-        return {"token": token, "expires": time.time() + ttl, "address": leader.address}
+        return {"token": made[0][0], "tokens": [token for token, _ in made],
+                "expires": time.time() + ttl, "address": leader.address}
 
     def op_accept(self, identity, header):
         """acceptPeer."""

@@ -272,10 +272,17 @@ class Registry:
     # --- join tokens --------------------------------------------------------------------
     def add_token(self, secret_hash, ttl_s, bound_id=None, may_replace=False, target_only=False):
         """Store a new token's secret hash with its expiry (and the id it is for, if any)."""
+        self.add_tokens([secret_hash], ttl_s, bound_id, may_replace, target_only)
+
+    def add_tokens(self, secret_hashes, ttl_s, bound_id=None, may_replace=False,
+                   target_only=False):
+        """Store new tokens' secret hashes, all in one transaction."""
         now = time.time()
-        self.JoinToken.create(secret_hash=secret_hash, created=now, expires=now + ttl_s,
-                              bound_id=bound_id, may_replace=may_replace,
-                              target_only=target_only)
+        rows = [{"secret_hash": h, "created": now, "expires": now + ttl_s, "bound_id": bound_id,
+                 "may_replace": may_replace, "target_only": target_only} for h in secret_hashes]
+        with self.db.atomic():
+            for start in range(0, len(rows), 100):  # 6 variables a row: within any SQLite's 999
+                self.JoinToken.insert_many(rows[start:start + 100]).execute()
 
     def token_target_only(self, secret_hash):
         """True if this token enrols its peer as target-only (`joinToken --target-only`)."""
