@@ -728,3 +728,86 @@ def test_one_peer_cannot_open_commands_without_end(shared_cluster):
             peer.close()
     for name in peers:
         c.vps.d("removePeer", name, check=0)
+
+
+FLOOD_CHUNK_BYTES = 1 << 20  # one stdin message of the flood (the leader takes frames <= 2 MiB)
+FLOOD_CHUNKS_PER_JOB = 4
+FLOOD_BATCH_CHUNKS = 32  # between two looks at the leader's memory
+FLOOD_BYTES = 1 << 30  # four times what the leader queues for one peer (DEST_QUEUE_MAX_BYTES)
+FLOOD_GROWTH_MAX_KIB = 384 << 10  # the cap (256 MiB) and what the rest of the leader grows by
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_not_read(
+        shared_cluster):
+    """A member opens jobs on a peer that stops reading (its socket's buffers full, its
+    heartbeats still coming) and sends stdin for each: on c8002d5 the leader queued all of it
+    for that peer (1 GiB sent: the leader grew past 384 MiB and on); now what it holds for one
+    peer is bounded (DEST_QUEUE_MAX_BYTES), the job whose data does not fit fails to both ends
+    with one phrase and is audited, and a real stream through the leader meanwhile arrives
+    byte-exact."""
+    c = shared_cluster
+    key = public_key(c.vps)
+    pid = c.vps.proc.pid
+    peers = {}
+    lines = 400_000
+    expected = b"".join(b"%d\n" % i for i in range(1, lines + 1)) * 40
+    stream = subprocess.Popen(
+        d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd",
+                       f"for i in $(seq 40); do seq {lines}; sleep 0.05; done"],
+        env=c.laptop.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for name, ip in (("flooder", "127.0.0.85"), ("stalled", "127.0.0.86")):
+            peer = peers[name] = RawPeer(c.port, key, protocol.route_identity(name), ip)
+            peer.send({"t": "hello", "rid": "h", "id": name, "hostname": "x", "version": "x",
+                       "role": "worker", "pid": 1,
+                       "token": keys.parse_token(c.token())["secret"]})
+            assert peer.barrier() and peer.received[-1]["status"] == "accepted"
+        flooder, stalled = peers["flooder"], peers["stalled"]
+        # from now on the stalled peer reads nothing: its kernel buffer fills, then the leader's
+        stalled.sock.setsockopt(zmq.RCVHWM, 1)
+        before = _rss_kib(pid)
+        chunk = b"f" * FLOOD_CHUNK_BYTES
+        sent = grown = 0
+        job = 0
+        while sent < FLOOD_BYTES:
+            for n in range(FLOOD_BATCH_CHUNKS):
+                if n % FLOOD_CHUNKS_PER_JOB == 0:
+                    job += 1
+                    flooder.send(dict(exec_header("stalled", "cat >/dev/null", f"flood.{job}"),
+                                      stdin=True))
+                flooder.send({"t": "stdin", "rid": "s", "job": f"flood.{job}", "to": "stalled",
+                              "eof": False}, chunk)
+                sent += len(chunk)
+            for peer in (flooder, stalled):  # both stay online
+                peer.send({"t": "hb", "rid": "b"})
+            flooder.barrier(timeout=20)  # the leader has taken all of it
+            grown = _rss_kib(pid) - before
+            if grown > FLOOD_GROWTH_MAX_KIB:
+                break
+        assert c.vps.proc.poll() is None, c.vps.log()
+        assert grown <= FLOOD_GROWTH_MAX_KIB, (
+            f"the leader grew by {grown >> 10} MiB after {sent >> 20} MiB sent to a peer that "
+            "does not read")
+        out, err = stream.communicate(timeout=60)
+        assert (stream.returncode, len(out), err) == (0, len(expected), b"")
+        assert out == expected
+        failed = {h["job"]: h["err"] for h in flooder.received if h.get("t") == "error"}
+        assert failed, "no flood job failed"
+        for fjob, error in failed.items():
+            assert error["err"] == "queue_full"
+            assert error["msg"] == ("The leader's queue for stalled is full (256 MiB wait for "
+                                    f"it): {fjob} failed")
+        rows = json.loads(c.vps.d("history", "--json", "--peer", "flooder", "--limit", "1000",
+                                  check=0).stdout)
+        outcomes = {r["job"]: (r["rc"], r["outcome"]) for r in rows}
+        assert all(outcomes[fjob] == (255, "queue_full") for fjob in failed), outcomes
+    finally:
+        stream.kill()
+        stream.wait()
+        stream.stdout.close()
+        stream.stderr.close()
+        for peer in peers.values():
+            peer.close()
+    for name in peers:
+        c.vps.d("removePeer", name, check=0)
