@@ -166,3 +166,26 @@ def test_a_descriptor_that_went_to_a_unix_socket_is_no_tcp_peer():
         posing.detach()
         unix.close()
         other.close()
+
+
+def test_what_a_hop_holds_is_counted_queued_and_in_libzmq_and_summed_in_its_budget(connection):
+    """`held`: the bulk queued here and what was handed to libzmq that the kernel has not taken
+    (control too), an upper bound until the kernel is read again (`look`); a Budget sums it over
+    the pacers that share it, and a forgotten pacer counts for nothing."""
+    from zpeer.daemon.pacing import Budget
+
+    sender, receiver = connection
+    budget = Budget()
+    pacer, idle = Pacer(budget), Pacer(budget)
+    fill(sender)
+    pacer.attach(sender.fileno())  # what the kernel holds now is not libzmq's
+    assert pacer.push(*out("a.0", 5000)) == []
+    assert (pacer.held, budget.total) == (5000, 5000)
+    frames = [b"ZP\x01", b"h" * 300]
+    pacer.handing(frames, time.monotonic())  # control handed to libzmq: the kernel is full
+    wire = tcp_state.wire_bytes(frames)
+    assert pacer.look(time.monotonic()) == 5000 + wire == budget.total
+    assert idle.held == 0 and idle.push(*out("b.0", 100))  # unpaced: nothing held here
+    assert budget.total == 5000 + wire
+    pacer.forget()
+    assert (pacer.held, pacer.queued_bytes, budget.total) == (0, 0, 0)

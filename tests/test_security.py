@@ -39,13 +39,17 @@ def exec_header(to, cmd, job="evil.0"):
 class RawPeer:
     """A hand-driven DEALER to the leader: its own CURVE key pair (or plain), any identity."""
 
-    def __init__(self, port, leader_key, identity, source_ip, curve=True, keypair=None):
+    def __init__(self, port, leader_key, identity, source_ip, curve=True, keypair=None,
+                 rcvhwm=None):
         self.ctx = zmq.Context()
         self.public, self.secret = keypair or zmq.curve_keypair()
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.setsockopt(zmq.IDENTITY, identity)
         sock.setsockopt(zmq.SNDHWM, 0)  # never drop what a test sends
+        if rcvhwm is not None:  # a peer that stops reading: its buffers fill, then the leader's
+            sock.setsockopt(zmq.RCVHWM, rcvhwm)
+            sock.setsockopt(zmq.RCVBUF, 1 << 16)
         if curve:
             sock.curve_serverkey = leader_key.encode()
             sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
@@ -758,19 +762,20 @@ def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_
         env=c.laptop.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for name, ip in (("flooder", "127.0.0.85"), ("stalled", "127.0.0.86")):
-            peer = peers[name] = RawPeer(c.port, key, protocol.route_identity(name), ip)
+            peer = peers[name] = RawPeer(c.port, key, protocol.route_identity(name), ip,
+                                         rcvhwm=1 if name == "stalled" else None)
             peer.send({"t": "hello", "rid": "h", "id": name, "hostname": "x", "version": "x",
                        "role": "worker", "pid": 1,
                        "token": keys.parse_token(c.token())["secret"]})
             assert peer.barrier() and peer.received[-1]["status"] == "accepted"
         flooder, stalled = peers["flooder"], peers["stalled"]
-        # from now on the stalled peer reads nothing: its kernel buffer fills, then the leader's
-        stalled.sock.setsockopt(zmq.RCVHWM, 1)
+        # from now on the stalled peer reads nothing (but heartbeats)
         before = _rss_kib(pid)
         chunk = b"f" * FLOOD_CHUNK_BYTES
-        sent = grown = 0
+        sent = grown = batches = 0
         job = 0
         while sent < FLOOD_BYTES:
+            batches += 1
             for n in range(FLOOD_BATCH_CHUNKS):
                 if n % FLOOD_CHUNKS_PER_JOB == 0:
                     job += 1
@@ -780,7 +785,7 @@ def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_
                               "eof": False}, chunk)
                 sent += len(chunk)
             for peer in (flooder, stalled):  # both stay online
-                peer.send({"t": "hb", "rid": "b"})
+                peer.send({"t": "hb", "rid": f"beat.{batches}"})
             flooder.barrier(timeout=20)  # the leader has taken all of it
             grown = _rss_kib(pid) - before
             if grown > FLOOD_GROWTH_MAX_KIB:
@@ -789,9 +794,6 @@ def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_
         assert grown <= FLOOD_GROWTH_MAX_KIB, (
             f"the leader grew by {grown >> 10} MiB after {sent >> 20} MiB sent to a peer that "
             "does not read")
-        out, err = stream.communicate(timeout=60)
-        assert (stream.returncode, len(out), err) == (0, len(expected), b"")
-        assert out == expected
         failed = {h["job"]: h["err"] for h in flooder.received if h.get("t") == "error"}
         assert failed, "no flood job failed"
         for fjob, error in failed.items():
@@ -802,6 +804,33 @@ def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_
                                   check=0).stdout)
         outcomes = {r["job"]: (r["rc"], r["outcome"]) for r in rows}
         assert all(outcomes[fjob] == (255, "queue_full") for fjob in failed), outcomes
+        # the stalled peer reads again: the reply to each of its heartbeats came through the
+        # full queue, and the error of each failed job, the same one, in its origin's name; none
+        # of its data after that
+        beats = errors = 0
+        after_error = set()
+        deadline = beat_at = time.monotonic()
+        deadline += 30
+        while (beats < batches or errors < len(failed)) and time.monotonic() < deadline:
+            if time.monotonic() >= beat_at:  # both stay online
+                beat_at += 0.1
+                for peer in (flooder, stalled):
+                    peer.send({"t": "hb", "rid": "b"})
+            if stalled.sock.poll(20):
+                header = msgpack.unpackb(stalled.sock.recv_multipart()[1], raw=False)
+                if header["t"] == "hb" and header["rid"].startswith("beat."):
+                    beats += 1  # the reply to a heartbeat of the flood's
+                elif header["t"] == "error":
+                    assert header["from"] == "flooder"
+                    assert header["err"] == failed[header["job"]]
+                    after_error.add(header["job"])
+                    errors += 1
+                elif header["t"] == "stdin":
+                    assert header["job"] not in after_error
+        assert (beats, errors) == (batches, len(failed))
+        out, err = stream.communicate(timeout=60)
+        assert (stream.returncode, len(out), err) == (0, len(expected), b"")
+        assert out == expected
     finally:
         stream.kill()
         stream.wait()
@@ -811,3 +840,34 @@ def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_
             peer.close()
     for name in peers:
         c.vps.d("removePeer", name, check=0)
+
+
+def test_an_error_in_a_jobs_origins_name_stops_it_on_its_target(shared_cluster):
+    """What the leader sends a job's target when the job's data did not fit its queue: an error
+    from the job's origin, which stops the command there (as a cancel does)."""
+    c = shared_cluster
+    origin = RawPeer(c.port, public_key(c.vps), protocol.route_identity("quitter"), "127.0.0.87")
+    try:
+        origin.send({"t": "hello", "rid": "h", "id": "quitter", "hostname": "x", "version": "x",
+                     "role": "worker", "pid": 1, "token": keys.parse_token(c.token())["secret"]})
+        assert origin.barrier() and origin.received[-1]["status"] == "accepted"
+        origin.send(exec_header("desktop", "echo up; exec sleep 30", job="quit.0"))
+        err = {"err": "queue_full", "msg": "The leader's queue for desktop is full", "hint": ""}
+        deadline = time.monotonic() + 10
+        done = None
+        while done is None and time.monotonic() < deadline:
+            origin.send({"t": "hb", "rid": "b"})
+            if origin.sock.poll(50):
+                header = msgpack.unpackb(origin.sock.recv_multipart()[1], raw=False)
+                if header["t"] == "out":  # it runs: give up on it
+                    origin.send({"t": "error", "rid": "e", "job": "quit.0", "to": "desktop",
+                                 "err": err})
+                elif header["t"] == "exit":
+                    done = header
+        assert done is not None and (done["job"], done["how"]) == ("quit.0", "cancelled")
+        wait_for(lambda: "job quit.0 from quitter failed on the way: The leader's queue for "
+                         "desktop is full; stopping it" in c.desktop.log(), timeout=5,
+                 what="the target's log line")
+    finally:
+        origin.close()
+    c.vps.d("removePeer", "quitter", check=0)
