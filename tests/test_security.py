@@ -844,7 +844,8 @@ def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_
 
 def test_an_error_in_a_jobs_origins_name_stops_it_on_its_target(shared_cluster):
     """What the leader sends a job's target when the job's data did not fit its queue: an error
-    from the job's origin, which stops the command there (as a cancel does)."""
+    from the job's origin, which stops the command there (as a cancel does; on c8002d5 the
+    target ignored it and the command ran on while its origin kept it alive)."""
     c = shared_cluster
     origin = RawPeer(c.port, public_key(c.vps), protocol.route_identity("quitter"), "127.0.0.87")
     try:
@@ -857,6 +858,9 @@ def test_an_error_in_a_jobs_origins_name_stops_it_on_its_target(shared_cluster):
         done = None
         while done is None and time.monotonic() < deadline:
             origin.send({"t": "hb", "rid": "b"})
+            # the origin is there for the target all along: only the error can stop the job
+            origin.send({"t": "alive", "rid": "a", "to": "desktop", "jobs": ["quit.0"],
+                         "side": "origin"})
             if origin.sock.poll(50):
                 header = msgpack.unpackb(origin.sock.recv_multipart()[1], raw=False)
                 if header["t"] == "out":  # it runs: give up on it
