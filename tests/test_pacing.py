@@ -189,3 +189,16 @@ def test_what_a_hop_holds_is_counted_queued_and_in_libzmq_and_summed_in_its_budg
     assert budget.total == 5000 + wire
     pacer.forget()
     assert (pacer.held, pacer.queued_bytes, budget.total) == (0, 0, 0)
+
+
+def test_an_output_chunk_sent_again_is_not_queued_beside_its_first_copy(connection):
+    sender, _ = connection
+    pacer = Pacer()
+    fill(sender)
+    pacer.attach(sender.fileno())
+    first, again = out("a.0", 1000, 1), out("a.0", 1000, 1)
+    other_origin = messages.output("a.0", "elsewhere", 1, 1), b"o" * 1000
+    for header, data in (first, again, other_origin):
+        assert pacer.push(header, data) == []
+    assert pacer.queued_bytes == 2000  # one copy per job: the same id of another origin counts
+    assert [h for h, _ in pacer.queues["a.0"]] == [first[0], other_origin[0]]

@@ -11,6 +11,7 @@ import select
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import msgpack
@@ -875,3 +876,114 @@ def test_an_error_in_a_jobs_origins_name_stops_it_on_its_target(shared_cluster):
     finally:
         origin.close()
     c.vps.d("removePeer", "quitter", check=0)
+
+
+class SlowLink:
+    """A TCP relay on loopback to the leader whose leader -> peer direction carries `rate`
+    bytes a second (small buffers on the way: what the link cannot take waits in the leader)."""
+
+    def __init__(self, port, rate):
+        self.upstream, self.rate = port, rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks, self.threads = [], []
+        self._start(self._accept)
+
+    def _start(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            up = socket.socket()
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            up.connect(("127.0.0.1", self.upstream))
+            down.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+            self.socks += [down, up]
+            self._start(self._pump, down, up, None)
+            self._start(self._pump, up, down, self.rate)
+
+    @staticmethod
+    def _pump(src, dst, rate):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        """End every connection and the relay's threads."""
+        for sock in self.socks + [self.listener]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.mark.timeout(120)
+def test_tens_of_streams_to_a_slow_peer_fit_in_what_the_leader_holds_for_it(shared_cluster):
+    """20 commands stream to a peer whose link from the leader carries 16 MB/s, each within its
+    4 MiB window: the leader holds for that peer what its link cannot take yet (tens of MiB),
+    within DEST_QUEUE_MAX_BYTES: every stream arrives whole, none fails with queue_full. (The
+    first cut of the cap failed them: each chunk that waited in the leader longer than the
+    resend delay came again and was queued beside its first copy, 256 MiB in 10 s.)"""
+    c = shared_cluster
+    link = SlowLink(c.port, 16_000_000)
+    slow, procs = None, []
+    size = 5_000_000
+    try:
+        slow = c.worker("slowpoke", "127.0.0.88", register=False)
+        out = slow.d("registerWorker", "--id", "slowpoke", "--token", c.token(), "--leader",
+                     f"127.0.0.1:{link.port}", check=0)
+        assert b"Registered" in out.stdout, out
+        wait_for(lambda: c.online("slowpoke"), what="slowpoke online through its slow link")
+        before = _rss_kib(c.vps.proc.pid)
+        procs = [subprocess.Popen(
+            d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd",
+                           f"head -c {size} /dev/zero | tr '\\0' x"],
+            env=slow.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE) for _ in range(20)]
+        peak = 0
+        while any(p.poll() is None for p in procs):
+            for p in procs:  # the pipes are read meanwhile: each CLI reads its stream at once
+                if p.poll() is None and select.select([p.stdout], [], [], 0)[0]:
+                    p.stdout_bytes = getattr(p, "stdout_bytes", b"") + os.read(
+                        p.stdout.fileno(), 1 << 20)
+            peak = max(peak, _rss_kib(c.vps.proc.pid) - before)
+            time.sleep(0.01)
+        for p in procs:
+            rest, err = p.communicate(timeout=30)
+            out = getattr(p, "stdout_bytes", b"") + rest
+            assert (p.returncode, len(out), err) == (0, size, b"")
+            assert out == b"x" * size
+        assert peak > 16 << 10, f"the leader held only {peak} KiB: the link was not slow"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        if slow is not None:
+            slow.stop()
+        link.close()
+    with open(c.vps.log_path, "rb") as f:
+        assert b"is full" not in f.read()
+    c.vps.d("removePeer", "slowpoke", check=0)

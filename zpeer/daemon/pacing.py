@@ -15,6 +15,10 @@ The loop looks again at a hop whose bulk waits after about the time its excess t
 (`retry_at`). A hop whose descriptor is unknown (before the first message on a new connection)
 or is no Linux TCP socket sends bulk unpaced.
 
+An output chunk sent again (zpeer.daemon.resend: its origin had not had it after a while,
+which on a slow hop means it still waits here) is not queued a second time beside its first
+copy: a hop whose queue is seconds long would otherwise carry every chunk again and again.
+
 A pacer also counts what it holds for its peer (`held`): the bulk queued here and what it
 handed to libzmq that the kernel has not taken (control too), as of its last look at the
 kernel; pacers that share a `Budget` keep its total. The leader bounds both (zpeer.daemon.leader:
@@ -48,6 +52,7 @@ class Pacer:
         self.window = HopWindow()
         self.queues = OrderedDict()  # job -> deque of (header, data), in turn order
         self.queued_bytes = 0
+        self.queued_chunks = set()  # (from, to, job, seq) of the output chunks queued
         self.retry_at = None  # when to look again at the connection, while bulk waits
         self.budget = budget
         self.held = 0  # queued here and not taken by the kernel, at the last count
@@ -105,6 +110,11 @@ class Pacer:
         elif (self.window.fd is None or mtype not in BULK_TYPES or data is None
               or header.get("tty")):
             return [(header, data)]
+        chunk = _chunk(header)
+        if chunk is not None:
+            if chunk in self.queued_chunks:
+                return []  # its first copy waits here still: it goes in its turn
+            self.queued_chunks.add(chunk)
         queue = self.queues.get(job)
         if queue is None:
             queue = self.queues[job] = deque()
@@ -121,6 +131,8 @@ class Pacer:
         while self.queues and (room is None or room > 0):
             job, queue = next(iter(self.queues.items()))
             header, data = queue.popleft()
+            if self.queued_chunks:
+                self.queued_chunks.discard(_chunk(header))
             if data is not None:
                 n = len(data)
                 self.queued_bytes -= n
@@ -148,6 +160,7 @@ class Pacer:
         """The hop is gone: nothing queued will leave."""
         self.queues.clear()
         self.queued_bytes = 0
+        self.queued_chunks.clear()
         self.retry_at = None
         self._count()
 
@@ -155,3 +168,11 @@ class Pacer:
         """The hop's peer is gone: nothing it holds counts any more."""
         self.window.detach()
         self.clear()
+
+
+def _chunk(header):
+    """(from, to, job, seq) of an output chunk, or None for any other message (job ids are
+    their origins' to choose: the same id of two origins is two jobs)."""
+    if header["t"] != "out" or header.get("seq") is None:
+        return None
+    return header.get("from"), header["to"], header.get("job"), header["seq"]
