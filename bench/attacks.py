@@ -354,6 +354,9 @@ def queue_flood(cluster, total=1 << 30, chunk=MIB, per_job=4, batch=32):
         took = time.monotonic() - start
         out, err = stream.communicate(timeout=120)
         exact = stream.returncode == 0 and out == expected
+        if not exact:
+            exact_note = (f"NOT exact (rc {stream.returncode}, {len(out)} of {len(expected)} "
+                          f"bytes, {err.decode(errors='replace').strip()[:200]!r})")
     finally:
         if stream.poll() is None:
             stream.kill()
@@ -368,7 +371,7 @@ def queue_flood(cluster, total=1 << 30, chunk=MIB, per_job=4, batch=32):
             "note": f"{sent // MIB} MiB of stdin in {job} jobs to a peer that reads nothing, "
                     f"{took:.1f} s: {len(failed)} jobs failed (queue_full); a "
                     f"{len(expected) / 1e6:.1f} MB stream w1 -> w2 meanwhile "
-                    f"{'exact' if exact else 'NOT exact'}"}
+                    f"{'exact' if exact else exact_note}"}
 
 
 ROW_NAMES = {"unauthenticated_frames": "unauth_frame_mib", "handshake_timer": "handshake_timeout_s",
