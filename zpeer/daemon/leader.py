@@ -73,7 +73,7 @@ TOTAL_QUEUE_MAX_BYTES = 1 << 30  # the same for all peers together
 # beyond the caps, control (heartbeat replies, credit, exits, the errors of jobs that did not
 # fit) still goes, up to this much more; past it the peer reads nothing at all and it is dropped
 CONTROL_HEADROOM_BYTES = 32 << 20
-RECOUNT_INTERVAL_S = 0.01  # the total is counted again from the kernel at most this often
+RECOUNT_INTERVAL_S = 0.1  # the total is counted again from the kernel at most this often
 FAILED_JOBS_MAX = 100_000  # jobs failed for their queue, whose later messages are not forwarded
 STREAM_TYPES = frozenset({"out", "stdin"})  # the only messages whose data frame is forwarded
 # of a job's messages, those that go from its target to its origin
