@@ -95,3 +95,19 @@ def test_every_bench_script_has_working_help(script):
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert (proc.returncode, proc.stderr) == (0, b"")
     assert proc.stdout.startswith(b"usage: ")
+
+
+@pytest.mark.timeout(60)
+def test_attacks_bench_writes_its_rows(tmp_path):
+    """bench/attacks.py with two of its attacks: the table and the JSON of what it measured."""
+    out = tmp_path / "attacks.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "attacks.py"), "--only",
+                           "pending_cap", "--only", "credit_clamp_mib", "--json", str(out)],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=55,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["pending_cap", "credit_clamp_mib"]
+    assert rows["pending_cap"]["value"] == 64 and rows["credit_clamp_mib"]["value"] <= 32
+    assert all(r["leader_alive"] for r in rows.values())
+    assert [line.split()[0] for line in proc.stdout.decode().splitlines()] == list(rows)

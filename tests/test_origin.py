@@ -107,6 +107,22 @@ def test_target_overrunning_its_credit_is_stopped():
     assert sessions.sessions[sid].events[-1][:3] == ["w1", "f", "flow_control"]
 
 
+def test_a_chunk_sent_again_when_the_window_is_full_is_no_overrun():
+    """In full runs of bench/attacks.py (b44ea8c) a stream failed with `Peer w1 sent more output
+    than allowed` after exactly 4 MiB: its last chunk, slow through a busy leader, came again
+    while the window was full, and its bytes were counted as new."""
+    sessions = OriginSessions("me", 1.0)
+    sid, actions = sessions.open({"cmd": "yes"}, ["w1"], 0, 0)
+    job, window = actions[0].header["job"], actions[0].header["credit"]
+    sessions.on_message("w1", *_out(job, 1, b"x" * (window - 10)))
+    sessions.on_message("w1", *_out(job, 2, b"y" * 10))
+    assert sessions.on_message("w1", *_out(job, 2, b"y" * 10)) == []  # again: dropped
+    assert sessions.on_message("w1", *_out(job, 1, b"x" * (window - 10))) == []
+    assert sessions.sessions[sid].count["done"] == 0
+    actions = sessions.on_message("w1", *_out(job, 3, b"z"))  # new, beyond the window: overrun
+    assert Send(messages.cancel(job, "w1")) in actions
+
+
 def _out(job, seq, data):
     return {"t": "out", "job": job, "fd": 1, "seq": seq}, data
 

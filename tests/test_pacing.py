@@ -166,3 +166,43 @@ def test_a_descriptor_that_went_to_a_unix_socket_is_no_tcp_peer():
         posing.detach()
         unix.close()
         other.close()
+
+
+def test_what_a_hop_holds_is_counted_queued_and_in_libzmq_and_summed_in_its_budget(connection):
+    """`held`: the bulk queued here and what was handed to libzmq that the kernel has not taken
+    (control too), an upper bound until the kernel is read again (`look`); a Budget sums it over
+    the pacers that share it, and a forgotten pacer counts for nothing."""
+    from zpeer.daemon.pacing import Budget
+
+    sender, receiver = connection
+    budget = Budget()
+    pacer, idle = Pacer(budget), Pacer(budget)
+    fill(sender)
+    pacer.attach(sender.fileno())  # what the kernel holds now is not libzmq's
+    assert pacer.push(*out("a.0", 5000)) == []
+    assert (pacer.held, budget.total) == (5000, 5000)
+    frames = [b"ZP\x01", b"h" * 300]
+    pacer.handing(frames, time.monotonic())  # control handed to libzmq: the kernel is full
+    wire = tcp_state.wire_bytes(frames)
+    assert pacer.look(time.monotonic()) == 5000 + wire == budget.total
+    assert idle.held == 0 and idle.push(*out("b.0", 100))  # unpaced: nothing held here
+    assert budget.total == 5000 + wire
+    pacer.forget()
+    assert (pacer.held, pacer.queued_bytes, budget.total) == (0, 0, 0)
+
+
+def test_an_output_chunk_sent_again_is_not_queued_beside_its_first_copy(connection):
+    sender, _ = connection
+    pacer = Pacer()
+    fill(sender)
+    pacer.attach(sender.fileno())
+    first, again = out("a.0", 1000, 1), out("a.0", 1000, 1)
+    other_origin = messages.output("a.0", "elsewhere", 1, 1), b"o" * 1000
+    for header, data in (first, again, other_origin):
+        assert pacer.push(header, data) == []
+    assert pacer.queued_bytes == 2000  # one copy per job: the same id of another origin counts
+    assert [h for h, _ in pacer.queues["a.0"]] == [first[0], other_origin[0]]
+    stdin = [dict(messages.stdin("s.0", "w1", False), at=at) for at in (0, 0, 500)]
+    for header in stdin:  # the same for stdin chunks, by the byte they start at
+        assert pacer.push(header, b"i" * 500) == []
+    assert [h.get("at") for h, _ in pacer.queues["s.0"]] == [0, 500]

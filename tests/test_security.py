@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import msgpack
@@ -40,13 +41,17 @@ def exec_header(to, cmd, job="evil.0"):
 class RawPeer:
     """A hand-driven DEALER to the leader: its own CURVE key pair (or plain), any identity."""
 
-    def __init__(self, port, leader_key, identity, source_ip, curve=True, keypair=None):
+    def __init__(self, port, leader_key, identity, source_ip, curve=True, keypair=None,
+                 rcvhwm=None):
         self.ctx = zmq.Context()
         self.public, self.secret = keypair or zmq.curve_keypair()
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.setsockopt(zmq.IDENTITY, identity)
         sock.setsockopt(zmq.SNDHWM, 0)  # never drop what a test sends
+        if rcvhwm is not None:  # a peer that stops reading: its buffers fill, then the leader's
+            sock.setsockopt(zmq.RCVHWM, rcvhwm)
+            sock.setsockopt(zmq.RCVBUF, 1 << 16)
         if curve:
             sock.curve_serverkey = leader_key.encode()
             sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
@@ -756,3 +761,261 @@ def test_a_cli_that_names_another_pid_does_not_keep_its_command_alive(shared_clu
              what="the remote command to start")
     remote = int(mark.read_text())
     wait_for(lambda: not pid_alive(remote), timeout=8, what="the remote command killed")
+
+
+FLOOD_CHUNK_BYTES = 1 << 20  # one stdin message of the flood (the leader takes frames <= 2 MiB)
+FLOOD_CHUNKS_PER_JOB = 4
+FLOOD_BATCH_CHUNKS = 32  # between two looks at the leader's memory
+FLOOD_BYTES = 768 << 20  # three times what the leader queues for one peer (DEST_QUEUE_MAX_BYTES)
+FLOOD_GROWTH_MAX_KIB = 384 << 10  # the cap (256 MiB) and what the rest of the leader grows by
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_cannot_make_the_leader_queue_without_bound_for_a_peer_that_does_not_read(
+        shared_cluster):
+    """A member opens jobs on a peer that stops reading (its socket's buffers full, its
+    heartbeats still coming) and sends stdin for each: on c8002d5 the leader queued all of it
+    for that peer (it grew by 415 MiB for the first 416 MiB, and on); now what it holds for one
+    peer is bounded (DEST_QUEUE_MAX_BYTES), the job whose data does not fit fails to both ends
+    with one phrase and is audited, and a real stream through the leader meanwhile arrives
+    byte-exact."""
+    c = shared_cluster
+    key = public_key(c.vps)
+    pid = c.vps.proc.pid
+    peers = {}
+    lines = 400_000
+    expected = b"".join(b"%d\n" % i for i in range(1, lines + 1)) * 40
+    stream = subprocess.Popen(
+        d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd",
+                       f"for i in $(seq 40); do seq {lines}; sleep 0.05; done"],
+        env=c.laptop.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for name, ip in (("flooder", "127.0.0.85"), ("stalled", "127.0.0.86")):
+            peer = peers[name] = RawPeer(c.port, key, protocol.route_identity(name), ip,
+                                         rcvhwm=1 if name == "stalled" else None)
+            peer.send({"t": "hello", "rid": "h", "id": name, "hostname": "x", "version": "x",
+                       "role": "worker", "pid": 1,
+                       "token": keys.parse_token(c.token())["secret"]})
+            assert peer.barrier() and peer.received[-1]["status"] == "accepted"
+        flooder, stalled = peers["flooder"], peers["stalled"]
+        # from now on the stalled peer reads nothing (but heartbeats)
+        before = _rss_kib(pid)
+        chunk = b"f" * FLOOD_CHUNK_BYTES
+        sent = grown = batches = 0
+        job = 0
+        while sent < FLOOD_BYTES:
+            batches += 1
+            for n in range(FLOOD_BATCH_CHUNKS):
+                if n % FLOOD_CHUNKS_PER_JOB == 0:
+                    job += 1
+                    flooder.send(dict(exec_header("stalled", "cat >/dev/null", f"flood.{job}"),
+                                      stdin=True))
+                flooder.send({"t": "stdin", "rid": "s", "job": f"flood.{job}", "to": "stalled",
+                              "eof": False}, chunk)
+                sent += len(chunk)
+                if n % 8 == 7:  # both stay online, on a loaded machine too
+                    flooder.send({"t": "hb", "rid": "b"})
+                    stalled.send({"t": "hb", "rid": f"beat.{batches}.{n}"})
+            flooder.barrier(timeout=20)  # the leader has taken all of it
+            grown = _rss_kib(pid) - before
+            if grown > FLOOD_GROWTH_MAX_KIB:
+                break
+        assert c.vps.proc.poll() is None, c.vps.log()
+        assert grown <= FLOOD_GROWTH_MAX_KIB, (
+            f"the leader grew by {grown >> 10} MiB after {sent >> 20} MiB sent to a peer that "
+            "does not read")
+        failed = {h["job"]: h["err"] for h in flooder.received if h.get("t") == "error"}
+        assert failed, "no flood job failed"
+        for fjob, error in failed.items():
+            assert error["err"] == "queue_full"
+            assert error["msg"] == ("The leader's queue for stalled is full (256 MiB wait for "
+                                    f"it): {fjob} failed")
+        rows = json.loads(c.vps.d("history", "--json", "--peer", "flooder", "--limit", "1000",
+                                  check=0).stdout)
+        outcomes = {r["job"]: (r["rc"], r["outcome"]) for r in rows}
+        assert all(outcomes[fjob] == (255, "queue_full") for fjob in failed), outcomes
+        # the stalled peer reads again: the reply to each of its heartbeats came through the
+        # full queue, and the error of each failed job, the same one, in its origin's name; none
+        # of its data after that
+        beats = errors = 0
+        after_error = set()
+        deadline = beat_at = time.monotonic()
+        deadline += 30
+        while (beats < batches * FLOOD_BATCH_CHUNKS // 8 or errors < len(failed)) \
+                and time.monotonic() < deadline:
+            if time.monotonic() >= beat_at:  # both stay online
+                beat_at += 0.1
+                for peer in (flooder, stalled):
+                    peer.send({"t": "hb", "rid": "b"})
+            if stalled.sock.poll(20):
+                header = msgpack.unpackb(stalled.sock.recv_multipart()[1], raw=False)
+                if header["t"] == "hb" and header["rid"].startswith("beat."):
+                    beats += 1  # the reply to a heartbeat of the flood's
+                elif header["t"] == "error":
+                    assert header["from"] == "flooder"
+                    assert header["err"] == failed[header["job"]]
+                    after_error.add(header["job"])
+                    errors += 1
+                elif header["t"] == "stdin":
+                    assert header["job"] not in after_error
+        assert (beats, errors) == (batches * FLOOD_BATCH_CHUNKS // 8, len(failed))
+        out, err = stream.communicate(timeout=60)
+        assert (stream.returncode, len(out), err) == (0, len(expected), b"")
+        assert out == expected
+    finally:
+        stream.kill()
+        stream.wait()
+        stream.stdout.close()
+        stream.stderr.close()
+        for peer in peers.values():
+            peer.close()
+    for name in peers:
+        c.vps.d("removePeer", name, check=0)
+
+
+def test_an_error_in_a_jobs_origins_name_stops_it_on_its_target(shared_cluster):
+    """What the leader sends a job's target when the job's data did not fit its queue: an error
+    from the job's origin, which stops the command there (as a cancel does; on c8002d5 the
+    target ignored it and the command ran on while its origin kept it alive)."""
+    c = shared_cluster
+    origin = RawPeer(c.port, public_key(c.vps), protocol.route_identity("quitter"), "127.0.0.87")
+    try:
+        origin.send({"t": "hello", "rid": "h", "id": "quitter", "hostname": "x", "version": "x",
+                     "role": "worker", "pid": 1, "token": keys.parse_token(c.token())["secret"]})
+        assert origin.barrier() and origin.received[-1]["status"] == "accepted"
+        origin.send(exec_header("desktop", "echo up; exec sleep 30", job="quit.0"))
+        err = {"err": "queue_full", "msg": "The leader's queue for desktop is full", "hint": ""}
+        deadline = time.monotonic() + 10
+        done = None
+        while done is None and time.monotonic() < deadline:
+            origin.send({"t": "hb", "rid": "b"})
+            # the origin is there for the target all along: only the error can stop the job
+            origin.send({"t": "alive", "rid": "a", "to": "desktop", "jobs": ["quit.0"],
+                         "side": "origin"})
+            if origin.sock.poll(50):
+                header = msgpack.unpackb(origin.sock.recv_multipart()[1], raw=False)
+                if header["t"] == "out":  # it runs: give up on it
+                    origin.send({"t": "error", "rid": "e", "job": "quit.0", "to": "desktop",
+                                 "err": err})
+                elif header["t"] == "exit":
+                    done = header
+        assert done is not None and (done["job"], done["how"]) == ("quit.0", "cancelled")
+        wait_for(lambda: "job quit.0 from quitter failed on the way: The leader's queue for "
+                         "desktop is full; stopping it" in c.desktop.log(), timeout=5,
+                 what="the target's log line")
+    finally:
+        origin.close()
+    c.vps.d("removePeer", "quitter", check=0)
+
+
+class SlowLink:
+    """A TCP relay on loopback to the leader whose leader -> peer direction carries `rate`
+    bytes a second (small buffers on the way: what the link cannot take waits in the leader)."""
+
+    def __init__(self, port, rate):
+        self.upstream, self.rate = port, rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks, self.threads = [], []
+        self._start(self._accept)
+
+    def _start(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            up = socket.socket()
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            up.connect(("127.0.0.1", self.upstream))
+            down.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+            self.socks += [down, up]
+            self._start(self._pump, down, up, None)
+            self._start(self._pump, up, down, self.rate)
+
+    @staticmethod
+    def _pump(src, dst, rate):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        """End every connection and the relay's threads."""
+        for sock in self.socks + [self.listener]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.mark.timeout(120)
+def test_tens_of_streams_to_a_slow_peer_fit_in_what_the_leader_holds_for_it(empty_cluster,
+                                                                            tmp_path):
+    """16 commands stream to a peer whose link from the leader carries 8 MB/s, each within its
+    4 MiB window: the leader holds for that peer what its link cannot take yet (tens of MiB),
+    within DEST_QUEUE_MAX_BYTES: every stream arrives whole, none fails with queue_full. (The
+    first cut of the cap failed them at 16 MB/s: each chunk that waited in the leader longer
+    than the resend delay came again and was queued beside its first copy.) A cluster of its
+    own, at a 1 s heartbeat: 16 CLIs starting at once on a loaded machine are no liveness test."""
+    c = empty_cluster
+    c.leader()
+    c.vps.d("setPeerConfig", "--heartbeat", "1", check=0)
+    c.desktop = c.worker("desktop", "127.0.0.2")
+    link = SlowLink(c.port, 8_000_000)
+    slow, procs = None, []
+    size, streams = 3_000_000, 16
+    try:
+        slow = c.worker("slowpoke", "127.0.0.88", register=False)
+        out = slow.d("registerWorker", "--id", "slowpoke", "--token", c.token(), "--leader",
+                     f"127.0.0.1:{link.port}", check=0)
+        assert b"Registered" in out.stdout, out
+        wait_for(lambda: c.online("slowpoke"), what="slowpoke online through its slow link")
+        started = time.monotonic()
+        for n in range(streams):
+            with open(tmp_path / f"out{n}", "wb") as sink:
+                procs.append(subprocess.Popen(
+                    d_command() + ["execOnPeer", "--peer", "desktop", "--shellCmd",
+                                   f"head -c {size} /dev/zero | tr '\\0' x"],
+                    env=slow.env, stdin=subprocess.DEVNULL, stdout=sink,
+                    stderr=subprocess.PIPE))
+        deadline = time.monotonic() + 60
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        for n, p in enumerate(procs):
+            err = p.communicate(timeout=10)[1]
+            assert (p.returncode, err) == (0, b""), err
+            assert (tmp_path / f"out{n}").read_bytes() == b"x" * size
+        # the link was the bottleneck: desktop had the windows' worth sent long before
+        assert took >= 0.9 * streams * size / 8_000_000, f"{took:.1f} s: the link was not slow"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stderr.close()
+        if slow is not None:
+            slow.stop()
+        link.close()
+    with open(c.vps.log_path, "rb") as f:
+        assert b"is full" not in f.read()
+    c.vps.d("removePeer", "slowpoke", check=0)

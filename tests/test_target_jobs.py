@@ -98,6 +98,20 @@ def test_a_cancel_flood_does_not_make_a_job_runnable_twice(jobs):
     assert jobs.handle("vps", _exec("real"), None) == []
 
 
+def test_an_error_in_the_origins_name_stops_the_job_and_no_one_elses(jobs):
+    """The leader fails a job whose data it cannot queue, in its origin's name: the target
+    stops the command as a cancel does; the same error from another peer names none of its
+    jobs."""
+    err = {"err": "queue_full", "msg": "The leader's queue for w1 is full", "hint": ""}
+    jobs.handle("desktop", _exec("big", "sleep 30"), None)
+    assert not jobs.runs("mallory", "big") and jobs.runs("desktop", "big")
+    jobs.abandon("mallory", "big", err)
+    assert jobs.jobs["desktop", "big"].cmd.how == "exit"  # still running, not stopped
+    jobs.abandon("desktop", "big", err)
+    (done,) = _until_done(jobs)
+    assert (done["t"], done["job"], done["how"]) == ("exit", "big", "cancelled")
+
+
 def test_the_daemon_users_identity_is_looked_up_once_per_interval_and_each_job_gets_its_own_env(
         jobs):
     first = jobs._own_identity()

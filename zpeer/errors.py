@@ -111,6 +111,14 @@ class TooManyJobs(ZpeerError):
     hint = "wait for some of them to end (`d history` shows what runs)"
 
 
+class QueueFull(ZpeerError):
+    """The leader holds as much as it may for a peer (or for all): a job's data did not fit."""
+
+    code = "queue_full"
+    hint = ("the peer takes data slower than it is sent to it: check its link (`d listPeers`, "
+            "`ping`), then run the command again")
+
+
 class InvalidToken(ZpeerError):
     """A join token that is malformed, expired, already used or forged."""
 
@@ -243,7 +251,7 @@ _BY_CODE = {cls.code: cls for cls in (
     ZpeerError, PeerNotFound, PeerOffline, FailedToConnect, NotConnected, DirectoryNotFound,
     DirectoryDenied, KeyMismatch, NotAuthorized, NotAllowed, InvalidToken, NotLeader,
     NotConfigured, BadRequest, RequestTimeout, TooLate, ExitLost, BindFailed, OutputFailed,
-    BadConfig, BadDatabase, BadHome, BadKey, Busy, NoRecording, TooManyJobs)}
+    BadConfig, BadDatabase, BadHome, BadKey, Busy, NoRecording, TooManyJobs, QueueFull)}
 
 
 def from_reply(reply):

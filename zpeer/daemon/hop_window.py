@@ -49,6 +49,7 @@ class HopWindow:
         self.rates = deque()  # (when, bytes per second) the kernel measured busy: best first
         # wire bytes handed to libzmq since the base, and the kernel's written count then
         self.handed = self.written_base = 0
+        self.written_seen = 0  # the kernel's written count at the last look
         self.handed_at = 0.0
         self.grown_at = 0.0  # when the limits last grew
         self.last_bulk_at = 0.0
@@ -63,6 +64,7 @@ class HopWindow:
         self.lowat, self.cap = INITIAL_LOWAT_BYTES, INITIAL_CAP_BYTES
         self.rates.clear()
         self.handed, self.written_base = 0, state.written if state else 0
+        self.written_seen = self.written_base
 
     def detach(self, fd=None):
         """The connection behind fd (or the hop's, whatever it is) closed."""
@@ -85,13 +87,32 @@ class HopWindow:
             self.lowat, self.cap = INITIAL_LOWAT_BYTES, INITIAL_CAP_BYTES
         self.last_bulk_at = now
         self._follow(state, now)
-        if state.notsent == 0 and state.unacked == 0 and now - self.handed_at > BASE_QUIET_S:
-            # nothing in the kernel and nothing handed lately: libzmq holds nothing either
-            self.handed, self.written_base = 0, state.written
-        in_libzmq = max(0, self.handed - (state.written - self.written_base))
+        in_libzmq = self._seen(state, now)
         room = min(self.lowat - state.notsent, self.cap - state.queued) - in_libzmq
         self.rate = state.delivery_rate
         return room, (None if room > 0 else self.retry_at(now, room))
+
+    def _seen(self, state, now):
+        """What libzmq holds, from the kernel's state read now."""
+        if state.notsent == 0 and state.unacked == 0 and now - self.handed_at > BASE_QUIET_S:
+            # nothing in the kernel and nothing handed lately: libzmq holds nothing either
+            self.handed, self.written_base = 0, state.written
+        self.written_seen = state.written
+        return self.in_libzmq()
+
+    def in_libzmq(self):
+        """Bytes handed to libzmq for the connection that the kernel had not taken at the last
+        look (written only grows: never less than what libzmq holds now). 0 while unpaced."""
+        if self.fd is None:
+            return 0
+        return max(0, self.handed - (self.written_seen - self.written_base))
+
+    def look(self, now):
+        """What libzmq holds for the connection now, read from the kernel."""
+        state = tcp_state.read(self.fd) if self.fd is not None else None
+        if state is None:
+            return 0
+        return self._seen(state, now)
 
     def retry_at(self, now, room):
         """When to look again at a connection `room` bytes short (0 or less): about when the

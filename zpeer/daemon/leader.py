@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -23,7 +24,7 @@ from zpeer.daemon.access import AccessPolicy, Rule
 from zpeer.daemon.admission import Admission
 from zpeer.daemon.enrolment import Enrolment
 from zpeer.daemon.links import Link
-from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Pacer
+from zpeer.daemon.pacing import CHUNK_MAX_BYTES, Budget, Pacer
 from zpeer.daemon.peer_table import PeerTable
 from zpeer.daemon.queries import FleetQueries
 from zpeer.daemon.registry import DB_ERRORS
@@ -36,6 +37,7 @@ from zpeer.errors import (
     NotConnected,
     PeerNotFound,
     PeerOffline,
+    QueueFull,
     TooManyJobs,
     ZpeerError,
 )
@@ -63,6 +65,19 @@ ALIVE_REPLIES_MAX = 1000  # jobs one alive message can get "lost" answers for
 # commands one peer may have running through the leader at once (a fan-out to 10,000 fits)
 OPEN_JOBS_PER_PEER_MAX = 20_000
 FAN_JOBS_MAX = 10000  # targets one fan message copies its stdin to (protocol's MAX_NAMES)
+# What the leader holds for one peer (its bulk queued here and what libzmq has not handed to the
+# kernel): peers' windows bound it only as long as peers keep to them. A job whose data would
+# pass it fails (QueueFull). Tens of 4 MiB output windows to one slow peer fit.
+DEST_QUEUE_MAX_BYTES = 256 << 20
+TOTAL_QUEUE_MAX_BYTES = 1 << 30  # the same for all peers together
+# beyond the caps, control (heartbeat replies, credit, exits, the errors of jobs that did not
+# fit) still goes, up to this much more; past it the peer reads nothing at all and it is dropped
+CONTROL_HEADROOM_BYTES = 32 << 20
+RECOUNT_INTERVAL_S = 0.1  # the total is counted again from the kernel at most this often
+FAILED_JOBS_MAX = 100_000  # jobs failed for their queue, whose later messages are not forwarded
+STREAM_TYPES = frozenset({"out", "stdin"})  # the only messages whose data frame is forwarded
+# of a job's messages, those that go from its target to its origin
+TOWARD_ORIGIN = frozenset({"started", "out", "stdin_ack", "exit", "error"})
 
 
 class LeaderLink(Link):
@@ -90,6 +105,10 @@ class LeaderLink(Link):
         self.queries = FleetQueries(self, registry, audit)
         self.limiter = RateLimited()
         self.pacers = {}  # peer id -> Pacer: our bulk to it (zpeer.daemon.pacing)
+        self.budget = Budget()  # what the pacers hold together
+        self.recounted_at = 0.0
+        # (origin, target, job) of the jobs failed because their data did not fit
+        self.queue_failed = OrderedDict()
         self.waiting = set()  # peers whose pacer holds bulk
         now = time.monotonic()
         self.next_flush = now + FLUSH_INTERVAL_S
@@ -130,14 +149,38 @@ class LeaderLink(Link):
 
     # --- sending -------------------------------------------------------------------------
     def send(self, peer_id, header, data=None):
-        """Send to a verified peer, its bulk paced; False if it cannot take it now."""
+        """Send to a verified peer, its bulk paced; False if it cannot take it now (a peer for
+        which the leader holds more than its caps and their headroom: it reads nothing)."""
         entry = self.table.live.get(peer_id)
         if entry is None:
             return False
         pacer = self.pacers.get(peer_id)
         if pacer is None:
             return self._put(peer_id, entry, header, data)
+        if self._over(pacer, len(data) if data is not None else 0, CONTROL_HEADROOM_BYTES):
+            if self.limiter.allow(("full", peer_id)):
+                log.warning("dropped %s to %s: the leader holds %d MiB for it and reads nothing "
+                            "back", header.get("t"), peer_id, pacer.held >> 20)
+            return False
         return self._send_paced(peer_id, pacer, pacer.push(header, data), header)
+
+    def _over(self, pacer, n, headroom=0):
+        """Why n more bytes for pacer's peer would take the leader past its caps (plus
+        headroom), or None: the counts are upper bounds, read again from the kernel before
+        saying so."""
+        if pacer.held + n > DEST_QUEUE_MAX_BYTES + headroom:
+            if pacer.look(time.monotonic()) + n > DEST_QUEUE_MAX_BYTES + headroom:
+                return "peer"
+        if self.budget.total + n > TOTAL_QUEUE_MAX_BYTES + headroom:
+            now = time.monotonic()
+            if now - self.recounted_at >= RECOUNT_INTERVAL_S:
+                self.recounted_at = now
+                for other in self.pacers.values():
+                    if other.held:
+                        other.look(now)
+            if self.budget.total + n > TOTAL_QUEUE_MAX_BYTES + headroom:
+                return "all"
+        return None
 
     def _send_paced(self, peer_id, pacer, ready, header=None):
         """Send what a peer's pacer released; False if `header` was among them and could not
@@ -249,8 +292,11 @@ class LeaderLink(Link):
             return self._fan(peer_id, header, None if data is None else data.buffer)
         if mtype not in protocol.ROUTED_TYPES:
             return None
-        if data is not None:
-            data = data.buffer  # zero-copy memoryview of the output bytes
+        # zero-copy memoryview of the output bytes; no other message carries any (a control
+        # message with a data frame would skip the pacer's queue with it)
+        data = data.buffer if data is not None and mtype in STREAM_TYPES else None
+        if self.queue_failed and _job_key(peer_id, header) in self.queue_failed:
+            return None  # its job failed for its queue: nothing of it goes on
         header["from"] = peer_id
         if mtype == "exec":  # the leg from its origin to here
             spend(header, transit_s(header.get("echo"), header.get("held"), now))
@@ -336,7 +382,7 @@ class LeaderLink(Link):
         waits for the peer stays queued."""
         pacer = self.pacers.get(peer_id)
         if pacer is None:
-            pacer = self.pacers[peer_id] = Pacer()
+            pacer = self.pacers[peer_id] = Pacer(self.budget)
         pacer.attach(fd)
         self._send_paced(peer_id, pacer, pacer.release(time.monotonic()))
 
@@ -359,7 +405,9 @@ class LeaderLink(Link):
 
     def _forget_peer(self, peer_id):
         """A peer left the table: what was queued for it will not leave."""
-        self.pacers.pop(peer_id, None)
+        pacer = self.pacers.pop(peer_id, None)
+        if pacer is not None:
+            pacer.forget()  # what it held no longer counts
         self.waiting.discard(peer_id)
 
     def _rpc(self, peer_id, header):
@@ -392,6 +440,8 @@ class LeaderLink(Link):
             if len(item) == 3 and type(item[2]) is int:
                 copy["at"] = item[2]  # where this job's stream is (zpeer.daemon.resend)
             copy["from"] = origin
+            if self.queue_failed and _job_key(origin, copy) in self.queue_failed:
+                continue
             if item[1] == self.id:
                 local = (origin, copy, data)
             else:
@@ -406,6 +456,11 @@ class LeaderLink(Link):
         # are still tried while a peer that dropped its link may come back (its route may be up)
         mtype = header["t"]
         usable = self.table.online(to) if mtype == "exec" else self.table.may_return(to)
+        if usable and data is not None and to in self.pacers:
+            over = self._over(self.pacers[to], len(data))
+            if over is not None:
+                self._queue_full(from_peer, header, over)
+                return
         if usable and self.send(to, header, data):
             return
         if mtype == "exec":
@@ -419,6 +474,34 @@ class LeaderLink(Link):
             for job in header["jobs"][:ALIVE_REPLIES_MAX]:
                 if isinstance(job, str):  # not audited: a worker names these job ids
                     self.send(from_peer, messages.error(job, from_peer, lost, to))
+
+    def _queue_full(self, sender, header, over):
+        """A job's data that the leader may not hold (`over`: the cap of its destination
+        "peer", or of "all"): the job fails at both its ends with one error (its origin hears
+        it from its target, its target from its origin and stops the command), its audit row
+        says so, and nothing more of it is forwarded. Earlier data of it still goes (what
+        arrives is exact, then the error)."""
+        to, job = header["to"], header["job"]
+        key = _job_key(sender, header)
+        if key in self.queue_failed:
+            return
+        self.queue_failed[key] = True
+        while len(self.queue_failed) > FAILED_JOBS_MAX:
+            self.queue_failed.popitem(last=False)
+        origin, target, _ = key
+        if over == "peer":
+            why = f"The leader's queue for {to} is full ({DEST_QUEUE_MAX_BYTES >> 20} MiB wait " \
+                  f"for it): {job} failed"
+        else:
+            why = f"The leader's queues are full ({TOTAL_QUEUE_MAX_BYTES >> 20} MiB wait for " \
+                  f"peers): {job} failed"
+        if self.limiter.allow(("queue_full", to)):
+            log.warning("%s (from %s)", why, sender)
+        err = QueueFull(why).to_reply()
+        to_origin = messages.error(job, origin, err, target)
+        self.audit.observe(self.id, to_origin, trusted=True)
+        self.send(origin, to_origin)
+        self.send(target, messages.error(job, target, err, origin))
 
     def on_monitor(self):
         """Connections that opened (the oldest unproven ones of an address beyond its cap are
@@ -579,6 +662,13 @@ class LeaderLink(Link):
     def as_leader(self):
         """This link: leader-only commands run here."""
         return self
+
+
+def _job_key(sender, header):
+    """(origin, target, job) of a job's message from `sender`."""
+    if header["t"] in TOWARD_ORIGIN:
+        return header["to"], sender, header.get("job")
+    return sender, header["to"], header.get("job")
 
 
 def _valid_audit_copy(header):

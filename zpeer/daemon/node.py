@@ -177,7 +177,10 @@ class Daemon:
     def handle_peer(self, from_peer, header, data):
         """A channel message addressed to this node: to its origin sessions or its target jobs."""
         mtype = header["t"]
-        if mtype in ("started", "out", "exit", "error", "stdin_ack"):
+        if mtype == "error" and self.targets.runs(from_peer, header["job"]):
+            # the job's origin (or the leader for it: its data did not fit) gives up on it
+            self.targets.abandon(from_peer, header["job"], header["err"])
+        elif mtype in ("started", "out", "exit", "error", "stdin_ack"):
             self.dispatch(self.sessions.on_message(from_peer, header, data))
         elif mtype == "alive" and header.get("side") != "origin":
             self.dispatch(self.sessions.on_alive(from_peer, header["jobs"],

@@ -305,7 +305,10 @@ class OriginSessions:
             session.move(job, "running")
             session.event([job.target, "s", header["pid"]])
         if mtype in ("out", "exit"):
-            if mtype == "out" and not job.output.fits(len(data or b"") + job.order.early_bytes):
+            # (a chunk sent again is no overrun: a full window's chunk comes again when it was
+            # slow on the way, say queued in the leader past the resend delay)
+            if mtype == "out" and not job.order.holds(header) \
+                    and not job.output.fits(len(data or b"") + job.order.early_bytes):
                 # a target that ignores its credit would grow our memory without bound: stop it
                 session.fail(job, "flow_control",
                              f"Peer {job.target} sent more output than allowed")

@@ -455,6 +455,19 @@ class TargetJobs:
             while len(self.early_cancels) > EARLY_CANCELS_MAX:
                 self.early_cancels.popitem(last=False)
 
+    def runs(self, origin, job):
+        """True while this node runs that job for that origin."""
+        return (origin, job) in self.jobs
+
+    def abandon(self, origin, job, err):
+        """The job's origin gave up on it (an error in its name: the leader could not carry its
+        data): stop the command, as a cancel does."""
+        ch = self.jobs.get((origin, job))
+        if ch is not None:
+            log.warning("job %s from %s failed on the way: %s; stopping it", job, origin,
+                        str(err.get("msg") or err.get("err"))[:300])
+            ch.cmd.stop("cancelled")
+
     def alive(self, origin, wanted):
         """The origin still wants these jobs: `wanted` maps each to what it says it has
         (zpeer.daemon.resend.Wanted); returns the output and ends it lacks, again."""

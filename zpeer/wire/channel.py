@@ -171,6 +171,12 @@ class Sequencer:
             self.gap_since = None
         return ready
 
+    def holds(self, header):
+        """True for an out this end has taken or keeps already (sent again: it is dropped, and
+        its bytes count against no window)."""
+        seq = header.get("seq")
+        return seq is not None and (seq <= self.taken or seq in self.early)
+
     def have(self):
         """The highest seq this end holds (taken or waiting)."""
         return max(self.early, default=self.taken)
