@@ -275,13 +275,23 @@ def test_stdin_goes_to_every_running_job_and_room_follows_the_slowest():
     assert [a.header["eof"] for a in eof if type(a) is Send] == [True, True]
 
 
-def test_a_cli_waiting_for_stdin_room_is_answered_when_an_ack_makes_some():
+def test_a_cli_waiting_for_stdin_room_is_answered_once_a_quarter_window_is_free():
     sessions, sid, actions = _open()
     job = actions[0].header["job"]
-    sessions.poll(sid, b"cli", "r1", stdin=b"x" * STDIN_WINDOW_BYTES, wait_s=0)
+    quarter = STDIN_WINDOW_BYTES // origin.STDIN_WAKE_SHARE
+    sent = sessions.poll(sid, b"cli", "r1", stdin=b"x" * STDIN_WINDOW_BYTES, wait_s=0)
+    pieces = [a for a in sent if type(a) is Send and a.header["t"] == "stdin"]
+    # messages of at most STDIN_MESSAGE_MAX_BYTES, every byte once, views of the CLI's bytes
+    assert max(len(p.data) for p in pieces) <= origin.STDIN_MESSAGE_MAX_BYTES
+    assert b"".join(bytes(p.data) for p in pieces) == b"x" * STDIN_WINDOW_BYTES
     assert sessions.poll(sid, b"cli", "r2", wait_s=0.5, need_room=True) == []  # full: held
-    (reply,) = sessions.on_message("w1", messages.stdin_ack(job, "me", 4096), None)
-    assert type(reply) is Reply and reply.payload["room"] == 4096
+    # an ack of less than a quarter keeps it held: the CLI would send a small chunk
+    assert sessions.on_message("w1", messages.stdin_ack(job, "me", quarter - 1), None) == []
+    (reply,) = sessions.on_message("w1", messages.stdin_ack(job, "me", 1), None)
+    assert type(reply) is Reply and reply.payload["room"] == quarter
+    # a poll that asks for room while there is a little (not a quarter) waits for more
+    sessions.poll(sid, b"cli", "r3", stdin=b"x" * 4096, wait_s=0)
+    assert sessions.poll(sid, b"cli", "r4", wait_s=0.5, need_room=True) == []
 
 
 def test_output_given_to_the_cli_goes_back_as_credit_a_quarter_window_at_a_time():

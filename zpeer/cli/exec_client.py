@@ -16,7 +16,7 @@ from zpeer.wire.protocol import os_text
 
 POLL_WAIT_S = 0.5
 POLL_GRACE_S = 10.0  # a daemon that does not answer a poll in wait + grace is gone
-STDIN_CHUNK_BYTES = 256 * 1024
+STDIN_CHUNK_BYTES = 1 << 20  # stdin one poll carries at most (the daemon's window bounds it too)
 CANCEL_WAIT_POLLS = 20  # after a cancel, polls for the remote ends before the CLI leaves anyway
 
 

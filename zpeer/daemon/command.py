@@ -74,6 +74,10 @@ class Command:
         self.stdin_fd = proc.stdin_fd
         if self.stdin_fd is not None:
             os.set_blocking(self.stdin_fd, False)
+            try:  # a write (and its ack) per 1 MiB of stdin, not per 64 KiB
+                fcntl.fcntl(self.stdin_fd, 1031, PIPE_SIZE_BYTES)
+            except OSError:
+                pass
         self.stdin_buf = bytearray()
         self.stdin_eof = False
         self.pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None

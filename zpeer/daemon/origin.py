@@ -32,7 +32,11 @@ POLL_REPLY_MAX_BYTES = 2 << 20
 POLL_WAIT_MAX_S = 0.5
 # after the exec's ttl, this much longer before a job sent and never heard of counts as lost
 GIVE_UP_MARGIN_S = 0.25
-STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
+STDIN_WINDOW_BYTES = 4 << 20     # stdin sent to a target and not yet taken by its command
+# a CLI waiting for stdin room is answered once this share of the window is free, not at each
+# ack: it then sends big chunks, not one per 64 KiB its command took
+STDIN_WAKE_SHARE = 4
+STDIN_MESSAGE_MAX_BYTES = 1 << 20  # stdin per message on the hops (pacing.CHUNK_MAX_BYTES)
 FAN_STDIN_BYTES = 16 << 20  # a file fan-out's stdin windows, all peers together
 FAN_STDIN_MIN_BYTES = 128 << 10
 # a pseudo-terminal's screen output in flight: small, since it is not paced behind bulk (a
@@ -69,6 +73,18 @@ def _pid_alive(pid):
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _pieces(data):
+    """Stdin in messages of at most STDIN_MESSAGE_MAX_BYTES (views, not copies): control on a
+    hop waits behind one message at most."""
+    if not data:
+        return [b""]
+    if len(data) <= STDIN_MESSAGE_MAX_BYTES:
+        return [data]
+    view = memoryview(data)
+    return [view[i:i + STDIN_MESSAGE_MAX_BYTES]
+            for i in range(0, len(view), STDIN_MESSAGE_MAX_BYTES)]
 
 
 class OriginJob:
@@ -133,6 +149,11 @@ class Session:
         if not self.stdin_sent:
             return min((j.stdin.window for j in self.jobs.values()), default=STDIN_WINDOW_BYTES)
         return min((j.stdin.room() for j in self.active()), default=STDIN_WINDOW_BYTES)
+
+    def stdin_enough(self):
+        """Room worth answering a CLI that waits for it (a quarter of the smallest window)."""
+        return max(1, min((j.stdin.window for j in self.jobs.values()),
+                          default=STDIN_WINDOW_BYTES) // STDIN_WAKE_SHARE)
 
     def running(self):
         """How many jobs are sent and not done."""
@@ -276,7 +297,7 @@ class OriginSessions:
         elif mtype == "stdin_ack":
             job.stdin.acknowledged(header["n"])
             job.stdin_moved = job.last_word
-            if session.wants_room and session.stdin_room() > 0:
+            if session.wants_room and session.stdin_room() >= session.stdin_enough():
                 return self._wake(session, force=True)
             return []
         elif mtype == "error":
@@ -330,8 +351,9 @@ class OriginSessions:
         session.raw = raw
         actions = self._feed(session, stdin, eof)
         room = session.stdin_room()
-        session.wants_room = need_room and room <= 0
-        if need_room and room > 0:
+        enough = room >= session.stdin_enough()
+        session.wants_room = need_room and not enough
+        if need_room and enough:
             wait_s = 0  # the CLI has stdin waiting for room, and there is some now
         session.last_poll = time.monotonic()
         session.waiter = (identity, rid,
@@ -355,14 +377,19 @@ class OriginSessions:
                 job.stdin.sent(n)
             fanned = [job for job in jobs if job.target != self.node_id] \
                 if self.relay and session.spec.get("file") else []
+            pieces = _pieces(stdin)
             if len(fanned) > 1:
-                actions.append(Send(messages.fan(fanned[0].job, fanned[0].target,
-                                                 [[j.job, j.target] for j in fanned], eof),
-                                    stdin or b""))
+                names = [[j.job, j.target] for j in fanned]
+                for i, piece in enumerate(pieces):
+                    last = i == len(pieces) - 1
+                    actions.append(Send(messages.fan(fanned[0].job, fanned[0].target, names,
+                                                     eof and last), piece))
                 jobs = [job for job in jobs if job.target == self.node_id]
             for job in jobs:
-                actions.append(Send(messages.stdin(job.job, job.target, eof, session.tty),
-                                    stdin or b""))
+                for i, piece in enumerate(pieces):
+                    last = i == len(pieces) - 1
+                    actions.append(Send(messages.stdin(job.job, job.target, eof and last,
+                                                       session.tty), piece))
         if size is not None and session.tty:
             actions.extend(Send(messages.winsize(job.job, job.target, *size))
                            for job in session.active())

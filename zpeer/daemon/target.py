@@ -43,7 +43,7 @@ EARLY_CANCELS_MAX = 1000
 STARTED_DELAY_S = 0.02
 DEFAULT_RESEND_AFTER_S = 2.0  # twice the default heartbeat
 CLOSED_KEEP_MIN_S = 1.0  # an ended job's end is kept at least this long (zpeer.daemon.resend)
-STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (origin.STDIN_WINDOW_BYTES)
+STDIN_BUFFER_MAX_BYTES = 16 << 20  # 4x the origin's stdin window (origin.STDIN_WINDOW_BYTES)
 # a change to the daemon user's passwd entry or /run/user dir is seen this late (each exec would
 # otherwise look both up)
 OWN_IDENTITY_S = 5.0
