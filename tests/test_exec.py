@@ -631,7 +631,7 @@ def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
         # without a wait, the open answers at once and the output comes by polling
         reply = client.call("exec_open", targets=["laptop"], cmd="echo two", dir=None, user=None,
                             timeout=None, batch=0, stdin=False, pid=os.getpid(), ouser="test")
-        assert set(reply) == {"sid", "targets", "room", "rid"}
+        assert set(reply) == {"sid", "targets", "room", "rid", "stdin_frame"}
         events = []
         while True:
             polled = client.call("exec_poll", sid=reply["sid"], wait_s=1, timeout_s=10)
@@ -639,6 +639,33 @@ def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
             if polled["done"]:
                 break
         assert events == [["o", b"two\n"], ["x", 0, "exit"]]
+    finally:
+        client.close()
+
+
+def test_stdin_as_a_frame_after_the_map_or_inside_it_reaches_the_command(shared_cluster):
+    """A poll's stdin may travel as a frame of its own (what the CLI sends once the open said
+    stdin_frame) or in the map (a CLI from before): both give the command the exact bytes."""
+    from zpeer.wire.ipc import Client
+
+    client = Client(shared_cluster.desktop.home)
+    big = os.urandom(3 << 20)  # several 1 MiB messages on the hop
+    try:
+        reply = client.call("exec_open", targets=["laptop"], cmd="sha256sum", dir=None,
+                            user=None, timeout=None, batch=0, stdin=True, pid=os.getpid(),
+                            ouser="test", wait_s=0, raw=True, timeout_s=10)
+        assert reply["stdin_frame"] is True
+        sid, out, sent = reply["sid"], b"", [(None, big), (b"in the map", None)]
+        while not reply["done"]:
+            stdin, data, eof = None, None, False
+            if sent and reply["room"] >= (3 << 20):
+                stdin, data = sent.pop(0)
+                eof = not sent
+            reply = client.call("exec_poll", sid=sid, stdin=stdin, data=data, eof=eof,
+                                wait_s=0.2, raw=True, timeout_s=10)
+            frames = reply.get("frames", ())
+            out += b"".join(bytes(frames[e[2]]) for e in reply["events"] if e[1] == "o")
+        assert out.split()[0].decode() == hashlib.sha256(big + b"in the map").hexdigest()
     finally:
         client.close()
 

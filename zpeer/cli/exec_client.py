@@ -31,6 +31,7 @@ class ExecClient:
         self.watch = watch
         self.sid, self.targets = None, []
         self.stdin_fd = None
+        self.stdin_frame = False  # polls carry stdin as a frame of its own (the daemon said so)
         self._first = None  # the open's reply: also the session's first poll
         self._waker = None
 
@@ -55,6 +56,7 @@ class ExecClient:
             stdin=stdin_fd is not None, pid=os.getpid(), ouser=local_user(), wait_s=wait,
             raw=True, timeout_s=wait + self.grace_s, **extra)
         self.sid, self.targets, self._first = reply["sid"], reply["targets"], reply
+        self.stdin_frame = bool(reply.get("stdin_frame"))  # a daemon from before: in the map
         return self.targets
 
     def follow(self, sink):
@@ -86,8 +88,10 @@ class ExecClient:
             wait = 0 if (chunk and not stdin_eof) else POLL_WAIT_S
             # stdin that comes while the poll waits for output must not wait for its end
             wake = wait and not stdin_eof and room > 0 and not self.interrupted
+            framed = chunk if chunk and self.stdin_frame else None
             reply = self.client.call(
-                "exec_poll", sid=self.sid, stdin=chunk or None, eof=eof, wait_s=wait,
+                "exec_poll", sid=self.sid, stdin=None if framed else chunk or None, data=framed,
+                eof=eof, wait_s=wait,
                 need_room=not stdin_eof and room <= 0, raw=True, timeout_s=wait + self.grace_s,
                 wake_fd=self.stdin_fd if wake else None, on_wake=self._wake)
             room = reply.get("room", 0)
