@@ -49,6 +49,13 @@ STDIN_BUFFER_MAX_BYTES = 16 << 20  # 4x the origin's stdin window (origin.STDIN_
 OWN_IDENTITY_S = 5.0
 
 
+def _buffer(data):
+    """A message's data as a bytes-like object: a zmq.Frame's buffer, or what it is."""
+    if data is None:
+        return b""
+    return data.buffer if hasattr(data, "buffer") else data
+
+
 def tty_size(fields):
     """(rows, cols) of a pty spec or winsize message, each within 1..TTY_SIZE_MAX."""
     def bounded(value, default):
@@ -120,7 +127,8 @@ class TargetJobs:
         if mtype == "credit":
             self.credit(from_peer, job, header["n"], header.get("total"))
         elif mtype == "stdin":
-            return self.stdin(from_peer, job, bytes(data or b""), header["eof"])
+            # the received frame's buffer, not a copy (the child's pipe takes it from there)
+            return self.stdin(from_peer, job, _buffer(data), header["eof"])
         elif mtype == "cancel":
             self.cancel(job, from_peer)
         elif mtype == "alive":
@@ -393,7 +401,7 @@ class TargetJobs:
             cmd.stop("cancelled")
             return out
         if data:
-            cmd.stdin_buf += data
+            cmd.stdin_buf.append(data)
             out = self._stdin_ack(ch, cmd.write_stdin())
         if eof:
             cmd.stdin_eof = True
