@@ -83,11 +83,14 @@ class ExecOps:
             bool(header.get("need_room")), bool(header.get("raw"))))
 
     def op_exec_input(self, identity, header):
-        """An interactive CLI's keystrokes and window size (`d shell`, -t), sent at once while
-        its poll waits for output."""
-        stdin = header.get("stdin")
-        if stdin is not None and not isinstance(stdin, bytes):
-            raise BadRequest("stdin must be bytes")
+        """A CLI's stdin (keystrokes, a stream: in the data frame or the map) and window size,
+        sent at once while its poll waits for output; with wait_room, answered once more may
+        go."""
+        stdin = header.get("data")
+        if stdin is None:
+            stdin = header.get("stdin")
+            if stdin is not None and not isinstance(stdin, bytes):
+                raise BadRequest("stdin must be bytes")
         size = header.get("size")
         if size is not None:
             if not (isinstance(size, list) and len(size) == 2
@@ -96,7 +99,7 @@ class ExecOps:
             size = tuple(size)
         self.node.dispatch(self.node.sessions.feed(
             arg(header, "sid", str, required=True), identity, header["rid"], stdin,
-            bool(header.get("eof")), size))
+            bool(header.get("eof")), size, bool(header.get("wait_room"))))
 
     def op_exec_wake(self, identity, header):
         """The CLI's stdin has bytes while its poll waits for output: end that poll now."""

@@ -130,6 +130,8 @@ class Session:
         self.events = deque()
         self.buffered = 0
         self.waiter = None  # (identity, rid, deadline)
+        # (identity, rid, deadline): a stdin feed held until there is room to send more
+        self.feeder = None
         self.last_poll = time.monotonic()
         self.check_at = 0.0  # when to look again whether the CLI lives (while it does not poll)
         self.cli_gone = False  # it does not: its jobs are cancelled, the session dropped once done
@@ -297,9 +299,10 @@ class OriginSessions:
         elif mtype == "stdin_ack":
             job.stdin.acknowledged(header["n"])
             job.stdin_moved = job.last_word
+            actions = self._answer_feeder(session)
             if session.wants_room and session.stdin_room() >= session.stdin_enough():
-                return self._wake(session, force=True)
-            return []
+                return actions + self._wake(session, force=True)
+            return actions
         elif mtype == "error":
             err = header["err"]
             code, text, hint = str(err.get("err")), str(err.get("msg")), str(err.get("hint") or "")
@@ -395,18 +398,41 @@ class OriginSessions:
                            for job in session.active())
         return actions
 
-    def feed(self, sid, identity, rid, stdin=None, eof=False, size=None):
-        """An interactive CLI's keystrokes or window size, on a connection of their own while its
-        poll waits for output: on their way at once, answered with the room left; returns
-        actions."""
+    def feed(self, sid, identity, rid, stdin=None, eof=False, size=None, wait_room=False):
+        """A CLI's stdin (keystrokes, a stream) or window size, on a connection of its own while
+        its poll waits for output: on their way at once, answered with the room left; with
+        `wait_room`, only once there is enough room to send more (or POLL_WAIT_MAX_S passed, or
+        the session ended): the stream's back-pressure. Returns actions."""
         session = self.sessions.get(sid)
         if session is None:
             return [Reply(identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
+        session.last_poll = time.monotonic()
         actions = self._feed(session, stdin, eof, size)
-        return actions + [Reply(identity, rid, {"room": max(0, session.stdin_room())})]
+        if session.feeder is not None:  # a CLI holds one feed at a time: an older one ends
+            actions.extend(self._answer_feeder(session, force=True))
+        session.feeder = (identity, rid, session.last_poll + POLL_WAIT_MAX_S)
+        return actions + self._answer_feeder(session, force=not wait_room)
+
+    @staticmethod
+    def _answer_feeder(session, force=False):
+        """Answer a held feed when there is room worth sending into (or force)."""
+        if session.feeder is None:
+            return []
+        room = session.stdin_room()
+        if not (force or room >= session.stdin_enough() or session.cancelled
+                or session.count["done"] == len(session.jobs)):
+            return []
+        identity, rid, _ = session.feeder
+        session.feeder = None
+        return [Reply(identity, rid, {"room": max(0, room)})]
 
     def _wake(self, session, force=False):
-        """Answer the held CLI request if there is something to say."""
+        """Answer the held CLI request if there is something to say (and a held feed once its
+        session is over)."""
+        if session.feeder is not None and (session.cancelled
+                                           or session.count["done"] == len(session.jobs)):
+            feeds = self._answer_feeder(session, force=True)
+            return feeds + self._wake(session, force)
         # a lone "started" event does not answer a poll: `true` then costs one poll, not two
         urgent = any(event[1] != "s" for event in session.events)
         if session.waiter is None or not (urgent or force or session.finished()):
@@ -549,6 +575,8 @@ class OriginSessions:
                                  f"Peer {job.target} {what} (no word for {limit_s:.1f}s)",
                                  "check it with `d listPeers`; the command may or may not have run")
                     actions.extend(self._launch(session))
+            if session.feeder and now >= session.feeder[2]:
+                actions.extend(self._answer_feeder(session, force=True))
             if session.waiter and now >= session.waiter[2]:
                 actions.extend(self._wake(session, force=True))
             elif session.waiter:
@@ -614,4 +642,5 @@ class OriginSessions:
         """Earliest held-poll deadline, or check of a CLI that does not poll."""
         times = [s.waiter[2] if s.waiter else max(s.last_poll + CLI_SILENCE_S, s.check_at)
                  for s in self.sessions.values()]
+        times += [s.feeder[2] for s in self.sessions.values() if s.feeder]
         return min(times) if times else None
