@@ -491,6 +491,51 @@ def test_flow_control_slow_reader_bounded_memory(shared_cluster):
         assert peak[pid] - before[pid] < 64 * 1024, (pid, before[pid], peak[pid])
 
 
+def test_stdin_to_a_command_that_does_not_read_is_held_back_not_buffered(shared_cluster,
+                                                                         tmp_path):
+    """`cat big | d execOnPeer ...` into a command that reads nothing yet: the CLI stops taking
+    stdin once the window, the pipes and one chunk in hand are full (a few MiB), no daemon
+    grows, and every byte arrives once the command reads."""
+    def rss_kb(pid):
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+    go = tmp_path / "go"
+    daemons = [shared_cluster.nodes[n].proc.pid for n in ("desktop", "laptop")]
+    before = {pid: rss_kb(pid) for pid in daemons}
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                           f"while [ ! -e {go} ]; do sleep 0.02; done; wc -c"],
+                            env=shared_cluster.desktop.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    total, taken = 64 << 20, 0
+    block = b"z" * (1 << 16)
+    try:
+        os.set_blocking(proc.stdin.fileno(), False)
+        stalled_since = None
+        while stalled_since is None or time.monotonic() - stalled_since < 1.0:
+            try:
+                taken += os.write(proc.stdin.fileno(), block)
+                stalled_since = None
+            except BlockingIOError:  # the CLI takes no more: see that it stays so
+                stalled_since = stalled_since or time.monotonic()
+                time.sleep(0.01)
+            assert taken < 32 << 20, "the CLI keeps taking stdin nobody reads"
+        peak = {pid: rss_kb(pid) for pid in daemons}
+        go.touch()
+        os.set_blocking(proc.stdin.fileno(), True)
+        while taken < total:
+            taken += os.write(proc.stdin.fileno(), block[:total - taken])
+        proc.stdin.close()
+        out = proc.stdout.read()
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.strip() == str(total).encode()
+    for pid in daemons:
+        assert peak[pid] - before[pid] < 32 * 1024, (pid, before[pid], peak[pid])
+
+
 def test_target_killed_mid_command(cluster):
     proc = subprocess.Popen(d_command()
                             + ["execOnPeer", "--peer", "laptop", "--shellCmd",
