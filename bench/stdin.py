@@ -6,7 +6,8 @@ stdout_mb_s   the other way for comparison: `d execOnPeer --peer w1 --shellCmd '
               /dev/null
 push_mb_s     `d pushFile --peer w1` of the same file into an empty directory (checked with cmp)
 Each row is the median of --runs after one warm-up, alternating; CPU seconds of the leader,
-the worker and the CLI per run, and every process's peak RSS, are printed beside them. With
+the worker and the CLI per run, and every process's peak RSS (the CLI's, the daemons', and
+that of whatever the worker spawned: the command, the file agent), are printed beside them. With
 --other TREE (another checkout, e.g. `git archive main | tar -x -C /tmp/base`), that tree gets a
 leader and a worker of its own (its zpeer first on PYTHONPATH) and both are measured in
 alternation in the same run, as bench/ab.py does.
@@ -19,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,12 +73,54 @@ class Tree:
         shutil.rmtree(self.dst, ignore_errors=True)
         os.makedirs(self.dst)
         before = (cpu_seconds(self.lead.pid), cpu_seconds(self.w1.pid))
+        children = ChildPeaks(self.w1.pid)
         seconds, cli_cpu, rss = timed_shell(self.scripts[name], self.lead.env)
+        self.child_peak_mb = max(getattr(self, "child_peak_mb", 0.0), children.done())
         after = (cpu_seconds(self.lead.pid), cpu_seconds(self.w1.pid))
         if name == "push" and not filecmp.cmp(self.src, os.path.join(self.dst, "src.bin"),
                                               shallow=False):
             raise RuntimeError("pushed file differs")
         return seconds, (after[0] - before[0], after[1] - before[1], cli_cpu), rss
+
+
+def descendants(pid):
+    """The pids below a process (its children's children too), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+                found += kids
+                todo += kids
+        except OSError:
+            continue
+    return found
+
+
+class ChildPeaks:
+    """The peak RSS (VmHWM, MB) of every process below the worker daemon while a row runs (the
+    command or file agent it spawned), sampled every 20 ms."""
+
+    def __init__(self, pid):
+        self.pid, self.peak_mb, self.stop = pid, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(0.02):
+            for child in descendants(self.pid):
+                try:
+                    self.peak_mb = max(self.peak_mb, rss_kb(child)[1] / 1024)
+                except (OSError, ValueError):
+                    pass
+
+    def done(self):
+        """Stop sampling; the peak seen."""
+        self.stop.set()
+        self.thread.join()
+        return self.peak_mb
 
 
 def main(argv=None):
@@ -110,7 +154,8 @@ def main(argv=None):
                                          for i, k in enumerate(("leader", "worker", "cli"))}
                 rows[f"{name}_cli_peak_rss_mb"] = round(max(r[2] for r in runs), 1)
             rows["peak_rss_mb"] = {"leader": round(rss_kb(tree.lead.pid)[1] / 1024, 1),
-                                   "worker": round(rss_kb(tree.w1.pid)[1] / 1024, 1)}
+                                   "worker": round(rss_kb(tree.w1.pid)[1] / 1024, 1),
+                                   "worker_children": round(tree.child_peak_mb, 1)}
     finally:
         for tree in trees:
             tree.cl.stop()
