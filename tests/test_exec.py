@@ -219,6 +219,33 @@ def test_ctrl_c_kills_remote_group(shared_cluster, tmp_path):
     wait_for(lambda: _pid_gone(pid), timeout=5, what="remote child killed")
 
 
+@pytest.mark.parametrize("end", ["ctrl-c", "client killed"])
+def test_ctrl_c_or_a_killed_cli_while_stdin_streams_ends_the_remote_command(shared_cluster,
+                                                                            tmp_path, end):
+    """Stdin streaming without end (/dev/zero) on its own connection while output is polled:
+    Ctrl-C (exit 130) and a SIGKILLed CLI both end the remote command."""
+    pidfile = tmp_path / "cat.pid"
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                               f"cat >/dev/null & echo $! > {pidfile}; "
+                                               "echo ready; wait"],
+                                env=shared_cluster.desktop.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=zero)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        pid = int(pidfile.read_text())
+        if end == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 130
+        else:
+            proc.kill()
+            proc.wait(10)
+        wait_for(lambda: _pid_gone(pid), timeout=5, what="remote cat killed")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 STUBBORN = '(trap "" TERM; exec sleep 60) & echo $! > {pidfile}; echo ready; sleep 100'
 
 
