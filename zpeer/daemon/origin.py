@@ -1,9 +1,12 @@
 """Origin side of the channels: one session per CLI call, one channel (job) per target peer.
 
 The CLI opens a session (`exec_open`), then long-polls it (`exec_poll`): the daemon answers
-when output is ready or a short deadline passes (or at once when the CLI, on a second connection,
-says stdin has bytes: `exec_wake`). Output bytes handed to the CLI are returned to the target as
-credit, so a slow reader slows the remote command instead of growing buffers. The frames and
+when output is ready or a short deadline passes. Stdin comes on a second connection
+(`exec_input`), each chunk answered once a quarter of the stdin window is free again, so a command
+that reads slowly holds the CLI's reads back (an older CLI brings stdin with its polls, and cuts
+a held one short with `exec_wake` when stdin has bytes). Output bytes handed to the CLI are
+returned to the target as credit, so a slow reader slows the remote command instead of growing
+buffers. The frames and
 states of a channel are described in zpeer.wire.channel.
 
 Every method takes what happened and returns actions (zpeer.daemon.actions); none touches a
