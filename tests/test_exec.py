@@ -227,13 +227,14 @@ def test_ctrl_c_or_a_killed_cli_while_stdin_streams_ends_the_remote_command(shar
     pidfile = tmp_path / "cat.pid"
     with open("/dev/zero", "rb") as zero:
         proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
-                                               f"cat >/dev/null & echo $! > {pidfile}; "
-                                               "echo ready; wait"],
+                                               f"echo $$ > {pidfile}; echo ready; "
+                                               "exec cat >/dev/null"],
                                 env=shared_cluster.desktop.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=zero)
     try:
         assert proc.stdout.readline() == b"ready\n"
         pid = int(pidfile.read_text())
+        assert not _pid_gone(pid)  # cat reads the stream (it never ends by itself)
         if end == "ctrl-c":
             proc.send_signal(signal.SIGINT)
             assert proc.wait(10) == 130
