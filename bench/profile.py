@@ -3,6 +3,8 @@
 Runs the leader and one worker daemon under cProfile (`python -m cProfile -m zpeer daemon`),
 drives one hot path, stops the daemons with SIGTERM (cProfile then writes its stats) and prints
 the top functions of each process by internal time. `cli` and `stream` profile the CLI too;
+`stdin` pipes --stream-mb MB into `cat >/dev/null` on the worker, `push` pushes a file of as
+many MB to it with `d pushFile` (the CLI profiled too);
 `idle` profiles the leader holding --peers swarm workers for --idle-s seconds.
 """
 import argparse
@@ -47,7 +49,7 @@ def show(title, path, top):
 def main(argv=None):
     """Profile one path and print the tables."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("path", choices=("api", "cli", "stream", "idle"))
+    p.add_argument("path", choices=("api", "cli", "stream", "stdin", "push", "idle"))
     p.add_argument("--runs", type=int, default=300, help="execs for api/cli")
     p.add_argument("--stream-mb", type=int, default=512)
     p.add_argument("--top", type=int, default=18)
@@ -73,6 +75,24 @@ def main(argv=None):
             for _ in range(args.runs):
                 timed_api_exec(client, "w1")
             client.close()
+        elif args.path == "stdin":
+            feed = subprocess.Popen(["head", "-c", str(args.stream_mb * MB), "/dev/zero"],
+                                    stdout=subprocess.PIPE)
+            subprocess.run([sys.executable, "-m", "cProfile", "-o", cli_prof, "-m", "zpeer",
+                            "execOnPeer", "--peer", "w1", "--shellCmd", "cat >/dev/null"],
+                           env=lead.env, stdin=feed.stdout, stdout=subprocess.DEVNULL, check=True)
+            feed.stdout.close()
+            feed.wait()
+        elif args.path == "push":
+            src, dst = os.path.join(c.base, "push.bin"), os.path.join(c.base, "pushed")
+            with open(src, "wb") as f:
+                for _ in range(args.stream_mb):
+                    f.write(os.urandom(MB))
+            os.makedirs(dst)
+            subprocess.run([sys.executable, "-m", "cProfile", "-o", cli_prof, "-m", "zpeer",
+                            "pushFile", "--peer", "w1", "--dest", dst, src],
+                           env=lead.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           check=True)
         else:
             cmd = "true" if args.path == "cli" else f"head -c {args.stream_mb * MB} /dev/zero"
             runs = args.runs if args.path == "cli" else 1
@@ -85,7 +105,7 @@ def main(argv=None):
         c.stop()  # SIGTERM: the profiled daemons write their stats as they exit
         show("leader daemon", lead.prof, args.top)
         show("worker daemon w1", w1.prof, args.top)
-        if args.path in ("cli", "stream"):
+        if args.path in ("cli", "stream", "stdin", "push"):
             show("CLI (last run)", cli_prof, args.top)
     finally:
         c.stop()

@@ -89,7 +89,21 @@ def test_ab_idle_measures_both_leaders_over_the_same_window(tmp_path):
         assert line.startswith(f"{tag} {ROOT}: median ") and line.endswith("% leader CPU"), line
 
 
-@pytest.mark.parametrize("script", ["run.py", "ab.py", "profile.py", "timeline.py", "swarm.py"])
+def test_stdin_bench_measures_both_trees_and_the_push_arrives_whole():
+    """bench/stdin.py with this checkout as --other too: a row of each kind per tree."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "stdin.py"), "--mb", "4",
+                           "--runs", "1", "--other", ROOT], stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    rows = json.loads(proc.stdout)
+    assert sorted(rows) == ["other", "this"]
+    for tree in rows.values():
+        assert all(tree[f"{name}_mb_s"] > 0 for name in ("stdin", "stdout", "push"))
+        assert set(tree["peak_rss_mb"]) == {"leader", "worker", "worker_children"}
+
+
+@pytest.mark.parametrize("script", ["run.py", "ab.py", "profile.py", "timeline.py", "swarm.py",
+                                    "stdin.py", "files.py"])
 def test_every_bench_script_has_working_help(script):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"],
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)

@@ -221,6 +221,34 @@ def test_ctrl_c_kills_remote_group(shared_cluster, tmp_path):
     wait_for(lambda: _pid_gone(pid), timeout=5, what="remote child killed")
 
 
+@pytest.mark.parametrize("end", ["ctrl-c", "client killed"])
+def test_ctrl_c_or_a_killed_cli_while_stdin_streams_ends_the_remote_command(shared_cluster,
+                                                                            tmp_path, end):
+    """Stdin streaming without end (/dev/zero) on its own connection while output is polled:
+    Ctrl-C (exit 130) and a SIGKILLed CLI both end the remote command."""
+    pidfile = tmp_path / "cat.pid"
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                               f"echo $$ > {pidfile}; echo ready; "
+                                               "exec cat >/dev/null"],
+                                env=shared_cluster.desktop.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=zero)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        pid = int(pidfile.read_text())
+        assert not _pid_gone(pid)  # cat reads the stream (it never ends by itself)
+        if end == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 130
+        else:
+            proc.kill()
+            proc.wait(10)
+        wait_for(lambda: _pid_gone(pid), timeout=5, what="remote cat killed")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 STUBBORN = '(trap "" TERM; exec sleep 60) & echo $! > {pidfile}; echo ready; sleep 100'
 
 
@@ -512,6 +540,51 @@ def test_flow_control_slow_reader_bounded_memory(shared_cluster):
         assert peak[pid] - before[pid] < 64 * 1024, (pid, before[pid], peak[pid])
 
 
+def test_stdin_to_a_command_that_does_not_read_is_held_back_not_buffered(shared_cluster,
+                                                                         tmp_path):
+    """`cat big | d execOnPeer ...` into a command that reads nothing yet: the CLI stops taking
+    stdin once the window, the pipes and one chunk in hand are full (a few MiB), no daemon
+    grows, and every byte arrives once the command reads."""
+    def rss_kb(pid):
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+    go = tmp_path / "go"
+    daemons = [shared_cluster.nodes[n].proc.pid for n in ("desktop", "laptop")]
+    before = {pid: rss_kb(pid) for pid in daemons}
+    proc = subprocess.Popen(d_command() + ["execOnPeer", "--peer", "laptop", "--shellCmd",
+                                           f"while [ ! -e {go} ]; do sleep 0.02; done; wc -c"],
+                            env=shared_cluster.desktop.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    total, taken = 64 << 20, 0
+    block = b"z" * (1 << 16)
+    try:
+        os.set_blocking(proc.stdin.fileno(), False)
+        stalled_since = None
+        while stalled_since is None or time.monotonic() - stalled_since < 1.0:
+            try:
+                taken += os.write(proc.stdin.fileno(), block)
+                stalled_since = None
+            except BlockingIOError:  # the CLI takes no more: see that it stays so
+                stalled_since = stalled_since or time.monotonic()
+                time.sleep(0.01)
+            assert taken < 32 << 20, "the CLI keeps taking stdin nobody reads"
+        peak = {pid: rss_kb(pid) for pid in daemons}
+        go.touch()
+        os.set_blocking(proc.stdin.fileno(), True)
+        while taken < total:
+            taken += os.write(proc.stdin.fileno(), block[:total - taken])
+        proc.stdin.close()
+        out = proc.stdout.read()
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.strip() == str(total).encode()
+    for pid in daemons:
+        assert peak[pid] - before[pid] < 32 * 1024, (pid, before[pid], peak[pid])
+
+
 def test_target_killed_mid_command(cluster):
     proc = subprocess.Popen(d_command()
                             + ["execOnPeer", "--peer", "laptop", "--shellCmd",
@@ -652,7 +725,7 @@ def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
         # without a wait, the open answers at once and the output comes by polling
         reply = client.call("exec_open", targets=["laptop"], cmd="echo two", dir=None, user=None,
                             timeout=None, batch=0, stdin=False, pid=os.getpid(), ouser="test")
-        assert set(reply) == {"sid", "targets", "room", "rid"}
+        assert set(reply) == {"sid", "targets", "room", "rid", "stdin_frame"}
         events = []
         while True:
             polled = client.call("exec_poll", sid=reply["sid"], wait_s=1, timeout_s=10)
@@ -660,6 +733,33 @@ def test_exec_open_with_a_wait_is_the_first_poll(shared_cluster):
             if polled["done"]:
                 break
         assert events == [["o", b"two\n"], ["x", 0, "exit"]]
+    finally:
+        client.close()
+
+
+def test_stdin_as_a_frame_after_the_map_or_inside_it_reaches_the_command(shared_cluster):
+    """A poll's stdin may travel as a frame of its own (what the CLI sends once the open said
+    stdin_frame) or in the map (a CLI from before): both give the command the exact bytes."""
+    from zpeer.wire.ipc import Client
+
+    client = Client(shared_cluster.desktop.home)
+    big = os.urandom(3 << 20)  # several 1 MiB messages on the hop
+    try:
+        reply = client.call("exec_open", targets=["laptop"], cmd="sha256sum", dir=None,
+                            user=None, timeout=None, batch=0, stdin=True, pid=os.getpid(),
+                            ouser="test", wait_s=0, raw=True, timeout_s=10)
+        assert reply["stdin_frame"] is True
+        sid, out, sent = reply["sid"], b"", [(None, big), (b"in the map", None)]
+        while not reply["done"]:
+            stdin, data, eof = None, None, False
+            if sent and reply["room"] >= (3 << 20):
+                stdin, data = sent.pop(0)
+                eof = not sent
+            reply = client.call("exec_poll", sid=sid, stdin=stdin, data=data, eof=eof,
+                                wait_s=0.2, raw=True, timeout_s=10)
+            frames = reply.get("frames", ())
+            out += b"".join(bytes(frames[e[2]]) for e in reply["events"] if e[1] == "o")
+        assert out.split()[0].decode() == hashlib.sha256(big + b"in the map").hexdigest()
     finally:
         client.close()
 

@@ -291,13 +291,51 @@ def test_stdin_goes_to_every_running_job_and_room_follows_the_slowest():
     assert [a.header["eof"] for a in eof if type(a) is Send] == [True, True]
 
 
-def test_a_cli_waiting_for_stdin_room_is_answered_when_an_ack_makes_some():
+def test_a_cli_waiting_for_stdin_room_is_answered_once_a_quarter_window_is_free():
     sessions, sid, actions = _open()
     job = actions[0].header["job"]
-    sessions.poll(sid, b"cli", "r1", stdin=b"x" * STDIN_WINDOW_BYTES, wait_s=0)
+    quarter = STDIN_WINDOW_BYTES // origin.STDIN_WAKE_SHARE
+    sent = sessions.poll(sid, b"cli", "r1", stdin=b"x" * STDIN_WINDOW_BYTES, wait_s=0)
+    pieces = [a for a in sent if type(a) is Send and a.header["t"] == "stdin"]
+    # messages of at most STDIN_MESSAGE_MAX_BYTES, every byte once, views of the CLI's bytes
+    assert max(len(p.data) for p in pieces) <= origin.STDIN_MESSAGE_MAX_BYTES
+    assert b"".join(bytes(p.data) for p in pieces) == b"x" * STDIN_WINDOW_BYTES
     assert sessions.poll(sid, b"cli", "r2", wait_s=0.5, need_room=True) == []  # full: held
-    (reply,) = sessions.on_message("w1", messages.stdin_ack(job, "me", 4096), None)
-    assert type(reply) is Reply and reply.payload["room"] == 4096
+    # an ack of less than a quarter keeps it held: the CLI would send a small chunk
+    assert sessions.on_message("w1", messages.stdin_ack(job, "me", quarter - 1), None) == []
+    (reply,) = sessions.on_message("w1", messages.stdin_ack(job, "me", 1), None)
+    assert type(reply) is Reply and reply.payload["room"] == quarter
+    # a poll that asks for room while there is a little (not a quarter) waits for more
+    sessions.poll(sid, b"cli", "r3", stdin=b"x" * 4096, wait_s=0)
+    assert sessions.poll(sid, b"cli", "r4", wait_s=0.5, need_room=True) == []
+
+
+def test_a_stdin_feed_waiting_for_room_is_answered_by_acks_its_deadline_or_the_end():
+    sessions, sid, actions = _open()
+    job = actions[0].header["job"]
+    quarter = STDIN_WINDOW_BYTES // origin.STDIN_WAKE_SHARE
+    # room left: answered at once, the bytes on their way
+    sent = sessions.feed(sid, b"feed", "f1", stdin=b"x" * (STDIN_WINDOW_BYTES - quarter),
+                         wait_room=True)
+    assert (sent[-1].rid, sent[-1].payload) == ("f1", {"room": quarter})
+    assert sum(len(a.data) for a in sent if type(a) is Send) == STDIN_WINDOW_BYTES - quarter
+    # the window full: held, then answered once an ack frees a quarter of it
+    sent = sessions.feed(sid, b"feed", "f2", stdin=b"y" * quarter, wait_room=True)
+    assert [type(a) for a in sent] == [Send]
+    assert sessions.on_message("w1", messages.stdin_ack(job, "me", quarter - 1), None) == []
+    (reply,) = sessions.on_message("w1", messages.stdin_ack(job, "me", 1), None)
+    assert (reply.identity, reply.rid, reply.payload) == (b"feed", "f2", {"room": quarter})
+    # held past its deadline: answered with the room there is (the CLI asks again)
+    sessions.feed(sid, b"feed", "f3", stdin=b"z" * quarter, wait_room=True)
+    late = time.monotonic() + origin.POLL_WAIT_MAX_S + 0.01
+    replies = [a for a in sessions.on_timer(late) if type(a) is Reply and a.rid == "f3"]
+    assert [r.payload for r in replies] == [{"room": 0}]
+    # held when the session ends: answered, never left waiting
+    sessions.feed(sid, b"feed", "f4", wait_room=True)
+    actions = sessions.on_message("w1", {"t": "exit", "job": job, "rc": 0, "how": "exit",
+                                         "pid": 7, "seq": 0}, None)
+    actions += sessions.wake_pending()  # (with the turn's news)
+    assert [a.rid for a in actions if type(a) is Reply and a.identity == b"feed"] == ["f4"]
 
 
 def test_output_given_to_the_cli_goes_back_as_credit_a_quarter_window_at_a_time():

@@ -306,6 +306,7 @@ class Copy:
         self.pending = bytearray()  # stream bytes for the agents, not sent yet
         self.eof = False  # the stream's end is in `pending`
         self.eof_sent = False
+        self.stdin_frame = False  # polls carry stdin as a frame of its own (the daemon said so)
 
     def run(self, peers, exclude):
         """Open the session, follow it to its end; {peer: exit status}."""
@@ -315,6 +316,7 @@ class Copy:
             pid=os.getpid(), ouser=local_user(), file=self.spec, wait_s=0, raw=True,
             timeout_s=POLL_GRACE_S)
         self.sid, self.targets = reply["sid"], reply["targets"]
+        self.stdin_frame = bool(reply.get("stdin_frame"))  # a daemon from before: in the map
         self.view.peers_total += len(self.targets)
         self.begin()
         try:
@@ -339,15 +341,19 @@ class Copy:
                 self.fill(max(0, min(room, STDIN_POLL_MAX_BYTES)))
                 take = min(room, len(self.pending), STDIN_POLL_MAX_BYTES)
                 if take:
-                    chunk = bytes(self.pending[:take])
+                    view = memoryview(self.pending)
+                    chunk = view[:take].tobytes()  # one copy (a slice, then bytes, made two)
+                    view.release()
                     del self.pending[:take]
                 if self.eof and not self.pending:
                     eof = self.eof_sent = True
             more = not self.eof_sent and not self.interrupted and (self.pending or self.ready())
             wait = 0 if (chunk or eof) and more and room > len(chunk or b"") else POLL_WAIT_S
             try:
+                framed = chunk if chunk and self.stdin_frame else None
                 reply = self.conn.call(
-                    "exec_poll", sid=self.sid, stdin=chunk, eof=eof, wait_s=wait,
+                    "exec_poll", sid=self.sid, stdin=None if framed else chunk, data=framed,
+                    eof=eof, wait_s=wait,
                     need_room=bool(more), raw=True, timeout_s=wait + POLL_GRACE_S)
             except FailedToConnect:
                 raise FailedToConnect("Failed to connect: the local daemon stopped answering "

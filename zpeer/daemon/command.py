@@ -5,14 +5,17 @@ zpeer.daemon.target holds one per open channel and drives it from the daemon loo
 """
 import array
 import fcntl
+import itertools
 import os
 import signal
 import termios
 import time
+from collections import deque
 
 from zpeer.daemon.process import winsize_bytes
 
 PIPE_SIZE_BYTES = 1 << 20
+WRITEV_PARTS_MAX = 64  # buffers one writev takes (a 1 MiB pipe fills with fewer)
 KILL_GRACE_S = 1.0       # SIGTERM to the group, then SIGKILL
 EXIT_IDLE_GRACE_S = 0.3  # after the shell exits, a pipe idle this long is closed (bg children)
 # and a pipe that keeps producing after the exit (more than it held then) is cut after this
@@ -56,6 +59,47 @@ def session_groups(sid):
     return groups
 
 
+class StdinBuffer:
+    """Stdin bytes waiting for a child's pipe: the received buffers themselves (a message's
+    frame, not a copy), written with writev as far as the pipe takes them."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self):
+        self.parts = deque()
+        self.size = 0
+
+    def __len__(self):
+        return self.size
+
+    def append(self, data):
+        """More bytes at the end (a bytes-like object; kept, not copied)."""
+        if len(data):
+            self.parts.append(memoryview(data).cast("B"))
+            self.size += len(data)
+
+    def clear(self):
+        """Drop everything."""
+        self.parts.clear()
+        self.size = 0
+
+    def write(self, fd):
+        """Write what the descriptor takes now; returns the bytes written (BlockingIOError and
+        other OSErrors as os.writev raises them)."""
+        n = os.writev(fd, list(itertools.islice(self.parts, WRITEV_PARTS_MAX)))
+        self.size -= n
+        left = n
+        while left:
+            head = self.parts[0]
+            if len(head) <= left:
+                left -= len(head)
+                self.parts.popleft()
+            else:
+                self.parts[0] = head[left:]
+                left = 0
+        return n
+
+
 class Command:
     """A spawned command: its process group, pipes and stdin buffer, and its end."""
 
@@ -74,7 +118,11 @@ class Command:
         self.stdin_fd = proc.stdin_fd
         if self.stdin_fd is not None:
             os.set_blocking(self.stdin_fd, False)
-        self.stdin_buf = bytearray()
+            try:  # a write (and its ack) per 1 MiB of stdin, not per 64 KiB
+                fcntl.fcntl(self.stdin_fd, 1031, PIPE_SIZE_BYTES)
+            except OSError:
+                pass
+        self.stdin_buf = StdinBuffer()
         self.stdin_eof = False
         self.pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
         self.exited_at = None
@@ -182,8 +230,7 @@ class Command:
     def write_stdin(self):
         """Push buffered stdin into the child without blocking; bytes it took (None: pipe full)."""
         try:
-            n = os.write(self.stdin_fd, self.stdin_buf)
-            del self.stdin_buf[:n]
+            n = self.stdin_buf.write(self.stdin_fd)
         except BlockingIOError:
             return None
         except OSError:  # the child closed its stdin: drop the rest, like a pipe would

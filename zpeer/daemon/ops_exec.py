@@ -61,7 +61,8 @@ class ExecOps:
                              f"{len(targets)}: drop -t to run on several")
         spec["fanout"] = len(targets)
         failures = node.link.precheck(targets)
-        opened = {"targets": targets, "room": STDIN_WINDOW_BYTES}
+        # stdin_frame: polls may bring their stdin as a frame of their own (no copy on either side)
+        opened = {"targets": targets, "room": STDIN_WINDOW_BYTES, "stdin_frame": True}
         identity, rid, wait_s, raw = reply
         first_poll = None if wait_s is None else (identity, rid, float(wait_s), raw, opened)
         sid, actions = node.sessions.open(spec, targets, batch, pid, failures, first_poll)
@@ -69,21 +70,27 @@ class ExecOps:
         return dict(opened, sid=sid) if wait_s is None else None
 
     def op_exec_poll(self, identity, header):
-        """Long poll for a session's next output (and carry stdin)."""
-        stdin = header.get("stdin")
-        if stdin is not None and not isinstance(stdin, bytes):
-            raise BadRequest("stdin must be bytes")
+        """Long poll for a session's next output (and carry stdin: in the request's data
+        frame, or in its map from an older CLI)."""
+        stdin = header.get("data")
+        if stdin is None:
+            stdin = header.get("stdin")
+            if stdin is not None and not isinstance(stdin, bytes):
+                raise BadRequest("stdin must be bytes")
         self.node.dispatch(self.node.sessions.poll(
             arg(header, "sid", str, required=True), identity, header["rid"], stdin,
             bool(header.get("eof")), float(arg(header, "wait_s", (int, float), 0.5)),
             bool(header.get("need_room")), bool(header.get("raw"))))
 
     def op_exec_input(self, identity, header):
-        """An interactive CLI's keystrokes and window size (`d shell`, -t), sent at once while
-        its poll waits for output."""
-        stdin = header.get("stdin")
-        if stdin is not None and not isinstance(stdin, bytes):
-            raise BadRequest("stdin must be bytes")
+        """A CLI's stdin (keystrokes, a stream: in the data frame or the map) and window size,
+        sent at once while its poll waits for output; with wait_room, answered once more may
+        go."""
+        stdin = header.get("data")
+        if stdin is None:
+            stdin = header.get("stdin")
+            if stdin is not None and not isinstance(stdin, bytes):
+                raise BadRequest("stdin must be bytes")
         size = header.get("size")
         if size is not None:
             if not (isinstance(size, list) and len(size) == 2
@@ -92,7 +99,7 @@ class ExecOps:
             size = tuple(size)
         self.node.dispatch(self.node.sessions.feed(
             arg(header, "sid", str, required=True), identity, header["rid"], stdin,
-            bool(header.get("eof")), size))
+            bool(header.get("eof")), size, bool(header.get("wait_room"))))
 
     def op_exec_wake(self, identity, header):
         """The CLI's stdin has bytes while its poll waits for output: end that poll now."""

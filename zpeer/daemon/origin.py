@@ -1,9 +1,12 @@
 """Origin side of the channels: one session per CLI call, one channel (job) per target peer.
 
 The CLI opens a session (`exec_open`), then long-polls it (`exec_poll`): the daemon answers
-when output is ready or a short deadline passes (or at once when the CLI, on a second connection,
-says stdin has bytes: `exec_wake`). Output bytes handed to the CLI are returned to the target as
-credit, so a slow reader slows the remote command instead of growing buffers. The frames and
+when output is ready or a short deadline passes. Stdin comes on a second connection
+(`exec_input`), each chunk answered once a quarter of the stdin window is free again, so a command
+that reads slowly holds the CLI's reads back (an older CLI brings stdin with its polls, and cuts
+a held one short with `exec_wake` when stdin has bytes). Output bytes handed to the CLI are
+returned to the target as credit, so a slow reader slows the remote command instead of growing
+buffers. The frames and
 states of a channel are described in zpeer.wire.channel.
 
 Every method takes what happened and returns actions (zpeer.daemon.actions); none touches a
@@ -34,7 +37,11 @@ POLL_REPLY_MAX_BYTES = 2 << 20
 POLL_WAIT_MAX_S = 0.5
 # after the exec's ttl, this much longer before a job sent and never heard of counts as lost
 GIVE_UP_MARGIN_S = 0.25
-STDIN_WINDOW_BYTES = 1 << 20     # stdin sent to a target and not yet taken by its command
+STDIN_WINDOW_BYTES = 4 << 20     # stdin sent to a target and not yet taken by its command
+# a CLI waiting for stdin room is answered once this share of the window is free, not at each
+# ack: it then sends big chunks, not one per 64 KiB its command took
+STDIN_WAKE_SHARE = 4
+STDIN_MESSAGE_MAX_BYTES = 1 << 20  # stdin per message on the hops (pacing.CHUNK_MAX_BYTES)
 FAN_STDIN_BYTES = 16 << 20  # a file fan-out's stdin windows, all peers together
 # a --batch session keeps its stdin for the peers of later batches up to this (one window: it
 # goes to each at its start without pacing); past it those are not run, and say so
@@ -75,6 +82,18 @@ def _pid_alive(pid):
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _pieces(data):
+    """Stdin in messages of at most STDIN_MESSAGE_MAX_BYTES (views, not copies): control on a
+    hop waits behind one message at most."""
+    if not data:
+        return [b""]
+    if len(data) <= STDIN_MESSAGE_MAX_BYTES:
+        return [data]
+    view = memoryview(data)
+    return [view[i:i + STDIN_MESSAGE_MAX_BYTES]
+            for i in range(0, len(view), STDIN_MESSAGE_MAX_BYTES)]
 
 
 class OriginJob:
@@ -125,6 +144,8 @@ class Session:
         self.events = deque()
         self.buffered = 0
         self.waiter = None  # (identity, rid, deadline)
+        # (identity, rid, deadline): a stdin feed held until there is room to send more
+        self.feeder = None
         self.last_poll = time.monotonic()
         self.check_at = 0.0  # when to look again whether the CLI lives (while it does not poll)
         self.cli_gone = False  # it does not: its jobs are cancelled, the session dropped once done
@@ -144,6 +165,11 @@ class Session:
         if not self.stdin_sent:
             return min((j.stdin.window for j in self.jobs.values()), default=STDIN_WINDOW_BYTES)
         return min((j.stdin.room() for j in self.active()), default=STDIN_WINDOW_BYTES)
+
+    def stdin_enough(self):
+        """Room worth answering a CLI that waits for it (a quarter of the smallest window)."""
+        return max(1, min((j.stdin.window for j in self.jobs.values()),
+                          default=STDIN_WINDOW_BYTES) // STDIN_WAKE_SHARE)
 
     def running(self):
         """How many jobs are sent and not done."""
@@ -327,9 +353,10 @@ class OriginSessions:
             job.stdin.acknowledged(header["n"])
             job.stdin_log.took(header["n"])
             job.stdin_moved = job.last_word
-            if session.wants_room and session.stdin_room() > 0:
-                return self._wake(session, force=True)
-            return []
+            actions = self._answer_feeder(session)
+            if session.wants_room and session.stdin_room() >= session.stdin_enough():
+                return actions + self._wake(session, force=True)
+            return actions
         elif mtype == "error":
             err = header["err"]
             code, text, hint = str(err.get("err")), str(err.get("msg")), str(err.get("hint") or "")
@@ -381,8 +408,9 @@ class OriginSessions:
         session.raw = raw
         actions = self._feed(session, stdin, eof)
         room = session.stdin_room()
-        session.wants_room = need_room and room <= 0
-        if need_room and room > 0:
+        enough = room >= session.stdin_enough()
+        session.wants_room = need_room and not enough
+        if need_room and enough:
             wait_s = 0  # the CLI has stdin waiting for room, and there is some now
         session.last_poll = time.monotonic()
         session.waiter = (identity, rid,
@@ -404,39 +432,65 @@ class OriginSessions:
                 if job.stdin.in_flight == 0:
                     job.stdin_moved = now
                 job.stdin.sent(n)
-            data = stdin or b""
-            headers = []
-            for job in jobs:
-                header = messages.stdin(job.job, job.target, eof, session.tty)
-                job.stdin_log.sent(header, data, now)
-                headers.append(header)
-            fanned = [h for h in headers if h["to"] != self.node_id] \
-                if self.relay and session.spec.get("file") else []
-            if len(fanned) > 1:
-                actions.append(Send(messages.fan(fanned[0]["job"], fanned[0]["to"],
-                                                 [[h["job"], h["to"], h["at"]] for h in fanned],
-                                                 eof), data))
-                headers = [h for h in headers if h["to"] == self.node_id]
-            actions.extend(Send(header, data) for header in headers)
+            fan = self.relay and session.spec.get("file") and \
+                sum(job.target != self.node_id for job in jobs) > 1
+            pieces = _pieces(stdin)
+            for i, piece in enumerate(pieces):
+                end = eof and i == len(pieces) - 1
+                headers = []
+                for job in jobs:
+                    header = messages.stdin(job.job, job.target, end, session.tty)
+                    job.stdin_log.sent(header, piece, now)
+                    headers.append(header)
+                if fan:  # once to the leader, which copies it to each (zpeer.filecopy)
+                    fanned = [h for h in headers if h["to"] != self.node_id]
+                    actions.append(Send(messages.fan(fanned[0]["job"], fanned[0]["to"],
+                                                     [[h["job"], h["to"], h["at"]]
+                                                      for h in fanned], end), piece))
+                    headers = [h for h in headers if h["to"] == self.node_id]
+                actions.extend(Send(header, piece) for header in headers)
             if session.replay is not None:
-                self._keep_for_replay(session, data, eof)
+                self._keep_for_replay(session, stdin or b"", eof)
         if size is not None and session.tty:
             actions.extend(Send(messages.winsize(job.job, job.target, *size))
                            for job in session.active())
         return actions
 
-    def feed(self, sid, identity, rid, stdin=None, eof=False, size=None):
-        """An interactive CLI's keystrokes or window size, on a connection of their own while its
-        poll waits for output: on their way at once, answered with the room left; returns
-        actions."""
+    def feed(self, sid, identity, rid, stdin=None, eof=False, size=None, wait_room=False):
+        """A CLI's stdin (keystrokes, a stream) or window size, on a connection of its own while
+        its poll waits for output: on their way at once, answered with the room left; with
+        `wait_room`, only once there is enough room to send more (or POLL_WAIT_MAX_S passed, or
+        the session ended): the stream's back-pressure. Returns actions."""
         session = self.sessions.get(sid)
         if session is None:
             return [Reply(identity, rid, {"err": "bad_request", "msg": f"no such session {sid}"})]
+        session.last_poll = time.monotonic()
         actions = self._feed(session, stdin, eof, size)
-        return actions + [Reply(identity, rid, {"room": max(0, session.stdin_room())})]
+        if session.feeder is not None:  # a CLI holds one feed at a time: an older one ends
+            actions.extend(self._answer_feeder(session, force=True))
+        session.feeder = (identity, rid, session.last_poll + POLL_WAIT_MAX_S)
+        return actions + self._answer_feeder(session, force=not wait_room)
+
+    @staticmethod
+    def _answer_feeder(session, force=False):
+        """Answer a held feed when there is room worth sending into (or force)."""
+        if session.feeder is None:
+            return []
+        room = session.stdin_room()
+        if not (force or room >= session.stdin_enough() or session.cancelled
+                or session.count["done"] == len(session.jobs)):
+            return []
+        identity, rid, _ = session.feeder
+        session.feeder = None
+        return [Reply(identity, rid, {"room": max(0, room)})]
 
     def _wake(self, session, force=False):
-        """Answer the held CLI request if there is something to say."""
+        """Answer the held CLI request if there is something to say (and a held feed once its
+        session is over)."""
+        if session.feeder is not None and (session.cancelled
+                                           or session.count["done"] == len(session.jobs)):
+            feeds = self._answer_feeder(session, force=True)
+            return feeds + self._wake(session, force)
         # a lone "started" event does not answer a poll: `true` then costs one poll, not two
         urgent = any(event[1] != "s" for event in session.events)
         if session.waiter is None or not (urgent or force or session.finished()):
@@ -595,6 +649,8 @@ class OriginSessions:
                                  f"Peer {job.target} {what} (no word for {limit_s:.1f}s)",
                                  "check it with `d listPeers`; the command may or may not have run")
                     actions.extend(self._launch(session))
+            if session.feeder and now >= session.feeder[2]:
+                actions.extend(self._answer_feeder(session, force=True))
             if session.waiter and now >= session.waiter[2]:
                 actions.extend(self._wake(session, force=True))
             elif session.waiter:
@@ -660,4 +716,5 @@ class OriginSessions:
         """Earliest held-poll deadline, or check of a CLI that does not poll."""
         times = [s.waiter[2] if s.waiter else max(s.last_poll + CLI_SILENCE_S, s.check_at)
                  for s in self.sessions.values()]
+        times += [s.feeder[2] for s in self.sessions.values() if s.feeder]
         return min(times) if times else None

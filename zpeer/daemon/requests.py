@@ -1,6 +1,7 @@
 """The CLI's requests on d.sock, at one error boundary.
 
-A request is [identity, empty, SIGNATURE, header map with "op" and "rid"] (zpeer.wire.ipc). Each
+A request is [identity, empty, SIGNATURE, header map with "op" and "rid", (data)]
+(zpeer.wire.ipc). Each
 `op_NAME` method of the handlers below takes (identity, header) and returns a reply map, or None
 when the answer comes later (held long polls, questions to the leader). A ZpeerError becomes an
 error reply here and nowhere else; any other exception is an internal error, and the daemon
@@ -40,8 +41,9 @@ class Requests:
 
     def on_frames(self, sock):
         """Read and serve one CLI request."""
-        # [identity, empty, signature, header]: all small, all copied; a longer one is cut to 5
-        frames = multipart.recv(sock, zmq.NOBLOCK, data_from=5, meta_at=2, max_frames=4)
+        # [identity, empty, signature, header]: all small, all copied, then a poll's stdin as a
+        # frame of its own, not copied; a longer one is cut to 6
+        frames = multipart.recv(sock, zmq.NOBLOCK, data_from=4, meta_at=2, max_frames=5)
         trace.mark("request")
         identity = frames[0]
         if len(frames) < 3 or frames[1] != b"":

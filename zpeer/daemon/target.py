@@ -43,10 +43,17 @@ EARLY_CANCELS_MAX = 1000
 STARTED_DELAY_S = 0.02
 DEFAULT_RESEND_AFTER_S = 2.0  # twice the default heartbeat
 CLOSED_KEEP_MIN_S = 1.0  # an ended job's end is kept at least this long (zpeer.daemon.resend)
-STDIN_BUFFER_MAX_BYTES = 4 << 20  # 4x the origin's stdin window (origin.STDIN_WINDOW_BYTES)
+STDIN_BUFFER_MAX_BYTES = 16 << 20  # 4x the origin's stdin window (origin.STDIN_WINDOW_BYTES)
 # a change to the daemon user's passwd entry or /run/user dir is seen this late (each exec would
 # otherwise look both up)
 OWN_IDENTITY_S = 5.0
+
+
+def _buffer(data):
+    """A message's data as a bytes-like object: a zmq.Frame's buffer, or what it is."""
+    if data is None:
+        return b""
+    return data.buffer if hasattr(data, "buffer") else data
 
 
 def tty_size(fields):
@@ -106,7 +113,7 @@ def _in_order(ch, data, eof, at):
         data, eof = ch.stdin_early.pop(at)
     if not taken:
         return None, False
-    return b"".join(taken), ended
+    return (taken[0] if len(taken) == 1 else b"".join(taken)), ended
 
 
 class TargetJobs:
@@ -151,7 +158,8 @@ class TargetJobs:
         if mtype == "credit":
             self.credit(from_peer, job, header["n"], header.get("total"))
         elif mtype == "stdin":
-            return self.stdin(from_peer, job, bytes(data or b""), header["eof"], header.get("at"))
+            # the received frame's buffer, not a copy (the child's pipe takes it from there)
+            return self.stdin(from_peer, job, _buffer(data), header["eof"], header.get("at"))
         elif mtype == "cancel":
             self.cancel(job, from_peer)
         elif mtype == "alive":
@@ -437,7 +445,7 @@ class TargetJobs:
             cmd.stop("cancelled")
             return out
         if data:
-            cmd.stdin_buf += data
+            cmd.stdin_buf.append(data)
             out = self._stdin_ack(ch, cmd.write_stdin())
         if eof:
             cmd.stdin_eof = True

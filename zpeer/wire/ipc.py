@@ -56,18 +56,20 @@ class Client:
             raise FailedToConnect()
         self.sock = sock
 
-    def call(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, wake_fd=None, on_wake=None, **args):
-        """Send one request and return the reply map; raises the daemon's ZpeerError.
+    def call(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, wake_fd=None, on_wake=None, data=None,
+             **args):
+        """Send one request and return the reply map; raises the daemon's ZpeerError. `data`
+        (a poll's stdin) goes as a frame after the map, not packed into it.
 
         While the reply is awaited, `on_wake()` runs once if `wake_fd` becomes readable first (a
         long poll for output that stdin should cut short)."""
-        self.begin(op, timeout_s, **args)
+        self.begin(op, timeout_s, data=data, **args)
         timeout_ms = int(timeout_s * 1000) + 1
         if wake_fd is not None:
             timeout_ms = self._wait_or_wake(timeout_ms, wake_fd, on_wake)
         return self.finish(timeout_ms)
 
-    def begin(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, **args):
+    def begin(self, op, timeout_s=DEFAULT_CALL_TIMEOUT_S, data=None, **args):
         """Send a request without waiting for its reply (`finish` takes it, once `sock` is
         readable: a CLI that waits on several things at once polls it)."""
         if self.sock is None:
@@ -75,7 +77,7 @@ class Client:
         header = {"op": op, "rid": uuid.uuid4().hex[:16], "deadline_s": timeout_s}
         header.update(args)
         try:
-            frames = protocol.encode(header)
+            frames = protocol.encode(header, data)
         except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 (surrogateescape)
             raise BadRequest(f"Not valid UTF-8: {protocol.shown(protocol.os_text(exc.object))}",
                              hint="only --shellCmd and --directory of execOnPeer may hold any "

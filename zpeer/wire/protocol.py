@@ -230,11 +230,16 @@ def decode(frames):
 
 
 def decode_request(frames):
-    """Decode a CLI request [SIGNATURE, header] into a header map with an "op"."""
-    if len(frames) != 2:
-        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
+    """Decode a CLI request [SIGNATURE, header, (data)] into a header map with an "op"; a data
+    frame (a poll's stdin, not copied into the map) is its "data", a buffer."""
+    if len(frames) not in (2, 3):
+        raise ProtocolError(f"expected 2 or 3 frames, got {len(frames)}")
     check_signature(frames[0])
     header = unpack_header(_bytes(frames[1]), MAX_IPC_BYTES)
     if not isinstance(header.get("op"), str):
         raise ProtocolError("missing op")
+    header.pop("data", None)  # only the frame says it
+    if len(frames) == 3:
+        frame = frames[2]
+        header["data"] = frame.buffer if hasattr(frame, "buffer") else frame
     return header
