@@ -23,7 +23,7 @@ import msgpack  # noqa: E402
 import zmq  # noqa: E402
 from zmq.utils.monitor import recv_monitor_message  # noqa: E402
 
-from bench.cluster import Cluster, d_command, rss_kb, wait_for  # noqa: E402
+from bench.cluster import Cluster, close_monitored, d_command, rss_kb, wait_for  # noqa: E402
 from zpeer.daemon import leader  # noqa: E402
 from zpeer.daemon.admission import UNVERIFIED_GRACE_S, UNVERIFIED_PER_IP_MAX  # noqa: E402
 from zpeer.daemon.enrolment import MAX_PENDING  # noqa: E402
@@ -190,10 +190,7 @@ def unproven_connections(cluster, count=40, source_ip="127.0.0.9"):
                 if recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
                     ended.add(n)
     finally:
-        for sock, monitor in idle:
-            sock.disable_monitor()
-            monitor.close(0)
-            sock.close(0)
+        close_monitored(idle)
         ctx.term()
     return {"name": "unproven_per_address", "value": count - len(ended), "unit": "conns",
             "stated": f"at most {UNVERIFIED_PER_IP_MAX} open past {UNVERIFIED_GRACE_S:g} s",

@@ -47,6 +47,22 @@ def wait_for(predicate, timeout=20.0, interval=0.02, what="condition", error=Run
         time.sleep(interval)
 
 
+def print_json(rows, path=None):
+    """Print a bench's rows as JSON, and write them to path when one is given."""
+    print(json.dumps(rows, indent=2))
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def close_monitored(pairs):
+    """Close (socket, its monitor socket) pairs at once, whatever state they are in."""
+    for sock, monitor in pairs:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+
+
 def rss_kb(pid):
     """(current, peak) resident set of a live process in KiB, from /proc."""
     cur = peak = 0

@@ -8,7 +8,6 @@ peak RSS of the leader and the worker. fanout_push: the file of --fan-mb MB push
 time of one push to one of them, times the number of peers.
 """
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -21,7 +20,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import baselines  # noqa: E402
-from bench.cluster import Cluster, d_command, rss_kb  # noqa: E402
+from bench.cluster import Cluster, d_command, print_json, rss_kb  # noqa: E402
 from bench.measure import MB, median, run_timed  # noqa: E402
 
 
@@ -127,10 +126,7 @@ def main(argv=None):
     finally:
         ssh.close()
         cl.stop()
-    print(json.dumps(rows, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    print_json(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ alternation in the same run, as bench/ab.py does.
 """
 import argparse
 import filecmp
-import json
 import os
 import shlex
 import shutil
@@ -27,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench.cluster import Cluster, cpu_seconds, d_command, rss_kb  # noqa: E402
+from bench.cluster import Cluster, cpu_seconds, d_command, print_json, rss_kb  # noqa: E402
 from bench.measure import MB, median  # noqa: E402
 
 
@@ -159,10 +158,7 @@ def main(argv=None):
     finally:
         for tree in trees:
             tree.cl.stop()
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    print_json(results, args.json)
 
 
 if __name__ == "__main__":

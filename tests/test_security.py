@@ -21,6 +21,7 @@ import zmq
 from helpers.nodes import d_command, wait_for
 from zmq.utils.monitor import recv_monitor_message
 
+from bench.cluster import close_monitored
 from zpeer.wire import keys, protocol
 
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -678,10 +679,7 @@ def test_one_address_cannot_hold_connections_without_a_peer(shared_cluster):
         assert c.online("natted")
         worker.stop()
     finally:
-        for sock, monitor in idle:
-            sock.disable_monitor()
-            monitor.close(0)
-            sock.close(0)
+        close_monitored(idle)
         ctx.term()
     c.vps.d("removePeer", "natted", check=0)
 
