@@ -363,3 +363,29 @@ def test_stdin_is_taken_once_and_in_order_whatever_comes_twice_or_past_a_gap(job
     pairs = [(a.header, a.data) if hasattr(a, "header") else a for a in sent]
     assert b"".join(d or b"" for h, d in pairs if h["t"] == "out") == b"one two three"
     assert sum(h["n"] for h, _ in pairs if h["t"] == "stdin_ack") == len(b"one two three")
+
+
+def test_an_origin_that_never_gives_credit_back_holds_little_here(jobs, monkeypatch):
+    """Ten jobs with 4 MiB of credit each whose origin never gives any back: this node keeps at
+    most ORIGIN_HELD_MAX_BYTES for that origin (their commands wait to write), while another
+    origin's job streams all it prints (on 941b8cf each job kept its whole window)."""
+    import select
+
+    monkeypatch.setattr(target, "ORIGIN_HELD_MAX_BYTES", 8 << 20)
+    for n in range(10):
+        jobs.handle("evil", dict(_exec(f"e{n}", "head -c 4194304 /dev/zero"), credit=4 << 20),
+                    None)
+    jobs.handle("good", dict(_exec("g", "head -c 1048576 /dev/zero"), credit=4 << 20), None)
+    got = {"evil": 0, "good": 0}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and ("good", "g") in jobs.jobs or got["good"] < 1 << 20:
+        fds = [fd for fd, _ in jobs.poll_items()]
+        for action in jobs.on_ready(set(select.select(fds, [], [], 0.05)[0])):
+            if action.header["t"] == "out":
+                got[action.header["to"]] += len(action.data)
+        if time.monotonic() > deadline:
+            break
+    assert got["good"] == 1 << 20  # the other origin's command printed it all
+    jobs.poll_items()
+    assert got["evil"] == jobs.held["evil"]
+    assert (8 << 20) <= got["evil"] < (8 << 20) + 10 * target.READ_CHUNK_BYTES, got

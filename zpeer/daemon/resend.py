@@ -66,16 +66,18 @@ def wanted_of(header):
 class Unacked:
     """One job's output chunks sent and not yet covered by the origin's credit."""
 
-    __slots__ = ("chunks", "acked", "released")
+    __slots__ = ("chunks", "acked", "released", "held")
 
     def __init__(self):
         self.chunks = deque()  # [seq, header, data, sent_at], oldest first
         self.acked = 0  # credit the origin gave in all
         self.released = 0  # bytes of the chunks let go, being covered
+        self.held = 0  # bytes of the chunks kept
 
     def sent(self, header, data, now):
         """A chunk went out."""
         self.chunks.append([header["seq"], header, data, now])
+        self.held += len(data)
 
     def acknowledge_to(self, total):
         """The origin has given `total` credit in all; returns how much that adds."""
@@ -85,7 +87,9 @@ class Unacked:
         self.acked = total
         chunks = self.chunks
         while chunks and self.released + len(chunks[0][2]) <= total:
-            self.released += len(chunks.popleft()[2])
+            n = len(chunks.popleft()[2])
+            self.released += n
+            self.held -= n
         return gained
 
     def due(self, has, now, after_s):

@@ -43,6 +43,10 @@ EARLY_CANCELS_MAX = 1000
 STARTED_DELAY_S = 0.02
 DEFAULT_RESEND_AFTER_S = 2.0  # twice the default heartbeat
 CLOSED_KEEP_MIN_S = 1.0  # an ended job's end is kept at least this long (zpeer.daemon.resend)
+# output a target keeps for one origin that has not credited it yet, all its jobs (running and
+# ended) together: past it, that origin's commands wait to write (an origin that never gives
+# credit back could otherwise make it hold a window per job, for thousands of jobs)
+ORIGIN_HELD_MAX_BYTES = 256 << 20
 STDIN_BUFFER_MAX_BYTES = 16 << 20  # 4x the origin's stdin window (origin.STDIN_WINDOW_BYTES)
 # a change to the daemon user's passwd entry or /run/user dir is seen this late (each exec would
 # otherwise look both up)
@@ -140,6 +144,7 @@ class TargetJobs:
         # what an origin lacks and was sent this long ago goes again (the node sets it from its
         # heartbeat: an origin's alive comes each interval)
         self.resend_after_s = DEFAULT_RESEND_AFTER_S
+        self.held = {}  # origin -> output kept for it (ORIGIN_HELD_MAX_BYTES), as of this turn
 
     def handle(self, from_peer, header, data):
         """A channel message for the target side (exec, credit, stdin, cancel, alive from an
@@ -284,6 +289,12 @@ class TargetJobs:
 
     def poll_items(self):
         """(fd, want_write) pairs the loop must poll: output pipes with credit, stdin, pidfds."""
+        held = {}
+        for ch in self.jobs.values():
+            held[ch.origin] = held.get(ch.origin, 0) + ch.unacked.held
+        for closed in self.closed.jobs.values():
+            held[closed.origin] = held.get(closed.origin, 0) + closed.unacked.held
+        self.held = held
         items = []
         for ch in self.jobs.values():
             items.extend(ch.cmd.fds_to_poll(self._may_read(ch)))
@@ -292,9 +303,14 @@ class TargetJobs:
     def _may_read(self, ch):
         """True if the job's output may be read now: credit from its origin, room on the hop
         (a pseudo-terminal's screen does not wait for bulk)."""
-        if ch.output.room() <= 0:
+        if not self._has_room(ch):
             return False
         return self.hops is None or ch.tty or not self.hops.backlogged(ch.origin)
+
+    def _has_room(self, ch):
+        """True if the job may send more output: credit from its origin, and what this node
+        keeps for that origin within ORIGIN_HELD_MAX_BYTES."""
+        return ch.output.room() > 0 and self.held.get(ch.origin, 0) < ORIGIN_HELD_MAX_BYTES
 
     def on_ready(self, ready):
         """Handle a set of ready fds; returns actions."""
@@ -333,14 +349,14 @@ class TargetJobs:
         deadline = time.monotonic() + EXIT_LINGER_S
         while cmd.exited_at is None:
             poller = select.poll()  # not select(): a busy daemon's fds pass FD_SETSIZE (1024)
-            readable = [fd for fd in cmd.pipes.values() if ch.output.room() > 0]
+            readable = [fd for fd in cmd.pipes.values() if self._has_room(ch)]
             for fd in readable + [cmd.pidfd]:
                 poller.register(fd, select.POLLIN)
             # one look even past the deadline: a loaded loop gets here late, the fds ready
             left_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
             ready = {fd for fd, _ in poller.poll(left_ms)}
             for num, fd in list(cmd.pipes.items()):
-                if fd in ready and ch.output.room() > 0:
+                if fd in ready and self._has_room(ch):
                     out.extend(self._read(ch, num))
             if cmd.pidfd in ready:
                 cmd.reap()
@@ -365,6 +381,7 @@ class TargetJobs:
         pid = cmd.pid if self._announce(ch) else None
         header = messages.output(ch.job, ch.origin, num, ch.seq, pid, ch.tty)
         ch.unacked.sent(header, data, time.monotonic())
+        self.held[ch.origin] = self.held.get(ch.origin, 0) + len(data)
         return [Send(header, data)]
 
     @staticmethod
@@ -378,7 +395,7 @@ class TargetJobs:
         if cmd.exited_at is None:
             return []
         now = time.monotonic()
-        if not cmd.drained(now, ch.output.room() > 0):
+        if not cmd.drained(now, self._has_room(ch)):
             return []
         del self.jobs[ch.origin, ch.job]
         if cmd.kill_at is not None:  # stopped, and its SIGKILL is still due
