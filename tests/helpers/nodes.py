@@ -112,24 +112,23 @@ class Node:
             self.proc.kill()
             self.proc.wait(5)
 
+    def full_log(self):
+        """The daemon's whole log so far ("" before it wrote one)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def events(self, lines=40):
         """The last lines of the daemon's log without the SQL it ran (for a failed test's
         report)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join([line for line in text.splitlines() if " DEBUG peewee: " not in line]
-                         [-lines:])
+        return "\n".join([line for line in self.full_log().splitlines()
+                          if " DEBUG peewee: " not in line][-lines:])
 
     def log(self):
         """The daemon's log so far (for assertion messages)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-5000:]
-        except OSError:
-            return ""
+        return self.full_log()[-5000:]
 
 
 class Nodes:

@@ -16,7 +16,7 @@ from collections import deque
 import zmq
 
 from zpeer import config, trace
-from zpeer.daemon import leftovers, memory
+from zpeer.daemon import leftovers, memory, silence
 from zpeer.daemon.actions import Send
 from zpeer.daemon.audit import AuditLog
 from zpeer.daemon.inherited import prepare_spawning
@@ -134,7 +134,7 @@ class Daemon:
         """The node's heartbeat interval: keepalives, the silence limit of its sessions, and
         when its targets send again what an origin lacks (zpeer.daemon.resend)."""
         self.heartbeat_s = self.sessions.heartbeat_s = heartbeat_s
-        self.targets.resend_after_s = 2 * heartbeat_s
+        self.targets.resend_after_s = silence.resend_after_s(heartbeat_s)
 
     @property
     def role(self):

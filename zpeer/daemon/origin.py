@@ -24,7 +24,7 @@ from collections import deque
 
 from zpeer.daemon.actions import Reply, Send
 from zpeer.daemon.resend import StdinLog
-from zpeer.daemon.silence import origin_limit_s
+from zpeer.daemon.silence import origin_limit_s, resend_after_s
 from zpeer.wire import messages
 from zpeer.wire.channel import STDOUT, WINDOW_MAX_BYTES, Credit, Intake, Sequencer
 
@@ -46,7 +46,6 @@ FAN_STDIN_BYTES = 16 << 20  # a file fan-out's stdin windows, all peers together
 # a --batch session keeps its stdin for the peers of later batches up to this (one window: it
 # goes to each at its start without pacing); past it those are not run, and say so
 STDIN_REPLAY_MAX_BYTES = STDIN_WINDOW_BYTES
-REPLAY_CHUNK_BYTES = 256 << 10  # one stdin message of a replay
 FAN_STDIN_MIN_BYTES = 128 << 10
 # a pseudo-terminal's screen output in flight: small, since it is not paced behind bulk (a
 # `cat` of a big file on it must not fill a hop that keystrokes cross)
@@ -94,6 +93,13 @@ def _pieces(data):
     view = memoryview(data)
     return [view[i:i + STDIN_MESSAGE_MAX_BYTES]
             for i in range(0, len(view), STDIN_MESSAGE_MAX_BYTES)]
+
+
+def _stdin_header(job, piece, eof, tty, now):
+    """The stdin message of one piece for a job, kept in its StdinLog to go again if lost."""
+    header = messages.stdin(job.job, job.target, eof, tty)
+    job.stdin_log.sent(header, piece, now)
+    return header
 
 
 class OriginJob:
@@ -281,19 +287,15 @@ class OriginSessions:
     @staticmethod
     def _replay(session, job):
         """A job of a later batch starts: the stdin its session had so far goes to it first."""
-        data, actions = bytes(session.replay), []
-        now = time.monotonic()
-        for start in range(0, max(1, len(data)), REPLAY_CHUNK_BYTES):
-            chunk = data[start:start + REPLAY_CHUNK_BYTES]
-            eof = session.replay_eof and start + REPLAY_CHUNK_BYTES >= len(data)
-            if not chunk and not eof:
-                break
-            header = messages.stdin(job.job, job.target, eof, session.tty)
-            job.stdin.sent(len(chunk))
-            job.stdin_log.sent(header, chunk, now)
-            actions.append(Send(header, chunk))
+        data, now = bytes(session.replay), time.monotonic()
+        if not data and not session.replay_eof:
+            return []
+        job.stdin.sent(len(data))
         job.stdin_moved = now
-        return actions
+        pieces = _pieces(data)
+        return [Send(_stdin_header(job, piece, session.replay_eof and i == len(pieces) - 1,
+                                   session.tty, now), piece)
+                for i, piece in enumerate(pieces)]
 
     @staticmethod
     def _keep_for_replay(session, data, eof):
@@ -437,11 +439,7 @@ class OriginSessions:
             pieces = _pieces(stdin)
             for i, piece in enumerate(pieces):
                 end = eof and i == len(pieces) - 1
-                headers = []
-                for job in jobs:
-                    header = messages.stdin(job.job, job.target, end, session.tty)
-                    job.stdin_log.sent(header, piece, now)
-                    headers.append(header)
+                headers = [_stdin_header(job, piece, end, session.tty, now) for job in jobs]
                 if fan:  # once to the leader, which copies it to each (zpeer.filecopy)
                     fanned = [h for h in headers if h["to"] != self.node_id]
                     actions.append(Send(messages.fan(fanned[0]["job"], fanned[0]["to"],
@@ -590,9 +588,8 @@ class OriginSessions:
 
     @property
     def resend_after_s(self):
-        """What a target lacks and was sent this long ago goes again: an alive comes each
-        interval (as zpeer.daemon.target's own resend_after_s)."""
-        return 2 * self.heartbeat_s
+        """What a target lacks and was sent this long ago goes again (zpeer.daemon.silence)."""
+        return resend_after_s(self.heartbeat_s)
 
     def peer_lost(self, peer, message, exclude=None, defer=True):
         """A target (or, with peer None, our leader link) is gone: fail its running jobs at once,
